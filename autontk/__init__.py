@@ -1,0 +1,15 @@
+"""autontk: the finite-width (empirical) Neural Tangent Kernel, fast.
+
+Implements the three exact algorithms of Novak, Sohl-Dickstein & Schoenholz,
+"Fast Finite Width Neural Tangent Kernel" (ICML 2022), on current JAX, and
+chooses the fastest one for you.
+"""
+
+from autontk._api import NtkFn as NtkFn
+from autontk._api import nngp_fn as nngp_fn
+from autontk._api import ntk_fn as ntk_fn
+from autontk._api import ntk_vp_fn as ntk_vp_fn
+from autontk._options import Implementation as Implementation
+from autontk._plan import Plan as Plan
+
+__version__ = "0.1.0"

@@ -1,0 +1,245 @@
+"""One NTK evaluation, validated: the model, its inputs and the axes layout.
+
+:func:`build` turns a user call ``ntk(x1, x2, params, **kwargs)`` into an
+:class:`NtkProblem` that every method consumes. It checks the arguments (clear
+errors that name the argument), splits the kwargs, evaluates the output shapes
+abstractly and separates the differentiable parameters (floating-point leaves)
+from constant ones (integer, boolean and PRNG-key leaves, which have no
+tangent space and are held fixed, as ``jax.grad`` would refuse them).
+
+Everything here works on concrete arrays and on tracers alike, so methods can
+be traced under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autontk import _axes, _kwargs, _vmap
+from autontk._options import NtkOptions
+from autontk._types import ApplyFn, PyTree
+
+
+def is_differentiable(leaf: Any) -> bool:
+  dtype = getattr(leaf, "dtype", None)
+  if dtype is None:
+    dtype = np.result_type(leaf)
+  return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+@dataclasses.dataclass
+class NtkProblem:
+  """A validated NTK evaluation.
+
+  Attributes:
+    f: the network ``f(params, x, **kwargs)``.
+    params: all parameters, as given.
+    x1, x2: the inputs (``x2 is x1`` when the user passed ``x2=None``).
+    kwargs1, kwargs2: ``f``'s kwargs for each side, after splitting.
+    same_inputs: the user passed ``x2=None`` (work on x1 may be reused).
+    out1, out2: output leaves of f(x1), f(x2) as ``ShapeDtypeStruct``.
+    out_treedef: the output pytree structure.
+    axes: per output leaf, the canonical trace/diagonal axes.
+    vmap: the canonical ``vmap_axes``, or ``None``.
+    theta: the differentiable (floating) parameter leaves, flat.
+  """
+
+  f: ApplyFn
+  params: PyTree
+  x1: PyTree
+  x2: PyTree
+  kwargs1: dict[str, Any]
+  kwargs2: dict[str, Any]
+  same_inputs: bool
+  out1: list[jax.ShapeDtypeStruct]
+  out2: list[jax.ShapeDtypeStruct]
+  out_treedef: Any
+  axes: tuple[_axes.LeafAxes, ...]
+  vmap: _vmap.VmapSpec | None
+  theta: tuple[jax.Array, ...]
+  _param_leaves: list[Any]
+  _param_treedef: Any
+  _diff_mask: tuple[bool, ...]
+
+  # Parameters ---------------------------------------------------------------
+
+  def rebuild(self, theta: Sequence[jax.Array]) -> PyTree:
+    """Full params pytree with the differentiable leaves replaced."""
+    it = iter(theta)
+    leaves = [next(it) if d else leaf
+              for d, leaf in zip(self._diff_mask, self._param_leaves)]
+    return jax.tree.unflatten(self._param_treedef, leaves)
+
+  @property
+  def n_params(self) -> int:
+    return sum(math.prod(t.shape) for t in self.theta)
+
+  # Forward functions --------------------------------------------------------
+
+  def side(self, which: int) -> tuple[PyTree, dict[str, Any]]:
+    return ((self.x1, self.kwargs1) if which == 1 else
+            (self.x2, self.kwargs2))
+
+  def fn(self, which: int) -> Callable[[tuple[jax.Array, ...]],
+                                       list[jax.Array]]:
+    """``theta -> output leaves`` of f on the whole batch x1 or x2."""
+    x, kw = self.side(which)
+
+    def apply(theta):
+      return jax.tree.leaves(self.f(self.rebuild(theta), x, **kw))
+
+    return apply
+
+  def example_fn(self, which: int):
+    """Per-example form, for use under ``vmap_axes``.
+
+    Returns:
+      ``(g, x_leaves, kw, in_axes)`` where ``g(theta, x_leaves_i, kw_i)``
+      gives the output leaves of one example (batch axes removed), and
+      ``jax.vmap(g, in_axes=(None, *in_axes))(theta, x_leaves, kw)`` would
+      recompute the whole batch with the batch axis moved to 0.
+    """
+    assert self.vmap is not None
+    x, kw = self.side(which)
+    x_leaves, x_td = jax.tree.flatten(x)
+    g0 = _vmap.per_example(self.f, self.vmap, x_td, self.out_treedef)
+
+    def g(theta, x_leaves_i, kw_i):
+      return g0(self.rebuild(theta), x_leaves_i, kw_i)
+
+    return g, x_leaves, kw, _vmap.in_axes(self.vmap, kw)
+
+  def batch_size(self, which: int) -> int:
+    assert self.vmap is not None
+    leaf = (self.out1 if which == 1 else self.out2)[0]
+    return leaf.shape[self.vmap.out_axes[0]]
+
+  # Results ------------------------------------------------------------------
+
+  def kernel_shape(self, i: int) -> tuple[int, ...]:
+    return self.axes[i].kernel_shape(self.out1[i].shape, self.out2[i].shape)
+
+  def kernel_dtype(self, i: int) -> Any:
+    dts = [self.out1[i].dtype] + [t.dtype for t in self.theta]
+    return jnp.result_type(*dts)
+
+  def zeros(self) -> list[jax.Array]:
+    return [jnp.zeros(self.kernel_shape(i), self.kernel_dtype(i))
+            for i in range(len(self.out1))]
+
+
+def _check_inputs(x1: PyTree, x2: PyTree, vmap_axes: Any) -> None:
+  l1, t1 = jax.tree.flatten(x1)
+  l2, t2 = jax.tree.flatten(x2)
+  if t1 != t2:
+    raise ValueError(
+        "`x1` and `x2` must have the same pytree structure; got "
+        f"{t1} and {t2}.")
+  if not l1:
+    raise ValueError("`x1` has no array leaves.")
+  in_axes: list[Any] = [0] * len(l1)
+  if vmap_axes is not None:
+    x_axis = (vmap_axes[0] if isinstance(vmap_axes, tuple) and
+              len(vmap_axes) == 3 else vmap_axes)
+    try:
+      in_axes = list(_vmap._flat_axes(x_axis, x1, "x"))  # noqa: SLF001
+    except (TypeError, ValueError):
+      pass  # reported precisely by _vmap.canonicalize
+  for i, (a, b, ax) in enumerate(zip(l1, l2, in_axes)):
+    sa, sb = np.shape(a), np.shape(b)
+    if len(sa) != len(sb):
+      raise ValueError(
+          f"`x2` leaf {i} has rank {len(sb)} but the matching `x1` leaf has "
+          f"rank {len(sa)} (shapes {sb} and {sa}).")
+    if ax is None:
+      same = sa == sb
+    else:
+      ax = ax % max(len(sa), 1)
+      same = (sa[:ax] + sa[ax + 1:]) == (sb[:ax] + sb[ax + 1:])
+    if not same:
+      raise ValueError(
+          f"`x1` and `x2` leaf {i} differ outside the batch axis "
+          f"({'axis ' + str(ax) if ax is not None else 'unbatched'}): shapes "
+          f"{sa} and {sb}.")
+
+
+def _eval_out(f: ApplyFn, params: PyTree, x: PyTree, kw: dict[str, Any],
+              side: str):
+  try:
+    out = jax.eval_shape(lambda p, xx: f(p, xx, **kw), params, x)
+  except Exception as e:  # noqa: BLE001 - re-raised with context
+    raise type(e)(f"Evaluating f(params, {side}, **kwargs) failed: {e}") from e
+  leaves, td = jax.tree.flatten(out)
+  if not leaves:
+    raise ValueError(f"f(params, {side}) returned no arrays.")
+  for i, leaf in enumerate(leaves):
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      raise TypeError(
+          f"f(params, {side}) output leaf {i} has dtype {leaf.dtype}; the NTK "
+          f"needs floating-point outputs.")
+  return leaves, td
+
+
+def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
+          params: PyTree, kwargs: dict[str, Any]) -> NtkProblem:
+  """Validates a call and returns its :class:`NtkProblem`."""
+  if not callable(f):
+    raise TypeError(f"`f` must be callable as f(params, x, **kwargs); got "
+                    f"{type(f).__name__}.")
+  same = x2 is None
+  if same:
+    kw1, _ = _kwargs.split_kwargs(kwargs, x1, None)
+    kw2 = kw1
+    x2 = x1
+  else:
+    _check_inputs(x1, x2, options.vmap_axes)
+    kw1, kw2 = _kwargs.split_kwargs(kwargs, x1, x2)
+
+  p_leaves, p_td = jax.tree.flatten(params)
+  mask = tuple(is_differentiable(leaf) for leaf in p_leaves)
+  for i, leaf in enumerate(p_leaves):
+    if jnp.iscomplexobj(leaf):
+      raise TypeError(f"`params` leaf {i} is complex ({leaf.dtype}); autontk "
+                      "supports real floating-point parameters only.")
+  theta = tuple(jnp.asarray(leaf) for d, leaf in zip(mask, p_leaves) if d)
+
+  out1, td1 = _eval_out(f, params, x1, kw1, "x1")
+  if same:
+    out2, td2 = out1, td1
+  else:
+    out2, td2 = _eval_out(f, params, x2, kw2, "x2")
+    if td1 != td2:
+      raise ValueError(
+          f"f(params, x1) and f(params, x2) return different pytree "
+          f"structures: {td1} and {td2}.")
+
+  axes = tuple(
+      _axes.leaf_axes(options.trace_axes, options.diagonal_axes, o1.shape,
+                      o2.shape, leaf_name=_leaf_name(i, len(out1), o1.shape))
+      for i, (o1, o2) in enumerate(zip(out1, out2)))
+
+  vspec = None
+  if options.vmap_axes is not None:
+    vspec = _vmap.canonicalize(options.vmap_axes, x1,
+                               jax.tree.unflatten(td1, out1), kw1)
+    _vmap.batch_size(vspec, x1, out1, kw1, "x1")
+    if not same:
+      _vmap.batch_size(vspec, x2, out2, kw2, "x2")
+
+  return NtkProblem(
+      f=f, params=params, x1=x1, x2=x2, kwargs1=kw1, kwargs2=kw2,
+      same_inputs=same, out1=out1, out2=out2, out_treedef=td1, axes=axes,
+      vmap=vspec, theta=theta, _param_leaves=p_leaves, _param_treedef=p_td,
+      _diff_mask=mask)
+
+
+def _leaf_name(i: int, n: int, shape: Sequence[int]) -> str:
+  if n == 1:
+    return f"the output (shape {tuple(shape)})"
+  return f"output leaf {i} (shape {tuple(shape)})"

@@ -1,0 +1,30 @@
+"""Type aliases shared across autontk."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence, Union
+
+import jax
+
+PyTree = Any
+"""A JAX pytree (nested tuples, lists, dicts, dataclasses... of arrays)."""
+
+Axes = Union[int, Sequence[int]]
+"""One output axis or a sequence of output axes (negative values allowed)."""
+
+VMapAxes = Any
+"""``None``, an int, a pytree of ints, or an ``(in_axes, out_axes, kwargs_axes)``
+triple, as accepted by neural-tangents' ``empirical_ntk_fn``."""
+
+ApplyFn = Callable[..., PyTree]
+"""A network ``f(params, x, **kwargs) -> PyTree`` of arrays."""
+
+Array = jax.Array
+
+
+class KernelFn(Protocol):
+  """Signature of the functions returned by :func:`autontk.ntk_fn`."""
+
+  def __call__(self, x1: PyTree, x2: PyTree | None, params: PyTree,
+               **kwargs: Any) -> PyTree:
+    ...

@@ -1,0 +1,66 @@
+"""The exact NTK algorithms, one module each, behind one registry.
+
+A method is a function ``method(problem: NtkProblem, config) -> list[Array]``
+returning one kernel per output leaf in the kernel layout (see
+:mod:`autontk._axes`), already divided by the traced axes' size. ``config``
+is the method's frozen options dataclass (or ``None`` for its defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from autontk._options import Implementation
+
+MethodFn = Callable[..., list]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodRecord:
+  implementation: Implementation
+  compute: MethodFn
+  config_type: type | None = None
+
+
+_REGISTRY: dict[Implementation, MethodRecord] = {}
+
+
+def register(implementation: Implementation, config_type: type | None = None):
+  """Decorator registering ``compute`` as the method for ``implementation``."""
+  def wrap(fn: MethodFn) -> MethodFn:
+    _REGISTRY[implementation] = MethodRecord(implementation, fn, config_type)
+    return fn
+  return wrap
+
+
+def get(implementation: Implementation) -> MethodRecord:
+  _load_all()
+  try:
+    return _REGISTRY[implementation]
+  except KeyError:
+    raise NotImplementedError(
+        f"No method is registered for {implementation.name.lower()!r}.") from None
+
+
+def available() -> tuple[Implementation, ...]:
+  _load_all()
+  return tuple(i for i in Implementation if i in _REGISTRY)
+
+
+def _load_all() -> None:
+  # Import for the registration side effect; structured derivatives is
+  # optional while it is being built.
+  from autontk.methods import jacobian_contraction  # noqa: F401
+  from autontk.methods import ntk_vector_products  # noqa: F401
+  import importlib.util
+  if importlib.util.find_spec("autontk.methods.structured") is not None:
+    from autontk.methods import structured  # noqa: F401
+
+
+def compute(implementation: Implementation, problem: Any,
+            config: Any = None) -> list:
+  record = get(implementation)
+  if not problem.theta:
+    return problem.zeros()
+  return record.compute(problem, config)
