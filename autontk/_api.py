@@ -77,6 +77,12 @@ class NtkFn:
       return _auto.default_plan(self, x1, x2, params, kwargs)
     return self._planner(self, x1, x2, params, kwargs)
 
+  def report(self, x1: PyTree, x2: PyTree | None, params: PyTree,
+             **kwargs: Any):
+    """The planner's :class:`CostReport` for these arguments (see docs)."""
+    from autontk import _auto
+    return _auto.report(self, x1, x2, params, kwargs)
+
   # Execution ----------------------------------------------------------------
 
   def __call__(self, x1: PyTree, x2: PyTree | None, params: PyTree,
