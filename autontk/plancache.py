@@ -1,0 +1,660 @@
+"""The persistent plan cache: chosen plans, estimates and timings, in SQLite.
+
+One SQLite database, ``plans.sqlite``, in the cache directory
+(``$AUTONTK_CACHE_DIR``, else the platform's user cache directory, e.g.
+``~/.cache/autontk`` on Linux). It holds two tables, both keyed by model
+signature (see :mod:`autontk.signature`):
+
+* ``plans``: the plan "auto" uses for a signature, where it came from
+  (``"model"`` for the cost model alone, ``"tuned"`` for timings, ``"import"``),
+  a summary of the signature, device kind, versions and timestamps.
+* ``candidates``: every candidate the planner or the tuner looked at: its
+  plan, HLO features (FLOPs, bytes, transcendentals, peak memory, chunk
+  count), predicted and measured seconds, feasibility. The learned
+  calibration (:mod:`autontk.calibration`) trains on these rows.
+
+JAX's persistent compilation cache lives beside it (``jax/``), so the chosen
+plan's executable is not recompiled in a new process either; turn that off
+with ``AUTONTK_JAX_CACHE=0`` or ``PlanCache(jax_compilation_cache=False)``.
+
+The cache never stops a computation: WAL mode and a busy timeout let several
+processes read and write at once, and a corrupt, locked or read-only database
+gives a :class:`PlanCacheWarning` instead of an error. A corrupt file is moved
+aside (``plans.sqlite.corrupt-<time>``), never deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import importlib
+import json
+import os
+import pathlib
+import sqlite3
+import time
+import warnings
+from typing import Any, Iterator
+
+from autontk._options import Implementation
+from autontk._plan import Plan
+
+DB_NAME = "plans.sqlite"
+EXPORT_FORMAT = "autontk-plans/1"
+_PLAN_SOURCES = ("model", "tuned", "import", "manual")
+
+
+class PlanCacheWarning(UserWarning):
+  """The plan cache could not be read or written; computation went on."""
+
+
+def default_directory() -> pathlib.Path:
+  """``$AUTONTK_CACHE_DIR`` if set, else the user cache dir for autontk."""
+  env = os.environ.get("AUTONTK_CACHE_DIR")
+  if env:
+    return pathlib.Path(env).expanduser()
+  import platformdirs
+  return pathlib.Path(platformdirs.user_cache_dir("autontk"))
+
+
+# Plan <-> JSON ---------------------------------------------------------------
+#
+# Plans hold the method's config dataclass and a chunking object. Both are
+# written as {"type": "module:QualName", "fields": {...}} and rebuilt by
+# importing the type, but only from autontk's own modules: a cache file
+# must not be able to name arbitrary callables.
+
+def _encode(value: Any) -> Any:
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, enum.Enum):
+    return {"enum": _type_name(type(value)), "name": value.name}
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    fields = {f.name: _encode(getattr(value, f.name))
+              for f in dataclasses.fields(value) if f.init}
+    return {"type": _type_name(type(value)), "fields": fields}
+  if isinstance(value, (tuple, list)):
+    return {"tuple" if isinstance(value, tuple) else "list":
+            [_encode(v) for v in value]}
+  if isinstance(value, dict):
+    return {"dict": [[_encode(k), _encode(v)] for k, v in value.items()]}
+  raise TypeError(f"Cannot store a {type(value).__name__} in the plan cache "
+                  "(plans must be built from dataclasses, enums, tuples and "
+                  "numbers).")
+
+
+def _type_name(cls: type) -> str:
+  return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _load_type(name: str) -> type:
+  module, _, qualname = name.partition(":")
+  if module != "autontk" and not module.startswith("autontk."):
+    raise ValueError(f"Plan cache entry names a type outside autontk: {name}")
+  obj: Any = importlib.import_module(module)
+  for part in qualname.split("."):
+    obj = getattr(obj, part)
+  return obj
+
+
+def _decode(value: Any) -> Any:
+  if not isinstance(value, dict):
+    return value
+  if "enum" in value:
+    return _load_type(value["enum"])[value["name"]]
+  if "type" in value:
+    cls = _load_type(value["type"])
+    return cls(**{k: _decode(v) for k, v in value["fields"].items()})
+  if "tuple" in value:
+    return tuple(_decode(v) for v in value["tuple"])
+  if "list" in value:
+    return [_decode(v) for v in value["list"]]
+  if "dict" in value:
+    return {_decode(k): _decode(v) for k, v in value["dict"]}
+  raise ValueError(f"Unknown plan cache value: {value!r}")
+
+
+def plan_to_json(plan: Plan) -> str:
+  """A plan as a JSON string (stable: equal plans give equal strings)."""
+  return json.dumps({"implementation": plan.implementation.name.lower(),
+                     "config": _encode(plan.config),
+                     "chunking": _encode(plan.chunking)}, sort_keys=True)
+
+
+def plan_from_json(text: str) -> Plan:
+  """Inverse of :func:`plan_to_json`."""
+  d = json.loads(text)
+  return Plan(Implementation.parse(d["implementation"]),
+              _decode(d.get("config")), _decode(d.get("chunking")))
+
+
+# The cache -------------------------------------------------------------------
+
+_PLANS_COLUMNS = {
+    "signature": str, "plan": str, "describe": str, "source": str,
+    "summary": str, "device_kind": str, "backend": str, "versions": str,
+    "planning_s": float, "created": float, "updated": float,
+}
+_CANDIDATE_COLUMNS = {
+    "signature": str, "candidate": str, "plan": str, "describe": str,
+    "method": str, "n_chunks": int, "features": str, "predicted_s": float,
+    "measured_s": float, "timing": str, "feasible": int, "reason": str,
+    "device_kind": str, "updated": float,
+}
+
+
+class PlanCache:
+  """Plans and measurements keyed by model signature, shared by processes.
+
+  Args:
+    directory: where ``plans.sqlite`` lives; default
+      :func:`default_directory`.
+    jax_compilation_cache: also point JAX's persistent compilation cache at
+      ``directory/jax`` (unless the user set one already). Default: on,
+      unless ``AUTONTK_JAX_CACHE=0``.
+    timeout_s: how long a write waits for another process's write.
+
+  >>> import tempfile, autontk
+  >>> cache = autontk.PlanCache(tempfile.mkdtemp(), jax_compilation_cache=False)
+  >>> cache.store("ab" * 32, autontk.Plan(autontk.Implementation(1)))
+  True
+  >>> cache.lookup("ab" * 32).implementation.name
+  'JACOBIAN_CONTRACTION'
+  """
+
+  def __init__(self, directory: str | os.PathLike | None = None, *,
+               jax_compilation_cache: bool | None = None,
+               timeout_s: float = 30.0):
+    self.directory = (pathlib.Path(directory).expanduser()
+                      if directory is not None else default_directory())
+    self.path = self.directory / DB_NAME
+    self.timeout_s = float(timeout_s)
+    self._schema_ready = False
+    self._warned: set[str] = set()
+    if jax_compilation_cache is None:
+      jax_compilation_cache = os.environ.get(
+          "AUTONTK_JAX_CACHE", "1").strip().lower() not in ("0", "false", "no",
+                                                            "off")
+    if jax_compilation_cache:
+      self._enable_jax_cache()
+
+  def __repr__(self) -> str:
+    return f"PlanCache({str(self.directory)!r})"
+
+  # Connections and failure handling -----------------------------------------
+
+  def _warn(self, kind: str, message: str) -> None:
+    if kind in self._warned:
+      return
+    self._warned.add(kind)
+    warnings.warn(f"autontk plan cache {self.path}: {message}",
+                  PlanCacheWarning, stacklevel=4)
+
+  def _connect(self, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+      if not self.path.exists():
+        raise FileNotFoundError(self.path)
+      uri = self.path.resolve().as_uri() + "?mode=ro"
+      try:
+        conn = sqlite3.connect(uri, uri=True, timeout=self.timeout_s,
+                               isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+      except sqlite3.OperationalError:
+        # A WAL database in a read-only directory cannot create its shared
+        # memory file; read the file as an immutable snapshot instead.
+        uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None)
+    self.directory.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(self.path), timeout=self.timeout_s,
+                           isolation_level=None)
+    return conn
+
+  def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+    if self._schema_ready:
+      return
+    import sqlite_utils
+    db = sqlite_utils.Database(conn)
+    if db.journal_mode != "wal":
+      db.enable_wal()
+    with _immediate(conn):
+      if "plans" not in db.table_names():
+        db["plans"].create(_PLANS_COLUMNS, pk="signature")
+      if "candidates" not in db.table_names():
+        db["candidates"].create(_CANDIDATE_COLUMNS,
+                                pk=("signature", "candidate"))
+        db["candidates"].create_index(["device_kind"])
+    self._schema_ready = True
+
+  def _move_aside(self) -> None:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}-{os.getpid()}")
+    for suffix in ("", "-wal", "-shm"):
+      src = pathlib.Path(str(self.path) + suffix)
+      if src.exists():
+        src.rename(pathlib.Path(str(target) + suffix))
+    self._schema_ready = False
+    self._warn("corrupt", f"the database was corrupt; moved it to {target} "
+               "and started a new one.")
+
+  @contextlib.contextmanager
+  def _session(self, readonly: bool) -> Iterator[sqlite3.Connection | None]:
+    """Yields a connection, or ``None`` (after a warning) if unusable."""
+    conn = None
+    try:
+      conn = self._connect(readonly)
+      if not readonly:
+        self._ensure_schema(conn)
+    except FileNotFoundError:
+      yield None
+      return
+    except (sqlite3.Error, OSError) as e:
+      if conn is not None:
+        conn.close()
+      conn = self._recover(e, readonly)
+      if conn is None:
+        yield None
+        return
+    try:
+      yield conn
+    finally:
+      conn.close()
+
+  def _recover(self, error: Exception,
+               readonly: bool) -> sqlite3.Connection | None:
+    if _is_corrupt(error) and not readonly:
+      try:
+        self._move_aside()
+        conn = self._connect(readonly=False)
+        self._ensure_schema(conn)
+        return conn
+      except (sqlite3.Error, OSError) as e:
+        error = e
+    self._report(error, "open")
+    return None
+
+  def _report(self, error: Exception, action: str) -> None:
+    if _is_corrupt(error):
+      self._warn("corrupt-" + action, f"the database is corrupt ({error}); "
+                 f"could not {action} it.")
+    elif _is_locked(error):
+      self._warn("locked-" + action, f"the database stayed locked for "
+                 f"{self.timeout_s:.0f} s; skipped a {action}.")
+    elif isinstance(error, PermissionError) or _is_readonly(error):
+      self._warn("readonly-" + action, f"cannot {action} (read-only: "
+                 f"{error}); plans will not be remembered.")
+    else:
+      self._warn("error-" + action, f"cannot {action}: {error}")
+
+  def _read(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+    for attempt in range(2):
+      with self._session(readonly=True) as conn:
+        if conn is None:
+          return []
+        try:
+          cur = conn.execute(sql, params)
+          names = [c[0] for c in cur.description]
+          return [dict(zip(names, row)) for row in cur.fetchall()]
+        except sqlite3.Error as e:
+          if "no such table" in str(e):
+            return []
+          error = e
+      if attempt == 0 and _is_corrupt(error):
+        with self._session(readonly=False) as conn:
+          pass  # reopening for writing moves the corrupt file aside
+        continue
+      self._report(error, "read")
+      return []
+    return []
+
+  def _write(self, fn) -> bool:
+    for _ in range(2):
+      with self._session(readonly=False) as conn:
+        if conn is None:
+          return False
+        try:
+          import sqlite_utils
+          db = sqlite_utils.Database(conn)
+          with _immediate(conn):
+            fn(db)
+          return True
+        except sqlite3.Error as e:
+          error = e
+      if _is_corrupt(error):
+        self._schema_ready = False
+        try:
+          self._move_aside()
+        except OSError:
+          break
+        continue
+      break
+    self._report(error, "write")
+    return False
+
+  # Plans --------------------------------------------------------------------
+
+  def lookup(self, signature: Any) -> Plan | None:
+    """The cached plan for ``signature`` (a :class:`Signature` or its
+    digest), or ``None``."""
+    rows = self._read("SELECT plan FROM plans WHERE signature = ?",
+                      (_digest(signature),))
+    if not rows:
+      return None
+    try:
+      return plan_from_json(rows[0]["plan"])
+    except Exception as e:  # noqa: BLE001 - a stale entry must not crash
+      self._warn("stale", f"ignoring an entry this version cannot read: {e}")
+      return None
+
+  def entry(self, signature: Any) -> dict[str, Any] | None:
+    """The full ``plans`` row of ``signature`` (JSON columns decoded)."""
+    rows = self._read("SELECT * FROM plans WHERE signature = ?",
+                      (_digest(signature),))
+    return _decode_row(rows[0]) if rows else None
+
+  def source(self, signature: Any) -> str | None:
+    """Where the cached plan came from (``"model"``, ``"tuned"``, ...)."""
+    rows = self._read("SELECT source FROM plans WHERE signature = ?",
+                      (_digest(signature),))
+    return rows[0]["source"] if rows else None
+
+  def store(self, signature: Any, plan: Plan, *, source: str = "model",
+            candidates: list[dict[str, Any]] | None = None,
+            planning_s: float | None = None) -> bool:
+    """Records the plan for ``signature`` (and candidate rows, if given).
+
+    Args:
+      signature: a :class:`Signature` (its summary is stored) or a digest.
+      plan: the chosen plan.
+      source: ``"model"`` (cost model), ``"tuned"`` (timed), ``"import"``.
+      candidates: rows for :meth:`record_candidates`.
+      planning_s: seconds the planner (or tuner) took.
+
+    Returns:
+      Whether the write happened (``False`` after a warning).
+    """
+    if source not in _PLAN_SOURCES:
+      raise ValueError(f"`source` must be one of {_PLAN_SOURCES}; got "
+                       f"{source!r}.")
+    try:
+      plan_json = plan_to_json(plan)
+    except TypeError as e:
+      self._warn("encode", str(e))
+      return False
+    digest = _digest(signature)
+    parts = dict(getattr(signature, "parts", {}) or {})
+    env = _environment(parts)
+    now = time.time()
+    row = {
+        "signature": digest, "plan": plan_json, "describe": plan.describe(),
+        "source": source, "summary": json.dumps(parts, sort_keys=True),
+        "device_kind": env["device_kind"], "backend": env["backend"],
+        "versions": json.dumps({k: env[k] for k in ("jax", "jaxlib",
+                                                    "autontk")}),
+        "planning_s": planning_s, "updated": now,
+    }
+    cand_rows = _candidate_rows(digest, candidates or [], env["device_kind"])
+
+    def write(db):
+      existing = db.execute("SELECT created FROM plans WHERE signature = ?",
+                            [digest]).fetchone()
+      row["created"] = existing[0] if existing else now
+      db["plans"].upsert(row, pk="signature")
+      if cand_rows:
+        db["candidates"].upsert_all(cand_rows, pk=("signature", "candidate"))
+
+    return self._write(write)
+
+  def record_candidates(self, signature: Any,
+                        candidates: list[dict[str, Any]]) -> bool:
+    """Adds or updates candidate rows of ``signature``.
+
+    Each row is a dict with ``plan`` (a :class:`Plan`) and any of
+    ``features`` (dict: ``flops``, ``bytes``, ``transcendentals``,
+    ``peak_bytes``, ``compile_s``...), ``predicted_s``, ``measured_s``,
+    ``timing`` (dict), ``feasible`` (bool), ``reason`` (str).
+    """
+    digest = _digest(signature)
+    env = _environment(dict(getattr(signature, "parts", {}) or {}))
+    rows = _candidate_rows(digest, candidates, env["device_kind"])
+    if not rows:
+      return True
+    return self._write(lambda db: db["candidates"].upsert_all(
+        rows, pk=("signature", "candidate")))
+
+  def candidates(self, signature: Any) -> list[dict[str, Any]]:
+    """Candidate rows of ``signature``, fastest measured first."""
+    rows = self._read(
+        "SELECT * FROM candidates WHERE signature = ? ORDER BY "
+        "measured_s IS NULL, measured_s, predicted_s", (_digest(signature),))
+    return [_decode_row(r) for r in rows]
+
+  def measurements(self, device_kind: str | None = None
+                   ) -> list[dict[str, Any]]:
+    """Every candidate row with a measured time (for calibration)."""
+    sql = "SELECT * FROM candidates WHERE measured_s IS NOT NULL"
+    args: tuple = ()
+    if device_kind is not None:
+      sql += " AND device_kind = ?"
+      args = (device_kind,)
+    return [_decode_row(r) for r in self._read(sql + " ORDER BY signature",
+                                               args)]
+
+  def entries(self) -> list[dict[str, Any]]:
+    """All ``plans`` rows, newest first (JSON columns decoded)."""
+    return [_decode_row(r) for r in
+            self._read("SELECT * FROM plans ORDER BY updated DESC")]
+
+  def resolve(self, prefix: str) -> str:
+    """The full digest starting with ``prefix`` (raises if not exactly one)."""
+    prefix = prefix.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+      raise ValueError(f"A signature is a hex digest (or its first digits); "
+                       f"got {prefix!r}.")
+    rows = self._read("SELECT signature FROM plans WHERE signature LIKE ? "
+                      "UNION SELECT signature FROM candidates WHERE "
+                      "signature LIKE ?", (prefix + "%", prefix + "%"))
+    found = sorted({r["signature"] for r in rows})
+    if not found:
+      raise KeyError(f"No cached signature starts with {prefix!r} in "
+                     f"{self.path}. `autontk cache ls` lists them.")
+    if len(found) > 1:
+      raise KeyError(f"{len(found)} cached signatures start with {prefix!r}; "
+                     "give more digits.")
+    return found[0]
+
+  def clear(self, signature: Any = None) -> int:
+    """Deletes one signature's rows, or everything; returns plans deleted."""
+    count = {"n": 0}
+
+    def wipe(db):
+      if signature is None:
+        count["n"] = db.execute("SELECT count(*) FROM plans").fetchone()[0]
+        db.execute("DELETE FROM plans")
+        db.execute("DELETE FROM candidates")
+      else:
+        d = _digest(signature)
+        count["n"] = db.execute("DELETE FROM plans WHERE signature = ?",
+                                [d]).rowcount
+        db.execute("DELETE FROM candidates WHERE signature = ?", [d])
+
+    self._write(wipe)
+    return count["n"]
+
+  # Moving plans between machines -----------------------------------------
+
+  def export(self, path: str | os.PathLike,
+             signatures: list[str] | None = None) -> int:
+    """Writes plans and candidate rows to a JSON file; returns plans written.
+
+    Plans are only valid on the same device kind and library versions,
+    which travel with them (they are part of each signature).
+    """
+    plans = self.entries()
+    if signatures is not None:
+      wanted = set(signatures)
+      plans = [p for p in plans if p["signature"] in wanted]
+    doc = {"format": EXPORT_FORMAT, "exported": time.time(), "plans": []}
+    for p in plans:
+      rows = self._read("SELECT * FROM candidates WHERE signature = ?",
+                        (p["signature"],))
+      doc["plans"].append({"plan": p, "candidates": rows})
+    for item in doc["plans"]:
+      item["plan"] = _encode_row(item["plan"])
+    pathlib.Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True))
+    return len(plans)
+
+  def import_file(self, path: str | os.PathLike) -> int:
+    """Reads a file written by :meth:`export`; returns plans imported.
+
+    Tuned plans are kept over imported ones; otherwise newer wins.
+    """
+    try:
+      doc = json.loads(pathlib.Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f"Cannot read plan file {path}: {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+      raise ValueError(f"{path} is not an autontk plan export (expected "
+                       f"format {EXPORT_FORMAT!r}).")
+    count = {"n": 0}
+
+    def write(db):
+      for item in doc["plans"]:
+        row = dict(item["plan"])
+        plan_from_json(row["plan"])  # validate before writing
+        old = db.execute("SELECT source, updated FROM plans WHERE "
+                         "signature = ?", [row["signature"]]).fetchone()
+        if old and (old[0] == "tuned" and row["source"] != "tuned"
+                    or old[1] >= row["updated"]):
+          continue
+        if row["source"] != "tuned":
+          row["source"] = "import"
+        db["plans"].upsert(row, pk="signature")
+        if item["candidates"]:
+          db["candidates"].upsert_all(item["candidates"],
+                                      pk=("signature", "candidate"))
+        count["n"] += 1
+
+    if not self._write(write):
+      raise OSError(f"Could not write to the plan cache at {self.path}.")
+    return count["n"]
+
+  # JAX's compilation cache --------------------------------------------------
+
+  def _enable_jax_cache(self) -> None:
+    import jax
+    if jax.config.jax_compilation_cache_dir:
+      return  # the user chose one; leave it
+    target = self.directory / "jax"
+    try:
+      target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      self._warn("jax-cache", f"JAX compilation cache disabled: {e}")
+      return
+    jax.config.update("jax_compilation_cache_dir", str(target))
+    # NTK executables compile in well under JAX's default 1 s threshold on
+    # small models, yet a cache hit should not recompile them.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection):
+  # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers wait
+  # on the busy timeout instead of failing on a read-to-write upgrade.
+  conn.execute("BEGIN IMMEDIATE")
+  try:
+    yield
+  except BaseException:
+    if conn.in_transaction:
+      conn.execute("ROLLBACK")
+    raise
+  conn.execute("COMMIT")
+
+
+def _digest(signature: Any) -> str:
+  digest = getattr(signature, "digest", signature)
+  if not isinstance(digest, str):
+    raise TypeError(f"`signature` must be a Signature or a hex digest; got "
+                    f"{type(signature).__name__}.")
+  return digest
+
+
+def _environment(parts: dict[str, Any]) -> dict[str, Any]:
+  if all(k in parts for k in ("device_kind", "backend", "jax")):
+    return parts
+  from autontk import signature
+  return {**signature.environment(), **parts}
+
+
+def _candidate_key(plan: Plan) -> str:
+  return plan_to_json(plan)
+
+
+def _candidate_rows(digest: str, candidates: list[dict[str, Any]],
+                    device_kind: str) -> list[dict[str, Any]]:
+  now = time.time()
+  rows = []
+  for c in candidates:
+    plan = c["plan"]
+    features = dict(c.get("features") or {})
+    rows.append({
+        "signature": digest, "candidate": _candidate_key(plan),
+        "plan": plan_to_json(plan), "describe": plan.describe(),
+        "method": plan.implementation.name.lower(),
+        "n_chunks": int(features.get("n_chunks", c.get("n_chunks", 1)) or 1),
+        "features": json.dumps(features, sort_keys=True),
+        "predicted_s": _float_or_none(c.get("predicted_s")),
+        "measured_s": _float_or_none(c.get("measured_s")),
+        "timing": json.dumps(c.get("timing") or {}, sort_keys=True),
+        "feasible": int(bool(c.get("feasible", True))),
+        "reason": c.get("reason") or "",
+        "device_kind": device_kind, "updated": now,
+    })
+  return rows
+
+
+def _float_or_none(v: Any) -> float | None:
+  if v is None:
+    return None
+  v = float(v)
+  return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
+_JSON_COLUMNS = ("summary", "versions", "features", "timing")
+
+
+def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
+  out = dict(row)
+  for k in _JSON_COLUMNS:
+    if isinstance(out.get(k), str):
+      try:
+        out[k] = json.loads(out[k])
+      except json.JSONDecodeError:
+        pass
+  return out
+
+
+def _encode_row(row: dict[str, Any]) -> dict[str, Any]:
+  out = dict(row)
+  for k in _JSON_COLUMNS:
+    if k in out and not isinstance(out[k], str):
+      out[k] = json.dumps(out[k], sort_keys=True)
+  return out
+
+
+def _is_corrupt(e: Exception) -> bool:
+  msg = str(e).lower()
+  return isinstance(e, sqlite3.DatabaseError) and (
+      "not a database" in msg or "malformed" in msg or "corrupt" in msg)
+
+
+def _is_locked(e: Exception) -> bool:
+  msg = str(e).lower()
+  return "locked" in msg or "busy" in msg
+
+
+def _is_readonly(e: Exception) -> bool:
+  msg = str(e).lower()
+  return ("readonly" in msg or "read-only" in msg or "unable to open" in msg
+          or "permission" in msg)

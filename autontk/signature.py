@@ -1,0 +1,199 @@
+"""Model signatures: a stable key for "this model, these shapes, this device".
+
+The plan cache and the tuner key everything by :func:`model_signature`: a
+SHA-256 hex digest of
+
+* the canonical jaxpr of ``f(params, x1, **kwargs)`` traced on abstract
+  inputs (printed, with object addresses removed; jaxpr variable names are
+  assigned in order by the printer, so they are already canonical);
+* the abstract shapes and dtypes and the pytree structure of ``x1``, of
+  ``x2`` (or the fact that ``x2`` is ``None``), of ``params`` and of the array
+  kwargs; non-array kwargs by value (``train=True`` and ``train=False`` are
+  different models);
+* the NTK options: ``trace_axes``, ``diagonal_axes`` and ``vmap_axes``
+  (``implementation`` is left out: the cache stores what "auto" chose);
+* the backend, the device kind (e.g. ``"NVIDIA H200"``, ``"cpu"``), the
+  device count, whether 64-bit mode is on, and the jax, jaxlib and autontk
+  versions.
+
+Parameter *values* and closed-over constant values are not part of it: they
+do not change which plan is fastest. The same model built in two processes
+gives the same signature; a change of shape, dtype, activation, layer or
+option gives a different one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from autontk._types import PyTree
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+  """A model signature.
+
+  Attributes:
+    digest: SHA-256 hex digest of everything listed in the module docstring.
+    parts: a JSON-compatible summary of what went into the digest, for
+      humans (``autontk cache show``); the jaxpr itself is not repeated.
+  """
+
+  digest: str
+  parts: dict[str, Any]
+
+  @property
+  def short(self) -> str:
+    """The first 12 hex digits, enough to name a signature on the CLI."""
+    return self.digest[:12]
+
+  def __str__(self) -> str:
+    return self.digest
+
+
+def _is_array(v: Any) -> bool:
+  return isinstance(v, (jax.Array, np.ndarray, np.generic,
+                        jax.ShapeDtypeStruct))
+
+
+def _abstract(v: Any) -> Any:
+  if isinstance(v, jax.ShapeDtypeStruct):
+    return v
+  dtype = getattr(v, "dtype", None)
+  return jax.ShapeDtypeStruct(np.shape(v), dtype if dtype is not None
+                              else jax.numpy.result_type(v))
+
+
+def _describe_tree(tree: PyTree) -> dict[str, Any]:
+  leaves, treedef = jax.tree.flatten(tree)
+  return {"tree": _strip(str(treedef)),
+          "leaves": [_describe_leaf(v) for v in leaves]}
+
+
+def _describe_leaf(v: Any) -> Any:
+  if _is_array(v) or hasattr(v, "shape") and hasattr(v, "dtype"):
+    a = _abstract(v)
+    return f"{a.dtype}{list(a.shape)}"
+  return _value_repr(v)
+
+
+def _value_repr(v: Any) -> str:
+  if v is None or isinstance(v, (bool, int, float, str, bytes)):
+    return repr(v)
+  if isinstance(v, (tuple, list)):
+    return type(v).__name__ + "(" + ",".join(_value_repr(x) for x in v) + ")"
+  name = getattr(v, "__qualname__", None) or type(v).__qualname__
+  module = getattr(v, "__module__", None) or type(v).__module__
+  return f"{module}.{name}:" + _strip(repr(v))
+
+
+def _strip(text: str) -> str:
+  return _ADDRESS.sub("", text)
+
+
+def canonical_jaxpr(f, params: PyTree, x: PyTree,
+                    kwargs: dict[str, Any]) -> str:
+  """The printed jaxpr of ``f(params, x, **kwargs)`` on abstract inputs.
+
+  Array leaves (of params, x and kwargs) become abstract arguments; other
+  kwargs are closed over as Python values. Object addresses are removed.
+  """
+  kw_leaves, kw_def = jax.tree.flatten(kwargs)
+  is_arr = [_is_array(v) for v in kw_leaves]
+  static = [v for v, a in zip(kw_leaves, is_arr) if not a]
+  dynamic = [_abstract(v) for v, a in zip(kw_leaves, is_arr) if a]
+
+  def apply(p, xx, dyn):
+    it_d, it_s = iter(dyn), iter(static)
+    leaves = [next(it_d) if a else next(it_s) for a in is_arr]
+    return f(p, xx, **jax.tree.unflatten(kw_def, leaves))
+
+  abstract = jax.tree.map(_abstract, (params, x))
+  jaxpr = jax.make_jaxpr(apply)(abstract[0], abstract[1], dynamic)
+  return _strip(str(jaxpr))
+
+
+def environment() -> dict[str, Any]:
+  """Backend, device kind and library versions that enter every signature."""
+  import jaxlib
+
+  import autontk
+  device = jax.devices()[0]
+  return {
+      "backend": jax.default_backend(),
+      "device_kind": device.device_kind,
+      "device_count": jax.device_count(),
+      "x64": bool(jax.config.jax_enable_x64),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "autontk": autontk.__version__,
+  }
+
+
+def model_signature(f, x1: PyTree, x2: PyTree | None, params: PyTree,
+                    kwargs: dict[str, Any] | None = None, *,
+                    trace_axes: Any = (-1,), diagonal_axes: Any = (),
+                    vmap_axes: Any = None) -> Signature:
+  """Signature of one NTK call ``ntk(x1, x2, params, **kwargs)``.
+
+  Args:
+    f: the network ``f(params, x, **kwargs)``, or an :class:`autontk.NtkFn`
+      (whose NTK options are then used and the option arguments ignored).
+    x1: first batch of inputs (arrays or ``jax.ShapeDtypeStruct``), e.g.
+      shape ``(N1, ...)``.
+    x2: second batch, or ``None``.
+    params: the parameters (arrays or ``ShapeDtypeStruct``).
+    kwargs: keyword arguments of ``f``.
+    trace_axes: as in :func:`autontk.ntk_fn`.
+    diagonal_axes: as in :func:`autontk.ntk_fn`.
+    vmap_axes: as in :func:`autontk.ntk_fn`.
+
+  Returns:
+    A :class:`Signature`.
+
+  >>> import jax.numpy as jnp, autontk
+  >>> from autontk.signature import model_signature
+  >>> f = lambda p, x: jnp.tanh(x @ p)
+  >>> s = model_signature(f, jnp.ones((4, 3)), None, jnp.ones((3, 2)))
+  >>> len(s.digest)
+  64
+  """
+  kwargs = dict(kwargs or {})
+  options = getattr(f, "options", None)
+  if options is not None and hasattr(f, "f"):
+    trace_axes, diagonal_axes = options.trace_axes, options.diagonal_axes
+    vmap_axes = options.vmap_axes
+    f = f.f
+  if not callable(f):
+    raise TypeError(f"`f` must be callable as f(params, x, **kwargs); got "
+                    f"{type(f).__name__}.")
+  # The model is traced with x1's side of the kwargs; x2-only kwargs (the
+  # second half of a 2-tuple) enter through `kwargs` below.
+  kw1 = {k: (v[0] if isinstance(v, tuple) and len(v) == 2 and k != "rng"
+             else v) for k, v in kwargs.items()}
+  jaxpr = canonical_jaxpr(f, params, x1, kw1)
+  parts = {
+      "model": getattr(f, "__qualname__", type(f).__qualname__),
+      "x1": _describe_tree(x1),
+      "x2": None if x2 is None else _describe_tree(x2),
+      "params": _describe_tree(params),
+      "kwargs": {k: _describe_tree(v) for k, v in sorted(kwargs.items())},
+      "trace_axes": _value_repr(trace_axes),
+      "diagonal_axes": _value_repr(diagonal_axes),
+      "vmap_axes": _value_repr(vmap_axes),
+      **environment(),
+  }
+  keyed = dict(parts)
+  keyed.pop("model")  # a name is not the computation; the jaxpr is
+  payload = json.dumps({"jaxpr": jaxpr, **keyed}, sort_keys=True)
+  digest = hashlib.sha256(payload.encode()).hexdigest()
+  return Signature(digest=digest, parts=parts)
