@@ -174,7 +174,9 @@ def _eval_out(f: ApplyFn, params: PyTree, x: PyTree, kw: dict[str, Any],
   try:
     out = jax.eval_shape(lambda p, xx: f(p, xx, **kw), params, x)
   except Exception as e:  # noqa: BLE001 - re-raised with context
-    raise type(e)(f"Evaluating f(params, {side}, **kwargs) failed: {e}") from e
+    e.add_note(f"(autontk: raised while evaluating f(params, {side}, "
+               f"**kwargs) to find the output shapes.)")
+    raise
   leaves, td = jax.tree.flatten(out)
   if not leaves:
     raise ValueError(f"f(params, {side}) returned no arrays.")

@@ -1,0 +1,166 @@
+"""Chunked plans equal unchunked ones and the independent reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import autontk
+from autontk import methods
+from autontk.chunking import BatchChunking, BlockGrid, block_sizes, mirror
+from reference import reference_ntk
+
+METHODS = methods.available()
+
+
+def _normal(key, shape):
+  return jax.random.normal(key, shape, jnp.float32)
+
+
+def _model():
+  """Pytree in (batched leaf + unbatched leaf), pytree out, batched kwarg."""
+  k = jax.random.split(jax.random.PRNGKey(0), 8)
+  params = {"w": _normal(k[0], (3, 4)), "v": _normal(k[1], (4, 2)),
+            "u": _normal(k[2], (4, 3)), "step": jnp.int32(1)}
+
+  def f(p, x, scale):
+    h = jnp.tanh(x["a"] @ p["w"] + x["s"]) * scale[:, None]
+    return {"y": h @ p["v"],
+            "z": jnp.sin(h[:, None, :] * p["u"].T[None]) @ p["v"]}
+
+  x1 = {"a": _normal(k[3], (5, 3)), "s": _normal(k[4], (4,))}
+  x2 = {"a": _normal(k[5], (3, 3)), "s": x1["s"]}
+  s1 = 1.0 + 0.1 * _normal(k[6], (5,))
+  s2 = 1.0 + 0.1 * _normal(k[7], (3,))
+  vmap_axes = ({"a": 0, "s": None}, 0, {"scale": 0})
+  return f, params, x1, x2, s1, s2, vmap_axes
+
+
+F, PARAMS, X1, X2, S1, S2, VMAP = _model()
+
+AXES = [((-1,), ()), ((), ()), ((0,), ()), ((-1,), (0,)), ((), (0, 1))]
+
+
+@pytest.fixture(scope="module")
+def kernel_fns():
+  cache = {}
+
+  def get(impl, trace, diag):
+    key = (impl, trace, diag)
+    if key not in cache:
+      cache[key] = autontk.ntk_fn(F, trace_axes=trace, diagonal_axes=diag,
+                                  vmap_axes=VMAP, implementation=impl)
+    return cache[key]
+
+  return get
+
+
+def _check(actual, expected, rtol=2e-4):
+  la, ta = jax.tree.flatten(actual)
+  le, te = jax.tree.flatten(expected)
+  assert ta == te
+  for a, e in zip(la, le):
+    a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+    assert a.shape == e.shape
+    np.testing.assert_allclose(a, e, rtol=rtol,
+                               atol=1e-5 * max(np.abs(e).max(), 1e-30))
+
+
+@pytest.mark.parametrize("impl", METHODS, ids=lambda m: m.name.lower())
+@pytest.mark.parametrize("scheme", ["scan", "host"])
+@pytest.mark.parametrize("axes", AXES, ids=str)
+@pytest.mark.parametrize("same", [True, False], ids=["x2=None", "x2"])
+def test_chunked_equals_reference(kernel_fns, impl, scheme, axes, same):
+  trace, diag = axes
+  if not same and 0 in trace + diag:
+    x2, kw = {"a": X1["a"][::-1], "s": X1["s"]}, {"scale": (S1, S1[::-1])}
+  elif same:
+    x2, kw = None, {"scale": S1}
+  else:
+    x2, kw = X2, {"scale": (S1, S2)}
+  ntk = kernel_fns(impl, trace, diag)
+  # block 2 does not divide 5: the last block is padded.
+  plan = autontk.Plan(impl, chunking=BatchChunking(2, scheme))
+  got = ntk.execute(plan, X1, x2, PARAMS, **kw)
+  kw1 = {"scale": S1 if same else kw["scale"][0]}
+  kw2 = None if same else {"scale": kw["scale"][1]}
+  ref = reference_ntk(F, PARAMS, X1, x2, trace, diag, kw1, kw2)
+  _check(got, ref)
+
+
+@pytest.mark.parametrize("block", [1, 3, 5, 7])
+def test_block_sizes_any(kernel_fns, block):
+  impl = METHODS[0]
+  ntk = kernel_fns(impl, (-1,), ())
+  want = ntk(X1, None, PARAMS, scale=S1)
+  got = ntk.execute(autontk.Plan(impl, chunking=BatchChunking(block)),
+                    X1, None, PARAMS, scale=S1)
+  _check(got, jax.tree.map(np.asarray, want), rtol=1e-5)
+
+
+def test_symmetric_grid_computes_upper_triangle_only():
+  ntk = autontk.ntk_fn(F, vmap_axes=VMAP)
+  problem = ntk.problem(X1, None, PARAMS, scale=S1)
+  grid = BatchChunking(2).grid(problem)
+  progs = grid.programs()
+  assert progs["diag"] == [(0, 0), (1, 1), (2, 2)]
+  assert progs["pair"] == [(0, 1), (0, 2), (1, 2)]
+  problem2 = ntk.problem(X1, X2, PARAMS, scale=(S1, S2))
+  assert BatchChunking(2).grid(problem2).n_blocks == 3 * 2
+  diag_ntk = autontk.ntk_fn(F, diagonal_axes=(0,), vmap_axes=VMAP)
+  g = BatchChunking(2).grid(diag_ntk.problem(X1, None, PARAMS, scale=S1))
+  assert g.matched and g.programs() == {"diag": [(0, 0), (1, 1), (2, 2)]}
+
+
+def test_mirror_swaps_sides():
+  k = jnp.arange(2 * 3 * 4 * 5 * 6.).reshape(2, 3, 4, 5, 6)
+  axes = autontk._axes.LeafAxes(3, (), (1,))  # plain, diagonal, plain
+  np.testing.assert_array_equal(mirror(k, axes), k.transpose(1, 0, 2, 4, 3))
+
+
+def test_without_vmap_axes_chunking_is_refused():
+  ntk = autontk.ntk_fn(lambda p, x: x @ p, implementation=1)
+  plan = autontk.Plan(METHODS[0], chunking=BatchChunking(2))
+  with pytest.raises(ValueError, match="vmap_axes"):
+    ntk.execute(plan, jnp.ones((4, 3)), None, jnp.ones((3, 2)))
+
+
+def test_unbatched_rng_kwarg_excludes_chunking():
+  def f(p, x, rng):
+    return x @ p + 0.0 * jax.random.normal(rng, (x.shape[0], 2))
+
+  ntk = autontk.ntk_fn(f, vmap_axes=0, implementation=1)
+  problem = ntk.problem(jnp.ones((4, 3)), None, jnp.ones((3, 2)),
+                        rng=jax.random.PRNGKey(0))
+  assert "rng" in autontk.chunking.unsupported_reason(problem)
+
+
+def test_chunking_is_hashable_and_serialisable():
+  c = BatchChunking(8, "host")
+  assert hash(c) == hash(BatchChunking(8, "host"))
+  d = json.loads(json.dumps(c.to_dict()))
+  assert BatchChunking.from_dict(d) == c
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    c.block_size = 3  # type: ignore[misc]
+  with pytest.raises(ValueError, match="block_size"):
+    BatchChunking(0)
+  with pytest.raises(ValueError, match="scheme"):
+    BatchChunking(2, "threads")
+
+
+def test_block_sizes_candidates():
+  assert block_sizes(64) == [32, 16, 8, 4]
+  assert block_sizes(5) == [3, 2]
+  assert block_sizes(1) == []
+
+
+def test_grid_clips_block_to_batch():
+  ntk = autontk.ntk_fn(F, vmap_axes=VMAP)
+  problem = ntk.problem(X1, X2, PARAMS, scale=(S1, S2))
+  g = BlockGrid.make(problem, 4)
+  assert (g.b1, g.b2, g.nb1, g.nb2) == (4, 3, 2, 1)
