@@ -130,7 +130,10 @@ class NtkFn:
       kernels = plan.execute(problem)
       return jax.tree.unflatten(problem.out_treedef, kernels)
 
-    fn = jax.jit(run) if (self.jit and key is not None) else run
+    # A host-loop chunking runs its own jitted block kernel per block.
+    host_loop = getattr(plan.chunking, "host_loop", False)
+    fn = (jax.jit(run) if (self.jit and key is not None and not host_loop)
+          else run)
     if key is not None:
       self._executables[key] = fn
     return fn
