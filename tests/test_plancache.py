@@ -1,0 +1,231 @@
+"""The SQLite plan cache: round trips, processes, corruption, read-only."""
+
+import json
+import os
+import pathlib
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from autontk import Implementation, Plan
+from autontk.plancache import (PlanCache, PlanCacheWarning, default_directory,
+                               plan_from_json, plan_to_json)
+
+JC = Plan(Implementation.JACOBIAN_CONTRACTION)
+NVP = Plan(Implementation.NTK_VECTOR_PRODUCTS)
+SIG = "ab" * 32
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "AUTONTK_JAX_CACHE": "0"}
+
+
+def _cache(tmp_path, **kw):
+  return PlanCache(tmp_path, jax_compilation_cache=False, **kw)
+
+
+def _chunked_plan():
+  chunking = pytest.importorskip("autontk.chunking")
+  return Plan(Implementation.NTK_VECTOR_PRODUCTS,
+              chunking=chunking.BatchChunking(16, "host"))
+
+
+def test_plan_json_round_trip():
+  plan = _chunked_plan()
+  assert plan_from_json(plan_to_json(plan)) == plan
+  assert plan_from_json(plan_to_json(JC)) == JC
+  assert plan_to_json(plan) == plan_to_json(_chunked_plan())
+
+
+def test_plan_json_refuses_types_outside_autontk():
+  text = json.dumps({"implementation": "jacobian_contraction",
+                     "config": {"type": "os:system", "fields": {}},
+                     "chunking": None})
+  with pytest.raises(ValueError, match="outside autontk"):
+    plan_from_json(text)
+
+
+def test_store_lookup_candidates_and_clear(tmp_path):
+  cache = _cache(tmp_path)
+  assert cache.lookup(SIG) is None
+  plan = _chunked_plan()
+  rows = [{"plan": plan, "predicted_s": 2e-3, "measured_s": 1e-3,
+           "features": {"flops": 1e6, "n_chunks": 4}},
+          {"plan": JC, "predicted_s": 1e-3, "measured_s": 5e-3},
+          {"plan": NVP, "feasible": False, "reason": "over budget"}]
+  assert cache.store(SIG, plan, source="tuned", candidates=rows,
+                     planning_s=0.5)
+  assert cache.lookup(SIG) == plan
+  assert cache.source(SIG) == "tuned"
+  entry = cache.entry(SIG)
+  assert entry["device_kind"] and entry["versions"]["autontk"]
+  got = cache.candidates(SIG)
+  assert [plan_from_json(r["plan"]) for r in got] == [plan, JC, NVP]
+  assert got[0]["n_chunks"] == 4 and got[0]["features"]["flops"] == 1e6
+  assert got[2]["feasible"] == 0 and got[2]["reason"] == "over budget"
+  assert len(cache.measurements()) == 2
+  assert cache.measurements(device_kind="no such device") == []
+  # Storing again keeps the creation time and updates the plan.
+  created = entry["created"]
+  cache.store(SIG, JC)
+  assert cache.lookup(SIG) == JC and cache.entry(SIG)["created"] == created
+  assert cache.resolve(SIG[:6]) == SIG
+  with pytest.raises(KeyError, match="No cached signature"):
+    cache.resolve("ffff")
+  with pytest.raises(ValueError, match="hex digest"):
+    cache.resolve("xyz")
+  assert cache.clear(SIG) == 1
+  assert cache.lookup(SIG) is None and cache.candidates(SIG) == []
+
+
+def test_bad_arguments(tmp_path):
+  cache = _cache(tmp_path)
+  with pytest.raises(ValueError, match="`source`"):
+    cache.store(SIG, JC, source="guess")
+  with pytest.raises(TypeError, match="`signature`"):
+    cache.lookup(123)
+
+
+def test_export_and_import(tmp_path):
+  a = _cache(tmp_path / "a")
+  a.store(SIG, NVP, source="tuned", candidates=[{"plan": NVP,
+                                                 "measured_s": 1e-3}])
+  a.store("cd" * 32, JC)
+  path = tmp_path / "plans.json"
+  assert a.export(path) == 2
+  b = _cache(tmp_path / "b")
+  b.store("cd" * 32, NVP, source="tuned")  # tuned beats imported
+  assert b.import_file(path) == 1
+  assert b.lookup(SIG) == NVP and b.source(SIG) == "tuned"
+  assert b.lookup("cd" * 32) == NVP
+  assert len(b.measurements()) == 1
+  (tmp_path / "junk.json").write_text("{}")
+  with pytest.raises(ValueError, match="not an autontk plan export"):
+    b.import_file(tmp_path / "junk.json")
+
+
+def test_default_directory_honours_env(monkeypatch, tmp_path):
+  monkeypatch.setenv("AUTONTK_CACHE_DIR", str(tmp_path / "x"))
+  assert default_directory() == tmp_path / "x"
+  assert PlanCache(jax_compilation_cache=False).path.parent == tmp_path / "x"
+
+
+def test_jax_compilation_cache_beside_plans(tmp_path):
+  import jax
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    PlanCache(tmp_path)
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
+    PlanCache(tmp_path / "other")  # a set directory is left alone
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_corrupt_database_is_moved_aside(tmp_path):
+  cache = _cache(tmp_path)
+  cache.store(SIG, JC)
+  for suffix in ("-wal", "-shm"):
+    pathlib.Path(str(cache.path) + suffix).unlink(missing_ok=True)
+  cache.path.write_bytes(b"this is not sqlite " * 500)
+  fresh = _cache(tmp_path)
+  with pytest.warns(PlanCacheWarning, match="corrupt"):
+    assert fresh.lookup(SIG) is None
+  with pytest.warns(PlanCacheWarning, match="moved it to"):
+    assert fresh.store(SIG, NVP)
+  assert fresh.lookup(SIG) == NVP
+  aside = list(tmp_path.glob("plans.sqlite.corrupt-*"))
+  assert aside and aside[0].read_bytes().startswith(b"this is not sqlite")
+
+
+def test_locked_database_warns_and_goes_on(tmp_path):
+  cache = _cache(tmp_path, timeout_s=0.2)
+  cache.store(SIG, JC)
+  holder = sqlite3.connect(cache.path, isolation_level=None)
+  holder.execute("BEGIN EXCLUSIVE")
+  try:
+    with pytest.warns(PlanCacheWarning, match="locked"):
+      assert cache.store("cd" * 32, NVP) is False
+  finally:
+    holder.execute("ROLLBACK")
+    holder.close()
+  assert cache.store("cd" * 32, NVP)
+
+
+def test_unwritable_directory_warns(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  cache = _cache(blocker / "cache")  # a directory below a regular file
+  with pytest.warns(PlanCacheWarning, match="cannot open"):
+    assert cache.store(SIG, JC) is False
+  assert cache.lookup(SIG) is None
+
+
+@pytest.mark.subprocess
+def test_read_only_cache_directory(tmp_path):
+  cache = _cache(tmp_path / "ro")
+  cache.store(SIG, JC)
+  script = textwrap.dedent(f"""
+      import warnings
+      from autontk import Plan, Implementation
+      from autontk.plancache import PlanCache, PlanCacheWarning
+      c = PlanCache({str(tmp_path / "ro")!r}, jax_compilation_cache=False)
+      with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        print("lookup", c.lookup({SIG!r}).implementation.name)
+        print("store", c.store("cd" * 32, Plan(Implementation(2))))
+      print("warned", any(issubclass(x.category, PlanCacheWarning)
+                          for x in w))
+  """)
+  os.chmod(tmp_path / "ro", 0o555)
+  os.chmod(cache.path, 0o444)
+  cmd = [sys.executable, "-c", script]
+  if os.geteuid() == 0:
+    # Root ignores file modes; without CAP_DAC_OVERRIDE it obeys them.
+    if shutil.which("setpriv") is None:
+      pytest.skip("running as root without setpriv")
+    cmd = ["setpriv", "--bounding-set",
+           "-dac_override,-dac_read_search,-fowner"] + cmd
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env=ENV)
+  finally:
+    os.chmod(tmp_path / "ro", 0o755)
+  assert out.returncode == 0, out.stderr
+  assert "lookup JACOBIAN_CONTRACTION" in out.stdout
+  assert "store False" in out.stdout and "warned True" in out.stdout
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from autontk import Plan, Implementation
+    from autontk.plancache import PlanCache
+    c = PlanCache(sys.argv[1], jax_compilation_cache=False)
+    tag = int(sys.argv[2])
+    for i in range(40):
+      plan = Plan(Implementation(1 + (i + tag) % 2))
+      assert c.store(f"{tag:02x}{i:062x}", plan,
+                     candidates=[{"plan": plan, "measured_s": 1e-3 * i}])
+      assert c.store("ee" * 32, plan)  # both fight over one row too
+    print("ok")
+""")
+
+
+@pytest.mark.subprocess
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+  procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path),
+                             str(tag)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+           for tag in (1, 2)]
+  outs = [p.communicate(timeout=180) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0 and "ok" in out, err
+    assert "PlanCacheWarning" not in err
+  cache = _cache(tmp_path)
+  assert len(cache.entries()) == 81
+  assert len(cache.measurements()) == 80
+  conn = sqlite3.connect(cache.path)
+  assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+  conn.close()
