@@ -1,0 +1,98 @@
+"""Every version-dependent touch of JAX internals, in one place.
+
+``jax.extend`` promises no stability, so the rest of autontk imports only
+``jax``, ``jax.numpy``, ``jax.lax`` and the names re-exported here. Checked on
+jax 0.10.2: ``pjit`` is now ``jit``, ``remat`` is ``remat2``, custom VJP
+functions appear as ``custom_lin`` after ``jax.linearize``, and the symbolic
+zero-sum of tangents is ``add_any``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.extend import core as jex_core
+from jax.extend.core import primitives as jex_primitives
+
+ClosedJaxpr = jex_core.ClosedJaxpr
+Jaxpr = jex_core.Jaxpr
+JaxprEqn = jex_core.JaxprEqn
+Literal = jex_core.Literal
+Primitive = jex_core.Primitive
+Var = jex_core.Var
+DropVar = jex_core.DropVar
+
+primitives = jex_primitives
+
+
+def _optional(name: str) -> Primitive | None:
+  return getattr(jex_primitives, name, None)
+
+
+# Primitives whose body is evaluated in line: they only scope a sub-jaxpr.
+# Keyed by object; missing ones (older or newer JAX) are skipped.
+_INLINE_PARAM = {
+    "jit_p": "jaxpr",
+    "pjit_p": "jaxpr",
+    "closed_call_p": "call_jaxpr",
+    "call_p": "call_jaxpr",
+    "core_call_p": "call_jaxpr",
+    "remat_p": "jaxpr",
+    "checkpoint_p": "jaxpr",
+    "custom_jvp_call_p": "call_jaxpr",
+    "custom_vjp_call_p": "call_jaxpr",
+}
+INLINE_PRIMITIVES: dict[Primitive, str] = {
+    p: key for name, key in _INLINE_PARAM.items()
+    if (p := _optional(name)) is not None
+}
+
+# ``add_any`` sums tangents; it behaves like ``add`` on values.
+ADD_ANY = _optional("add_jaxvals_p")
+
+
+def inline_body(eqn: JaxprEqn) -> tuple[Jaxpr, list[Any]] | None:
+  """``(jaxpr, consts)`` of a call-like equation's body, or ``None``."""
+  key = INLINE_PRIMITIVES.get(eqn.primitive)
+  if key is None:
+    return None
+  body = eqn.params.get(key)
+  if body is None:
+    return None
+  if isinstance(body, ClosedJaxpr):
+    return body.jaxpr, list(body.consts)
+  if isinstance(body, Jaxpr):
+    return body, []
+  return None
+
+
+def is_literal(v: Any) -> bool:
+  return isinstance(v, Literal)
+
+
+def is_drop_var(v: Any) -> bool:
+  return isinstance(v, DropVar)
+
+
+def bind(eqn: JaxprEqn, *args: Any) -> list[Any]:
+  """Evaluates one equation on the given inputs; always a list of outputs."""
+  # jax >= 0.7: get_bind_params returns the params dict (it used to return
+  # ``(subfuns, params)``).
+  params = eqn.primitive.get_bind_params(eqn.params)
+  if isinstance(params, tuple):  # pragma: no cover - older JAX
+    subfuns, params = params
+    out = eqn.primitive.bind(*subfuns, *args, **params)
+  else:
+    out = eqn.primitive.bind(*args, **params)
+  return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def linear_jaxpr(fun, primals) -> ClosedJaxpr:
+  """The jaxpr of ``fun``'s linearisation at ``primals`` (a tuple).
+
+  Its invars are the tangents of ``primals``; its consts are the residuals
+  (tracers when called under an outer transformation such as ``vmap``).
+  """
+  _, lin = jax.linearize(fun, *primals)
+  return jax.make_jaxpr(lin)(*primals)

@@ -1,0 +1,107 @@
+"""Method 3: structured derivatives.
+
+Linearise f, find each parameter's uses in the linear jaxpr and their
+cotangents ``∂f/∂y`` (:mod:`.interpreter`), describe each use's ``∂y/∂θ`` by
+its structure from the rule table (:mod:`.rule_table`, rules in
+:mod:`.rules`), and sum, over every pair of uses of every parameter, the
+matrix-Jacobian-Jacobian-matrix product as one einsum (:mod:`.contraction`).
+Time N·O·[FP] + Σ MJJMP (Novak et al., 2022, sec. 3.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from autontk._options import Implementation
+from autontk._problem import NtkProblem
+from autontk.methods import register
+from autontk.methods.structured import rules  # noqa: F401  (registers rules)
+from autontk.methods.structured.contraction import pair_kernel
+from autontk.methods.structured.interpreter import SideSpec, analyse
+from autontk.methods.structured.rule_table import MissingRuleError
+
+
+@dataclasses.dataclass(frozen=True)
+class StructuredConfig:
+  """Options of the structured-derivatives method.
+
+  Attributes:
+    structure_rules: use the primitives' structure rules (off: every use is
+      a materialised Jacobian, from its Jacobian rule or the generic path).
+    jacobian_rules: use the explicit Jacobian rules where a structure rule
+      does not apply (off: the generic transpose).
+    strict: raise :class:`MissingRuleError` instead of taking the generic
+      fallback for a primitive without an applicable rule.
+    precision: ``jax.lax.Precision`` of the contractions (``None``: backend
+      default).
+    optimize: ``jnp.einsum``'s contraction-path strategy.
+  """
+
+  structure_rules: bool = True
+  jacobian_rules: bool = True
+  strict: bool = False
+  precision: str | None = None
+  optimize: str = "auto"
+
+
+def _side(problem: NtkProblem, which: int, config: StructuredConfig):
+  spec = SideSpec()
+  theta = problem.theta
+  if problem.vmap is None:
+    fun = problem.fn(which)
+    arrays = analyse(lambda *t: fun(t), theta, config, spec)
+  else:
+    g, x_leaves, kw, (x_in, kw_in) = problem.example_fn(which)
+
+    def one(x_i, kw_i):
+      return analyse(lambda *t: g(t, x_i, kw_i), theta, config, spec)
+
+    arrays = jax.vmap(one, in_axes=(x_in, kw_in))(x_leaves, kw)
+  return spec, arrays
+
+
+@register(Implementation.STRUCTURED_DERIVATIVES, StructuredConfig)
+def compute(problem: NtkProblem,
+            config: StructuredConfig | None = None) -> list[jax.Array]:
+  """Kernels of ``problem`` (one per output leaf), structured derivatives.
+
+  Args:
+    problem: the validated NTK call.
+    config: options; ``None`` for the defaults.
+
+  Returns:
+    One kernel per output leaf, in the kernel layout, divided by the
+    traced axes' size.
+  """
+  config = config or StructuredConfig()
+  spec1, arrays1 = _side(problem, 1, config)
+  if problem.same_inputs:
+    spec2, arrays2 = spec1, arrays1
+  else:
+    spec2, arrays2 = _side(problem, 2, config)
+
+  kernels = []
+  for leaf, axes in enumerate(problem.axes):
+    dtype = problem.kernel_dtype(leaf)
+    batch_axis = (None if problem.vmap is None else
+                  problem.vmap.out_axes[leaf])
+    total = jnp.zeros(problem.kernel_shape(leaf), dtype)
+    for u1, (cots1, f1) in zip(spec1.uses, arrays1):
+      if cots1[leaf] is None:
+        continue
+      for u2, (cots2, f2) in zip(spec2.uses, arrays2):
+        if u2.param != u1.param or cots2[leaf] is None:
+          continue
+        total = total + pair_kernel(
+            u1, (cots1[leaf], f1), u2, (cots2[leaf], f2), axes, batch_axis,
+            problem.theta[u1.param].shape, dtype, config.precision,
+            config.optimize)
+    kernels.append(total / axes.trace_size(problem.out1[leaf].shape))
+  return kernels
+
+
+__all__ = ["StructuredConfig", "MissingRuleError", "compute"]

@@ -1,0 +1,313 @@
+"""Walks the linearised network and finds each parameter use's cotangent.
+
+:func:`analyse` linearises ``fun`` with ``jax.linearize``, takes the jaxpr of
+the linear map and interprets it twice:
+
+1. *discovery*: every equation that consumes a parameter leaf θ directly is a
+   *use*; its constant inputs (residuals, literals) are kept for the rules.
+   Call-like equations (``jit``, ``remat``, ``custom_jvp_call``...) are
+   walked in line, so uses inside them are found too.
+2. *probing*: the same walk as a function of one *probe* per use output,
+   with θ set to zero and each use's output replaced by (its other
+   tangents' contribution +) its probe. The network's output is linear in the
+   probes and ``∂out/∂probe_u = ∂out/∂y_u``, so ``jax.linear_transpose`` of
+   this function, vmapped over a basis of output cotangents, gives every
+   ``C_u = ∂f/∂y_u`` at once (one reverse pass per output entry), for any
+   primitive JAX can transpose (scan, cond, while, custom_lin included).
+
+Each use's :class:`Structure` comes from the rule table; the result is the
+rule-mapped cotangents and factors as arrays, plus a static description in a
+:class:`SideSpec`. Everything works under an outer ``jax.vmap`` (per-example
+evaluation): the static description is recorded while tracing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from autontk import _compat
+from autontk.methods.structured import rule_table
+from autontk.methods.structured.structure import (Factor, IndexFactor,
+                                                  Structure, dense)
+
+_LIVE = object()  # discovery-time value of a tangent that depends on θ
+
+
+@dataclasses.dataclass(frozen=True)
+class _Const:
+  value: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Param:
+  index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Lin:
+  value: Any  # an array, None (a zero tangent), or _LIVE during discovery
+
+
+@dataclasses.dataclass(frozen=True)
+class Use:
+  """Parameter ``param`` consumed by the equation behind probe ``probe``."""
+
+  probe: int
+  param: int
+  ctx: rule_table.UseContext | None  # None: θ is itself an output
+
+
+class _Walk:
+  """One interpretation of a linear jaxpr (discovery, or with probes)."""
+
+  def __init__(self, probes: Sequence[Sequence[jax.Array]] | None = None):
+    self.probes = probes
+    self.uses: list[Use] = []
+    self.probe_avals: list[tuple[Any, ...]] = []
+
+  @property
+  def discovering(self) -> bool:
+    return self.probes is None
+
+  def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
+    env: dict[Any, Any] = {}
+
+    def read(v):
+      if _compat.is_literal(v):
+        return _Const(v.val)
+      return env[v]
+
+    for v, c in zip(jaxpr.constvars, consts):
+      env[v] = c if isinstance(c, (_Const, _Param, _Lin)) else _Const(c)
+    for v, a in zip(jaxpr.invars, args):
+      env[v] = a
+    for eqn in jaxpr.eqns:
+      outs = self._eqn(eqn, [read(v) for v in eqn.invars])
+      for v, o in zip(eqn.outvars, outs):
+        if not _compat.is_drop_var(v):
+          env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+  def _eqn(self, eqn, ins: list) -> list:
+    if all(isinstance(x, _Const) for x in ins):
+      return [_Const(o) for o in _compat.bind(eqn, *[x.value for x in ins])]
+    body = _compat.inline_body(eqn)
+    if body is not None:
+      jaxpr, consts = body
+      return self.run(jaxpr, consts, ins)
+    if any(isinstance(x, _Param) for x in ins):
+      return self._use(eqn, ins)
+    return self._linear(eqn, ins)
+
+  def _concrete(self, eqn, ins: list) -> list | None:
+    """Binds the equation with θ and zero tangents as zeros (None if all 0)."""
+    if all(not isinstance(x, _Lin) or x.value is None for x in ins
+           if not isinstance(x, _Const)):
+      return None
+    args = []
+    for x, v in zip(ins, eqn.invars):
+      if isinstance(x, _Const):
+        args.append(x.value)
+      elif isinstance(x, _Lin) and x.value is not None:
+        args.append(x.value)
+      else:
+        args.append(jnp.zeros(v.aval.shape, v.aval.dtype))
+    return _compat.bind(eqn, *args)
+
+  def _linear(self, eqn, ins: list) -> list:
+    n = len(eqn.outvars)
+    if self.discovering:
+      return [_Lin(_LIVE)] * n
+    outs = self._concrete(eqn, ins)
+    return [_Lin(None)] * n if outs is None else [_Lin(o) for o in outs]
+
+  def _new_probe(self, avals: tuple[Any, ...]) -> int:
+    self.probe_avals.append(avals)
+    return len(self.probe_avals) - 1
+
+  def _use(self, eqn, ins: list) -> list:
+    k = self._new_probe(tuple(v.aval for v in eqn.outvars))
+    if self.discovering:
+      inputs = tuple(x.value if isinstance(x, _Const) else None for x in ins)
+      in_avals = tuple(v.aval for v in eqn.invars)
+      out_avals = tuple(v.aval for v in eqn.outvars)
+      for pos, x in enumerate(ins):
+        if isinstance(x, _Param):
+          ctx = rule_table.UseContext(eqn, pos, inputs, in_avals, out_avals)
+          self.uses.append(Use(k, x.index, ctx))
+      return [_Lin(_LIVE)] * len(eqn.outvars)
+    base = self._concrete(eqn, ins)
+    probe = self.probes[k]
+    if base is None:
+      return [_Lin(p) for p in probe]
+    return [_Lin(b + p) for b, p in zip(base, probe)]
+
+  def outputs(self, outs: list, theta_avals: Sequence[Any]) -> list:
+    """Top-level outputs; an output that *is* a parameter gets its probe."""
+    result = []
+    for o in outs:
+      if isinstance(o, _Param):
+        k = self._new_probe((theta_avals[o.index],))
+        if self.discovering:
+          self.uses.append(Use(k, o.index, None))
+          o = _Lin(_LIVE)
+        else:
+          o = _Lin(self.probes[k][0])
+      result.append(o)
+    return result
+
+
+# Static description of one side --------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FactorSpec:
+  labels: tuple[int, ...]
+  index_label: int | None = None  # set for an IndexFactor
+  index_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class UseSpec:
+  """Static part of one (possibly merged) use: labels and factor kinds."""
+
+  param: int
+  theta_labels: tuple[int, ...]
+  cot_labels: tuple[int, ...]
+  factors: tuple[FactorSpec, ...]
+  primitive: str
+
+
+@dataclasses.dataclass
+class SideSpec:
+  """Filled while tracing :func:`analyse`.
+
+  Attributes:
+    uses: one :class:`UseSpec` per entry of the returned arrays.
+    live: per output leaf, whether it depends on the parameters at all.
+  """
+
+  uses: list[UseSpec] = dataclasses.field(default_factory=list)
+  live: list[bool] = dataclasses.field(default_factory=list)
+
+
+def _spec_of(s: Structure, param: int, name: str) -> UseSpec:
+  fs = []
+  for f in s.factors:
+    if isinstance(f, IndexFactor):
+      fs.append(FactorSpec(f.labels, f.label, f.size))
+    else:
+      fs.append(FactorSpec(f.labels))
+  return UseSpec(param, s.theta_labels, s.cot_labels, tuple(fs), name)
+
+
+def _factor_array(f: Factor | IndexFactor) -> jax.Array:
+  return f.indices if isinstance(f, IndexFactor) else f.array
+
+
+def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
+            config: Any, spec: SideSpec) -> list[tuple[list, list]]:
+  """Structured Jacobian pieces of ``fun(*theta)`` (a list of output leaves).
+
+  Args:
+    fun: ``fun(*theta) -> list of output arrays``, shapes ``o_L``.
+    theta: the parameter leaves.
+    config: a ``StructuredConfig``.
+    spec: filled with the static description (reset first).
+
+  Returns:
+    Per use (merged dense uses first, per parameter), ``(cots, factors)``:
+    ``cots[L]`` is ``cot_map(C)`` for output leaf ``L``, shape
+    ``o_L + cot dims`` (``None`` for a leaf that does not depend on θ), and
+    ``factors`` the factor arrays (indices for index factors).
+  """
+  spec.uses.clear()
+  spec.live.clear()
+  theta = tuple(theta)
+  closed = _compat.linear_jaxpr(fun, theta)
+  jaxpr = closed.jaxpr
+  theta_avals = [v.aval for v in jaxpr.invars]
+  params = [_Param(i) for i in range(len(theta))]
+
+  walk = _Walk()
+  outs = walk.outputs(walk.run(jaxpr, closed.consts, params), theta_avals)
+  live = [isinstance(o, _Lin) and o.value is _LIVE for o in outs]
+  spec.live.extend(live)
+  out_avals = [v.aval for v in jaxpr.outvars]
+  if not walk.uses or not any(live):
+    return []
+
+  probe_avals = walk.probe_avals
+  flat_avals = [jax.ShapeDtypeStruct(a.shape, a.dtype)
+                for avals in probe_avals for a in avals]
+  splits = [len(avals) for avals in probe_avals]
+
+  def probed(*flat):
+    it = iter(flat)
+    probes = [[next(it) for _ in range(n)] for n in splits]
+    w = _Walk(probes)
+    res = w.outputs(w.run(jaxpr, closed.consts, params), theta_avals)
+    return [res[i].value for i in range(len(res)) if live[i]]
+
+  live_idx = [i for i in range(len(outs)) if live[i]]
+  sizes = [math.prod(out_avals[i].shape) for i in live_idx]
+  total = sum(sizes)
+  dtype = jnp.result_type(*[out_avals[i].dtype for i in live_idx])
+  eye = jnp.eye(total, dtype=dtype)
+  basis, off = [], 0
+  for i, n in zip(live_idx, sizes):
+    basis.append(eye[:, off:off + n].reshape((total,) + out_avals[i].shape)
+                 .astype(out_avals[i].dtype))
+    off += n
+  transpose = jax.linear_transpose(probed, *flat_avals)
+  cots_flat = jax.vmap(lambda b: transpose(b))(basis)
+  cots, pos = [], 0
+  for n in splits:
+    cots.append(cots_flat[pos:pos + n])
+    pos += n
+
+  def per_leaf(mapped: jax.Array) -> list:
+    out, off = [None] * len(outs), 0
+    for i, n in zip(live_idx, sizes):
+      out[i] = mapped[off:off + n].reshape(out_avals[i].shape +
+                                           mapped.shape[1:])
+      off += n
+    return out
+
+  merged: dict[int, jax.Array] = {}
+  structured: list[tuple[UseSpec, list]] = []
+  for use in walk.uses:
+    c = cots[use.probe]
+    if use.ctx is None:
+      s, name = dense(len(theta_avals[use.param].shape)), "identity"
+    else:
+      s = rule_table.resolve(use.ctx, config.structure_rules,
+                             config.jacobian_rules, config.strict)
+      name = str(use.ctx.primitive)
+    single = c[0] if len(c) == 1 and (use.ctx is None or
+                                      not use.ctx.primitive.multiple_results
+                                      ) else tuple(c)
+    mapped = single if s.cot_map is None else jax.vmap(s.cot_map)(single)
+    if s.is_dense:
+      # Uses whose Jacobian is materialised anyway are summed first: their
+      # pairs then cost one contraction per parameter.
+      merged[use.param] = (mapped if use.param not in merged else
+                           merged[use.param] + mapped)
+      continue
+    structured.append((_spec_of(s, use.param, name),
+                       [_factor_array(f) for f in s.factors], mapped))
+
+  result = []
+  for p, mapped in sorted(merged.items()):
+    labels = tuple(range(len(theta_avals[p].shape)))
+    spec.uses.append(UseSpec(p, labels, labels, (), "dense"))
+    result.append((per_leaf(mapped), []))
+  for u, factors, mapped in structured:
+    spec.uses.append(u)
+    result.append((per_leaf(mapped), factors))
+  return result

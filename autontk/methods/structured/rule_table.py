@@ -1,0 +1,169 @@
+"""The rule table: one record per primitive, keyed by the primitive object.
+
+A record holds an optional *structure rule* (``UseContext -> Structure`` or
+``None`` when the rule does not cover these parameters) and an optional
+*Jacobian rule* (``UseContext -> cotangent map`` giving the materialised
+Jacobian of the use, cheaper than the generic transpose). Rules are
+registered right below their definitions in :mod:`.rules`. Any primitive
+without an applicable rule takes :func:`generic`: the exact Jacobian of the
+use through ``jax.linear_transpose`` of the primitive, logged once per
+primitive (``strict=True`` raises instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from autontk import _compat
+from autontk.methods.structured.structure import Structure, dense
+
+log = logging.getLogger("autontk.structured")
+
+StructureRule = Callable[["UseContext"], "Structure | None"]
+JacobianRule = Callable[["UseContext"], "Callable[[Any], jax.Array] | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class UseContext:
+  """One use of a parameter leaf θ by one equation.
+
+  Attributes:
+    eqn: the equation (its ``primitive`` and ``params``).
+    position: which input of the equation is θ.
+    inputs: per input, its value if it is a constant (residual, literal),
+      else ``None`` (θ itself or another tangent).
+    in_avals: per input, its abstract value.
+    out_avals: per output, its abstract value.
+  """
+
+  eqn: Any
+  position: int
+  inputs: tuple[Any, ...]
+  in_avals: tuple[Any, ...]
+  out_avals: tuple[Any, ...]
+
+  @property
+  def params(self) -> dict[str, Any]:
+    return self.eqn.params
+
+  @property
+  def primitive(self):
+    return self.eqn.primitive
+
+  @property
+  def theta_aval(self):
+    return self.in_avals[self.position]
+
+  @property
+  def out_aval(self):
+    return self.out_avals[0]
+
+  def other(self) -> Any:
+    """The constant operand of a binary primitive (``None`` if tangent)."""
+    return self.inputs[1 - self.position]
+
+  def apply(self, theta: jax.Array):
+    """The equation as a function of θ alone (other tangents are zero)."""
+    args = []
+    for i, (v, aval) in enumerate(zip(self.inputs, self.in_avals)):
+      if i == self.position:
+        args.append(theta)
+      elif v is None:
+        args.append(jnp.zeros(aval.shape, aval.dtype))
+      else:
+        args.append(v)
+    outs = _compat.bind(self.eqn, *args)
+    return outs if self.primitive.multiple_results else outs[0]
+
+
+@dataclasses.dataclass
+class RuleRecord:
+  primitive: Any
+  structure: StructureRule | None = None
+  jacobian: JacobianRule | None = None
+
+
+RULES: dict[Any, RuleRecord] = {}
+
+
+def _record(primitive) -> RuleRecord:
+  if primitive is None:  # not in this JAX version
+    return RuleRecord(None)
+  return RULES.setdefault(primitive, RuleRecord(primitive))
+
+
+def structure_rule(*primitives):
+  """Registers a structure rule for one or more primitives."""
+  def wrap(rule: StructureRule) -> StructureRule:
+    for p in primitives:
+      _record(p).structure = rule
+    return rule
+  return wrap
+
+
+def jacobian_rule(*primitives):
+  """Registers a Jacobian rule (explicit cotangent map) for primitives."""
+  def wrap(rule: JacobianRule) -> JacobianRule:
+    for p in primitives:
+      _record(p).jacobian = rule
+    return rule
+  return wrap
+
+
+class MissingRuleError(NotImplementedError):
+  """Raised under ``strict=True`` when a use needs the generic fallback."""
+
+
+_LOGGED: set[Any] = set()
+
+
+def generic(ctx: UseContext) -> Structure:
+  """Exact fallback: the use's Jacobian through the primitive's transpose."""
+  transpose = jax.linear_transpose(ctx.apply, ctx.theta_aval)
+
+  def cot_map(c):
+    if ctx.primitive.multiple_results:
+      c = list(c)
+    return transpose(c)[0]
+
+  return dense(len(ctx.theta_aval.shape), cot_map)
+
+
+def resolve(ctx: UseContext, structure_rules: bool = True,
+            jacobian_rules: bool = True, strict: bool = False) -> Structure:
+  """The structure of one use: rule if one applies, else :func:`generic`."""
+  record = RULES.get(ctx.primitive)
+  if record is not None:
+    if structure_rules and record.structure is not None:
+      s = record.structure(ctx)
+      if s is not None:
+        return s
+    if jacobian_rules and record.jacobian is not None:
+      cot_map = record.jacobian(ctx)
+      if cot_map is not None:
+        return dense(len(ctx.theta_aval.shape), cot_map)
+  if structure_rules or jacobian_rules:
+    what = ("has no rule" if record is None else
+            "has no rule for these parameters")
+    if strict:
+      raise MissingRuleError(
+          f"structured_derivatives: primitive `{ctx.primitive}` {what} "
+          f"(parameter as input {ctx.position}); strict=True forbids the "
+          "generic fallback.")
+    if ctx.primitive not in _LOGGED:
+      _LOGGED.add(ctx.primitive)
+      log.info("structured_derivatives: primitive `%s` %s; using the exact "
+               "generic fallback (its Jacobian through linear_transpose).",
+               ctx.primitive, what)
+  return generic(ctx)
+
+
+def registered() -> dict[Any, RuleRecord]:
+  """All records, after loading every rule module."""
+  from autontk.methods.structured import rules  # noqa: F401
+  return dict(RULES)
