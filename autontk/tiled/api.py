@@ -1,0 +1,388 @@
+"""``ntk_tiled``: the NTK of a whole dataset, tile by tile.
+
+The kernel is cut into tiles (:mod:`autontk.tiled.tiling`); tiles run in
+groups of one per device on every process (:mod:`autontk.tiled.distributed`),
+each with the plan that ``ntk.plan`` chooses for the tile shape, and land in
+memory or in ``.npy`` files with a manifest that makes the run resumable
+(:mod:`autontk.tiled.storage`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from autontk._api import NtkFn
+from autontk._problem import NtkProblem
+from autontk._types import PyTree
+from autontk.tiled import batch as _batch
+from autontk.tiled import distributed, storage
+from autontk.tiled.autotile import choose_tile, memory_budget_bytes
+from autontk.tiled.tiling import LeafLayout, Tile, TileGrid
+
+
+@dataclasses.dataclass
+class _Kind:
+  """The compiled group program of one kind of tile (self or cross)."""
+
+  same_inputs: bool
+  program: Any
+  plan: Any
+
+
+def _reject_rng(kwargs: dict[str, Any]) -> None:
+  if "rng" in kwargs:
+    raise ValueError(
+        "ntk_tiled does not take the kwarg `rng`: ntk_fn derives x2's key "
+        "from the whole batch (fold_in when x2 differs from x1), which tiles "
+        "cannot reproduce, and f's randomness over a batch generally depends "
+        "on the batch size. Pass per-example keys as a batched kwarg under "
+        "another name (with vmap_axes=(in, out, {name: 0})), or make f "
+        "deterministic.")
+
+
+def _matched_ntk(ntk: NtkFn, problem: NtkProblem,
+                 out_axes: Sequence[int]) -> tuple[NtkFn, str]:
+  """The NtkFn tiles run with, and the batch axis' kind.
+
+  A traced batch axis is computed as a diagonal one (and summed at the end),
+  so each tile's examples are traced exactly once.
+  """
+  kinds = []
+  for ax, b in zip(problem.axes, out_axes):
+    kinds.append("traced" if b in ax.trace else
+                 "diagonal" if b in ax.diagonal else "pairwise")
+  if len(set(kinds)) != 1:
+    raise ValueError(
+        f"The batch axis is {', '.join(kinds)} in the output leaves; "
+        "ntk_tiled needs it traced, diagonal or neither in every leaf "
+        "(check trace_axes, diagonal_axes and vmap_axes).")
+  kind = kinds[0]
+  if kind != "traced":
+    return ntk, kind
+  opts = ntk.options
+  entries = set()
+  for o, b in zip(problem.out1, out_axes):
+    hits = [k for k, a in enumerate(opts.trace_axes) if a % len(o.shape) == b]
+    entries.add(hits[0])
+  if len(entries) != 1:
+    raise ValueError(
+        f"trace_axes={opts.trace_axes} names the batch axis by different "
+        "entries in different output leaves; name it the same way (e.g. 0) "
+        "for ntk_tiled.")
+  k = entries.pop()
+  options = dataclasses.replace(
+      opts, trace_axes=opts.trace_axes[:k] + opts.trace_axes[k + 1:],
+      diagonal_axes=opts.diagonal_axes + (opts.trace_axes[k],))
+  return NtkFn(ntk.f, options, jit=ntk.jit, planner=ntk._planner), kind  # noqa: SLF001
+
+
+def _fingerprint(*trees: PyTree) -> str:
+  h = hashlib.blake2b(digest_size=16)
+  for tree in trees:
+    leaves, td = jax.tree.flatten(tree)
+    h.update(str(td).encode())
+    for v in leaves:
+      if isinstance(v, (jax.Array, np.ndarray, np.generic)):
+        if isinstance(v, jax.Array) and jax.dtypes.issubdtype(
+            v.dtype, jax.dtypes.extended):
+          v = jax.random.key_data(v)
+        a = np.ascontiguousarray(np.asarray(v))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(memoryview(a.reshape(-1)).cast("B"))
+      else:
+        h.update(repr(v).encode())
+  return h.hexdigest()
+
+
+def _parse_tile(tile: Any, n1: int, n2: int,
+                square: bool) -> tuple[int, int] | None:
+  if isinstance(tile, str):
+    if tile != "auto":
+      raise ValueError(f"`tile` must be 'auto', an int or a pair of ints; "
+                       f"got {tile!r}.")
+    return None
+  if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
+    t1 = t2 = int(tile)
+  else:
+    try:
+      t1, t2 = (int(t) for t in tile)
+    except (TypeError, ValueError):
+      raise TypeError(f"`tile` must be 'auto', an int or a pair of ints; got "
+                      f"{tile!r}.") from None
+  if t1 < 1 or t2 < 1:
+    raise ValueError(f"`tile` must be positive; got {tile!r}.")
+  if square:
+    if t1 != t2:
+      raise ValueError(
+          f"`tile` must be square when x2 is None or the batch axis is "
+          f"diagonal/traced (tiles sit on the diagonal); got {tile!r}.")
+    t1 = t2 = min(t1, max(n1, n2))
+  return min(t1, n1), min(t2, n2)
+
+
+class _Run:
+  """One ``ntk_tiled`` call: the sides, the grid, the programs and the store."""
+
+  def __init__(self, ntk: NtkFn, problem: NtkProblem, side1, side2,
+               grid: TileGrid, cluster: distributed.Cluster, params: PyTree):
+    self.ntk, self.problem = ntk, problem
+    self.side1, self.side2 = side1, side2
+    self.grid, self.cluster = grid, cluster
+    self.params = params
+    self._kinds: dict[bool, _Kind] = {}
+    self._params_dev = None
+    self._shared_dev: dict[int, list[jax.Array]] = {}
+
+  def _call_args(self, x1, kw1, x2, kw2, same: bool):
+    kwargs = {k: (kw1[k], kw2[k]) for k in kw1}
+    return x1, (None if same else x2), kwargs
+
+  def tile_call(self, same: bool, batched: Sequence[Any],
+                shared: Sequence[Any]):
+    """``(x1, x2, kwargs)`` of one tile from its flat leaves."""
+    n1 = len(self.side1.batched)
+    s1 = len(self.side1.shared)
+    x1, kw1 = self.side1.assemble(batched[:n1], shared[:s1])
+    if same:
+      return self._call_args(x1, kw1, x1, kw1, True)
+    x2, kw2 = self.side2.assemble(batched[n1:], shared[s1:])
+    return self._call_args(x1, kw1, x2, kw2, False)
+
+  def host_tile(self, tile: Tile):
+    x1, kw1 = self.side1.host_tile(tile.rows, self.grid.t1)
+    if tile.same_inputs:
+      return self._call_args(x1, kw1, x1, kw1, True)
+    x2, kw2 = self.side2.host_tile(tile.cols, self.grid.t2)
+    return self._call_args(x1, kw1, x2, kw2, False)
+
+  def kind(self, tile: Tile) -> _Kind:
+    same = tile.same_inputs
+    if same not in self._kinds:
+      x1, x2, kwargs = self.host_tile(tile)
+      plan = self.ntk.plan(x1, x2, self.params, **kwargs)
+      ntk = self.ntk
+
+      def body(params, batched, shared):
+        a1, a2, kw = self.tile_call(same, batched, shared)
+        return jax.tree.leaves(ntk.execute(plan, a1, a2, params, **kw))
+
+      self._kinds[same] = _Kind(
+          same, distributed.spmd_program(body, self.cluster), plan)
+    return self._kinds[same]
+
+  def _sides(self, same: bool):
+    return (self.side1,) if same else (self.side1, self.side2)
+
+  def dispatch(self, group: Sequence[Tile]) -> list[jax.Array]:
+    """Starts one group (asynchronously): one tile per device."""
+    same = group[0].same_inputs
+    kind = self.kind(group[0])
+    if self._params_dev is None:
+      self._params_dev = distributed.replicated_input(self.cluster,
+                                                      self.params)
+    if same not in self._shared_dev:
+      shared = [s.leaves[i] for s in self._sides(same) for i in s.shared]
+      self._shared_dev[same] = distributed.replicated_input(self.cluster,
+                                                            shared)
+    slots = list(group) + [group[0]] * (self.cluster.size - len(group))
+    batched = []
+    for s, size, rng in zip(self._sides(same), (self.grid.t1, self.grid.t2),
+                            ("rows", "cols")):
+      for i in s.batched:
+        leaf = s.leaves[i]
+        batched.append(distributed.stacked_input(
+            self.cluster, s.tile_shape(i, size), np.result_type(leaf),
+            lambda d, s=s, i=i, size=size, rng=rng: s.tile_leaf(
+                i, getattr(slots[d], rng), size)))
+    return kind.program(self._params_dev, batched, self._shared_dev[same])
+
+
+def _groups(tiles: Sequence[Tile], size: int) -> list[list[Tile]]:
+  out = []
+  for same in (True, False):
+    kind = [t for t in tiles if t.same_inputs is same]
+    out.extend(kind[i:i + size] for i in range(0, len(kind), size))
+  return out
+
+
+def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
+              tile: int | tuple[int, int] | str = "auto",
+              out: str | os.PathLike | None = None, resume: bool = True,
+              devices: Sequence[Any] | None = None, progress: bool = True,
+              memory_budget: int | None = None, **kwargs: Any) -> PyTree:
+  """Computes ``ntk(x1, x2, params, **kwargs)`` tile by tile.
+
+  The N1 × N2 kernel is cut into tiles of ``t1 × t2`` examples (the last ones
+  may be smaller). Tiles are spread over ``devices`` (default: all devices of
+  all processes) with ``jax.shard_map``, each with the plan ``ntk.plan``
+  chooses for the tile shape, and written to memory or to disk as they
+  finish. With ``x2=None`` only the upper triangle is computed and mirrored.
+  A diagonal batch axis (``diagonal_axes`` containing it) computes only the
+  diagonal tiles; a traced batch axis computes them as diagonals and sums.
+
+  The batch axis is the one ``vmap_axes`` of ``ntk`` names; without it,
+  axis 0 of every leaf of x and of every output leaf. f must treat examples
+  independently (a tile is f applied to a slice of the batch). kwargs are
+  split as by ``ntk`` (2-tuples per side) and are shared by every tile unless
+  ``vmap_axes`` gives them a batch axis; ``rng`` is rejected (its split
+  depends on the whole batch).
+
+  Several processes (``jax.distributed.initialize``; on CPU set
+  ``jax_cpu_collectives_implementation`` to ``"gloo"``) each call
+  ``ntk_tiled`` with the same arguments and an ``out`` path on a shared file
+  system; each computes and writes its devices' tiles.
+
+  Args:
+    ntk: the kernel function, from :func:`autontk.ntk_fn`.
+    x1: inputs, batch size N1 along the batch axis.
+    x2: inputs (batch size N2), or ``None`` for ``x1`` (upper triangle only).
+    params: the parameters.
+    tile: examples per tile, ``t`` or ``(t1, t2)`` (square when x2 is None
+      or the batch axis is diagonal/traced), or ``"auto"``: the largest tile
+      whose compiled program fits ``memory_budget`` per device.
+    out: a directory for the result (``kernel_<i>.npy`` per output leaf,
+      ``manifest.jsonl``, ``meta.json``), or ``None`` to keep it in memory.
+    resume: with ``out``, keep the tiles a previous run of the same
+      computation finished; ``False`` starts over.
+    devices: the devices to use (one process only), default all.
+    progress: show a progress bar (rate and ETA) on process 0.
+    memory_budget: bytes per device for ``tile="auto"`` (default: half the
+      available memory of the device, or of the host shared by its CPU
+      devices).
+    **kwargs: keyword arguments of ``f``.
+
+  Returns:
+    The kernel (a pytree of kernels for pytree outputs), laid out as by
+    ``ntk``: NumPy arrays in memory, or read-only ``np.memmap`` views of
+    ``out``'s files. A traced batch axis gives in-memory arrays; ``out`` then
+    holds the per-example (diagonal) kernels they are summed from.
+
+  >>> import jax.numpy as jnp, autontk
+  >>> f = lambda p, x: jnp.tanh(x @ p)
+  >>> ntk = autontk.ntk_fn(f, vmap_axes=0)
+  >>> x = jnp.arange(15.).reshape(5, 3) / 10
+  >>> k = autontk.ntk_tiled(ntk, x, None, jnp.ones((3, 2)), tile=2,
+  ...                       progress=False)
+  >>> k.shape
+  (5, 5)
+  """
+  if not isinstance(ntk, NtkFn):
+    raise TypeError(f"`ntk` must come from autontk.ntk_fn; got "
+                    f"{type(ntk).__name__}.")
+  _reject_rng(kwargs)
+  problem = ntk.problem(x1, x2, params, **kwargs)
+  side1, side2 = _batch.sides(problem)
+  n1, n2 = side1.size, side2.size
+  out_axes = _batch.output_batch_axes(problem, n1, n2)
+  inner, kind = _matched_ntk(ntk, problem, out_axes)
+  inner_problem = (problem if inner is ntk else
+                   inner.problem(x1, x2, params, **kwargs))
+  matched = kind != "pairwise"
+  symmetric = x2 is None
+  cluster = distributed.make_cluster(devices)
+  if cluster.process_count > 1 and out is None:
+    raise ValueError("With several processes, pass `out` (a directory on a "
+                     "file system all processes share).")
+
+  layouts = [LeafLayout.of(ax, b) for ax, b in zip(inner_problem.axes,
+                                                   out_axes)]
+  specs = [storage.LeafSpec(inner_problem.kernel_shape(i),
+                            np.dtype(inner_problem.kernel_dtype(i)), lay)
+           for i, lay in enumerate(layouts)]
+
+  ts = _parse_tile(tile, n1, n2, symmetric or matched)
+  if ts is None:
+    budget = (memory_budget if memory_budget is not None else
+              memory_budget_bytes(cluster.mesh.devices.flat[0]))
+    ts = choose_tile(inner, side1, side2, params, n1, n2,
+                     square=symmetric or matched, devices=cluster.size,
+                     budget=budget, same_inputs=symmetric and matched)
+  grid = TileGrid(n1, n2, ts[0], ts[1], symmetric, matched)
+  run = _Run(inner, inner_problem, side1, side2, grid, cluster, params)
+
+  if out is None:
+    store: Any = storage.MemoryStore(specs)
+    need = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in specs)
+    if memory_budget is not None and need > memory_budget:
+      raise ValueError(
+          f"The kernel needs {need / 2**30:.2f} GiB, over `memory_budget`; "
+          "pass `out` (a directory) to stream it to disk.")
+  else:
+    store = storage.DiskStore(out, specs, cluster.process_index)
+    meta = json.loads(json.dumps({
+        "format": storage.FORMAT,
+        "function": f"{getattr(ntk.f, '__module__', '')}."
+                    f"{getattr(ntk.f, '__qualname__', type(ntk.f).__name__)}",
+        "options": repr((ntk.options.trace_axes, ntk.options.diagonal_axes,
+                         ntk.options.vmap_axes)),
+        "leaves": [{"shape": list(s.shape), "dtype": s.dtype.str}
+                   for s in specs],
+        "grid": grid.to_json(),
+        "data": _fingerprint(params, side1.leaves, side2.leaves),
+    }))
+    if cluster.process_index == 0:
+      store.create(meta, resume)
+    cluster.barrier("created")
+    store.attach(meta)
+
+  finished = store.done()
+  cluster.barrier("manifest-read")
+  tiles = grid.tiles()
+  todo = [t for t in tiles if t.key not in finished]
+  cluster.agree(len(todo), "the number of tiles left")
+  _compute(run, store, todo, len(tiles), progress)
+  cluster.barrier("finished")
+
+  kernels = store.result()
+  if kind == "traced":
+    kernels = [_sum_batch(k, lay, n1) for k, lay in zip(kernels, layouts)]
+  return jax.tree.unflatten(problem.out_treedef, kernels)
+
+
+def _compute(run: _Run, store: Any, todo: Sequence[Tile], total: int,
+             progress: bool) -> None:
+  from tqdm.auto import tqdm
+  bar = tqdm(total=total, initial=total - len(todo), unit="tile",
+             desc="ntk tiles", dynamic_ncols=True,
+             disable=not progress or run.cluster.process_index != 0)
+  pending = None
+  try:
+    for group in _groups(todo, run.cluster.size):
+      outs = run.dispatch(group)  # asynchronous: overlaps the write below
+      if pending is not None:
+        _finish(run, store, *pending)
+        bar.update(len(pending[0]))
+      pending = (group, outs)
+    if pending is not None:
+      _finish(run, store, *pending)
+      bar.update(len(pending[0]))
+  finally:
+    bar.close()
+
+
+def _finish(run: _Run, store: Any, group: Sequence[Tile],
+            outs: Sequence[jax.Array]) -> None:
+  items = []
+  for slot, parts in sorted(distributed.local_results(outs).items()):
+    if slot >= len(group):
+      continue  # padding slot of the last group
+    tile = group[slot]
+    rows = tile.rows[1] - tile.rows[0]
+    cols = tile.cols[1] - tile.cols[0]
+    cropped = [p[spec.layout.crop(rows, cols, p.ndim)]
+               for p, spec in zip(parts, store.leaves)]
+    items.append((tile, cropped))
+  store.write(items)
+
+
+def _sum_batch(kernel: np.ndarray, layout: LeafLayout, n: int) -> np.ndarray:
+  """Traced batch axis: mean over the per-example (diagonal) kernel."""
+  total = np.sum(np.asarray(kernel), axis=layout.position, dtype=np.float64)
+  return (total / n).astype(kernel.dtype)
