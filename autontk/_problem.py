@@ -234,11 +234,43 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
     if not same:
       _vmap.batch_size(vspec, x2, out2, kw2, "x2")
 
-  return NtkProblem(
+  problem = NtkProblem(
       f=f, params=params, x1=x1, x2=x2, kwargs1=kw1, kwargs2=kw2,
       same_inputs=same, out1=out1, out2=out2, out_treedef=td1, axes=axes,
       vmap=vspec, theta=theta, _param_leaves=p_leaves, _param_treedef=p_td,
       _diff_mask=mask)
+  if vspec is not None:
+    _check_per_example(problem)
+  return problem
+
+
+def _check_per_example(problem: NtkProblem) -> None:
+  """f on one example must give the batch output without its batch axis."""
+  g, x_leaves, kw, (x_in, kw_in) = problem.example_fn(1)
+
+  def first(leaves, axes):
+    return [v if a is None else jax.lax.index_in_dim(v, 0, a, keepdims=False)
+            for v, a in zip(leaves, axes)]
+
+  x0 = first(x_leaves, x_in)
+  kw0 = {k: (v if kw_in[k] is None else jax.tree.map(
+      lambda leaf, a: jax.lax.index_in_dim(leaf, 0, a, keepdims=False),
+      v, kw_in[k])) for k, v in kw.items()}
+  try:
+    outs = jax.eval_shape(lambda t: g(t, x0, kw0), problem.theta)
+  except Exception as e:  # noqa: BLE001 - re-raised with context
+    e.add_note("(autontk: raised while evaluating f on a single example as "
+               "`vmap_axes` describes it; check `vmap_axes`, or pass "
+               "vmap_axes=None.)")
+    raise
+  for i, (o, full, a) in enumerate(zip(outs, problem.out1,
+                                       problem.vmap.out_axes)):
+    want = tuple(s for j, s in enumerate(full.shape) if j != a)
+    if tuple(o.shape) != want:
+      raise ValueError(
+          f"`vmap_axes` does not fit f: on one example, output leaf {i} has "
+          f"shape {tuple(o.shape)}, but removing batch axis {a} from the "
+          f"batch output {tuple(full.shape)} gives {want}.")
 
 
 def _leaf_name(i: int, n: int, shape: Sequence[int]) -> str:
