@@ -127,6 +127,16 @@ def _parse_tile(tile: Any, n1: int, n2: int,
   return min(t1, n1), min(t2, n2)
 
 
+def _stored_tile(out: Any, n1: int, n2: int, symmetric: bool,
+                 matched: bool) -> tuple[int, int] | None:
+  """The tile of a resumable run at ``out`` (auto tiles may vary by run)."""
+  grid = (storage.read_meta(os.fspath(out)) or {}).get("grid", {})
+  if (grid.get("n1"), grid.get("n2"), grid.get("symmetric"),
+      grid.get("matched")) == (n1, n2, symmetric, matched):
+    return int(grid["t1"]), int(grid["t2"])
+  return None
+
+
 class _Run:
   """One ``ntk_tiled`` call: the sides, the grid, the programs and the store."""
 
@@ -298,6 +308,8 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
            for i, lay in enumerate(layouts)]
 
   ts = _parse_tile(tile, n1, n2, symmetric or matched)
+  if ts is None and out is not None and resume:
+    ts = _stored_tile(out, n1, n2, symmetric, matched)
   if ts is None:
     budget = (memory_budget if memory_budget is not None else
               memory_budget_bytes(cluster.mesh.devices.flat[0]))

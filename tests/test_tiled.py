@@ -1,0 +1,260 @@
+"""ntk_tiled on one process and one device: values, layouts, storage, errors.
+
+Multi-device, multi-process and kill-and-resume runs are in
+``test_tiled_subprocess.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import autontk
+from reference import reference_ntk
+
+RTOL = 1e-5
+
+
+def _keys(seed, n):
+  return jax.random.split(jax.random.PRNGKey(seed), n)
+
+
+def mlp_model():
+  k = _keys(0, 4)
+  params = {"w": jax.random.normal(k[0], (3, 8)) / 3 ** 0.5,
+            "b": jnp.zeros((8,)), "v": jax.random.normal(k[1], (8, 2)),
+            "steps": jnp.int32(2)}  # integer leaf: a constant
+
+  def f(p, x):
+    return jnp.tanh(x @ p["w"] + p["b"]) @ p["v"] * p["steps"]
+
+  return f, params, jax.random.normal(k[2], (7, 3)), jax.random.normal(
+      k[3], (5, 3))
+
+
+def cnn_model():
+  k = _keys(1, 5)
+  params = (jax.random.normal(k[0], (3, 3, 2, 4)) / 4,
+            jax.random.normal(k[1], (4 * 4 * 4, 3)) / 8)
+
+  def f(p, x):
+    y = lax.conv_general_dilated(x, p[0], (1, 1), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.nn.relu(y)
+    return y.reshape(y.shape[0], -1) @ p[1]
+
+  return f, params, jax.random.normal(k[2], (6, 4, 4, 2)), jax.random.normal(
+      k[3], (5, 4, 4, 2))
+
+
+def pytree_model():
+  """Dict inputs, a rank-3 output leaf and a rank-2 one."""
+  k = _keys(2, 5)
+  params = [jax.random.normal(k[0], (2, 3)), jax.random.normal(k[1], (3,))]
+
+  def f(p, x):
+    h = jnp.sin(x["seq"] @ p[0]) * x["scale"][:, None, None]
+    return {"seq": h, "pooled": jnp.mean(h, axis=1) * p[1]}
+
+  def data(key, n):
+    a, b = jax.random.split(key)
+    return {"seq": jax.random.normal(a, (n, 4, 2)),
+            "scale": 1 + jax.random.uniform(b, (n,))}
+
+  return f, params, data(k[2], 7), data(k[3], 5)
+
+
+def _max_rel(a, b):
+  errs = []
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    assert x.shape == y.shape
+    errs.append(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30))
+  return max(errs)
+
+
+def _assert_same_structure(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+
+
+CASES = [
+    # model, ntk_fn options, x2 given, tile, implementation
+    ("mlp", {}, False, 3, "jacobian_contraction"),
+    ("mlp", {}, True, (3, 2), "ntk_vector_products"),
+    ("mlp", {"trace_axes": ()}, False, 4, "jacobian_contraction"),
+    ("mlp", {"diagonal_axes": (0,), "vmap_axes": 0}, False, 3,
+     "jacobian_contraction"),
+    ("mlp", {"trace_axes": (0, -1)}, True, 2, "jacobian_contraction"),
+    ("cnn", {"vmap_axes": 0}, False, 4, "jacobian_contraction"),
+    ("cnn", {"vmap_axes": 0}, True, (4, 3), "auto"),
+    ("pytree", {"trace_axes": ()}, False, 3, "jacobian_contraction"),
+    ("pytree", {"trace_axes": (), "diagonal_axes": (-1,),
+                "vmap_axes": 0}, True, (2, 4), "ntk_vector_products"),
+    ("pytree", {"trace_axes": (0,), "diagonal_axes": (-1,)}, True, 3,
+     "jacobian_contraction"),
+]
+
+MODELS = {"mlp": mlp_model, "cnn": cnn_model, "pytree": pytree_model}
+
+
+@pytest.mark.parametrize("name,opts,with_x2,tile,impl", CASES)
+def test_tiled_equals_single_shot(name, opts, with_x2, tile, impl):
+  f, params, x1, x2 = MODELS[name]()
+  matched = 0 in opts.get("diagonal_axes", ()) or 0 in opts.get(
+      "trace_axes", (-1,))
+  if with_x2 and matched:  # a matched batch axis needs equal batch sizes
+    x2 = jax.tree.map(lambda a: a[::-1] * 0.5, x1)
+  x2 = x2 if with_x2 else None
+  ntk = autontk.ntk_fn(f, implementation=impl, **opts)
+  got = autontk.ntk_tiled(ntk, x1, x2, params, tile=tile, progress=False)
+  want = ntk(x1, x2, params)
+  _assert_same_structure(got, want)
+  assert _max_rel(got, want) < RTOL
+  ref = reference_ntk(f, params, x1, x2,
+                      trace_axes=opts.get("trace_axes", (-1,)),
+                      diagonal_axes=opts.get("diagonal_axes", ()))
+  assert _max_rel(got, ref) < 1e-4
+
+
+def test_symmetric_output_is_mirrored_exactly():
+  f, params, x1, _ = mlp_model()
+  ntk = autontk.ntk_fn(f, trace_axes=(), implementation="jacobian_contraction")
+  k = autontk.ntk_tiled(ntk, x1, None, params, tile=2, progress=False)
+  # Θ(x, x)[n, m, o, p] == Θ(x, x)[m, n, p, o], bit for bit off the diagonal
+  # tiles, which are written as transposes of the upper ones.
+  np.testing.assert_array_equal(k[:2, 2:], np.transpose(k[2:, :2],
+                                                        (1, 0, 3, 2)))
+  assert _max_rel(k, ntk(x1, None, params)) < RTOL
+
+
+def test_batched_and_shared_kwargs():
+  k = _keys(3, 4)
+  params = jax.random.normal(k[0], (3, 2))
+
+  def f(p, x, scale, bias):
+    return jnp.tanh(x @ p) * scale[:, None] + bias
+
+  x1 = jax.random.normal(k[1], (5, 3))
+  x2 = jax.random.normal(k[2], (4, 3))
+  scale = (jnp.arange(1.0, 6.0), jnp.arange(2.0, 6.0))  # per side, batched
+  bias = jnp.ones((2,))  # shared
+  ntk = autontk.ntk_fn(f, vmap_axes=(0, 0, {"scale": 0}),
+                       implementation="jacobian_contraction")
+  got = autontk.ntk_tiled(ntk, x1, x2, params, tile=(2, 3), progress=False,
+                          scale=scale, bias=bias)
+  want = ntk(x1, x2, params, scale=scale, bias=bias)
+  assert _max_rel(got, want) < RTOL
+
+
+def test_vmap_axes_not_leading():
+  k = _keys(4, 3)
+  params = jax.random.normal(k[0], (3, 2))
+
+  def f(p, x):  # x: (features, N), output (O, N)
+    return jnp.tanh(p.T @ x)
+
+  x1 = jax.random.normal(k[1], (3, 5))
+  ntk = autontk.ntk_fn(f, vmap_axes=1, trace_axes=(),
+                       implementation="jacobian_contraction")
+  got = autontk.ntk_tiled(ntk, x1, None, params, tile=2, progress=False)
+  want = ntk(x1, None, params)
+  assert got.shape == want.shape == (2, 2, 5, 5)
+  assert _max_rel(got, want) < RTOL
+
+
+def test_disk_output_and_manifest(tmp_path):
+  f, params, x1, x2 = cnn_model()
+  ntk = autontk.ntk_fn(f, vmap_axes=0, implementation="jacobian_contraction")
+  out = tmp_path / "run"
+  got = autontk.ntk_tiled(ntk, x1, x2, params, tile=(4, 2), out=out,
+                          progress=False)
+  assert isinstance(got, np.memmap)
+  np.testing.assert_array_equal(np.load(out / "kernel_0.npy"), got)
+  lines = (out / "manifest.jsonl").read_text().splitlines()
+  assert sorted(tuple(json.loads(s)["tile"]) for s in lines) == [
+      (i, j) for i in range(2) for j in range(3)]
+  assert _max_rel(got, ntk(x1, x2, params)) < RTOL
+  # A finished run is not recomputed: resuming appends nothing.
+  again = autontk.ntk_tiled(ntk, x1, x2, params, tile=(4, 2), out=out,
+                            progress=False)
+  np.testing.assert_array_equal(again, got)
+  assert (out / "manifest.jsonl").read_text().splitlines() == lines
+  # A different computation at the same path is refused, not mixed in.
+  with pytest.raises(ValueError, match="different computation"):
+    autontk.ntk_tiled(ntk, x1, x2 * 2, params, tile=(4, 2), out=out,
+                      progress=False)
+  autontk.ntk_tiled(ntk, x1, x2 * 2, params, tile=(4, 2), out=out,
+                    progress=False, resume=False)
+
+
+def test_torn_manifest_line_means_recompute(tmp_path):
+  f, params, x1, _ = mlp_model()
+  ntk = autontk.ntk_fn(f, implementation="jacobian_contraction")
+  out = tmp_path / "run"
+  full = np.array(autontk.ntk_tiled(ntk, x1, None, params, tile=3, out=out,
+                                    progress=False))
+  manifest = out / "manifest.jsonl"
+  lines = manifest.read_text().splitlines()
+  # Simulate a kill: the last tile's line is torn and its data scrambled.
+  manifest.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:7])
+  last = json.loads(lines[-1])["tile"]
+  mm = np.load(out / "kernel_0.npy", mmap_mode="r+")
+  mm[last[0] * 3:(last[0] + 1) * 3, last[1] * 3:(last[1] + 1) * 3] = np.nan
+  mm.flush()
+  del mm
+  again = autontk.ntk_tiled(ntk, x1, None, params, tile=3, out=out,
+                            progress=False)
+  np.testing.assert_array_equal(again, full)
+
+
+def test_auto_tile_respects_budget(tmp_path):
+  f, params, x1, _ = mlp_model()
+  x = jnp.concatenate([x1] * 6)  # N = 42
+  ntk = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0,
+                       implementation="jacobian_contraction")
+  from autontk.tiled.autotile import tile_peak_bytes
+  from autontk.tiled import batch
+  side, _ = batch.sides(ntk.problem(x, None, params))
+  budget = tile_peak_bytes(ntk, side, side, params, 8, 8, False)
+  out = tmp_path / "auto"
+  got = autontk.ntk_tiled(ntk, x, None, params, tile="auto", out=out,
+                          memory_budget=budget, progress=False)
+  grid = json.loads((out / "meta.json").read_text())["grid"]
+  assert 1 <= grid["t1"] <= 8
+  assert tile_peak_bytes(ntk, side, side, params, grid["t1"], grid["t1"],
+                         False) <= budget
+  assert _max_rel(got, ntk(x, None, params)) < RTOL
+  small = autontk.ntk_tiled(ntk, x1, None, params, progress=False)
+  assert _max_rel(small, ntk(x1, None, params)) < RTOL
+
+
+def test_errors():
+  f, params, x1, x2 = mlp_model()
+  ntk = autontk.ntk_fn(f, implementation="jacobian_contraction")
+  with pytest.raises(TypeError, match="`ntk`"):
+    autontk.ntk_tiled(f, x1, None, params)
+  with pytest.raises(ValueError, match="`rng`"):
+    autontk.ntk_tiled(ntk, x1, None, params, rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="square"):
+    autontk.ntk_tiled(ntk, x1, None, params, tile=(2, 3))
+  with pytest.raises(ValueError, match="`tile`"):
+    autontk.ntk_tiled(ntk, x1, None, params, tile="big")
+  with pytest.raises(ValueError, match="`tile`"):
+    autontk.ntk_tiled(ntk, x1, None, params, tile=0)
+  diag = autontk.ntk_fn(f, diagonal_axes=(0,),
+                        implementation="jacobian_contraction")
+  with pytest.raises(ValueError, match="same batch size|diagonal axis"):
+    autontk.ntk_tiled(diag, x1, x2, params, tile=2)
+  with pytest.raises(ValueError, match="memory_budget"):
+    autontk.ntk_tiled(ntk, x1, None, params, tile=2, memory_budget=16,
+                      progress=False)
+  g = lambda p, x: jnp.sum(x @ p["w"])  # noqa: E731 - no batch axis
+  with pytest.raises(ValueError, match="axis 0"):
+    autontk.ntk_tiled(autontk.ntk_fn(g, trace_axes=()), x1, None, params,
+                      tile=2)
