@@ -104,34 +104,54 @@ class _Walk:
       return self._use(eqn, ins)
     return self._linear(eqn, ins)
 
-  def _concrete(self, eqn, ins: list) -> list | None:
-    """Binds the equation with θ and zero tangents as zeros (None if all 0)."""
-    if all(not isinstance(x, _Lin) or x.value is None for x in ins
-           if not isinstance(x, _Const)):
-      return None
+  def _bind_zeros(self, eqn, ins: list) -> list:
+    """Binds with θ, unknown and zero tangents as zeros."""
     args = []
     for x, v in zip(ins, eqn.invars):
       if isinstance(x, _Const):
         args.append(x.value)
-      elif isinstance(x, _Lin) and x.value is not None:
+      elif isinstance(x, _Lin) and x.value is not None and x.value is not _LIVE:
         args.append(x.value)
       else:
         args.append(jnp.zeros(v.aval.shape, v.aval.dtype))
     return _compat.bind(eqn, *args)
 
+  def _outputs(self, eqn, ins: list, probe: Sequence[Any] | None) -> list:
+    """Outputs of an equation with tangent inputs (plus its probes, if any).
+
+    Non-float outputs (a loop counter of a ``while`` that linearisation
+    kept whole) do not depend on tangents: they are constants.
+    """
+    floats = [_inexact(v.aval) for v in eqn.outvars]
+    live = not all(isinstance(x, _Const) or isinstance(x, _Param) or
+                   x.value is None for x in ins)
+    need_bind = (not all(floats) or
+                 (not self.discovering and live))
+    outs = self._bind_zeros(eqn, ins) if need_bind else [None] * len(floats)
+    result, probes = [], iter(probe or ())
+    for is_float, o in zip(floats, outs):
+      if not is_float:
+        result.append(_Const(o))
+      elif self.discovering:
+        result.append(_Lin(_LIVE))
+      else:
+        p = next(probes) if probe is not None else None
+        if p is None:
+          result.append(_Lin(o if live else None))
+        else:
+          result.append(_Lin(p if not live else o + p))
+    return result
+
   def _linear(self, eqn, ins: list) -> list:
-    n = len(eqn.outvars)
-    if self.discovering:
-      return [_Lin(_LIVE)] * n
-    outs = self._concrete(eqn, ins)
-    return [_Lin(None)] * n if outs is None else [_Lin(o) for o in outs]
+    return self._outputs(eqn, ins, None)
 
   def _new_probe(self, avals: tuple[Any, ...]) -> int:
     self.probe_avals.append(avals)
     return len(self.probe_avals) - 1
 
   def _use(self, eqn, ins: list) -> list:
-    k = self._new_probe(tuple(v.aval for v in eqn.outvars))
+    k = self._new_probe(tuple(v.aval for v in eqn.outvars
+                              if _inexact(v.aval)))
     if self.discovering:
       inputs = tuple(x.value if isinstance(x, _Const) else None for x in ins)
       in_avals = tuple(v.aval for v in eqn.invars)
@@ -140,12 +160,8 @@ class _Walk:
         if isinstance(x, _Param):
           ctx = rule_table.UseContext(eqn, pos, inputs, in_avals, out_avals)
           self.uses.append(Use(k, x.index, ctx))
-      return [_Lin(_LIVE)] * len(eqn.outvars)
-    base = self._concrete(eqn, ins)
-    probe = self.probes[k]
-    if base is None:
-      return [_Lin(p) for p in probe]
-    return [_Lin(b + p) for b, p in zip(base, probe)]
+      return self._outputs(eqn, ins, None)
+    return self._outputs(eqn, ins, self.probes[k])
 
   def outputs(self, outs: list, theta_avals: Sequence[Any]) -> list:
     """Top-level outputs; an output that *is* a parameter gets its probe."""
@@ -160,6 +176,10 @@ class _Walk:
           o = _Lin(self.probes[k][0])
       result.append(o)
     return result
+
+
+def _inexact(aval) -> bool:
+  return jnp.issubdtype(aval.dtype, jnp.inexact)
 
 
 # Static description of one side --------------------------------------------
@@ -264,8 +284,13 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
     basis.append(eye[:, off:off + n].reshape((total,) + out_avals[i].shape)
                  .astype(out_avals[i].dtype))
     off += n
-  transpose = jax.linear_transpose(probed, *flat_avals)
-  cots_flat = jax.vmap(lambda b: transpose(b))(basis)
+  try:
+    transpose = jax.linear_transpose(probed, *flat_avals)
+    cots_flat = jax.vmap(lambda b: transpose(b))(basis)
+  except rule_table._NOT_TRANSPOSABLE:  # noqa: SLF001
+    # A loop JAX cannot transpose (``while``): forward mode, one JVP per
+    # probe entry, is exact too.
+    cots_flat = _forward_cotangents(probed, flat_avals, live_idx, out_avals)
   cots, pos = [], 0
   for n in splits:
     cots.append(cots_flat[pos:pos + n])
@@ -311,3 +336,14 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
     spec.uses.append(u)
     result.append((per_leaf(mapped), factors))
   return result
+
+
+def _forward_cotangents(probed, flat_avals, live_idx, out_avals) -> list:
+  zeros = [jnp.zeros(a.shape, a.dtype) for a in flat_avals]
+  jac = jax.jacfwd(probed, argnums=tuple(range(len(zeros))))(*zeros)
+  cots = []
+  for k, a in enumerate(flat_avals):
+    rows = [jac[j][k].reshape((math.prod(out_avals[i].shape),) + a.shape)
+            for j, i in enumerate(live_idx)]
+    cots.append(jnp.concatenate(rows, axis=0))
+  return cots

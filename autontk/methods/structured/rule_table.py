@@ -121,17 +121,40 @@ class MissingRuleError(NotImplementedError):
 
 _LOGGED: set[Any] = set()
 
+# What jax raises when asked to transpose what it cannot (e.g. while loops).
+_NOT_TRANSPOSABLE = (NotImplementedError, TypeError, ValueError)
+
 
 def generic(ctx: UseContext) -> Structure:
-  """Exact fallback: the use's Jacobian through the primitive's transpose."""
-  transpose = jax.linear_transpose(ctx.apply, ctx.theta_aval)
+  """Exact fallback: the use's Jacobian through the primitive's transpose.
+
+  Primitives JAX cannot transpose (``while`` with a parameter in its body)
+  get their forward-mode Jacobian ``∂y/∂θ`` instead, contracted with ``C``.
+  """
+  aval = ctx.theta_aval
+  multi = ctx.primitive.multiple_results
+  floats = [jnp.issubdtype(a.dtype, jnp.inexact) for a in ctx.out_avals]
+
+  def apply(theta):  # the float outputs only: the others have no tangents
+    outs = ctx.apply(theta)
+    return [o for o, f in zip(outs, floats) if f] if multi else outs
+
+  def by_transpose(c):
+    transpose = jax.linear_transpose(apply, aval)
+    return transpose(list(c) if multi else c)[0]
+
+  def by_forward(c):
+    jac = jax.jacfwd(apply)(jnp.zeros(aval.shape, aval.dtype))
+    cs, js = (list(c), jac) if multi else ([c], [jac])
+    return sum(jnp.tensordot(ci, ji, axes=ci.ndim) for ci, ji in zip(cs, js))
 
   def cot_map(c):
-    if ctx.primitive.multiple_results:
-      c = list(c)
-    return transpose(c)[0]
+    try:
+      return by_transpose(c)
+    except _NOT_TRANSPOSABLE:
+      return by_forward(c)
 
-  return dense(len(ctx.theta_aval.shape), cot_map)
+  return dense(len(aval.shape), cot_map)
 
 
 def resolve(ctx: UseContext, structure_rules: bool = True,

@@ -1,0 +1,85 @@
+"""Structure rules for elementwise linear primitives.
+
+Their Jacobians are diagonal: ``J[a, θ] = C[a, θ] · d[θ]`` with ``d`` a
+constant (``mul``, ``div``, ``select_n``) or ±1 (``add``, ``sub``, ``neg``,
+copies and casts, which give the cotangent itself). The diagonal is applied
+to the cotangent directly (it costs no more than the cotangent).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from autontk import _compat
+from autontk.methods.structured.rule_table import UseContext, structure_rule
+from autontk.methods.structured.structure import Structure, dense
+
+P = jax.extend.core.primitives
+
+
+def _identity(ctx: UseContext, sign: float = 1.0) -> Structure:
+  dtype = ctx.theta_aval.dtype
+  if sign == 1.0:
+    return dense(len(ctx.theta_aval.shape), lambda c: c.astype(dtype))
+  return dense(len(ctx.theta_aval.shape), lambda c: (-c).astype(dtype))
+
+
+def _same_shape(ctx: UseContext) -> bool:
+  return tuple(ctx.theta_aval.shape) == tuple(ctx.out_aval.shape)
+
+
+@structure_rule(P.add_p, _compat.ADD_ANY, P.convert_element_type_p, P.copy_p)
+def identity_structure(ctx: UseContext) -> Structure | None:
+  return _identity(ctx) if _same_shape(ctx) else None
+
+
+@structure_rule(P.sub_p)
+def sub_structure(ctx: UseContext) -> Structure | None:
+  if not _same_shape(ctx):
+    return None
+  return _identity(ctx, -1.0 if ctx.position == 1 else 1.0)
+
+
+@structure_rule(P.neg_p)
+def neg_structure(ctx: UseContext) -> Structure | None:
+  return _identity(ctx, -1.0)
+
+
+def _scaled(ctx: UseContext, scale) -> Structure | None:
+  if not _same_shape(ctx):
+    return None
+  # A diagonal Jacobian costs as much as the cotangent itself, so it is
+  # applied at once: the use then merges with the parameter's other dense
+  # uses, which keeps the number of pair products down.
+  scale = jnp.asarray(scale)
+  if scale.ndim and scale.shape != tuple(ctx.theta_aval.shape):
+    return None
+  dtype = ctx.theta_aval.dtype
+  return dense(len(ctx.theta_aval.shape),
+               lambda c: (c * scale).astype(dtype))
+
+
+@structure_rule(P.mul_p)
+def mul_structure(ctx: UseContext) -> Structure | None:
+  other = ctx.other()
+  return None if other is None else _scaled(ctx, other)
+
+
+@structure_rule(P.div_p)
+def div_structure(ctx: UseContext) -> Structure | None:
+  other = ctx.other()
+  if ctx.position != 0 or other is None:
+    return None
+  return _scaled(ctx, 1 / jnp.asarray(other))
+
+
+@structure_rule(P.select_n_p)
+def select_n_structure(ctx: UseContext) -> Structure | None:
+  which = ctx.inputs[0]
+  if ctx.position == 0 or which is None:
+    return None
+  mask = (jnp.asarray(which).astype(jnp.int32) == ctx.position - 1)
+  mask = jnp.broadcast_to(mask, ctx.theta_aval.shape).astype(
+      ctx.theta_aval.dtype)
+  return _scaled(ctx, mask)

@@ -1,0 +1,157 @@
+"""Rules for primitives that move, select or replicate entries.
+
+``broadcast_in_dim``, ``transpose`` and ``squeeze`` are pure relabellings of
+the cotangent's axes (a broadcast axis is summed inside the pair einsum, a
+dropped size-1 axis is a θ label no operand carries). ``gather`` in its
+embedding form (rows picked by an index array) keeps its one-hot factor
+implicit: two lookups pair as an index-equality mask, never as a
+vocabulary-sized Jacobian. The others have Jacobian rules: the cotangent is
+mapped back to θ's shape by the primitive's transpose (pad for slice, slice
+for pad, flip for rev, ...).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
+                                                   structure_rule)
+from autontk.methods.structured.structure import IndexFactor, Structure
+
+P = jax.extend.core.primitives
+
+
+@structure_rule(P.broadcast_in_dim_p)
+def broadcast_in_dim_structure(ctx: UseContext) -> Structure:
+  t_shape = ctx.theta_aval.shape
+  y_shape = ctx.out_aval.shape
+  dims = ctx.params["broadcast_dimensions"]
+  next_label = len(t_shape)
+  y_labels = []
+  for d in range(len(y_shape)):
+    if d in dims and t_shape[dims.index(d)] == y_shape[d]:
+      y_labels.append(dims.index(d))
+    else:
+      y_labels.append(next_label)
+      next_label += 1
+  return Structure(tuple(range(len(t_shape))), tuple(y_labels))
+
+
+@structure_rule(P.transpose_p)
+def transpose_structure(ctx: UseContext) -> Structure:
+  perm = tuple(ctx.params["permutation"])
+  return Structure(tuple(range(len(perm))), perm)
+
+
+@structure_rule(P.squeeze_p)
+def squeeze_structure(ctx: UseContext) -> Structure:
+  nd = len(ctx.theta_aval.shape)
+  dims = {d % nd for d in ctx.params["dimensions"]}
+  return Structure(tuple(range(nd)),
+                   tuple(i for i in range(nd) if i not in dims))
+
+
+@jacobian_rule(P.reshape_p)
+def reshape_jacobian(ctx: UseContext):
+  shape = ctx.theta_aval.shape
+  return lambda c: c.reshape(shape)
+
+
+@jacobian_rule(P.rev_p)
+def rev_jacobian(ctx: UseContext):
+  dims = tuple(ctx.params["dimensions"])
+  return lambda c: jnp.flip(c, dims) if dims else c
+
+
+@jacobian_rule(P.slice_p)
+def slice_jacobian(ctx: UseContext):
+  t_shape = ctx.theta_aval.shape
+  y_shape = ctx.out_aval.shape
+  starts = ctx.params["start_indices"]
+  strides = ctx.params["strides"] or (1,) * len(t_shape)
+  config = []
+  for t, y, s, k in zip(t_shape, y_shape, starts, strides):
+    covered = s + (y - 1) * k + 1 if y else s
+    config.append((s, t - covered, k - 1 if y else 0))
+  zero = jnp.zeros((), ctx.out_aval.dtype)
+  return lambda c: lax.pad(c, zero, config)
+
+
+@jacobian_rule(P.pad_p)
+def pad_jacobian(ctx: UseContext):
+  if ctx.position != 0:
+    return None  # a padding value that is a parameter: generic path
+  config = ctx.params["padding_config"]
+  if any(lo < 0 or hi < 0 for lo, hi, _ in config):
+    return None
+  t_shape = ctx.theta_aval.shape
+  starts = [lo for lo, _, _ in config]
+  limits = [lo + (t - 1) * (i + 1) + 1 if t else lo
+            for (lo, _, i), t in zip(config, t_shape)]
+  strides = [i + 1 for _, _, i in config]
+  return lambda c: lax.slice(c, starts, limits, strides)
+
+
+@jacobian_rule(P.concatenate_p)
+def concatenate_jacobian(ctx: UseContext):
+  axis = ctx.params["dimension"]
+  offset = sum(a.shape[axis] for a in ctx.in_avals[:ctx.position])
+  size = ctx.theta_aval.shape[axis]
+  return lambda c: lax.slice_in_dim(c, offset, offset + size, axis=axis)
+
+
+@jacobian_rule(P.dynamic_slice_p)
+def dynamic_slice_jacobian(ctx: UseContext):
+  if ctx.position != 0 or any(v is None for v in ctx.inputs[1:]):
+    return None
+  starts = ctx.inputs[1:]
+  aval = ctx.theta_aval
+  # dynamic_update_slice clamps start indices exactly as dynamic_slice does.
+  return lambda c: lax.dynamic_update_slice(
+      jnp.zeros(aval.shape, c.dtype), c, starts)
+
+
+@structure_rule(P.gather_p)
+def gather_structure(ctx: UseContext) -> Structure | None:
+  """Row lookups ``θ[idx]`` along one axis (embeddings, ``jnp.take``)."""
+  if ctx.position != 0 or ctx.inputs[1] is None:
+    return None
+  dn = ctx.params["dimension_numbers"]
+  indices = ctx.inputs[1]
+  t_shape = tuple(ctx.theta_aval.shape)
+  slice_sizes = tuple(ctx.params["slice_sizes"])
+  if (len(dn.start_index_map) != 1 or
+      tuple(dn.collapsed_slice_dims) != tuple(dn.start_index_map) or
+      getattr(dn, "operand_batching_dims", ()) or
+      indices.shape[-1] != 1):
+    return None
+  axis = dn.start_index_map[0]
+  kept = [i for i in range(len(t_shape)) if i != axis]
+  if slice_sizes[axis] != 1 or any(slice_sizes[i] != t_shape[i] for i in kept):
+    return None
+  offset_dims = tuple(dn.offset_dims)
+  y_nd = len(ctx.out_aval.shape)
+  batch_labels = []
+  y_labels = []
+  kept_iter = iter(kept)
+  next_label = len(t_shape)
+  for d in range(y_nd):
+    if d in offset_dims:
+      y_labels.append(next(kept_iter))
+    else:
+      y_labels.append(next_label)
+      batch_labels.append(next_label)
+      next_label += 1
+  idx = indices[..., 0]
+  mode = ctx.params.get("mode")
+  if mode is not None and "CLIP" in str(mode).upper():
+    idx = jnp.clip(idx, 0, t_shape[axis] - 1)
+  else:
+    # Out-of-bounds lookups read zeros (FILL_OR_DROP), or are promised not
+    # to happen: mark them so they match nothing.
+    idx = jnp.where((idx >= 0) & (idx < t_shape[axis]), idx, -1)
+  return Structure(tuple(range(len(t_shape))), tuple(y_labels),
+                   factors=(IndexFactor(idx, tuple(batch_labels), axis,
+                                        t_shape[axis]),))
