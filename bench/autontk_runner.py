@@ -1,0 +1,249 @@
+"""autontk's methods and its planner, plus the plain-JAX ``jacrev`` peer.
+
+Runs in the main environment (current JAX). Every explicit method is called
+through the public API, ``autontk.ntk_fn(f, implementation=...,
+trace_axes=..., vmap_axes=0)``; ``"auto"`` is timed as planning
+(``ntk.plan``) plus compiling and running the chosen plan. Pieces of autontk
+that have not landed yet show as ``{"error": ...}`` records ("n/a" in the
+tables), never as a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+from bench import models, timing
+from bench.cases import Case
+
+EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
+            "structured_derivatives")
+SHORT = {"jacobian_contraction": "JC", "ntk_vector_products": "NTVP",
+         "structured_derivatives": "SD", "auto": "auto"}
+
+
+def available_methods() -> list[str]:
+  try:
+    from autontk import methods
+    return [i.name.lower() for i in methods.available()]
+  except Exception:  # noqa: BLE001
+    return []
+
+
+def _device_arrays(case: Case):
+  params, x1, x2 = case.arrays()
+  return ({k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(x1),
+          jnp.asarray(x2))
+
+
+def _kernel(x) -> np.ndarray:
+  return np.asarray(x, dtype=np.float64)
+
+
+def run_explicit(case: Case, method: str, policy: timing.TimingPolicy,
+                 budget_bytes: float | None = None,
+                 arrays=None, max_run_flops: float | None = None
+                 ) -> dict[str, Any]:
+  import autontk
+  params, x1, x2 = arrays or _device_arrays(case)
+  f = models.apply(case.spec)
+  try:
+    ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
+                         implementation=method)
+    rec = timing.measure_jit(lambda a, b, p: ntk(a, b, p), (x1, x2, params),
+                             policy, keep_result=True,
+                             budget_bytes=budget_bytes,
+                             max_run_flops=max_run_flops)
+  except Exception as e:  # noqa: BLE001 - a missing method is "n/a"
+    return timing.error_record(e)
+  if "_result" in rec:
+    rec["_result"] = _kernel(rec["_result"])
+  return rec
+
+
+def _is_plain(plan) -> bool:
+  """The plan is exactly what ``implementation=<its method>`` runs."""
+  if plan.chunking is not None:
+    return False
+  if plan.config is None:
+    return True
+  try:
+    return plan.config == type(plan.config)()
+  except Exception:  # noqa: BLE001
+    return False
+
+
+def run_auto(case: Case, policy: timing.TimingPolicy,
+             explicit: dict[str, dict[str, Any]],
+             budget_bytes: float | None = None,
+             auto_options: dict[str, Any] | None = None,
+             arrays=None) -> dict[str, Any]:
+  """Planning time, the chosen plan, and the time of running it.
+
+  When the plan is exactly an explicit method's plan (no chunking, default
+  config) its run time is that method's measurement (same executable); else
+  the plan is compiled and timed here.
+  """
+  import autontk
+  params, x1, x2 = arrays or _device_arrays(case)
+  f = models.apply(case.spec)
+  opts = dict(auto_options or {})
+  try:
+    try:
+      ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
+                           implementation="auto", **opts)
+    except TypeError:
+      opts = {}
+      ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
+                           implementation="auto")
+    t0 = time.perf_counter()
+    plan = ntk.plan(x1, x2, params)
+    plan_s = time.perf_counter() - t0
+  except Exception as e:  # noqa: BLE001
+    return timing.error_record(e)
+  method = plan.implementation.name.lower()
+  rec: dict[str, Any] = {"plan": plan.describe(), "plan_method": method,
+                         "plan_chunked": plan.chunking is not None,
+                         "planning_s": plan_s, "auto_options": sorted(opts)}
+  same = explicit.get(method, {})
+  if _is_plain(plan) and "median_s" in same:
+    rec.update({k: v for k, v in same.items() if not k.startswith("_")})
+    rec["reused_measurement_of"] = method
+  else:
+    try:
+      m = timing.measure_jit(lambda a, b, p: ntk.execute(plan, a, b, p),
+                             (x1, x2, params), policy, keep_result=True,
+                             budget_bytes=None)
+    except Exception as e:  # noqa: BLE001
+      rec.update(timing.error_record(e))
+      return rec
+    m["_result"] = _kernel(m.pop("_result"))
+    rec.update(m)
+  if "compile_s" in rec:
+    rec["planning_over_compile"] = plan_s / max(rec["compile_s"], 1e-9)
+  return rec
+
+
+def _tune_fn():
+  import autontk
+  fn = getattr(autontk, "tune", None)
+  if fn is None:
+    from autontk import tuner
+    fn = tuner.tune
+  return fn
+
+
+def run_tuned(case: Case, policy: timing.TimingPolicy,
+              explicit: dict[str, dict[str, Any]], budget_s: float = 30.0,
+              arrays=None) -> dict[str, Any]:
+  """``autontk.tune`` (timings on this device), then the tuned plan's time.
+
+  The tuned plan is timed here like every other plan (not with the tuner's
+  own numbers), so its regret is comparable with auto's.
+  """
+  import autontk
+  params, x1, x2 = arrays or _device_arrays(case)
+  f = models.apply(case.spec)
+  try:
+    tune = _tune_fn()
+    t0 = time.perf_counter()
+    result = tune(f, x1, x2, params, trace_axes=case.trace_axes, vmap_axes=0,
+                  budget_s=budget_s, cache=False, progress=False)
+    tune_s = time.perf_counter() - t0
+    plan = result.plan
+    ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
+                         implementation=plan.implementation.name.lower())
+  except Exception as e:  # noqa: BLE001
+    return timing.error_record(e)
+  method = plan.implementation.name.lower()
+  rec: dict[str, Any] = {"plan": plan.describe(), "plan_method": method,
+                         "plan_chunked": plan.chunking is not None,
+                         "planning_s": tune_s}
+  same = explicit.get(method, {})
+  if _is_plain(plan) and "median_s" in same:
+    rec.update({k: v for k, v in same.items() if not k.startswith("_")})
+    rec["reused_measurement_of"] = method
+    return rec
+  try:
+    m = timing.measure_jit(lambda a, b, p: ntk.execute(plan, a, b, p),
+                           (x1, x2, params), policy, keep_result=True)
+  except Exception as e:  # noqa: BLE001
+    rec.update(timing.error_record(e))
+    return rec
+  m["_result"] = _kernel(m.pop("_result"))
+  rec.update(m)
+  return rec
+
+
+def jacrev_kernel_fn(case: Case):
+  """Plain JAX: ``jax.jacrev`` of the batch, then ``einsum`` per leaf."""
+  f = models.apply(case.spec)
+
+  def ntk(x1, x2, params):
+    j1 = jax.jacrev(f)(params, x1)
+    j2 = jax.jacrev(f)(params, x2)
+    total = 0.0
+    for k in params:
+      a = j1[k].reshape(j1[k].shape[:2] + (-1,))
+      b = j2[k].reshape(j2[k].shape[:2] + (-1,))
+      if case.trace:
+        total = total + jnp.einsum("naq,maq->nm", a, b)
+      else:
+        total = total + jnp.einsum("naq,mbq->nmab", a, b)
+    return total / case.out_dim if case.trace else total
+
+  return ntk
+
+
+def run_jacrev(case: Case, policy: timing.TimingPolicy,
+               budget_bytes: float | None = None, arrays=None):
+  params, x1, x2 = arrays or _device_arrays(case)
+  try:
+    rec = timing.measure_jit(jacrev_kernel_fn(case), (x1, x2, params), policy,
+                             keep_result=True, budget_bytes=budget_bytes)
+  except Exception as e:  # noqa: BLE001
+    return timing.error_record(e)
+  if "_result" in rec:
+    rec["_result"] = _kernel(rec["_result"])
+  return rec
+
+
+def run_case(case: Case, policy: timing.TimingPolicy, *,
+             methods: tuple[str, ...] = EXPLICIT, auto: bool = True,
+             jacrev: bool = False, budget_bytes: float | None = None,
+             auto_options: dict[str, Any] | None = None,
+             max_run_flops: float | None = None,
+             log=print) -> dict[str, dict[str, Any]]:
+  """Records per method name (plus ``"auto"`` and ``"jax_jacrev"``)."""
+  arrays = _device_arrays(case)
+  out: dict[str, dict[str, Any]] = {}
+  for m in methods:
+    out[m] = run_explicit(case, m, policy, budget_bytes, arrays,
+                          max_run_flops)
+    log(f"  autontk {SHORT.get(m, m):5s} {_fmt(out[m])}")
+  if auto:
+    out["auto"] = run_auto(case, policy, out, budget_bytes, auto_options,
+                           arrays)
+    log(f"  autontk auto  {_fmt(out['auto'])} plan={out['auto'].get('plan')}")
+  if jacrev:
+    out["jax_jacrev"] = run_jacrev(case, policy, budget_bytes, arrays)
+    log(f"  jax jacrev    {_fmt(out['jax_jacrev'])}")
+  return out
+
+
+def _fmt(rec: dict[str, Any]) -> str:
+  if "error" in rec:
+    return "n/a (" + rec["error"][:80] + ")"
+  if rec.get("over_budget"):
+    return f"over budget (peak {rec['peak_bytes'] / 2**20:.0f} MiB)"
+  fl = rec.get("flops")
+  if "median_s" not in rec:
+    return f"not run (flops {(fl or float('nan')):.3g})"
+  return (f"median {rec['median_s'] * 1e3:9.2f} ms  first "
+          f"{rec['first_call_s']:6.2f} s  flops "
+          f"{(fl or float('nan')):.3g}")

@@ -1,0 +1,140 @@
+"""Second-process overhead on a plan-cache hit (issue 5's benchmark).
+
+Three kinds of fresh processes share one ``AUTONTK_CACHE_DIR`` (plan cache +
+JAX's persistent compilation cache beside it):
+
+1. ``plan``: ``ntk_fn(f)`` with ``implementation="auto"``; the first call
+   plans (cost model), stores the plan and compiles it.
+2. ``hit``: a new process, same model and shapes: the first call's time
+   (signature + cache lookup + loading the cached executable + run).
+3. ``explicit``: a new process calling the chosen plan's method directly
+   (``implementation=<method>``), whose executable is also in JAX's cache:
+   the chosen plan's own (cached) compile + run.
+
+overhead = median(hit first call) - median(explicit first call), which the
+issue wants <= 50 ms. Imports and array creation are outside the timed
+region in every mode. Run: ``python -m bench.plancache_probe MODE JOB.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from bench import cases as cases_mod
+
+
+def probe_cases(quick: bool) -> list[cases_mod.Case]:
+  from bench import models
+  return [
+      cases_mod.Case("pc_mlp", "fcn", models.fcn([32, 256, 256, 10], "relu"),
+                     (32,), 8, 8, True),
+      cases_mod.Case("pc_cnn", "cnn", models.cnn([16, 16], 10, "gap"),
+                     (8, 8, 3), 4, 4, False),
+  ]
+
+
+def _child(mode: str, job_path: str) -> None:
+  import jax
+  import jax.numpy as jnp
+
+  import autontk
+  from bench import models
+
+  with open(job_path) as fh:
+    job = json.load(fh)
+  case = cases_mod.Case.from_json(job["case"])
+  params, x1, x2 = case.arrays()
+  params = {k: jnp.asarray(v) for k, v in params.items()}
+  x1, x2 = jnp.asarray(x1), jnp.asarray(x2)
+  f = models.apply(case.spec)
+  impl = job.get("method") if mode == "explicit" else "auto"
+  t0 = time.perf_counter()
+  ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
+                       implementation=impl)
+  jax.block_until_ready(ntk(x1, x2, params))
+  first = time.perf_counter() - t0
+  t1 = time.perf_counter()
+  jax.block_until_ready(ntk(x1, x2, params))
+  second = time.perf_counter() - t1
+  out = {"mode": mode, "first_call_s": first, "second_call_s": second}
+  if mode != "explicit":
+    t2 = time.perf_counter()
+    plan = ntk.plan(x1, x2, params)
+    out["plan_lookup_s"] = time.perf_counter() - t2
+    out["plan"] = plan.describe()
+    out["method"] = plan.implementation.name.lower()
+    out["plan_is_plain"] = plan.chunking is None and plan.config is None
+  print("RESULT " + json.dumps(out), flush=True)
+
+
+def _spawn(mode: str, job_path: str, env: dict[str, str]) -> dict[str, Any]:
+  proc = subprocess.run([sys.executable, "-m", "bench.plancache_probe", mode,
+                         job_path], env=env, capture_output=True, text=True,
+                        timeout=600)
+  for line in proc.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  return {"error": (proc.stderr or proc.stdout)[-400:]}
+
+
+def run(cfg, log=print) -> dict[str, Any]:
+  repeats = 3 if cfg.quick else 5
+  results = []
+  for case in probe_cases(cfg.quick):
+    with tempfile.TemporaryDirectory(prefix="autontk-bench-cache-") as cache:
+      env = dict(os.environ)
+      env["AUTONTK_CACHE_DIR"] = cache
+      env.pop("AUTONTK_JAX_CACHE", None)
+      env["PYTHONPATH"] = os.getcwd()
+      job_path = os.path.join(cache, "job.json")
+      job = {"case": case.to_json()}
+      with open(job_path, "w") as fh:
+        json.dump(job, fh)
+      first = _spawn("plan", job_path, env)
+      rec: dict[str, Any] = {"case": case.name, "plan_process": first}
+      if "error" in first:
+        rec["error"] = first["error"]
+        log(f"[plancache] {case.name}: n/a ({first['error'][-120:]})")
+        results.append(rec)
+        continue
+      job["method"] = first["method"]
+      with open(job_path, "w") as fh:
+        json.dump(job, fh)
+      if not first.get("plan_is_plain", True):
+        rec["note"] = ("the plan is chunked/configured: the explicit process "
+                       "runs the plain method, so the overhead is indicative")
+      hits, explicit = [], []
+      for _ in range(repeats):
+        hits.append(_spawn("hit", job_path, env))
+        explicit.append(_spawn("explicit", job_path, env))
+      ok_h = [h["first_call_s"] for h in hits if "first_call_s" in h]
+      ok_e = [e["first_call_s"] for e in explicit if "first_call_s" in e]
+      rec.update(hit_processes=hits, explicit_processes=explicit)
+      if ok_h and ok_e:
+        rec["hit_first_call_s"] = statistics.median(ok_h)
+        rec["explicit_first_call_s"] = statistics.median(ok_e)
+        rec["overhead_s"] = rec["hit_first_call_s"] - rec[
+            "explicit_first_call_s"]
+        rec["cold_first_call_s"] = first["first_call_s"]
+        log(f"[plancache] {case.name}: plan {first['plan']}; cold "
+            f"{first['first_call_s']:.2f} s, hit "
+            f"{rec['hit_first_call_s'] * 1e3:.0f} ms, explicit "
+            f"{rec['explicit_first_call_s'] * 1e3:.0f} ms, overhead "
+            f"{rec['overhead_s'] * 1e3:+.0f} ms")
+      else:
+        rec["error"] = next((h.get("error") for h in hits + explicit
+                             if "error" in h), "no result")
+        log(f"[plancache] {case.name}: n/a ({str(rec['error'])[-120:]})")
+      results.append(rec)
+  return {"suite": "plancache", "cases": results}
+
+
+if __name__ == "__main__":
+  _child(sys.argv[1], sys.argv[2])

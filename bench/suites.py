@@ -1,0 +1,214 @@
+"""The benchmark suites: what runs, in which order, and what gets recorded.
+
+Each suite returns a JSON-able dict ``{"suite", "cases": [...]}`` where each
+case holds its description and ``results[runner][method] = record`` (see
+:func:`bench.timing.measure_jit` for the record's fields). Runners:
+``autontk`` (methods + ``auto``), ``jax`` (plain ``jacrev``), ``nt``
+(neural-tangents 0.6.5 methods 1-3) and ``torch`` (torch.func recipes).
+
+Every kernel is compared against autontk's Jacobian contraction (or the
+plain-JAX one where that failed): ``rel_err`` = max |K - K_ref| / max |K_ref|.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from bench import autontk_runner, cases as cases_mod, timing
+from bench.peers import envs
+
+SUITES = ("reference", "scaling", "regret", "memory", "plancache")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Options of one bench run.
+
+  Attributes:
+    quick: small shapes and short timings (this 2-core machine).
+    work: scratch directory (inputs for peers, kernels, logs).
+    peers: which peers to run ("nt", "torch", "jax").
+    budget_bytes: memory budget of the ``memory`` suite: compiled programs
+      whose peak exceeds it are reported "over budget" and not run.
+    peer_timeout_s: wall-clock limit of one peer subprocess.
+    tune_budget_s: ``autontk.tune`` budget per case (``regret`` suite).
+  """
+
+  quick: bool = True
+  work: str = "bench/_work"
+  peers: tuple[str, ...] = ("nt", "torch", "jax")
+  budget_bytes: float = 256 * 2**20
+  peer_timeout_s: float = 900.0
+  tune_budget_s: float = 20.0
+
+  @property
+  def policy(self) -> timing.TimingPolicy:
+    return (timing.TimingPolicy.quick() if self.quick
+            else timing.TimingPolicy.full())
+
+
+def _strip(obj: Any) -> Any:
+  """Drops in-memory kernels (keys starting with '_') before JSON."""
+  if isinstance(obj, dict):
+    return {k: _strip(v) for k, v in obj.items() if not k.startswith("_")}
+  if isinstance(obj, list):
+    return [_strip(v) for v in obj]
+  return obj
+
+
+def rel_err(k: np.ndarray | None, ref: np.ndarray | None) -> float | None:
+  if k is None or ref is None:
+    return None
+  if k.shape != ref.shape:
+    return float("inf")
+  scale = float(np.max(np.abs(ref))) or 1.0
+  return float(np.max(np.abs(k - ref)) / scale)
+
+
+def _reference_kernel(results: dict[str, dict[str, Any]]) -> np.ndarray | None:
+  for runner, method in (("autontk", "jacobian_contraction"),
+                         ("jax", "jax_jacrev"),
+                         ("autontk", "structured_derivatives")):
+    k = results.get(runner, {}).get(method, {}).get("_result")
+    if k is not None:
+      return k
+  return None
+
+
+def _check_kernels(results: dict[str, dict[str, Any]]) -> None:
+  ref = _reference_kernel(results)
+  for recs in results.values():
+    for rec in recs.values():
+      if isinstance(rec, dict) and "_result" in rec:
+        rec["rel_err"] = rel_err(rec["_result"], ref)
+
+
+def _run_peers(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
+               per_case: dict[str, dict[str, dict[str, Any]]],
+               log) -> dict[str, Any]:
+  """Runs the out-of-process peers on all cases; returns their versions."""
+  meta: dict[str, Any] = {}
+  work = os.path.join(cfg.work, suite)
+  job = {"cases": [c.to_json() for c in cases], "dir": work,
+         "policy": cfg.policy.to_dict(), "implementations": [1, 2, 3],
+         "budget_bytes": None}
+  for peer in ("nt", "torch"):
+    if peer not in cfg.peers:
+      continue
+    log(f"[{suite}] running peer {peer} on {len(cases)} cases")
+    res = envs.run(peer, job, work, cfg.peer_timeout_s, log)
+    meta[peer] = {k: res.get(k) for k in ("versions", "returncode", "wall_s",
+                                          "error")}
+    for c in cases:
+      recs = res.get("cases", {}).get(c.name, {})
+      try:
+        z = np.load(os.path.join(work, f"{peer}_{c.name}.npz"))
+        for k in z.files:
+          if k in recs:
+            recs[k]["_result"] = z[k]
+      except OSError:
+        pass
+      per_case[c.name][peer] = recs or {
+          "-": {"error": res.get("error", "no result")}}
+  return meta
+
+
+def _prepare(suite: str, cases: list[cases_mod.Case], cfg: RunConfig) -> None:
+  work = os.path.join(cfg.work, suite)
+  shutil.rmtree(work, ignore_errors=True)
+  os.makedirs(work, exist_ok=True)
+  for c in cases:
+    c.save(work)
+
+
+def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
+                    *, auto: bool = True, peers: bool = True,
+                    budget_bytes: float | None = None,
+                    tuned: bool = False,
+                    max_run_flops: float | None = None,
+                    log=print) -> dict[str, Any]:
+  """autontk (+ jax jacrev) in process, then the peers; kernels checked."""
+  _prepare(suite, cases, cfg)
+  per_case: dict[str, dict[str, dict[str, Any]]] = {}
+  methods = tuple(autontk_runner.EXPLICIT)
+  for c in cases:
+    log(f"[{suite}] {c.name}: P={c.n_params:,} O={c.out_dim} N={c.n1}x{c.n2}"
+        f" {'trace' if c.trace else 'full'}")
+    recs = autontk_runner.run_case(
+        c, cfg.policy, methods=methods, auto=auto,
+        jacrev=peers and "jax" in cfg.peers, budget_bytes=budget_bytes,
+        max_run_flops=max_run_flops, log=log)
+    per_case[c.name] = {"autontk": {m: recs[m] for m in methods}}
+    if auto:
+      per_case[c.name]["autontk"]["auto"] = recs["auto"]
+      if tuned:
+        rec = autontk_runner.run_tuned(c, cfg.policy, recs,
+                                       budget_s=cfg.tune_budget_s)
+        log(f"  autontk tuned {autontk_runner._fmt(rec)} "
+            f"plan={rec.get('plan')}")
+        per_case[c.name]["autontk"]["auto_tuned"] = rec
+    if "jax_jacrev" in recs:
+      per_case[c.name]["jax"] = {"jax_jacrev": recs["jax_jacrev"]}
+  meta = _run_peers(suite, cases, cfg, per_case, log) if peers else {}
+  out_cases = []
+  for c in cases:
+    _check_kernels(per_case[c.name])
+    d = c.to_json()
+    d.update(n_params=c.n_params, out_dim=c.out_dim,
+             kernel_entries=c.kernel_entries, results=per_case[c.name])
+    out_cases.append(d)
+  return _strip({"suite": suite, "peers": meta, "cases": out_cases})
+
+
+# Suites ---------------------------------------------------------------------
+
+
+def reference(cfg: RunConfig, log=print) -> dict[str, Any]:
+  """DESIGN.md's reference cases + ResNet + transformer, all peers."""
+  return run_suite_cases("reference", cases_mod.reference(cfg.quick), cfg,
+                         log=log)
+
+
+def scaling(cfg: RunConfig, log=print) -> dict[str, Any]:
+  """MLP FLOPs per NTK entry vs width and vs O (autontk methods + auto)."""
+  return run_suite_cases("scaling", cases_mod.scaling(cfg.quick), cfg,
+                         peers=False, log=log,
+                         max_run_flops=3e10 if cfg.quick else 1e12)
+
+
+def regret(cfg: RunConfig, log=print) -> dict[str, Any]:
+  """Every explicit method and auto (cost model; tuned when available)."""
+  return run_suite_cases("regret", cases_mod.regret(cfg.quick), cfg,
+                         peers=False, tuned=True, log=log)
+
+
+def memory(cfg: RunConfig, log=print) -> dict[str, Any]:
+  """ResNet / ViT / Mixer at several O under a memory budget."""
+  return run_suite_cases("memory", cases_mod.memory(cfg.quick), cfg,
+                         peers=False, budget_bytes=cfg.budget_bytes, log=log)
+
+
+def plancache(cfg: RunConfig, log=print) -> dict[str, Any]:
+  """Second-process overhead on a plan-cache hit (issue 5)."""
+  from bench import plancache_probe
+  return plancache_probe.run(cfg, log=log)
+
+
+def run(name: str, cfg: RunConfig, log=print) -> dict[str, Any]:
+  fn = {"reference": reference, "scaling": scaling, "regret": regret,
+        "memory": memory, "plancache": plancache}[name]
+  t0 = time.perf_counter()
+  res = fn(cfg, log=log)
+  res["suite_wall_s"] = time.perf_counter() - t0
+  res["quick"] = cfg.quick
+  res["policy"] = cfg.policy.to_dict()
+  return res
