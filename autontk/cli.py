@@ -34,6 +34,13 @@ Examples:
   autontk cache export plans.json             move tuned plans to a twin machine
 """
 
+TUNE_HELP = """\
+Time every candidate plan (method × chunking) of one model on this machine's
+default device, most promising first, and cache the fastest under the model's
+signature. Later calls of ntk_fn(f) with the same model, shapes and options
+use it without planning. An interrupted run resumes when run again.
+"""
+
 FACTORY_HELP = """\
 MODEL is MODULE:FACTORY, e.g. `mypkg.models:make_mlp` or `./model.py:build`
 (the current directory is importable). FACTORY is called with the --set
@@ -82,8 +89,9 @@ def load_factory(spec: str):
                      "PYTHONPATH (or in the current directory)?")
   factory = getattr(module, attr, None)
   if factory is None:
-    names = sorted(n for n in dir(module) if not n.startswith("_") and
-                   callable(getattr(module, n)))
+    names = sorted(n for n, v in vars(module).items()
+                   if not n.startswith("_") and callable(v) and
+                   getattr(v, "__module__", None) == module.__name__)
     raise CliError(f"Module {module_name!r} has no {attr!r}; callables in "
                    f"it: {', '.join(names[:20]) or 'none'}.")
   if not callable(factory):
@@ -533,11 +541,7 @@ def make_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser(
       "tune", help="time the candidate plans of a model and cache the best",
-      description="Time every candidate plan (method × chunking) of one "
-                  "model on this machine's default device, most promising "
-                  "first, and cache the fastest under the model's signature. "
-                  "Later calls of ntk_fn(f) with the same model, shapes and "
-                  "options use it without planning.\n\n" + FACTORY_HELP,
+      description=TUNE_HELP + "\n" + FACTORY_HELP,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("model", nargs="?", metavar="MODEL",
                  help="MODULE:FACTORY returning the model (see above)")

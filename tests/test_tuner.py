@@ -1,0 +1,197 @@
+"""The autotuner: measured-fastest wins, failures are infeasible, runs resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import autontk
+from autontk import Implementation, Plan, tuner
+from autontk.plancache import PlanCache
+from autontk.tuner import Candidate, TuneOptions, tune
+
+JC = Plan(Implementation.JACOBIAN_CONTRACTION)
+NVP = Plan(Implementation.NTK_VECTOR_PRODUCTS)
+FAST = dict(progress=False, options=TuneOptions(min_time_s=0.005,
+                                                min_repeats=3))
+
+
+def _model():
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  params = {"w": jax.random.normal(k1, (8, 64)),
+            "v": jax.random.normal(k2, (64, 64))}
+
+  def f(p, x):
+    return jnp.tanh(x @ p["w"]) @ p["v"]
+
+  return f, params, jax.random.normal(k3, (6, 8))
+
+
+class SlowPlan(Exception):
+  pass
+
+
+def _slow(plan_to_slow, seconds):
+  """A time_plan wrapper making one plan look slow (a deterministic device)."""
+  real = tuner.time_plan
+
+  def timed(ntk, plan, *args, **kw):
+    t = real(ntk, plan, *args, **kw)
+    if plan == plan_to_slow:
+      t.median_s += seconds
+      t.min_s += seconds
+    return t
+
+  return timed
+
+
+def test_picks_the_measured_fastest_when_the_cost_model_is_wrong(
+    tmp_path, monkeypatch):
+  f, params, x = _model()
+  # The "cost model" swears Jacobian contraction is 1000x faster; on this
+  # device it is 50 ms slower per call.
+  monkeypatch.setattr(tuner, "time_plan", _slow(JC, 0.05))
+  wrong = [Candidate(JC, predicted_s=1e-6), Candidate(NVP, predicted_s=1e-3)]
+  cache = PlanCache(tmp_path, jax_compilation_cache=False)
+  result = tune(f, x, None, params, candidates=wrong, cache=cache, **FAST)
+  assert result.plan == NVP
+  rows = {r["plan"]: r for r in result.rows}
+  assert rows[JC]["measured_s"] > rows[NVP]["measured_s"] + 0.04
+  assert rows[JC]["predicted_s"] == 1e-6  # the prediction is kept, not used
+  assert cache.lookup(result.signature) == NVP
+  assert cache.source(result.signature) == "tuned"
+  assert len(cache.measurements()) == 2
+  assert "ntk_vector_products" in result.table()
+  assert tuner.regret(result.rows, NVP) == 1.0
+
+
+def test_planner_candidates_with_injected_wrong_predictor(tmp_path):
+  planner = pytest.importorskip("autontk.planner")
+  if not hasattr(planner, "tuner_candidates"):
+    pytest.skip("planner has no tuner_candidates yet")
+  f, params, x = _model()
+
+  class Backwards:
+    """Predicts the opposite of the FLOP count: deliberately wrong."""
+
+    def predict(self, estimate):
+      return 1.0 / (1.0 + (estimate.flops or 0.0))
+
+  ntk = autontk.ntk_fn(f, implementation=1)
+  cands = tuner.default_candidates(ntk, x, None, params, {}, Backwards())
+  assert len(cands) >= 2
+  result = tune(f, x, None, params, predictor=Backwards(), cache=False,
+                **FAST)
+  measured = [r for r in result.rows if r["measured_s"] is not None]
+  best = min(measured, key=lambda r: r["measured_s"])
+  assert result.plan == best["plan"]
+
+
+def test_infeasible_candidate_does_not_stop_tuning():
+  f, params, x = _model()
+  chunking = pytest.importorskip("autontk.chunking")
+  # A chunked plan needs vmap_axes; without it, executing raises.
+  bad = Plan(Implementation.JACOBIAN_CONTRACTION,
+             chunking=chunking.BatchChunking(2, "scan"))
+  result = tune(f, x, None, params, candidates=[bad, NVP], cache=False,
+                **FAST)
+  rows = {r["plan"]: r for r in result.rows}
+  assert not rows[bad]["feasible"] and rows[bad]["reason"]
+  assert rows[bad]["measured_s"] is None
+  assert result.plan == NVP
+
+
+def test_all_candidates_failing_raises_clearly():
+  f, params, x = _model()
+  chunking = pytest.importorskip("autontk.chunking")
+  bad = Plan(Implementation.JACOBIAN_CONTRACTION,
+             chunking=chunking.BatchChunking(2, "scan"))
+  with pytest.raises(RuntimeError, match="No candidate plan could be run"):
+    tune(f, x, None, params, candidates=[bad], cache=False, **FAST)
+
+
+def test_interrupted_run_resumes_without_retiming(tmp_path, monkeypatch):
+  f, params, x = _model()
+  cache = PlanCache(tmp_path, jax_compilation_cache=False)
+  calls = []
+  real = tuner.time_plan
+
+  def interrupt_second(ntk, plan, *a, **kw):
+    calls.append(plan)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(ntk, plan, *a, **kw)
+
+  monkeypatch.setattr(tuner, "time_plan", interrupt_second)
+  with pytest.raises(KeyboardInterrupt):
+    tune(f, x, None, params, candidates=[JC, NVP], cache=cache, **FAST)
+  assert calls == [JC, NVP]
+  assert list((tmp_path / "tuning").glob("*.journal"))
+
+  calls.clear()
+  monkeypatch.setattr(tuner, "time_plan", lambda ntk, plan, *a, **kw: (
+      calls.append(plan), real(ntk, plan, *a, **kw))[1])
+  result = tune(f, x, None, params, candidates=[JC, NVP], cache=cache,
+                **FAST)
+  assert calls == [NVP]  # JC's timing came from the journal
+  assert all(r["measured_s"] for r in result.rows)
+  assert result.timed == 1
+
+
+def test_slower_candidate_stopped_early_and_budget(monkeypatch):
+  f, params, x = _model()
+  monkeypatch.setattr(tuner, "time_plan", _slow(JC, 0.0))
+  result = tune(f, x, None, params, candidates=[NVP, JC], cache=False,
+                **FAST)
+  assert {r["plan"] for r in result.rows if r["measured_s"]} == {NVP, JC}
+
+  # A real slow candidate: stopped after its first repeat.
+  runner = autontk.ntk_fn(f)
+  slow = tuner.time_plan(runner, JC, x, None, params, {},
+                         TuneOptions(min_time_s=10.0), stop_above_s=1e-9)
+  assert slow.stopped_early and slow.repeats == 1
+
+  # A budget that the first candidate exhausts: only the best predicted is
+  # timed, and it is the answer.
+  result = tune(f, x, None, params, cache=False, progress=False,
+                candidates=[Candidate(NVP, 1e-3), Candidate(JC, 1.0)],
+                budget_s=1e-3)
+  assert result.timed == 1 and result.plan == NVP
+
+
+def test_time_plan_measures_real_work():
+  f, params, x = _model()
+  ntk = autontk.ntk_fn(f)
+  t = tuner.time_plan(ntk, NVP, x, None, params, {},
+                      TuneOptions(min_time_s=0.01, min_repeats=5))
+  assert t.repeats >= 5 and 0 < t.min_s <= t.median_s < 1.0
+  assert t.compile_s >= 0 and not t.stopped_early
+  assert not ntk._executables  # timing does not keep executables alive
+
+
+def test_bad_options():
+  with pytest.raises(ValueError, match="budget_s"):
+    TuneOptions(budget_s=0)
+  with pytest.raises(ValueError, match="max_trials"):
+    TuneOptions(max_trials=0)
+  with pytest.raises(ValueError, match="stop_ratio"):
+    TuneOptions(stop_ratio=1.0)
+  f, params, x = _model()
+  with pytest.raises(ValueError, match="empty"):
+    tune(f, x, None, params, candidates=[], cache=False, progress=False)
+  with pytest.raises(TypeError, match="candidates"):
+    tune(f, x, None, params, candidates=["fast"], cache=False,
+         progress=False)
+  with pytest.raises(ValueError, match="x2"):
+    tune(f, x, jnp.ones((3, 5)), params, cache=False, progress=False)
+
+
+def test_tuned_plan_gives_the_reference_kernel():
+  from reference import reference_ntk
+  f, params, x = _model()
+  result = tune(f, x, None, params, candidates=[NVP, JC], cache=False,
+                **FAST)
+  ntk = autontk.ntk_fn(f)
+  got = ntk.execute(result.plan, x, None, params)
+  want = reference_ntk(f, params, x, None, trace_axes=(-1,))
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
