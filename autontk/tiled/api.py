@@ -330,8 +330,8 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
     store = storage.DiskStore(out, specs, cluster.process_index)
     meta = json.loads(json.dumps({
         "format": storage.FORMAT,
-        "function": f"{getattr(ntk.f, '__module__', '')}."
-                    f"{getattr(ntk.f, '__qualname__', type(ntk.f).__name__)}",
+        # The name, not the module: a script may be resumed as __main__.
+        "function": getattr(ntk.f, "__qualname__", type(ntk.f).__name__),
         "options": repr((ntk.options.trace_axes, ntk.options.diagonal_axes,
                          ntk.options.vmap_axes)),
         "leaves": [{"shape": list(s.shape), "dtype": s.dtype.str}
