@@ -43,6 +43,30 @@ class Plan:
       parts.append(repr(self.chunking))
     return " ".join(parts)
 
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready form: method name, config fields, chunking."""
+    config = None
+    if self.config is not None:
+      config = {"type": type(self.config).__name__,
+                "fields": dataclasses.asdict(self.config)}
+    chunking = None if self.chunking is None else self.chunking.to_dict()
+    return {"implementation": self.implementation.name.lower(),
+            "config": config, "chunking": chunking}
+
+  @staticmethod
+  def from_dict(d: dict[str, Any]) -> "Plan":
+    """Inverse of :meth:`to_dict`."""
+    impl = Implementation.parse(d["implementation"])
+    config = None
+    if d.get("config") is not None:
+      config_type = methods.get(impl).config_type
+      config = config_type(**d["config"]["fields"])
+    chunking = None
+    if d.get("chunking") is not None:
+      from autontk.chunking import chunking_from_dict
+      chunking = chunking_from_dict(d["chunking"])
+    return Plan(impl, config, chunking)
+
   def execute(self, problem: NtkProblem) -> list[jax.Array]:
     """Kernels of ``problem`` (one per output leaf) under this plan."""
     if self.chunking is not None:

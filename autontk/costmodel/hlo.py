@@ -1,0 +1,203 @@
+"""Reading XLA's cost and memory analyses robustly.
+
+``cost_analysis()`` returns a dict on current JAX, a list of dicts (one per
+computation) on older versions, ``None`` where a backend has no analysis
+(CUDA's lowered HLO), and ``-1`` for what it cannot count (GPU custom-call
+matmuls). Every number here is ``None`` when unknown, never negative.
+
+XLA counts a loop body once (``while``, and so ``scan``/``lax.map``): a
+computation looping ``k`` times reports about ``1/k`` of its work. Callers
+that build loops (chunked plans, column-chunked NTK-vector products) scale
+by the trip count they know, see :meth:`HloCost.scaled`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any, Mapping
+
+_FLOPS = "flops"
+_BYTES = "bytes accessed"
+_TRANSCENDENTALS = "transcendentals"
+
+
+@dataclasses.dataclass(frozen=True)
+class HloCost:
+  """Work and memory of one compiled (or lowered) program.
+
+  Attributes:
+    flops: floating-point operations, or ``None`` if unknown.
+    bytes_accessed: bytes read and written by all ops (unfused ops each
+      count their operands and result), or ``None``.
+    transcendentals: exp/log/tanh/... evaluations, or ``None``.
+    peak_memory: bytes live at once (arguments + outputs + temporaries), or
+      ``None``.
+    peak_memory_exact: ``True`` when ``peak_memory`` comes from XLA's
+      buffer assignment, ``False`` for the lowered-HLO estimate.
+    source: ``"lowered"``, ``"compiled"`` or ``"scaled"``.
+    seconds: time spent lowering / compiling to get this analysis.
+  """
+
+  flops: float | None = None
+  bytes_accessed: float | None = None
+  transcendentals: float | None = None
+  peak_memory: float | None = None
+  peak_memory_exact: bool = False
+  source: str = "lowered"
+  seconds: float = 0.0
+
+  def scaled(self, factor: float, source: str = "scaled") -> "HloCost":
+    """Work multiplied by ``factor`` (memory unchanged)."""
+    def mul(v):
+      return None if v is None else v * factor
+    return dataclasses.replace(self, flops=mul(self.flops),
+                               bytes_accessed=mul(self.bytes_accessed),
+                               transcendentals=mul(self.transcendentals),
+                               source=source)
+
+  def plus(self, other: "HloCost") -> "HloCost":
+    """Sum of the work of two programs run one after the other."""
+    def add(a, b):
+      return None if a is None and b is None else (a or 0.0) + (b or 0.0)
+    peak = max((p for p in (self.peak_memory, other.peak_memory)
+                if p is not None), default=None)
+    return HloCost(add(self.flops, other.flops),
+                   add(self.bytes_accessed, other.bytes_accessed),
+                   add(self.transcendentals, other.transcendentals), peak,
+                   self.peak_memory_exact and other.peak_memory_exact,
+                   "scaled", self.seconds + other.seconds)
+
+
+def _known(v: Any) -> float | None:
+  try:
+    v = float(v)
+  except (TypeError, ValueError):
+    return None
+  return v if v >= 0 and math.isfinite(v) else None
+
+
+def read_cost_analysis(analysis: Any) -> dict[str, float | None]:
+  """``{"flops", "bytes accessed", "transcendentals"}`` from any form.
+
+  Args:
+    analysis: what ``Lowered/Compiled.cost_analysis()`` returned: a dict, a
+      list of dicts (summed), ``None``, or a dict with ``-1`` entries.
+
+  Returns:
+    The three counts, each ``None`` when missing or negative.
+
+  >>> read_cost_analysis([{"flops": 2.0}, {"flops": 3.0, "bytes accessed": -1}])
+  {'flops': 5.0, 'bytes accessed': None, 'transcendentals': None}
+  """
+  if isinstance(analysis, Mapping):
+    parts = [analysis]
+  elif isinstance(analysis, (list, tuple)):
+    parts = [a for a in analysis if isinstance(a, Mapping)]
+  else:
+    parts = []
+  out: dict[str, float | None] = {}
+  for key in (_FLOPS, _BYTES, _TRANSCENDENTALS):
+    vals = [_known(p.get(key)) for p in parts if key in p]
+    known = [v for v in vals if v is not None]
+    out[key] = sum(known) if known else None
+  return out
+
+
+def read_memory_analysis(analysis: Any) -> float | None:
+  """Peak bytes from ``Compiled.memory_analysis()`` (``None`` if unknown).
+
+  Uses ``peak_memory_in_bytes`` when the backend reports it, else
+  arguments + outputs + temporaries - aliased bytes.
+  """
+  if analysis is None:
+    return None
+  if isinstance(analysis, (list, tuple)):
+    vals = [read_memory_analysis(a) for a in analysis]
+    known = [v for v in vals if v is not None]
+    return max(known) if known else None
+  peak = _known(getattr(analysis, "peak_memory_in_bytes", None))
+  if peak:
+    return peak
+  parts = [_known(getattr(analysis, name, None)) for name in
+           ("argument_size_in_bytes", "output_size_in_bytes",
+            "temp_size_in_bytes")]
+  if all(p is None for p in parts):
+    return None
+  alias = _known(getattr(analysis, "alias_size_in_bytes", None)) or 0.0
+  return max(sum(p or 0.0 for p in parts) - alias, 0.0)
+
+
+_TENSOR = re.compile(r"tensor<([0-9x]*)x?(f64|f32|f16|bf16|i64|i32|i16|i8|i1|"
+                     r"ui32|ui8|complex<f32>|complex<f64>)>")
+_ITEMSIZE = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4,
+             "i16": 2, "i8": 1, "i1": 1, "ui32": 4, "ui8": 1,
+             "complex<f32>": 8, "complex<f64>": 16}
+
+
+def largest_tensor_bytes(stablehlo_text: str) -> int:
+  """Bytes of the largest tensor type named in a StableHLO module."""
+  best = 0
+  for dims, dtype in _TENSOR.findall(stablehlo_text):
+    size = math.prod(int(d) for d in dims.split("x") if d) if dims else 1
+    best = max(best, size * _ITEMSIZE[dtype])
+  return best
+
+
+def _io_bytes(lowered: Any) -> float:
+  import jax  # local: keeps this module importable without initialising jax
+  total = 0.0
+  for tree in (lowered.in_avals, lowered.out_info):
+    for leaf in jax.tree.leaves(tree):
+      shape = getattr(leaf, "shape", ())
+      dtype = getattr(leaf, "dtype", None)
+      if dtype is not None:
+        total += math.prod(shape) * dtype.itemsize
+  return total
+
+
+def analyse_lowered(lowered: Any, seconds: float = 0.0) -> HloCost:
+  """Cost of a ``jax.stages.Lowered`` without compiling it.
+
+  The peak memory is an estimate (arguments and outputs plus three times
+  the largest intermediate tensor), marked ``peak_memory_exact=False``.
+  """
+  counts = read_cost_analysis(_safe(lowered.cost_analysis))
+  try:
+    largest = largest_tensor_bytes(lowered.as_text())
+    peak = _io_bytes(lowered) + 3.0 * largest
+  except Exception:  # noqa: BLE001 - an estimate only; unknown is fine
+    peak = None
+  return HloCost(counts[_FLOPS], counts[_BYTES], counts[_TRANSCENDENTALS],
+                 peak, False, "lowered", seconds)
+
+
+def analyse_compiled(compiled: Any, seconds: float = 0.0) -> HloCost:
+  """Cost and exact peak memory of a ``jax.stages.Compiled``."""
+  counts = read_cost_analysis(_safe(compiled.cost_analysis))
+  peak = read_memory_analysis(_safe(compiled.memory_analysis))
+  return HloCost(counts[_FLOPS], counts[_BYTES], counts[_TRANSCENDENTALS],
+                 peak, peak is not None, "compiled", seconds)
+
+
+def lower_and_analyse(jitted: Any, *args: Any) -> tuple[Any, HloCost]:
+  """``(lowered, cost)`` of ``jitted(*args)``: tracing + lowering, no compile."""
+  t = time.perf_counter()
+  lowered = jitted.lower(*args)
+  return lowered, analyse_lowered(lowered, time.perf_counter() - t)
+
+
+def compile_and_analyse(lowered: Any) -> tuple[Any, HloCost]:
+  """``(compiled, cost)``; the compile lands in JAX's caches for reuse."""
+  t = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, analyse_compiled(compiled, time.perf_counter() - t)
+
+
+def _safe(method) -> Any:
+  try:
+    return method()
+  except Exception:  # noqa: BLE001 - some backends raise instead of None
+    return None

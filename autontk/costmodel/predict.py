@@ -1,0 +1,106 @@
+"""Predicted run time of a candidate plan from its HLO cost.
+
+The default predictor is a roofline: compute time (FLOPs, with each
+transcendental counted as several FLOPs) and memory time (bytes accessed)
+from the device's measured constants (:mod:`autontk.costmodel.device`), plus
+a per-call overhead for each compiled call the host dispatches and a
+per-iteration overhead for compiled loops. On accelerators compute and
+memory traffic overlap (``max``); on CPUs they mostly do not (``sum``).
+
+Anything with a ``predict(features) -> seconds`` method is a
+:class:`TimePredictor`, so a learned calibration (e.g. a regressor trained on
+measured times) can replace the roofline: pass it as ``predictor=`` to
+``ntk_fn(..., implementation="auto")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+from autontk.costmodel import device as device_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class CostFeatures:
+  """What a predictor sees of one candidate.
+
+  Attributes:
+    implementation: the method's name, e.g. ``"jacobian_contraction"``.
+    flops: total FLOPs (loop trip counts applied), or ``None``.
+    bytes_accessed: total bytes read and written, or ``None``.
+    transcendentals: total transcendental evaluations, or ``None``.
+    peak_memory: peak bytes, or ``None``.
+    calls: compiled calls dispatched by the host (blocks of a host loop).
+    loop_iterations: iterations of compiled loops (blocks of a scan).
+    blocks: number of batch blocks (1 when unchunked).
+  """
+
+  implementation: str
+  flops: float | None
+  bytes_accessed: float | None
+  transcendentals: float | None
+  peak_memory: float | None
+  calls: int = 1
+  loop_iterations: int = 0
+  blocks: int = 1
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@runtime_checkable
+class TimePredictor(Protocol):
+  """Maps :class:`CostFeatures` to predicted seconds."""
+
+  def predict(self, features: CostFeatures) -> float:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RooflinePredictor:
+  """Roofline time model from measured device constants.
+
+  Attributes:
+    constants: the device's measured speeds.
+    overlap: ``max(compute, memory)`` if true, else their sum.
+    flops_per_transcendental: cost of one exp/tanh/... in FLOPs.
+
+  >>> from autontk.costmodel.device import DeviceConstants
+  >>> c = DeviceConstants(1e11, 1e10, 1e-5, 1e-6)
+  >>> p = RooflinePredictor(c, overlap=False)
+  >>> round(p.predict(CostFeatures("x", 1e9, 1e8, 0, None)), 4)
+  0.02
+  """
+
+  constants: device_lib.DeviceConstants
+  overlap: bool = False
+  flops_per_transcendental: float = 16.0
+
+  def predict(self, features: CostFeatures) -> float:
+    c = self.constants
+    flops = (features.flops or 0.0) + self.flops_per_transcendental * (
+        features.transcendentals or 0.0)
+    compute = flops / c.flops_per_s
+    memory = (features.bytes_accessed or 0.0) / c.bytes_per_s
+    core = max(compute, memory) if self.overlap else compute + memory
+    return (core + features.calls * c.call_overhead_s +
+            features.loop_iterations * c.loop_iteration_s)
+
+  def describe(self) -> str:
+    c = self.constants
+    return (f"roofline ({'max' if self.overlap else 'sum'}; "
+            f"{c.flops_per_s / 1e9:.3g} GFLOP/s, {c.bytes_per_s / 1e9:.3g} "
+            f"GB/s, call {c.call_overhead_s * 1e6:.3g} µs) on "
+            f"{c.platform}:{c.device_kind}")
+
+
+def default_predictor(device: Any = None) -> RooflinePredictor:
+  """The roofline predictor with this device's (cached) constants."""
+  c = device_lib.constants(device)
+  return RooflinePredictor(c, overlap=c.platform not in ("cpu", ""))
+
+
+def describe(predictor: TimePredictor) -> str:
+  d = getattr(predictor, "describe", None)
+  return d() if callable(d) else type(predictor).__name__

@@ -1,0 +1,183 @@
+"""Cost extraction, memory budget, device constants and the time predictor."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from autontk.costmodel import device, hlo, memory, predict
+from autontk.costmodel.device import DeviceConstants
+from autontk.costmodel.predict import CostFeatures, RooflinePredictor
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+  monkeypatch.setenv("AUTONTK_CACHE_DIR", str(tmp_path))
+  device._reset_memo()
+  yield
+  device._reset_memo()
+
+
+# hlo ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("analysis, flops, bytes_", [
+    ({"flops": 10.0, "bytes accessed": 4.0}, 10.0, 4.0),
+    ([{"flops": 10.0}, {"flops": 5.0, "bytes accessed": 3.0}], 15.0, 3.0),
+    (None, None, None),
+    ({"flops": -1.0, "bytes accessed": -1}, None, None),
+    ({}, None, None),
+    ([None, {"flops": float("nan")}], None, None),
+    ("garbage", None, None),
+])
+def test_read_cost_analysis_any_form(analysis, flops, bytes_):
+  out = hlo.read_cost_analysis(analysis)
+  assert out["flops"] == flops
+  assert out["bytes accessed"] == bytes_
+
+
+def test_read_memory_analysis():
+  assert hlo.read_memory_analysis(None) is None
+  stats = types.SimpleNamespace(argument_size_in_bytes=10,
+                                output_size_in_bytes=5, temp_size_in_bytes=20,
+                                alias_size_in_bytes=5)
+  assert hlo.read_memory_analysis(stats) == 30
+  stats.peak_memory_in_bytes = 99
+  assert hlo.read_memory_analysis(stats) == 99
+  stats.peak_memory_in_bytes = -1  # unknown: fall back to the sum
+  assert hlo.read_memory_analysis(stats) == 30
+
+
+def test_matmul_flops_exact_lowered_and_compiled():
+  m, k, n = 8, 16, 4
+  f = jax.jit(lambda a, b: a @ b)
+  a, b = jnp.ones((m, k)), jnp.ones((k, n))
+  lowered, cost = hlo.lower_and_analyse(f, a, b)
+  assert cost.flops == 2 * m * k * n
+  assert cost.source == "lowered" and not cost.peak_memory_exact
+  assert cost.peak_memory >= (m * k + k * n + m * n) * 4
+  _, ccost = hlo.compile_and_analyse(lowered)
+  assert ccost.flops == 2 * m * k * n
+  assert ccost.peak_memory_exact and ccost.peak_memory >= (m * n) * 4
+
+
+def test_loop_bodies_counted_once_and_scaled():
+  """XLA counts a lax.map body once: scaling by the trip count fixes it."""
+  w = jnp.ones((32, 32))
+  xs = jnp.ones((8, 4, 32))
+  looped = jax.jit(lambda xs: jax.lax.map(lambda x: x @ w, xs))
+  _, cost = hlo.lower_and_analyse(looped, xs)
+  one = 2 * 4 * 32 * 32
+  assert cost.flops == pytest.approx(one, rel=0.05)
+  assert cost.scaled(8).flops == pytest.approx(8 * one, rel=0.05)
+
+
+def test_hlo_cost_plus():
+  a = hlo.HloCost(1.0, 2.0, None, 10.0, True)
+  b = hlo.HloCost(3.0, None, None, 5.0, True)
+  c = a.plus(b)
+  assert (c.flops, c.bytes_accessed, c.transcendentals, c.peak_memory) == (
+      4.0, 2.0, None, 10.0)
+
+
+def test_largest_tensor_bytes():
+  text = "%0 = foo : tensor<4x8xf32>, tensor<2xf64>, tensor<f32>"
+  assert hlo.largest_tensor_bytes(text) == 4 * 8 * 4
+
+
+# memory ---------------------------------------------------------------------
+
+
+def test_budget_fraction_and_bytes():
+  total, what = memory.device_memory()
+  assert total > 0 and what
+  half = memory.budget(0.5)
+  assert half.bytes == pytest.approx(0.5 * total, rel=0.2)
+  assert memory.budget(12345).bytes == 12345
+  assert memory.budget(12345).fits(12345)
+  assert not memory.budget(12345).fits(12346)
+  assert memory.budget(12345).fits(None)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "1GB", True])
+def test_budget_rejects_bad_values(bad):
+  with pytest.raises(ValueError, match="memory_budget"):
+    memory.budget(bad)
+
+
+def test_budget_uses_device_stats_when_present():
+  dev = types.SimpleNamespace(
+      platform="gpu", device_kind="fake",
+      memory_stats=lambda: {"bytes_limit": 1000, "bytes_in_use": 200})
+  b = memory.budget(None, dev)
+  assert b.bytes == pytest.approx(0.9 * 800)
+  assert "fake" in b.source
+
+
+# device constants -----------------------------------------------------------
+
+
+def test_constants_measured_once_and_stored(tmp_path, monkeypatch):
+  calls = []
+  fake = DeviceConstants(1e11, 1e10, 1e-5, 1e-7, "cpu", "cpu")
+  monkeypatch.setattr(device, "measure",
+                      lambda d=None: calls.append(1) or fake)
+  assert device.constants() == fake
+  assert device.constants() == fake
+  assert len(calls) == 1
+  stored = json.loads((tmp_path / "device_constants.json").read_text())
+  assert device.device_key() in stored
+  device._reset_memo()  # a new process: reads the file, does not measure
+  assert device.constants() == fake
+  assert len(calls) == 1
+
+
+def test_measure_gives_plausible_numbers():
+  c = device.measure(size=256)
+  assert 1e8 < c.flops_per_s < 1e15
+  assert 1e8 < c.bytes_per_s < 1e13
+  assert 0 < c.call_overhead_s < 0.1
+  assert c.loop_iteration_s >= 0
+
+
+def test_corrupt_constants_file_is_remeasured(tmp_path, monkeypatch):
+  (tmp_path / "device_constants.json").write_text("{not json")
+  fake = DeviceConstants(1e11, 1e10, 1e-5, 1e-7, "cpu", "cpu")
+  monkeypatch.setattr(device, "measure", lambda d=None: fake)
+  assert device.constants() == fake
+
+
+# predictor ------------------------------------------------------------------
+
+
+def test_roofline_sum_max_and_overheads():
+  c = DeviceConstants(1e11, 1e10, 1e-5, 1e-6)
+  feats = CostFeatures("m", 1e9, 1e8, 0.0, None)
+  assert RooflinePredictor(c, overlap=False).predict(feats) == pytest.approx(
+      0.01 + 0.01 + 1e-5)
+  assert RooflinePredictor(c, overlap=True).predict(feats) == pytest.approx(
+      0.01 + 1e-5)
+  host = CostFeatures("m", 0.0, 0.0, 0.0, None, calls=10, loop_iterations=5)
+  assert RooflinePredictor(c).predict(host) == pytest.approx(10e-5 + 5e-6)
+  trans = CostFeatures("m", 0.0, 0.0, 1e6, None)
+  assert RooflinePredictor(c, flops_per_transcendental=10).predict(
+      trans) == pytest.approx(1e7 / 1e11 + 1e-5)
+
+
+def test_unknown_counts_predict_overheads_only():
+  c = DeviceConstants(1e11, 1e10, 1e-5, 1e-6)
+  assert RooflinePredictor(c).predict(
+      CostFeatures("m", None, None, None, None)) == pytest.approx(1e-5)
+
+
+def test_custom_predictor_satisfies_protocol():
+  class Learned:
+    def predict(self, features):
+      return features.flops or 0.0
+
+  assert isinstance(Learned(), predict.TimePredictor)
+  assert not isinstance(object(), predict.TimePredictor)
