@@ -200,7 +200,7 @@ class UseSpec:
   theta_labels: tuple[int, ...]
   cot_labels: tuple[int, ...]
   factors: tuple[FactorSpec, ...]
-  primitive: str
+  primitive: str  # the primitive's name ("+"-joined for merged uses)
 
 
 @dataclasses.dataclass
@@ -305,6 +305,7 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
     return out
 
   merged: dict[int, jax.Array] = {}
+  merged_names: dict[int, list[str]] = {}
   structured: list[tuple[UseSpec, list]] = []
   for use in walk.uses:
     c = cots[use.probe]
@@ -323,6 +324,7 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
       # pairs then cost one contraction per parameter.
       merged[use.param] = (mapped if use.param not in merged else
                            merged[use.param] + mapped)
+      merged_names.setdefault(use.param, []).append(name)
       continue
     structured.append((_spec_of(s, use.param, name),
                        [_factor_array(f) for f in s.factors], mapped))
@@ -330,7 +332,8 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
   result = []
   for p, mapped in sorted(merged.items()):
     labels = tuple(range(len(theta_avals[p].shape)))
-    spec.uses.append(UseSpec(p, labels, labels, (), "dense"))
+    spec.uses.append(UseSpec(p, labels, labels, (),
+                             "+".join(merged_names[p])))
     result.append((per_leaf(mapped), []))
   for u, factors, mapped in structured:
     spec.uses.append(u)
