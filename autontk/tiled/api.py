@@ -80,7 +80,12 @@ def _matched_ntk(ntk: NtkFn, problem: NtkProblem,
   options = dataclasses.replace(
       opts, trace_axes=opts.trace_axes[:k] + opts.trace_axes[k + 1:],
       diagonal_axes=opts.diagonal_axes + (opts.trace_axes[k],))
-  return NtkFn(ntk.f, options, jit=ntk.jit, planner=ntk._planner), kind  # noqa: SLF001
+  derived = _cache(ntk, "derived")
+  key = repr(options)  # vmap_axes may hold unhashable dicts
+  if key not in derived:
+    derived[key] = NtkFn(ntk.f, options, jit=ntk.jit,
+                         planner=ntk._planner)  # noqa: SLF001
+  return derived[key], kind
 
 
 def _fingerprint(*trees: PyTree) -> str:
@@ -137,6 +142,39 @@ def _stored_tile(out: Any, n1: int, n2: int, symmetric: bool,
   return None
 
 
+def _call_args(x1, kw1, x2, kw2, same: bool):
+  kwargs = {k: (kw1[k], kw2[k]) for k in kw1}
+  return x1, (None if same else x2), kwargs
+
+
+def _cache(ntk: NtkFn, name: str) -> dict:
+  """A dict living on ``ntk``: compiled programs die with their NtkFn, as its
+  own executables do (a module-level map would keep every NtkFn alive)."""
+  return vars(ntk).setdefault(f"_tiled_{name}", {})
+
+
+def _program(ntk: NtkFn, plan: Any, same: bool, cluster, skel1, skel2):
+  def body(params, batched, shared):
+    n1, s1 = len(skel1.batched), len(skel1.shared)
+    x1, kw1 = skel1.assemble(batched[:n1], shared[:s1])
+    if same:
+      a1, a2, kw = _call_args(x1, kw1, x1, kw1, True)
+    else:
+      x2, kw2 = skel2.assemble(batched[n1:], shared[s1:])
+      a1, a2, kw = _call_args(x1, kw1, x2, kw2, False)
+    return jax.tree.leaves(ntk.execute(plan, a1, a2, params, **kw))
+
+  key = (plan, same, tuple(cluster.mesh.devices.flat), skel1, skel2)
+  try:
+    hash(key)
+  except TypeError:
+    return distributed.spmd_program(body, cluster)
+  cache = _cache(ntk, "programs")
+  if key not in cache:
+    cache[key] = distributed.spmd_program(body, cluster)
+  return cache[key]
+
+
 class _Run:
   """One ``ntk_tiled`` call: the sides, the grid, the programs and the store."""
 
@@ -150,41 +188,22 @@ class _Run:
     self._params_dev = None
     self._shared_dev: dict[int, list[jax.Array]] = {}
 
-  def _call_args(self, x1, kw1, x2, kw2, same: bool):
-    kwargs = {k: (kw1[k], kw2[k]) for k in kw1}
-    return x1, (None if same else x2), kwargs
-
-  def tile_call(self, same: bool, batched: Sequence[Any],
-                shared: Sequence[Any]):
-    """``(x1, x2, kwargs)`` of one tile from its flat leaves."""
-    n1 = len(self.side1.batched)
-    s1 = len(self.side1.shared)
-    x1, kw1 = self.side1.assemble(batched[:n1], shared[:s1])
-    if same:
-      return self._call_args(x1, kw1, x1, kw1, True)
-    x2, kw2 = self.side2.assemble(batched[n1:], shared[s1:])
-    return self._call_args(x1, kw1, x2, kw2, False)
-
   def host_tile(self, tile: Tile):
     x1, kw1 = self.side1.host_tile(tile.rows, self.grid.t1)
     if tile.same_inputs:
-      return self._call_args(x1, kw1, x1, kw1, True)
+      return _call_args(x1, kw1, x1, kw1, True)
     x2, kw2 = self.side2.host_tile(tile.cols, self.grid.t2)
-    return self._call_args(x1, kw1, x2, kw2, False)
+    return _call_args(x1, kw1, x2, kw2, False)
 
   def kind(self, tile: Tile) -> _Kind:
     same = tile.same_inputs
     if same not in self._kinds:
       x1, x2, kwargs = self.host_tile(tile)
       plan = self.ntk.plan(x1, x2, self.params, **kwargs)
-      ntk = self.ntk
-
-      def body(params, batched, shared):
-        a1, a2, kw = self.tile_call(same, batched, shared)
-        return jax.tree.leaves(ntk.execute(plan, a1, a2, params, **kw))
-
-      self._kinds[same] = _Kind(
-          same, distributed.spmd_program(body, self.cluster), plan)
+      program = _program(self.ntk, plan, same, self.cluster,
+                         self.side1.skeleton,
+                         None if same else self.side2.skeleton)
+      self._kinds[same] = _Kind(same, program, plan)
     return self._kinds[same]
 
   def _sides(self, same: bool):

@@ -24,6 +24,31 @@ def _is_array(v: Any) -> bool:
   return isinstance(v, (jax.Array, np.ndarray, np.generic))
 
 
+@dataclasses.dataclass(frozen=True)
+class Skeleton:
+  """A side without its arrays: what a compiled tile program depends on.
+
+  Hashable when the non-array kwargs are, so programs can be reused across
+  calls.
+  """
+
+  treedef: Any
+  batched: tuple[int, ...]
+  shared: tuple[int, ...]
+  static: tuple[tuple[int, Any], ...]
+
+  def assemble(self, batched: Sequence[Any],
+               shared: Sequence[Any]) -> tuple[PyTree, dict[str, Any]]:
+    leaves: list[Any] = [None] * self.treedef.num_leaves
+    for i, v in zip(self.batched, batched):
+      leaves[i] = v
+    for i, v in zip(self.shared, shared):
+      leaves[i] = v
+    for i, v in self.static:
+      leaves[i] = v
+    return jax.tree.unflatten(self.treedef, leaves)
+
+
 @dataclasses.dataclass
 class Side:
   """One side (x1 or x2) of the kernel: its inputs and kwargs, flattened.
@@ -58,15 +83,17 @@ class Side:
     shape[self.axes[i]] = size
     return tuple(shape)
 
+  @property
+  def skeleton(self) -> "Skeleton":
+    arrays = set(self.batched) | set(self.shared)
+    return Skeleton(self.treedef, tuple(self.batched), tuple(self.shared),
+                    tuple((i, v) for i, v in enumerate(self.leaves)
+                          if i not in arrays))
+
   def assemble(self, batched: Sequence[Any],
                shared: Sequence[Any]) -> tuple[PyTree, dict[str, Any]]:
     """``(x, kwargs)`` of one tile from its batched and shared leaves."""
-    leaves = list(self.leaves)
-    for i, v in zip(self.batched, batched):
-      leaves[i] = v
-    for i, v in zip(self.shared, shared):
-      leaves[i] = v
-    return jax.tree.unflatten(self.treedef, leaves)
+    return self.skeleton.assemble(batched, shared)
 
   def host_tile(self, rows: tuple[int, int],
                 size: int) -> tuple[PyTree, dict[str, Any]]:
