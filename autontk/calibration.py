@@ -278,3 +278,73 @@ def for_device(cache: Any = None,
     except NotEnoughData:
       _FITTED[key] = None
   return _FITTED[key]
+
+
+def sample_from_features(features: Any, base_s: float | None) -> Sample:
+  """A :class:`Sample` from the cost model's ``CostFeatures``."""
+  return Sample(
+      group="", method=str(features.implementation),
+      flops=_num(features.flops), bytes=_num(features.bytes_accessed),
+      transcendentals=_num(features.transcendentals),
+      peak_bytes=_num(features.peak_memory),
+      n_chunks=int(getattr(features, "blocks", 1) or 1),
+      host_loop=int(getattr(features, "calls", 1) or 1) > 1, base_s=base_s)
+
+
+class CalibratedPredictor:
+  """A time predictor: the roofline, corrected by the learned calibration.
+
+  Satisfies the cost model's ``TimePredictor`` protocol
+  (``predict(features) -> seconds``). Nothing is read or fitted until the
+  first prediction (so the plan cache's hit path never pays for it); with
+  too few timings in the cache it predicts what the roofline predicts.
+
+  Args:
+    cache: the :class:`~autontk.PlanCache` whose timings train it (default:
+      ``PlanCache()``).
+    base: the uncalibrated predictor (default: the cost model's roofline
+      for this device).
+    device_kind: whose timings to use (default: this machine's).
+
+  >>> from autontk.calibration import CalibratedPredictor
+  >>> p = CalibratedPredictor()  # cheap: fits lazily
+  """
+
+  def __init__(self, cache: Any = None, base: Any = None,
+               device_kind: str | None = None):
+    self._cache = cache
+    self._base = base
+    self._device_kind = device_kind
+    self._fitted: Calibration | None = None
+    self._ready = False
+
+  @property
+  def base(self) -> Any:
+    if self._base is None:
+      from autontk.costmodel import predict
+      self._base = predict.default_predictor()
+    return self._base
+
+  @property
+  def calibration(self) -> Calibration | None:
+    """The fitted calibration, or ``None`` without enough timings."""
+    if not self._ready:
+      self._fitted = for_device(self._cache, self._device_kind)
+      self._ready = True
+    return self._fitted
+
+  def predict(self, features: Any) -> float:
+    base_s = float(self.base.predict(features))
+    cal = self.calibration
+    if cal is None or not base_s > 0:
+      return base_s
+    return float(cal.predict_s([sample_from_features(features, base_s)])[0])
+
+  def describe(self) -> str:
+    d = getattr(self.base, "describe", None)
+    base = d() if callable(d) else type(self.base).__name__
+    cal = self.calibration
+    if cal is None:
+      return base
+    return (f"{base}, calibrated on {cal.n_samples} timings of "
+            f"{cal.n_models} models")

@@ -401,8 +401,8 @@ class PlanCache:
                             [digest]).fetchone()
       row["created"] = existing[0] if existing else now
       db["plans"].upsert(row, pk="signature")
-      if cand_rows:
-        db["candidates"].upsert_all(cand_rows, pk=("signature", "candidate"))
+      for r in cand_rows:
+        db["candidates"].upsert(r, pk=("signature", "candidate"))
 
     return self._write(write)
 
@@ -420,8 +420,11 @@ class PlanCache:
     rows = _candidate_rows(digest, candidates, env["device_kind"])
     if not rows:
       return True
-    return self._write(lambda db: db["candidates"].upsert_all(
-        rows, pk=("signature", "candidate")))
+    def write(db):
+      for r in rows:
+        db["candidates"].upsert(r, pk=("signature", "candidate"))
+
+    return self._write(write)
 
   def candidates(self, signature: Any) -> list[dict[str, Any]]:
     """Candidate rows of ``signature``, fastest measured first."""
@@ -605,12 +608,14 @@ def _candidate_rows(digest: str, candidates: list[dict[str, Any]],
         "n_chunks": int(features.get("n_chunks", c.get("n_chunks", 1)) or 1),
         "features": json.dumps(features, sort_keys=True),
         "predicted_s": _float_or_none(c.get("predicted_s")),
-        "measured_s": _float_or_none(c.get("measured_s")),
-        "timing": json.dumps(c.get("timing") or {}, sort_keys=True),
         "feasible": int(bool(c.get("feasible", True))),
         "reason": c.get("reason") or "",
         "device_kind": device_kind, "updated": now,
     })
+    # An estimate-only row must not erase an earlier measurement.
+    if c.get("measured_s") is not None:
+      rows[-1]["measured_s"] = _float_or_none(c["measured_s"])
+      rows[-1]["timing"] = json.dumps(c.get("timing") or {}, sort_keys=True)
   return rows
 
 
@@ -658,3 +663,125 @@ def _is_readonly(e: Exception) -> bool:
   msg = str(e).lower()
   return ("readonly" in msg or "read-only" in msg or "unable to open" in msg
           or "permission" in msg)
+
+
+# "auto" with a memory ----------------------------------------------------------
+
+class CachedPlanner:
+  """The ``"auto"`` planner behind a :class:`PlanCache` (and the tuner).
+
+  Per call signature: a plan memoised in this process is reused at no cost;
+  else the model signature is looked up in the cache (one trace of ``f``
+  and one SQLite read, no candidate compiled); else ``planner`` plans (or,
+  with ``tune``, the tuner times the candidates) and the result is stored.
+  With ``tune``, a plan the cost model chose alone is re-tuned once.
+
+  Args:
+    planner: the cost-model planner (:class:`autontk.planner.Planner`).
+    cache: a :class:`PlanCache`; ``None`` for ``PlanCache()`` (created on
+      first use); ``False`` to plan without a persistent cache.
+    tune: ``True`` or a :class:`autontk.tuner.TuneOptions` to time
+      candidates on first use of a signature.
+  """
+
+  def __init__(self, planner: Any, cache: "PlanCache | bool | None" = None,
+               tune: Any = False):
+    if cache is not None and cache is not False and not isinstance(
+        cache, PlanCache):
+      raise TypeError(f"`plan_cache` must be a PlanCache, None or False; got "
+                      f"{type(cache).__name__}.")
+    self.planner = planner
+    self._cache = cache
+    self.tune = tune
+    import weakref
+    self._memo: Any = weakref.WeakKeyDictionary()
+
+  @property
+  def cache(self) -> "PlanCache | None":
+    """The cache in use (``PlanCache()`` follows ``$AUTONTK_CACHE_DIR``)."""
+    if self._cache is False:
+      return None
+    if self._cache is None:
+      return _default_cache()
+    return self._cache
+
+  def plan_report(self, *args: Any, **kwargs: Any) -> Any:
+    return self.planner.plan_report(*args, **kwargs)
+
+  def __call__(self, ntk: Any, x1: Any, x2: Any, params: Any,
+               kwargs: dict[str, Any]) -> Plan:
+    from autontk.planner import PlanningCall
+    key = PlanningCall(ntk, x1, x2, params, kwargs).key()
+    try:
+      memo = self._memo.setdefault(ntk, {})
+      hash(key)
+    except TypeError:
+      memo, key = {}, None
+    if key is not None and key in memo:
+      return memo[key]
+    plan = self._plan(ntk, x1, x2, params, kwargs)
+    if key is not None:
+      memo[key] = plan
+    return plan
+
+  def _plan(self, ntk, x1, x2, params, kwargs) -> Plan:
+    cache = self.cache
+    if cache is None and not self.tune:
+      return self.planner(ntk, x1, x2, params, kwargs)
+    if cache is not None and getattr(self.planner.options, "predictor",
+                                     None) is not None:
+      cache = None  # a custom predictor is an experiment: do not persist it
+      if not self.tune:
+        return self.planner(ntk, x1, x2, params, kwargs)
+    sig = signature_of(ntk, x1, x2, params, kwargs)
+    if cache is not None:
+      plan = cache.lookup(sig)
+      if plan is not None and (not self.tune or
+                               cache.source(sig) in ("tuned", "import")):
+        return plan
+    if self.tune:
+      from autontk import tuner
+      options = (self.tune if isinstance(self.tune, tuner.TuneOptions)
+                 else tuner.TuneOptions(progress=False))
+      result = tuner.tune(ntk, x1, x2, params, options=options,
+                          cache=cache if cache is not None else False,
+                          **kwargs)
+      return result.plan
+    report = self.planner.plan_report(ntk, x1, x2, params, kwargs)
+    from autontk.tuner import estimate_features
+    rows = [{"plan": e.plan, "predicted_s": e.predicted_time,
+             "measured_s": e.measured_time, "feasible": e.feasible,
+             "reason": e.reason, "features": estimate_features(e)}
+            for e in report.estimates]
+    cache.store(sig, report.chosen, source="model", candidates=rows,
+                planning_s=report.planning_time)
+    return report.chosen
+
+
+_DEFAULT_CACHES: dict[pathlib.Path, PlanCache] = {}
+
+
+def _default_cache() -> PlanCache:
+  directory = default_directory()
+  if directory not in _DEFAULT_CACHES:
+    _DEFAULT_CACHES[directory] = PlanCache(directory)
+  return _DEFAULT_CACHES[directory]
+
+
+def signature_of(ntk: Any, x1: Any, x2: Any, params: Any,
+                 kwargs: dict[str, Any]) -> Any:
+  """The cache key of one call of ``ntk``: its model signature, plus the
+  planner options when they differ from the defaults (a memory budget or a
+  method list changes the choice)."""
+  from autontk import _auto
+  from autontk.signature import model_signature
+  extra = None
+  options = getattr(_auto._planner_of(ntk), "options", None)  # noqa: SLF001
+  if options is not None and dataclasses.is_dataclass(options):
+    default = type(options)()
+    changed = {f.name: repr(getattr(options, f.name))
+               for f in dataclasses.fields(options)
+               if f.compare and getattr(options, f.name) != getattr(default,
+                                                                     f.name)}
+    extra = {"planner": changed} if changed else None
+  return model_signature(ntk, x1, x2, params, kwargs, extra=extra)

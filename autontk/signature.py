@@ -142,7 +142,8 @@ def environment() -> dict[str, Any]:
 def model_signature(f, x1: PyTree, x2: PyTree | None, params: PyTree,
                     kwargs: dict[str, Any] | None = None, *,
                     trace_axes: Any = (-1,), diagonal_axes: Any = (),
-                    vmap_axes: Any = None) -> Signature:
+                    vmap_axes: Any = None,
+                    extra: dict[str, Any] | None = None) -> Signature:
   """Signature of one NTK call ``ntk(x1, x2, params, **kwargs)``.
 
   Args:
@@ -156,6 +157,8 @@ def model_signature(f, x1: PyTree, x2: PyTree | None, params: PyTree,
     trace_axes: as in :func:`autontk.ntk_fn`.
     diagonal_axes: as in :func:`autontk.ntk_fn`.
     vmap_axes: as in :func:`autontk.ntk_fn`.
+    extra: anything else the cached choice depends on, as a JSON-compatible
+      dict (e.g. non-default planner options); omitted when ``None``.
 
   Returns:
     A :class:`Signature`.
@@ -192,6 +195,8 @@ def model_signature(f, x1: PyTree, x2: PyTree | None, params: PyTree,
       "vmap_axes": _value_repr(vmap_axes),
       **environment(),
   }
+  if extra:
+    parts["extra"] = extra
   keyed = dict(parts)
   keyed.pop("model")  # a name is not the computation; the jaxpr is
   payload = json.dumps({"jaxpr": jaxpr, **keyed}, sort_keys=True)

@@ -39,12 +39,11 @@ from typing import Any, Sequence
 
 import jax
 
-from autontk import methods
 from autontk._api import NtkFn, ntk_fn
 from autontk._plan import Plan
 from autontk._types import PyTree
-from autontk.plancache import PlanCache, plan_to_json
-from autontk.signature import Signature, model_signature
+from autontk.plancache import PlanCache, plan_to_json, signature_of
+from autontk.signature import Signature
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,19 +216,35 @@ def time_plan(ntk: NtkFn, plan: Plan, x1: PyTree, x2: PyTree | None,
 def default_candidates(ntk: NtkFn, x1: PyTree, x2: PyTree | None,
                        params: PyTree, kwargs: dict[str, Any],
                        predictor: Any = None) -> list[Candidate]:
-  """The planner's candidates, best predicted first.
+  """The planner's candidates with the cost model's estimates.
 
-  Uses :mod:`autontk.planner` when it is available; otherwise every
-  registered method without chunking, unranked.
+  Every candidate (chunked ones included) is estimated from its lowered HLO
+  (no compile), with ``predictor`` if given, else the planner's (the
+  calibrated roofline by default).
   """
-  try:
-    from autontk import planner as planner_mod
-  except ImportError:
-    planner_mod = None
-  if planner_mod is not None and hasattr(planner_mod, "tuner_candidates"):
-    return planner_mod.tuner_candidates(ntk, x1, x2, params, kwargs,
-                                        predictor=predictor)
-  return [Candidate(Plan(impl)) for impl in methods.available()]
+  from autontk import _auto
+  from autontk.planner import Planner
+  planner = _auto._planner_of(ntk)  # noqa: SLF001
+  if predictor is not None:
+    planner = Planner(dataclasses.replace(planner.options,
+                                          predictor=predictor))
+  report = planner.plan_report(ntk, x1, x2, params, kwargs, full=True)
+  return [candidate_from_estimate(e) for e in report.estimates]
+
+
+def estimate_features(est: Any) -> dict[str, Any]:
+  """The cache's ``features`` of a cost-model ``CostEstimate``."""
+  return {"flops": est.flops, "bytes": est.bytes_accessed,
+          "transcendentals": est.transcendentals,
+          "peak_bytes": est.peak_memory, "n_chunks": est.blocks,
+          "calls": est.calls, "loop_iterations": est.loop_iterations,
+          "analysis_s": est.analysis_time, "source": est.source}
+
+
+def candidate_from_estimate(est: Any) -> Candidate:
+  """A :class:`Candidate` from a cost-model ``CostEstimate``."""
+  return Candidate(est.plan, est.predicted_time, estimate_features(est),
+                   bool(est.feasible), est.reason or "")
 
 
 def _as_candidate(c: Any) -> Candidate:
@@ -299,7 +314,7 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
       f, trace_axes=trace_axes, diagonal_axes=diagonal_axes,
       vmap_axes=vmap_axes, implementation="jacobian_contraction")
   ntk.problem(x1, x2, params, **kwargs)  # validate: clear errors first
-  sig = model_signature(ntk, x1, x2, params, kwargs)
+  sig = signature_of(ntk, x1, x2, params, kwargs)
   if cache is None:
     cache = PlanCache()
   elif cache is False:

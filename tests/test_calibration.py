@@ -99,3 +99,25 @@ def test_from_cache_rows(tmp_path):
   assert calibration.for_device(cache, "other device") is None
   report = calibration.evaluate_cache(cache, kind)
   assert report["device_kind"] == kind and report["n_models"] == 4
+
+
+def test_calibrated_predictor_plugs_into_the_cost_model(tmp_path):
+  predict = pytest.importorskip("autontk.costmodel.predict")
+  cache = PlanCache(tmp_path, jax_compilation_cache=False)
+
+  class Roofline:
+    def predict(self, features):
+      return calibration.roofline_proxy(
+          calibration.sample_from_features(features, None))
+
+  p = calibration.CalibratedPredictor(cache, base=Roofline(),
+                                      device_kind="synthetic")
+  assert isinstance(p, predict.TimePredictor)
+  feats = predict.CostFeatures("ntk_vector_products", 1e9, 1e7, 0.0, 1e6)
+  assert p.predict(feats) == Roofline().predict(feats)  # no data: roofline
+  # With a calibration learned from the biased device, NTK-vector products
+  # are predicted about 3x slower than their roofline.
+  p._fitted, p._ready = Calibration.fit(_synthetic(8, seed=5)), True
+  ratio = p.predict(feats) / Roofline().predict(feats)
+  assert 2.0 < ratio < 4.5
+  assert "calibrated on 72 timings" in p.describe()

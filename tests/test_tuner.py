@@ -66,9 +66,7 @@ def test_picks_the_measured_fastest_when_the_cost_model_is_wrong(
 
 
 def test_planner_candidates_with_injected_wrong_predictor(tmp_path):
-  planner = pytest.importorskip("autontk.planner")
-  if not hasattr(planner, "tuner_candidates"):
-    pytest.skip("planner has no tuner_candidates yet")
+  pytest.importorskip("autontk.planner")
   f, params, x = _model()
 
   class Backwards:
@@ -79,12 +77,18 @@ def test_planner_candidates_with_injected_wrong_predictor(tmp_path):
 
   ntk = autontk.ntk_fn(f, implementation=1)
   cands = tuner.default_candidates(ntk, x, None, params, {}, Backwards())
-  assert len(cands) >= 2
+  assert len(cands) >= 2 and all(c.predicted_s for c in cands)
+  assert cands[0].features["flops"] and "n_chunks" in cands[0].features
   result = tune(f, x, None, params, predictor=Backwards(), cache=False,
                 **FAST)
   measured = [r for r in result.rows if r["measured_s"] is not None]
+  assert len(measured) == len(cands)  # cheap space: every candidate timed
   best = min(measured, key=lambda r: r["measured_s"])
   assert result.plan == best["plan"]
+  # The backwards predictor ranked the most-FLOPs candidate first.
+  by_pred = min(result.rows, key=lambda r: r["predicted_s"])
+  assert by_pred["features"]["flops"] == max(
+      r["features"]["flops"] for r in result.rows)
 
 
 def test_infeasible_candidate_does_not_stop_tuning():

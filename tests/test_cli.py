@@ -1,0 +1,172 @@
+"""The ``autontk`` command, tried the way a new user would."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from autontk import cli
+
+FACTORY = textwrap.dedent("""
+    import jax, jax.numpy as jnp
+
+    def build(width=16, n=4):
+      k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      params = {"w": jax.random.normal(k1, (3, width)),
+                "v": jax.random.normal(k2, (width, 2))}
+      f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+      return {"f": f, "params": params,
+              "x1": jax.random.normal(k3, (n, 3)), "vmap_axes": 0}
+
+    def as_tuple():
+      m = build()
+      return m["f"], m["params"], m["x1"]
+
+    def broken():
+      return {"f": None}
+""")
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+  """A fresh cache and a model file, as a newcomer would have them."""
+  (tmp_path / "mymodel.py").write_text(FACTORY)
+  monkeypatch.setenv("AUTONTK_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setenv("AUTONTK_JAX_CACHE", "0")
+  monkeypatch.chdir(tmp_path)
+  return tmp_path
+
+
+def _run(capsys, *argv):
+  rc = cli.main(list(argv))
+  out = capsys.readouterr()
+  return rc, out.out, out.err
+
+
+def test_help_explains_the_commands(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  for word in ("tune", "report", "cache", "calibrate", "AUTONTK_CACHE_DIR",
+               "Examples"):
+    assert word in out
+  with pytest.raises(SystemExit):
+    cli.main(["tune", "--help"])
+  out = capsys.readouterr().out
+  assert "MODULE:FACTORY" in out and '"x1"' in out and "--budget" in out
+  assert cli.main([]) == 0  # no command: help, not a traceback
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tune"], "Give a MODEL"),
+    (["tune", "mymodel"], "MODULE:FACTORY"),
+    (["tune", "nosuchmodule:build"], "Cannot import module 'nosuchmodule'"),
+    (["tune", "mymodel:nope"], "has no 'nope'; callables in it: as_tuple"),
+    (["tune", "mymodel:broken"], "without params, x1"),
+    (["tune", "mymodel:build", "--set", "depth=3"], "--set names"),
+    (["tune", "./missing.py:build"], "No such file"),
+    (["tune", "--suite", "--only", "nope"], "the suite has: mlp_tanh"),
+    (["report", "abc123"], "No cached signature"),
+    (["report", "not-hex"], "hex digest"),
+    (["cache", "show", "ffff"], "No cached signature"),
+    (["cache", "clear"], "--yes"),
+    (["calibrate"], "autontk tune --suite"),
+])
+def test_errors_are_one_clear_line(env, capsys, argv, message):
+  rc, _, err = _run(capsys, *argv)
+  assert rc == 2
+  assert message in err and "Traceback" not in err
+
+
+def test_bad_option_values_are_rejected_by_argparse(env, capsys):
+  for argv in (["tune", "m:f", "--set", "3=4"],
+               ["tune", "m:f", "--trace-axes", "x"],
+               ["tune", "m:f", "--vmap-axes", "batch"]):
+    with pytest.raises(SystemExit) as e:
+      cli.main(argv)
+    assert e.value.code == 2
+    assert "expected" in capsys.readouterr().err
+
+
+def test_tune_report_and_cache_commands(env, capsys):
+  rc, out, err = _run(capsys, "tune", "mymodel:build", "--set", "width=8",
+                      "--n1", "5", "--budget", "30", "--no-progress",
+                      "--json")
+  assert rc == 0, err
+  tuned = json.loads(out)
+  digest = tuned["signature"]
+  assert len(digest) == 64 and tuned["plan"]
+  assert all(c["measured_s"] for c in tuned["candidates"] if c["feasible"])
+
+  rc, out, _ = _run(capsys, "cache", "ls")
+  assert rc == 0 and digest[:12] in out and "tuned" in out
+  assert "float32[5, 3]" in out  # --n1 5 resized the batch
+  rc, out, _ = _run(capsys, "cache", "ls", "--json")
+  assert [e["signature"] for e in json.loads(out)] == [digest]
+
+  rc, out, _ = _run(capsys, "cache", "show", digest[:8])
+  assert rc == 0 and tuned["plan"] in out and "measured" in out
+
+  plot = env / "report.png"
+  rc, out, _ = _run(capsys, "report", digest[:8], "--json", "--plot",
+                    str(plot))
+  report = json.loads(out)
+  assert rc == 0 and report["chosen"] == tuned["plan"]
+  assert report["source"] == "tuned" and len(report["candidates"]) >= 2
+  assert plot.stat().st_size > 1000
+  rc, out, _ = _run(capsys, "report", digest[:8])
+  assert "*" in out and "predicted" in out
+
+  # The same model named as a factory reports the same cached signature.
+  rc, out, _ = _run(capsys, "report", "mymodel:build", "--set", "width=8",
+                    "--n1", "5", "--json")
+  assert rc == 0 and json.loads(out)["signature"] == digest
+
+  export = env / "plans.json"
+  rc, out, _ = _run(capsys, "cache", "export", str(export))
+  assert rc == 0 and "Exported 1" in out
+  rc, out, _ = _run(capsys, "cache", "clear", "--yes")
+  assert "Removed 1" in out
+  rc, out, _ = _run(capsys, "cache", "ls")
+  assert "No plans cached" in out
+  rc, out, _ = _run(capsys, "cache", "import", str(export))
+  assert rc == 0 and "Imported 1" in out
+  rc, out, _ = _run(capsys, "cache", "clear", digest[:10])
+  assert "Removed 1" in out
+  rc, _, err = _run(capsys, "cache", "import", str(env / "mymodel.py"))
+  assert rc == 2 and "Cannot read plan file" in err
+
+
+def test_tune_a_tuple_factory_and_the_suite(env, capsys):
+  rc, out, err = _run(capsys, "tune", "mymodel:as_tuple", "--trace-axes",
+                      "none", "--budget", "20", "--no-progress")
+  assert rc == 0, err
+  assert "Cached under signature" in out
+  rc, out, err = _run(capsys, "tune", "--suite", "--only", "mlp_tanh",
+                      "--set", "n=4", "--set", "width=16", "--budget", "20",
+                      "--no-progress", "--trials", "2")
+  assert rc == 0, err
+  assert "[1/1] mlp_tanh" in out and "Tuned 1 models" in out
+
+
+@pytest.mark.subprocess
+def test_console_script_end_to_end(env):
+  exe = os.path.join(os.path.dirname(sys.executable), "autontk")
+  cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m",
+                                           "autontk.cli"]
+  run_env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run(cmd + ["tune", "./mymodel.py:build", "--budget", "20",
+                              "--no-progress"],
+                       capture_output=True, text=True, env=run_env,
+                       timeout=300, cwd=env)
+  assert out.returncode == 0, out.stderr
+  assert "Cached under signature" in out.stdout
+  assert (env / "cache" / "plans.sqlite").exists()
+  assert (env / "cache" / "jax").is_dir()  # compilation cache beside it
+  out = subprocess.run(cmd + ["cache", "ls"], capture_output=True, text=True,
+                       env=run_env, timeout=120, cwd=env)
+  assert out.returncode == 0 and "1 plans in" in out.stdout
