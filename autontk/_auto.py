@@ -1,28 +1,54 @@
-"""``implementation="auto"`` before the cost-model planner: a fixed choice.
+"""``implementation="auto"``: the cost-model planner behind ``ntk_fn``.
 
-Until the planner lands, "auto" uses structured derivatives when that method
-is available and Jacobian contraction otherwise.
+``ntk_fn(f)`` with no planner options shares one default :class:`Planner`;
+``ntk_fn(f, memory_budget=..., shortlist=..., ...)`` builds its own (see
+:class:`~autontk.planner.PlannerOptions`). Plans are memoised per NtkFn and
+call signature, so only the first call of a signature pays for planning.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from autontk import methods
-from autontk._options import Implementation
 from autontk._plan import Plan
+from autontk.planner import Planner, PlannerOptions
+from autontk.report import CostReport
+
+_DEFAULT_PLANNER: Planner | None = None
+
+
+def default_planner() -> Planner:
+  global _DEFAULT_PLANNER
+  if _DEFAULT_PLANNER is None:
+    _DEFAULT_PLANNER = Planner()
+  return _DEFAULT_PLANNER
+
+
+def _planner_of(ntk: Any) -> Planner:
+  p = getattr(ntk, "_planner", None)
+  return p if isinstance(p, Planner) else default_planner()
 
 
 def default_plan(ntk, x1, x2, params, kwargs) -> Plan:
-  del ntk, x1, x2, params, kwargs
-  if Implementation.STRUCTURED_DERIVATIVES in methods.available():
-    return Plan(Implementation.STRUCTURED_DERIVATIVES)
-  return Plan(Implementation.JACOBIAN_CONTRACTION)
+  """The plan of the default planner for this call (memoised)."""
+  return default_planner()(ntk, x1, x2, params, kwargs)
 
 
-def make_planner(**options: Any):
-  raise TypeError(f"Unknown options for ntk_fn: {sorted(options)}.")
+def make_planner(**options: Any) -> Planner:
+  """A planner with ``ntk_fn``'s auto options (unknown names raise)."""
+  return Planner(PlannerOptions.make(**options))
 
 
-def report(ntk, x1, x2, params, kwargs):
-  raise NotImplementedError("Cost reports arrive with the cost-model planner.")
+def report(ntk, x1, x2, params, kwargs) -> CostReport:
+  """The full cost report (every candidate estimated) for this call.
+
+  For an explicit implementation the report covers that method only.
+  """
+  from autontk._options import Implementation
+  planner = _planner_of(ntk)
+  impl = ntk.options.implementation
+  if impl is not Implementation.AUTO:
+    import dataclasses
+    opts = dataclasses.replace(planner.options, methods=(impl,))
+    planner = Planner(opts)
+  return planner.plan_report(ntk, x1, x2, params, kwargs, full=True)

@@ -48,8 +48,12 @@ def test_read_memory_analysis():
   assert hlo.read_memory_analysis(stats) == 30
   stats.peak_memory_in_bytes = 99
   assert hlo.read_memory_analysis(stats) == 99
-  stats.peak_memory_in_bytes = -1  # unknown: fall back to the sum
+  stats.peak_memory_in_bytes = 15  # CPU: arguments + outputs only
   assert hlo.read_memory_analysis(stats) == 30
+  stats.peak_memory_in_bytes = -1  # unknown: the sum
+  assert hlo.read_memory_analysis(stats) == 30
+  assert hlo.read_memory_analysis(
+      types.SimpleNamespace(peak_memory_in_bytes=7)) == 7
 
 
 def test_matmul_flops_exact_lowered_and_compiled():

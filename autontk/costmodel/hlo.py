@@ -109,8 +109,10 @@ def read_cost_analysis(analysis: Any) -> dict[str, float | None]:
 def read_memory_analysis(analysis: Any) -> float | None:
   """Peak bytes from ``Compiled.memory_analysis()`` (``None`` if unknown).
 
-  Uses ``peak_memory_in_bytes`` when the backend reports it, else
-  arguments + outputs + temporaries - aliased bytes.
+  The larger of ``peak_memory_in_bytes`` and arguments + outputs +
+  temporaries - aliased bytes: on CPU ``peak_memory_in_bytes`` counts only
+  arguments and outputs, while the temporaries (XLA's packed temp buffer)
+  can be far larger.
   """
   if analysis is None:
     return None
@@ -119,15 +121,14 @@ def read_memory_analysis(analysis: Any) -> float | None:
     known = [v for v in vals if v is not None]
     return max(known) if known else None
   peak = _known(getattr(analysis, "peak_memory_in_bytes", None))
-  if peak:
-    return peak
   parts = [_known(getattr(analysis, name, None)) for name in
            ("argument_size_in_bytes", "output_size_in_bytes",
             "temp_size_in_bytes")]
   if all(p is None for p in parts):
-    return None
+    return peak
   alias = _known(getattr(analysis, "alias_size_in_bytes", None)) or 0.0
-  return max(sum(p or 0.0 for p in parts) - alias, 0.0)
+  total = max(sum(p or 0.0 for p in parts) - alias, 0.0)
+  return max(total, peak or 0.0)
 
 
 _TENSOR = re.compile(r"tensor<([0-9x]*)x?(f64|f32|f16|bf16|i64|i32|i16|i8|i1|"
@@ -161,13 +162,14 @@ def _io_bytes(lowered: Any) -> float:
 def analyse_lowered(lowered: Any, seconds: float = 0.0) -> HloCost:
   """Cost of a ``jax.stages.Lowered`` without compiling it.
 
-  The peak memory is an estimate (arguments and outputs plus three times
-  the largest intermediate tensor), marked ``peak_memory_exact=False``.
+  The peak memory is a rough estimate (arguments and outputs plus the
+  largest tensor the program names; XLA may fuse that tensor away or hold
+  several), marked ``peak_memory_exact=False``: compile to confirm it.
   """
   counts = read_cost_analysis(_safe(lowered.cost_analysis))
   try:
     largest = largest_tensor_bytes(lowered.as_text())
-    peak = _io_bytes(lowered) + 3.0 * largest
+    peak = _io_bytes(lowered) + largest
   except Exception:  # noqa: BLE001 - an estimate only; unknown is fine
     peak = None
   return HloCost(counts[_FLOPS], counts[_BYTES], counts[_TRANSCENDENTALS],

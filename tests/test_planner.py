@@ -1,0 +1,187 @@
+"""The "auto" planner: choice, memoisation, memory budget, reports."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import autontk
+from autontk import methods
+from autontk._options import Implementation
+from autontk.costmodel import device
+from autontk.costmodel.device import DeviceConstants
+from autontk.costmodel.predict import RooflinePredictor
+from autontk.planner import Planner, PlannerOptions
+from autontk.report import CostReport
+from reference import reference_ntk
+
+CONSTANTS = DeviceConstants(1e11, 1e10, 5e-6, 1e-7, "cpu", "cpu")
+ROOFLINE = RooflinePredictor(CONSTANTS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache_dir(tmp_path_factory):
+  mp = pytest.MonkeyPatch()
+  mp.setenv("AUTONTK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+  device._reset_memo()
+  yield
+  mp.undo()
+  device._reset_memo()
+
+
+def _mlp(widths=(8, 64, 64, 1), seed=0):
+  ks = jax.random.split(jax.random.PRNGKey(seed), len(widths))
+  params = [jax.random.normal(k, (a, b)) / np.sqrt(a)
+            for k, a, b in zip(ks, widths[:-1], widths[1:])]
+
+  def f(p, x):
+    for w in p[:-1]:
+      x = jnp.tanh(x @ w)
+    return x @ p[-1]
+
+  return f, params
+
+
+F, PARAMS = _mlp()
+X = jax.random.normal(jax.random.PRNGKey(1), (6, 8))
+
+
+def _close(a, b, rtol=2e-4):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def auto_ntk():
+  return autontk.ntk_fn(F, vmap_axes=0, predictor=ROOFLINE)
+
+
+def test_auto_equals_reference_and_is_memoised(auto_ntk):
+  k = auto_ntk(X, None, PARAMS)
+  _close(k, reference_ntk(F, PARAMS, X, None))
+  planner = auto_ntk._planner
+  calls = []
+  original = planner.plan_call
+  planner.plan_call = lambda *a, **kw: calls.append(1) or original(*a, **kw)
+  try:
+    plan = auto_ntk.plan(X + 1.0, None, PARAMS)  # same signature
+    auto_ntk(X * 2.0, None, PARAMS)
+  finally:
+    del planner.plan_call
+  assert calls == []
+  assert plan.implementation in methods.available()
+  assert plan.chunking is None
+
+
+def test_new_signature_plans_again(auto_ntk):
+  x2 = jax.random.normal(jax.random.PRNGKey(2), (3, 8))
+  plan = auto_ntk.plan(X, x2, PARAMS)
+  _close(auto_ntk(X, x2, PARAMS), reference_ntk(F, PARAMS, X, x2))
+  assert plan.implementation in methods.available()
+
+
+def test_report_lists_every_candidate(auto_ntk, tmp_path):
+  report = auto_ntk.report(X, None, PARAMS)
+  impls = {e.plan.implementation for e in report.estimates}
+  assert impls == set(methods.available())
+  assert sum(e.plan == report.chosen for e in report.estimates) == 1
+  assert report.chosen == auto_ntk.plan(X, None, PARAMS)
+  assert any(e.plan.chunking is not None for e in report.estimates)
+  assert all(e.estimated or e.reason for e in report.estimates)
+  chosen = report.chosen_estimate
+  assert chosen.feasible and chosen.compile_time is not None
+  assert chosen.peak_memory_exact and chosen.flops > 0
+  assert report.planning_time > 0
+  text = str(report)
+  for m in methods.available():
+    assert m.name.lower() in text
+  assert "memory budget" in text and "*" in text
+  back = CostReport.from_json(report.to_json())
+  assert back == report
+  json.loads(report.to_json())
+  measured = report.with_measurements({report.chosen: 0.01})
+  assert measured.chosen_estimate.measured_time == 0.01
+  pytest.importorskip("matplotlib")
+  path = tmp_path / "report.png"
+  measured.plot(str(path))
+  assert path.stat().st_size > 1000
+
+
+def test_tiny_budget_forces_a_chunked_plan_under_budget():
+  f, params = _mlp((8, 128, 128, 2), seed=3)
+  x = jax.random.normal(jax.random.PRNGKey(4), (16, 8))
+  jc = (Implementation.JACOBIAN_CONTRACTION,)
+  kw = dict(vmap_axes=0, trace_axes=(), methods=jc, predictor=ROOFLINE)
+  roomy = autontk.ntk_fn(f, **kw)
+  whole = [e for e in roomy.report(x, None, params).estimates
+           if e.plan.chunking is None][0]
+  budget = int(whole.peak_memory * 0.5)
+  tight = autontk.ntk_fn(f, memory_budget=budget, **kw)
+  report = tight.report(x, None, params)
+  unchunked = [e for e in report.estimates if e.plan.chunking is None][0]
+  assert not unchunked.feasible and "exceeds the budget" in unchunked.reason
+  chosen = report.chosen_estimate
+  assert report.chosen.chunking is not None
+  assert chosen.feasible and chosen.peak_memory_exact
+  assert chosen.peak_memory <= budget
+  _close(tight(x, None, params), reference_ntk(f, params, x, None, ()))
+
+
+def test_pluggable_predictor_decides():
+  class PreferVectorProducts:
+    def predict(self, features):
+      return 1e-3 if features.implementation == "ntk_vector_products" else 1.0
+
+  ntk = autontk.ntk_fn(F, vmap_axes=0, predictor=PreferVectorProducts(),
+                       chunking=False)
+  plan = ntk.plan(X, None, PARAMS)
+  assert plan == autontk.Plan(Implementation.NTK_VECTOR_PRODUCTS)
+
+
+def test_without_vmap_axes_no_chunked_candidates():
+  ntk = autontk.ntk_fn(F, predictor=ROOFLINE)
+  planner = ntk._planner
+  from autontk.planner import PlanningCall
+  cands = planner.candidates(PlanningCall(ntk, X, None, PARAMS, {}))
+  assert cands and all(c.plan.chunking is None for c in cands)
+  _close(ntk(X, None, PARAMS), reference_ntk(F, PARAMS, X, None))
+
+
+def test_auto_under_outer_jit(auto_ntk):
+  k = jax.jit(lambda x, p: auto_ntk(x, None, p))(X, PARAMS)
+  _close(k, reference_ntk(F, PARAMS, X, None))
+
+
+def test_unknown_and_bad_options_raise():
+  with pytest.raises(TypeError, match="memory_budgt"):
+    autontk.ntk_fn(F, memory_budgt=0.5)
+  with pytest.raises(ValueError, match="memory_budget"):
+    autontk.ntk_fn(F, memory_budget=-3)
+  with pytest.raises(ValueError, match="shortlist"):
+    autontk.ntk_fn(F, shortlist=0)
+  with pytest.raises(ValueError, match="schemes"):
+    autontk.ntk_fn(F, schemes=("threads",))
+  with pytest.raises(TypeError, match="predictor"):
+    autontk.ntk_fn(F, predictor=object())
+
+
+def test_options_and_candidates_are_stable_values():
+  opts = PlannerOptions.make(methods=("jacobian_contraction", 2),
+                             block_sizes=[4, 2])
+  assert opts.methods == (Implementation.JACOBIAN_CONTRACTION,
+                          Implementation.NTK_VECTOR_PRODUCTS)
+  assert opts.block_sizes == (4, 2)
+  assert hash(opts) == hash(PlannerOptions.make(
+      methods=("jacobian_contraction", 2), block_sizes=(4, 2)))
+  planner = Planner(opts)
+  ntk = autontk.ntk_fn(F, vmap_axes=0)
+  from autontk.planner import PlanningCall
+  plans = [c.plan for c in planner.candidates(
+      PlanningCall(ntk, X, None, PARAMS, {}))]
+  assert len(plans) == len(set(plans)) == 2 + 2 * 2 * 2
+  for p in plans:
+    assert autontk.Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
