@@ -1,0 +1,1 @@
+"""Benchmarks of autontk.ntk_tiled (see README.md in this folder)."""

@@ -1,0 +1,142 @@
+"""Paper-style extrapolation: the CIFAR-10 NTK on a multi-GPU cluster.
+
+Measures one tile of the small CNN on CIFAR-shaped inputs (32 × 32 × 3,
+random values: the cost does not depend on them) on this machine: steady
+state time, and FLOPs and bytes from XLA's cost analysis of the tile's
+compiled program, for the traced kernel (trace over the 10 logits) and for
+the full kernel with 10 × 10 output blocks. From these per-tile costs it
+extrapolates the 50,000 × 50,000 kernel (upper triangle of tiles when
+x2 = x1):
+
+* on this machine: tiles × measured seconds per tile;
+* on G GPUs: tiles run independently (one per device per step), so
+  ceil(tiles / G) steps, each costing a roofline estimate of one tile,
+  max(FLOPs / (efficiency × peak FLOP/s), bytes / (efficiency × bandwidth))
+  plus a launch overhead, plus writing the kernel at a stated rate per host.
+
+The GPU constants are public spec-sheet numbers (fp32 without tensor cores);
+the efficiency is an assumption, stated in the output. Larger tiles
+amortise the per-example Jacobian work better, so estimates from a small
+tile are conservative.
+
+    python -m bench.tiled.extrapolate [--tiles 64 128]
+
+Writes ``bench/tiled/results/extrapolation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+GPUS = {  # fp32 FLOP/s (no tensor cores), HBM bytes/s
+    "A100-SXM 40GB": (19.5e12, 1.555e12),
+    "H100-SXM": (67e12, 3.35e12),
+}
+EFFICIENCY = 0.4
+LAUNCH_S = 2e-3
+WRITE_BYTES_PER_S_PER_HOST = 1e9
+GPUS_PER_HOST = 8
+N = 50_000
+
+
+def measure(trace_axes, tile: int, implementation: str, repeats: int = 3):
+  import jax
+  import numpy as np
+
+  import autontk
+  from bench.tiled import cnn
+
+  f, params = cnn.model(image=32)
+  x = cnn.data(2 * tile, image=32)
+  x1, x2 = x[:tile], x[tile:]
+  ntk = autontk.ntk_fn(f, vmap_axes=0, trace_axes=trace_axes,
+                       implementation=implementation)
+  plan = ntk.plan(x1, x2, params)
+
+  def one_tile(params, x1, x2):
+    return ntk.execute(plan, x1, x2, params)
+
+  compiled = jax.jit(one_tile).lower(params, x1, x2).compile()
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  times = []
+  jax.block_until_ready(compiled(params, x1, x2))
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(params, x1, x2))
+    times.append(time.perf_counter() - t0)
+  return {"tile": tile, "plan": plan.describe(),
+          "seconds": statistics.median(times),
+          "flops": float(cost.get("flops", -1)),
+          "bytes": float(cost.get("bytes accessed", -1)),
+          "out_bytes_per_entry": int(np.asarray(out).nbytes) / tile ** 2,
+          "params": cnn.n_params(params)}
+
+
+def extrapolate(m: dict) -> dict:
+  t = m["tile"]
+  r = math.ceil(N / t)
+  tiles = r * (r + 1) // 2
+  out_bytes = m["out_bytes_per_entry"] * N * N
+  rows = {"tiles": tiles, "kernel_bytes": out_bytes,
+          "this_machine_hours": tiles * m["seconds"] / 3600, "gpus": {}}
+  for name, (peak, bw) in GPUS.items():
+    per_tile = max(m["flops"] / (EFFICIENCY * peak),
+                   m["bytes"] / (EFFICIENCY * bw)) + LAUNCH_S
+    for g in (1, 8, 64, 512):
+      hosts = max(1, g // GPUS_PER_HOST)
+      compute = math.ceil(tiles / g) * per_tile
+      write = out_bytes / (hosts * WRITE_BYTES_PER_S_PER_HOST)
+      rows["gpus"][f"{name} x{g}"] = {
+          "per_tile_s": per_tile, "compute_h": compute / 3600,
+          "write_h": write / 3600, "total_h": max(compute, write) / 3600}
+  return rows
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--tiles", type=int, nargs="+", default=[64, 128])
+  ap.add_argument("--implementation", default="auto")
+  args = ap.parse_args(argv)
+  from bench.tiled import cnn
+  result = {"n": N, "model": "small CNN (conv8-conv8/2-gap-dense10) on "
+            "32x32x3", "assumptions": {
+                "gpu_fp32_flops_and_bandwidth": GPUS,
+                "efficiency": EFFICIENCY, "launch_s": LAUNCH_S,
+                "write_bytes_per_s_per_host": WRITE_BYTES_PER_S_PER_HOST,
+                "gpus_per_host": GPUS_PER_HOST},
+            "machine": cnn.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "kernels": {}}
+  for label, trace in (("traced", (-1,)), ("full_10x10", ())):
+    runs = [measure(trace, t, args.implementation) for t in args.tiles]
+    for m in runs:
+      m["flops_per_entry"] = m["flops"] / m["tile"] ** 2
+      print(f"{label} tile {m['tile']}: {m['seconds']:.3f} s, "
+            f"{m['flops']:.3g} FLOPs, {m['flops_per_entry']:.3g} FLOPs/entry "
+            f"[{m['plan']}]", flush=True)
+    best = runs[-1]
+    result["kernels"][label] = {"measured": runs,
+                                "extrapolated_from_tile": best["tile"],
+                                "cifar10": extrapolate(best)}
+    ex = result["kernels"][label]["cifar10"]
+    print(f"  CIFAR-10 {label}: {ex['tiles']} tiles, "
+          f"{ex['kernel_bytes'] / 1e9:.1f} GB, here "
+          f"{ex['this_machine_hours']:.1f} h", flush=True)
+    for k, v in ex["gpus"].items():
+      print(f"    {k}: {v['total_h']:.3g} h (per tile {v['per_tile_s']:.3g} s)")
+  os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+  with open(os.path.join(HERE, "results", "extrapolation.json"), "w") as fh:
+    json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+  main()
