@@ -60,8 +60,9 @@ def main(argv=None) -> int:
   p.add_argument("--peers", default="nt,torch,jax",
                  help="comma list of peers to run (nt, torch, jax) or 'none'")
   p.add_argument("--budget-mib", type=float, default=None,
-                 help="memory budget of the memory suite (default 256 MiB "
-                      "quick, 8192 MiB full)")
+                 help="memory budget of the memory suite and of its auto "
+                      "plans (default 32 MiB quick, 8192 MiB full)")
+  p.add_argument("--cases", help="regular expression: only matching cases")
   p.add_argument("--report-only", action="store_true",
                  help="re-render tables/plots/README from saved JSON")
   args = p.parse_args(argv)
@@ -83,10 +84,11 @@ def main(argv=None) -> int:
     return 0
 
   peers = () if args.peers == "none" else tuple(args.peers.split(","))
-  budget = args.budget_mib or (256 if args.quick else 8192)
+  budget = args.budget_mib or (32 if args.quick else 8192)
   cfg = suites.RunConfig(quick=args.quick, peers=peers,
                          budget_bytes=budget * 2**20,
-                         tune_budget_s=8.0 if args.quick else 60.0)
+                         tune_budget_s=8.0 if args.quick else 60.0,
+                         case_filter=args.cases)
   names = args.only or list(suites.SUITES)
   t_all = time.perf_counter()
   for name in names:

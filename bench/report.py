@@ -299,7 +299,9 @@ def memory_md(res: dict) -> str:
   return "\n".join([
       "### ResNet / ViT / Mixer: median time / compiled peak memory, full "
       "O×O kernel", "",
-      "Programs whose compiled peak memory exceeds the budget are not run.",
+      f"Budget: {res.get('budget_bytes', 0) / 2**20:.0f} MiB (also given to "
+      "auto as `memory_budget`). Programs whose compiled peak memory "
+      "exceeds it are compiled and analysed but not run.",
       "", table(["case", "P", "O", "N", "JC", "NTVP", "SD", "auto"], rows)])
 
 
@@ -432,7 +434,10 @@ def plot_memory(res: dict, path: str) -> None:
   ax.set_yscale("log")
   ax.set_xlabel("compiled peak memory (MiB)")
   ax.set_ylabel("median time (s)")
-  ax.set_title("ResNet / ViT / Mixer, O in {1, 10, 100}: time vs memory")
+  budget = res.get("budget_bytes")
+  if budget:
+    ax.axvline(budget / 2**20, color="r", lw=0.8, ls=":", label="budget")
+  ax.set_title("ResNet / ViT / Mixer at several O: time vs peak memory")
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,14 +42,16 @@ class RunConfig:
       whose peak exceeds it are reported "over budget" and not run.
     peer_timeout_s: wall-clock limit of one peer subprocess.
     tune_budget_s: ``autontk.tune`` budget per case (``regret`` suite).
+    case_filter: a regular expression; only cases whose name matches run.
   """
 
   quick: bool = True
   work: str = "bench/_work"
   peers: tuple[str, ...] = ("nt", "torch", "jax")
-  budget_bytes: float = 256 * 2**20
+  budget_bytes: float = 32 * 2**20
   peer_timeout_s: float = 900.0
   tune_budget_s: float = 20.0
+  case_filter: str | None = None
 
   @property
   def policy(self) -> timing.TimingPolicy:
@@ -134,9 +137,12 @@ def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
                     *, auto: bool = True, peers: bool = True,
                     budget_bytes: float | None = None,
                     tuned: bool = False,
+                    auto_options: dict[str, Any] | None = None,
                     max_run_flops: float | None = None,
                     log=print) -> dict[str, Any]:
   """autontk (+ jax jacrev) in process, then the peers; kernels checked."""
+  if cfg.case_filter:
+    cases = [c for c in cases if re.search(cfg.case_filter, c.name)]
   _prepare(suite, cases, cfg)
   per_case: dict[str, dict[str, dict[str, Any]]] = {}
   methods = tuple(autontk_runner.EXPLICIT)
@@ -146,7 +152,7 @@ def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
     recs = autontk_runner.run_case(
         c, cfg.policy, methods=methods, auto=auto,
         jacrev=peers and "jax" in cfg.peers, budget_bytes=budget_bytes,
-        max_run_flops=max_run_flops, log=log)
+        max_run_flops=max_run_flops, auto_options=auto_options, log=log)
     per_case[c.name] = {"autontk": {m: recs[m] for m in methods}}
     if auto:
       per_case[c.name]["autontk"]["auto"] = recs["auto"]
@@ -193,8 +199,12 @@ def regret(cfg: RunConfig, log=print) -> dict[str, Any]:
 
 def memory(cfg: RunConfig, log=print) -> dict[str, Any]:
   """ResNet / ViT / Mixer at several O under a memory budget."""
-  return run_suite_cases("memory", cases_mod.memory(cfg.quick), cfg,
-                         peers=False, budget_bytes=cfg.budget_bytes, log=log)
+  res = run_suite_cases("memory", cases_mod.memory(cfg.quick), cfg,
+                        peers=False, budget_bytes=cfg.budget_bytes,
+                        auto_options={"memory_budget": cfg.budget_bytes},
+                        log=log)
+  res["budget_bytes"] = cfg.budget_bytes
+  return res
 
 
 def plancache(cfg: RunConfig, log=print) -> dict[str, Any]:

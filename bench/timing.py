@@ -102,12 +102,12 @@ def cost_of(compiled: Any) -> dict[str, Any]:
   if m is not None:
     temp = getattr(m, "temp_size_in_bytes", None)
     out["temp_bytes"] = temp
-    peak = getattr(m, "peak_memory_in_bytes", None)
-    if not peak:
-      parts = [getattr(m, k, 0) or 0 for k in (
-          "argument_size_in_bytes", "output_size_in_bytes",
-          "temp_size_in_bytes")]
-      peak = sum(parts) - (getattr(m, "alias_size_in_bytes", 0) or 0)
+    # peak_memory_in_bytes, where present, may leave out temporaries on CPU;
+    # arguments + outputs + temporaries - aliased is an upper bound.
+    parts = sum(getattr(m, k, 0) or 0 for k in (
+        "argument_size_in_bytes", "output_size_in_bytes",
+        "temp_size_in_bytes")) - (getattr(m, "alias_size_in_bytes", 0) or 0)
+    peak = max(getattr(m, "peak_memory_in_bytes", 0) or 0, parts)
     out["peak_bytes"] = int(peak) if peak else None
   return out
 
