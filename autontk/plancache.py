@@ -708,6 +708,12 @@ class CachedPlanner:
   def plan_report(self, *args: Any, **kwargs: Any) -> Any:
     return self.planner.plan_report(*args, **kwargs)
 
+  def __getattr__(self, name: str) -> Any:
+    # Everything else (options, candidates, estimate...) is the planner's.
+    if name == "planner":
+      raise AttributeError(name)
+    return getattr(self.planner, name)
+
   def __call__(self, ntk: Any, x1: Any, x2: Any, params: Any,
                kwargs: dict[str, Any]) -> Plan:
     from autontk.planner import PlanningCall
@@ -728,11 +734,15 @@ class CachedPlanner:
     cache = self.cache
     if cache is None and not self.tune:
       return self.planner(ntk, x1, x2, params, kwargs)
-    if cache is not None and getattr(self.planner.options, "predictor",
-                                     None) is not None:
+    if cache is not None and _custom_predictor(self.planner):
       cache = None  # a custom predictor is an experiment: do not persist it
       if not self.tune:
         return self.planner(ntk, x1, x2, params, kwargs)
+    if self.tune and _traced(x1, x2, params, kwargs):
+      # Under an outer jit there is nothing concrete to time: plan (and
+      # look up) as without tuning.
+      return CachedPlanner(self.planner, self._cache)._plan(
+          ntk, x1, x2, params, kwargs)
     sig = signature_of(ntk, x1, x2, params, kwargs)
     if cache is not None:
       plan = cache.lookup(sig)
@@ -785,3 +795,15 @@ def signature_of(ntk: Any, x1: Any, x2: Any, params: Any,
                                                                      f.name)}
     extra = {"planner": changed} if changed else None
   return model_signature(ntk, x1, x2, params, kwargs, extra=extra)
+
+
+def _custom_predictor(planner: Any) -> bool:
+  from autontk.calibration import CalibratedPredictor
+  predictor = getattr(getattr(planner, "options", None), "predictor", None)
+  return predictor is not None and not isinstance(predictor,
+                                                  CalibratedPredictor)
+
+
+def _traced(*trees: Any) -> bool:
+  import jax
+  return any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(trees))

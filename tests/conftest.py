@@ -11,6 +11,16 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# Tests never touch the user's plan cache, and JAX's persistent compilation
+# cache stays off unless a test turns it on (docs/cli.md).
+os.environ.setdefault("AUTONTK_JAX_CACHE", "0")
+
+
+@pytest.fixture(autouse=True)
+def _private_plan_cache(tmp_path_factory, monkeypatch):
+  monkeypatch.setenv("AUTONTK_CACHE_DIR",
+                     str(tmp_path_factory.mktemp("autontk-cache")))
+
 
 
 def pytest_collection_modifyitems(config, items):
