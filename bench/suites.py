@@ -103,7 +103,8 @@ def _run_peers(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
   work = os.path.join(cfg.work, suite)
   job = {"cases": [c.to_json() for c in cases], "dir": work,
          "policy": cfg.policy.to_dict(), "implementations": [1, 2, 3],
-         "budget_bytes": None}
+         "budget_bytes": None,
+         "torch_device": os.environ.get("AUTONTK_BENCH_TORCH_DEVICE")}
   for peer in ("nt", "torch"):
     if peer not in cfg.peers:
       continue

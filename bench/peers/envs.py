@@ -48,7 +48,14 @@ def _base_python() -> str:
 
 
 def ensure(name: str, log=print) -> str | None:
-  """Creates (or reuses) the peer's venv; its python, or None on failure."""
+  """Creates (or reuses) the peer's venv; its python, or None on failure.
+
+  ``AUTONTK_BENCH_<NAME>_PYTHON`` (e.g. ``AUTONTK_BENCH_TORCH_PYTHON``)
+  names an existing interpreter to use instead (a GPU machine's own torch).
+  """
+  override = os.environ.get(f"AUTONTK_BENCH_{name.upper()}_PYTHON")
+  if override:
+    return override
   reqs = REQUIREMENTS[name]
   marker = os.path.join(venv_dir(name), ".bench-requirements.json")
   py = python_of(name)
@@ -82,6 +89,8 @@ def _env() -> dict[str, str]:
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   # The peers compare CPU against CPU unless told otherwise.
   env.setdefault("JAX_PLATFORMS", "cpu")
+  if "AUTONTK_BENCH_PYTHONPATH" in os.environ:  # extra wheels (bench/gpu.sh)
+    env["PYTHONPATH"] += os.pathsep + os.environ["AUTONTK_BENCH_PYTHONPATH"]
   return env
 
 

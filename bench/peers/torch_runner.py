@@ -16,7 +16,8 @@ orders match JAX) and the same ``.npz`` parameters. Two methods:
 
 Trace kernels are divided by the output size, as neural-tangents does (the
 tutorial's ``trace`` does not divide). Eager mode: the first call has no
-compile step, so ``first_call_s`` is one warm-up call.
+compile step, so ``first_call_s`` is one warm-up call. ``"torch_device":
+"cuda"`` in the job runs on the GPU (``bench/gpu.sh``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def build(spec):
         x = x @ p[name + ".o"]
       elif kind == "rnn":
         wx, wh, b = p[name + ".wx"], p[name + ".wh"], p[name + ".b"]
-        h = torch.zeros(x.shape[0], wh.shape[0], dtype=x.dtype)
+        h = torch.zeros(x.shape[0], wh.shape[0], dtype=x.dtype,
+                        device=x.device)
         for t in range(x.shape[1]):
           h = torch.tanh(x[:, t] @ wx + h @ wh + b)
         x = h
@@ -149,7 +151,8 @@ def kernel_fns(spec, trace: bool, out_dim: int):
         _, t = jvp(f2, (params,), cot)
         return t
 
-      basis = torch.eye(out.numel(), dtype=out.dtype).view(out.numel(), -1)
+      basis = torch.eye(out.numel(), dtype=out.dtype,
+                        device=out.device).view(out.numel(), -1)
       return vmap(column)(basis)
 
     result = vmap(vmap(get_ntk, (None, 0)), (0, None))(x1, x2)
@@ -160,14 +163,16 @@ def kernel_fns(spec, trace: bool, out_dim: int):
   return {"torch_jc": jc, "torch_ntvp": ntvp}
 
 
-def _time(call, policy) -> dict:
+def _time(call, policy, sync=lambda: None) -> dict:
   t0 = time.perf_counter()
   result = call()
+  sync()
   first = time.perf_counter() - t0
   times, total = [], 0.0
   while len(times) < policy["max_repeats"]:
     t0 = time.perf_counter()
     call()
+    sync()
     dt = time.perf_counter() - t0
     times.append(dt)
     total += dt
@@ -188,7 +193,12 @@ def main(job_path: str) -> None:
     job = json.load(fh)
   policy = job["policy"]
   work = job["dir"]
-  results = {"versions": {"torch": torch.__version__,
+  # "cuda" on a GPU machine whose torch has CUDA (bench/gpu.sh); else CPU.
+  device = job.get("torch_device") or "cpu"
+  if device == "cuda" and not torch.cuda.is_available():
+    device = "cpu"
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  results = {"versions": {"torch": torch.__version__, "device": device,
                           "threads": torch.get_num_threads()},
              "cases": {}}
   torch.set_grad_enabled(False)
@@ -196,13 +206,13 @@ def main(job_path: str) -> None:
     case = cases_mod.Case.from_json(cd)
     params, x1, x2 = cases_mod.load_arrays(os.path.join(work,
                                                         case.name + ".npz"))
-    params = {k: torch.from_numpy(v) for k, v in params.items()}
-    x1, x2 = torch.from_numpy(x1), torch.from_numpy(x2)
+    params = {k: torch.from_numpy(v).to(device) for k, v in params.items()}
+    x1, x2 = torch.from_numpy(x1).to(device), torch.from_numpy(x2).to(device)
     recs, kernels = {}, {}
     for key, fn in kernel_fns(case.spec, case.trace, case.out_dim).items():
       try:
-        rec = _time(lambda: fn(params, x1, x2), policy)
-        kernels[key] = rec.pop("_result").double().numpy()
+        rec = _time(lambda: fn(params, x1, x2), policy, sync)
+        kernels[key] = rec.pop("_result").double().cpu().numpy()
       except Exception as e:  # noqa: BLE001 - a failing recipe is a result
         rec = {"error": f"{type(e).__name__}: {e}"[:400]}
         traceback.print_exc()

@@ -1,0 +1,102 @@
+"""Smoke test of the benchmark harness (bench/): tiny shapes, no peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+# bench/ is a top-level package beside autontk/, not installed with it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import autontk_runner, cases, models, report, suites, timing  # noqa: E402
+from reference import reference_ntk  # noqa: E402
+
+TINY = timing.TimingPolicy(min_repeats=1, max_repeats=1, min_total_s=0.0,
+                           max_total_s=0.0)
+
+
+def _tiny_case(trace: bool) -> cases.Case:
+  return cases.Case("tiny_" + ("trace" if trace else "full"), "fcn",
+                    models.fcn([3, 5, 2], "erf"), (3,), 2, 3, trace)
+
+
+def test_zoo_specs_build_and_round_trip():
+  for c in (cases.reference(True) + cases.regret(True) + cases.memory(True)
+            + cases.scaling(True)):
+    assert cases.Case.from_json(json.loads(json.dumps(c.to_json()))) == c
+    shapes = models.param_shapes(c.spec, c.in_shape)
+    assert shapes and c.n_params == sum(int(np.prod(s))
+                                        for s in shapes.values())
+  assert len(cases.regret(True)) >= 12
+
+
+@pytest.mark.parametrize("layer_spec,in_shape", [
+    (models.resnet(4, [1, 1], 3), (8, 8, 2)),
+    (models.mixer(8, 4, 8, 8, 1, 3, patch=2), (4, 4, 2)),
+    (models.rnn(4, 3), (5, 2)),
+])
+def test_zoo_apply_output_shape(layer_spec, in_shape):
+  params = models.init_params(layer_spec, in_shape)
+  x = models.init_inputs(in_shape, 2, 0)
+  out = models.apply(layer_spec)(params, x)
+  assert out.shape == (2,) + models.out_shape(layer_spec, in_shape)
+  assert np.all(np.isfinite(np.asarray(out)))
+
+
+def test_runner_kernels_match_reference():
+  c = _tiny_case(trace=False)
+  recs = autontk_runner.run_case(
+      c, TINY, methods=("jacobian_contraction", "ntk_vector_products"),
+      auto=False, jacrev=True, log=lambda *a: None)
+  params, x1, x2 = c.arrays()
+  ref = reference_ntk(models.apply(c.spec), params, x1, x2,
+                      trace_axes=c.trace_axes)
+  for name in ("jacobian_contraction", "ntk_vector_products", "jax_jacrev"):
+    rec = recs[name]
+    assert rec["median_s"] > 0 and rec["flops"] and rec["flops"] > 0
+    np.testing.assert_allclose(rec["_result"], ref, rtol=1e-4, atol=1e-6)
+  suites._check_kernels({"autontk": recs})
+  assert recs["ntk_vector_products"]["rel_err"] < 1e-4
+
+
+def test_over_budget_is_not_run():
+  c = _tiny_case(False)
+  rec = autontk_runner.run_explicit(c, "jacobian_contraction", TINY,
+                                    budget_bytes=1)
+  assert rec["over_budget"] and "median_s" not in rec
+
+
+def test_report_renders_tables_and_plots(tmp_path):
+  c = _tiny_case(False)
+  rec = {"median_s": 0.002, "first_call_s": 0.5, "flops": 10.0,
+         "peak_bytes": 2**20}
+  d = c.to_json()
+  d.update(n_params=c.n_params, out_dim=c.out_dim,
+           kernel_entries=c.kernel_entries, results={
+               "autontk": {"jacobian_contraction": dict(rec),
+                           "ntk_vector_products": dict(rec, median_s=0.004,
+                                                       flops=5.0),
+                           "structured_derivatives": {"error": "n/a"},
+                           "auto": dict(rec, plan="jacobian_contraction",
+                                        plan_method="jacobian_contraction",
+                                        planning_s=0.1, compile_s=0.2,
+                                        planning_over_compile=0.5)},
+               "nt": {"nt1": dict(rec, median_s=0.003)}})
+  for suite in ("reference", "regret"):
+    with open(tmp_path / f"{suite}.json", "w") as fh:
+      json.dump({"suite": suite, "cases": [d], "quick": True}, fh)
+  readme = tmp_path / "README.md"
+  readme.write_text("# hand-written\n")
+  text = report.render(str(tmp_path), readme=str(readme))
+  assert "| tiny_full |" in text and "1.5×" in text  # NT 1 / autontk best
+  assert "geomean 1.000" in text  # auto's regret, NT rule's regret: 2x
+  assert os.path.exists(tmp_path / "regret.png")
+  assert os.path.exists(tmp_path / "reference.csv")
+  body = readme.read_text()
+  assert body.startswith("# hand-written") and "results:" in body
+  report.render(str(tmp_path), readme=str(readme))  # idempotent block
+  assert readme.read_text().count("<!-- results:") == 2
