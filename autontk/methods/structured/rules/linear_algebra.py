@@ -12,6 +12,7 @@ from __future__ import annotations
 
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
@@ -59,14 +60,21 @@ def _conv_specs(ctx: UseContext):
 
 @structure_rule(P.conv_general_dilated_p)
 def conv_structure(ctx: UseContext) -> Structure | None:
-  """θ as the kernel, one feature/batch group: patches of the input."""
+  """θ as the kernel: the Jacobian is the input's patches.
+
+  ``y[b, o, s] = Σ_{i,k} patches[b, (g(o), i), k, s] θ[o, i, k]`` with
+  ``g(o)`` the feature group of output feature ``o``. With groups the
+  patches are indexed by output feature (for depthwise convolutions this
+  costs nothing extra; in general a factor ``O/G``).
+  """
   p = ctx.params
   if (ctx.position != 1 or ctx.inputs[0] is None or
-      p["feature_group_count"] != 1 or p["batch_group_count"] != 1):
+      p["batch_group_count"] != 1):
     return None
   lhs = ctx.inputs[0]
   lhs_spec, rhs_spec, out_spec = _conv_specs(ctx)
   rhs_shape = ctx.theta_aval.shape
+  groups = p["feature_group_count"]
   n_sp = len(rhs_spec) - 2
   filter_shape = [rhs_shape[d] for d in rhs_spec[2:]]
   patches = lax.conv_general_dilated_patches(
@@ -75,31 +83,33 @@ def conv_structure(ctx: UseContext) -> Structure | None:
       dimension_numbers=p["dimension_numbers"],
       precision=lax.Precision.HIGHEST)
   # Patches are laid out like the output, with the feature axis holding
-  # (in-feature, filter spatial...) flattened, in-feature major.
+  # (in-feature, filter spatial...) flattened, in-feature major. Move that
+  # axis last and split it.
+  f_axis = out_spec[1]
+  patches = jnp.moveaxis(patches, f_axis, -1)
+  other_axes = [d for d in range(len(out_spec)) if d != f_axis]
+  in_per_group = rhs_shape[rhs_spec[1]]
+  out_features = rhs_shape[rhs_spec[0]]
+  patches = patches.reshape(patches.shape[:-1] +
+                            (groups, in_per_group, *filter_shape))
   theta_labels = tuple(range(len(rhs_shape)))
-  out_feature, in_feature = rhs_spec[0], rhs_spec[1]
-  batch_label = len(rhs_shape)
-  spatial_labels = [batch_label + 1 + i for i in range(n_sp)]
+  out_label, in_label = rhs_spec[0], rhs_spec[1]
+  base = len(rhs_shape)
   y_labels = [0] * len(out_spec)
-  y_labels[out_spec[0]] = batch_label
-  y_labels[out_spec[1]] = out_feature
-  for i, d in enumerate(out_spec[2:]):
-    y_labels[d] = spatial_labels[i]
-  patch_axes = [0] * len(out_spec)
-  patch_axes[out_spec[0]] = (batch_label,)
-  patch_axes[out_spec[1]] = (in_feature,) + tuple(rhs_spec[2:])
-  for i, d in enumerate(out_spec[2:]):
-    patch_axes[d] = (spatial_labels[i],)
-  shape = []
-  for d, labels in enumerate(patch_axes):
-    if d == out_spec[1]:
-      shape.extend([rhs_shape[in_feature]] + filter_shape)
-    else:
-      shape.append(patches.shape[d])
-  patches = patches.reshape(shape)
-  labels = tuple(l for ls in patch_axes for l in ls)
+  y_labels[f_axis] = out_label
+  patch_labels = []
+  for j, d in enumerate(other_axes):
+    y_labels[d] = base + j
+    patch_labels.append(base + j)
+  if groups == 1:
+    patches = patches[..., 0, :, *([slice(None)] * n_sp)]
+    patch_labels += [in_label, *rhs_spec[2:]]
+  else:
+    group_of = jnp.arange(out_features) // (out_features // groups)
+    patches = jnp.take(patches, group_of, axis=len(other_axes))
+    patch_labels += [out_label, in_label, *rhs_spec[2:]]
   return Structure(theta_labels, tuple(y_labels),
-                   factors=(Factor(patches, labels),))
+                   factors=(Factor(patches, tuple(patch_labels)),))
 
 
 @jacobian_rule(P.conv_general_dilated_p)
