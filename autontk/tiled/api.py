@@ -185,6 +185,7 @@ class _Run:
     self.grid, self.cluster = grid, cluster
     self.params = params
     self._kinds: dict[bool, _Kind] = {}
+    self.fixed_plans: dict[bool, Any] = {}
     self._params_dev = None
     self._shared_dev: dict[int, list[jax.Array]] = {}
 
@@ -195,11 +196,21 @@ class _Run:
     x2, kw2 = self.side2.host_tile(tile.cols, self.grid.t2)
     return _call_args(x1, kw1, x2, kw2, False)
 
+  def plans(self) -> dict[bool, Any]:
+    """The planner's choice for each kind of tile the grid holds."""
+    out = {}
+    for tile in self.grid.tiles():
+      if tile.same_inputs not in out:
+        x1, x2, kwargs = self.host_tile(tile)
+        out[tile.same_inputs] = self.ntk.plan(x1, x2, self.params, **kwargs)
+    return out
+
   def kind(self, tile: Tile) -> _Kind:
     same = tile.same_inputs
     if same not in self._kinds:
-      x1, x2, kwargs = self.host_tile(tile)
-      plan = self.ntk.plan(x1, x2, self.params, **kwargs)
+      if same not in self.fixed_plans:
+        self.fixed_plans.update(self.plans())
+      plan = self.fixed_plans[same]
       program = _program(self.ntk, plan, same, self.cluster,
                          self.side1.skeleton,
                          None if same else self.side2.skeleton)
@@ -360,8 +371,13 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
     }))
     if cluster.process_index == 0:
       store.create(meta, resume)
+      if store.load_plans() is None:
+        store.save_plans(run.plans())
     cluster.barrier("created")
     store.attach(meta)
+    # Every process, and every resumed run, uses the plans the run started
+    # with: a planner that changed its mind would change the tiles' bits.
+    run.fixed_plans.update(store.load_plans() or {})
 
   finished = store.done()
   cluster.barrier("manifest-read")

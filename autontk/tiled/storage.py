@@ -7,6 +7,8 @@ On disk, a run is a directory::
     manifest.jsonl    one line per finished tile, appended after its data is
                       written and fsync'ed: a tile is done only when it is
                       durably on disk
+    plans.pkl         the plans the run started with (a resumed run and
+                      every process use them)
 
 Tiles are written with ``os.pwrite`` of their exact byte ranges, so writers
 (threads, processes, hosts on a shared file system) that hold distinct tiles
@@ -22,8 +24,10 @@ import dataclasses
 import fcntl
 import json
 import os
+import pickle
 import shutil
 import time
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,6 +35,7 @@ import numpy as np
 from autontk.tiled.tiling import LeafLayout, Tile
 
 MANIFEST = "manifest.jsonl"
+PLANS = "plans.pkl"
 META = "meta.json"
 FORMAT = "autontk-tiled/1"
 
@@ -97,7 +102,7 @@ class DiskStore:
       if all(os.path.exists(f) for f in self.files):
         return
     os.makedirs(self.path, exist_ok=True)
-    for name in (META, MANIFEST):
+    for name in (META, MANIFEST, PLANS):
       if os.path.exists(os.path.join(self.path, name)):
         os.remove(os.path.join(self.path, name))
     for spec, fname in zip(self.leaves, self.files):
@@ -176,6 +181,34 @@ class DiskStore:
 
   def result(self) -> list[np.ndarray]:
     return [np.load(f, mmap_mode="r") for f in self.files]
+
+  # Plans --------------------------------------------------------------------
+
+  def save_plans(self, plans: dict[bool, Any]) -> None:
+    """Records the run's plans (pickled: plans are frozen dataclasses)."""
+    tmp = os.path.join(self.path, PLANS + ".tmp")
+    try:
+      with open(tmp, "wb") as fh:
+        pickle.dump(plans, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+      warnings.warn(f"ntk_tiled: the plans cannot be recorded ({e}); a "
+                    "resumed run will plan again.", stacklevel=3)
+      os.remove(tmp)
+      return
+    os.replace(tmp, os.path.join(self.path, PLANS))
+
+  def load_plans(self) -> dict[bool, Any] | None:
+    try:
+      with open(os.path.join(self.path, PLANS), "rb") as fh:
+        return pickle.load(fh)  # noqa: S301 - written by this library
+    except FileNotFoundError:
+      return None
+    except Exception as e:  # noqa: BLE001 - e.g. a plan class that moved
+      warnings.warn(f"ntk_tiled: the recorded plans cannot be read ({e}); "
+                    "planning again.", stacklevel=3)
+      return None
 
 
 def _pwrite_region(fd: int, offset: int, shape: Sequence[int],
