@@ -233,14 +233,13 @@ class _Run:
                                                             shared)
     slots = list(group) + [group[0]] * (self.cluster.size - len(group))
     batched = []
-    for s, size, rng in zip(self._sides(same), (self.grid.t1, self.grid.t2),
-                            ("rows", "cols")):
+    for s, size, span in zip(self._sides(same),
+                             (self.grid.t1, self.grid.t2), ("rows", "cols")):
       for i in s.batched:
-        leaf = s.leaves[i]
         batched.append(distributed.stacked_input(
-            self.cluster, s.tile_shape(i, size), np.result_type(leaf),
-            lambda d, s=s, i=i, size=size, rng=rng: s.tile_leaf(
-                i, getattr(slots[d], rng), size)))
+            self.cluster, s.tile_shape(i, size), np.result_type(s.leaves[i]),
+            lambda d, s=s, i=i, size=size, span=span: s.tile_leaf(
+                i, getattr(slots[d], span), size)))
     return kind.program(self._params_dev, batched, self._shared_dev[same])
 
 

@@ -23,7 +23,8 @@ the efficiency is an assumption, stated in the output.
 
     python -m bench.tiled.extrapolate [--tiles 32 64 128] [--width 8]
 
-Writes ``bench/tiled/results/extrapolation_w<width>.json``.
+Writes ``bench/tiled/results/extrapolation_w<width>.json`` (other
+``--image``/``--n``: ``extrapolation_w<width>_i<image>_n<n>.json``).
 """
 
 from __future__ import annotations
@@ -44,21 +45,21 @@ EFFICIENCY = 0.4
 LAUNCH_S = 2e-3
 WRITE_BYTES_PER_S_PER_HOST = 1e9
 GPUS_PER_HOST = 8
-N = 50_000
+N = 50_000  # CIFAR-10's training set; --n changes it
 CPU_TILE = 2048  # what tile="auto" picks here for the 20k run
 GPU_TILE = 4096  # J of 4096 examples × 10 logits × 898 params: 150 MB
 
 
 def measure(trace_axes, tile: int, implementation: str, width: int,
-            repeats: int = 5):
+            image: int = 32, repeats: int = 5):
   import jax
   import numpy as np
 
   import autontk
   from bench.tiled import cnn
 
-  f, params = cnn.model(image=32, width=width)
-  x = cnn.data(2 * tile, image=32)
+  f, params = cnn.model(image=image, width=width)
+  x = cnn.data(2 * tile, image=image)
   x1, x2 = x[:tile], x[tile:]
   ntk = autontk.ntk_fn(f, vmap_axes=0, trace_axes=trace_axes,
                        implementation=implementation)
@@ -133,16 +134,23 @@ def extrapolate(runs: list[dict]) -> dict:
 
 
 def main(argv=None) -> None:
+  global N
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--tiles", type=int, nargs="+", default=[32, 64, 128])
   ap.add_argument("--implementation", default="auto")
   ap.add_argument("--width", type=int, default=8,
                   help="channels of both convolutions (8: the small CNN)")
+  ap.add_argument("--image", type=int, default=32,
+                  help="image side (32: CIFAR; 8 with --n 20000 checks the "
+                       "method against big_kernel.py's measured run)")
+  ap.add_argument("--n", type=int, default=N)
   args = ap.parse_args(argv)
+  N = args.n
   from bench.tiled import cnn
   w = args.width
+  im = args.image
   result = {"n": N, "model": f"CNN (conv{w}-conv{w}/2-gap-dense10) on "
-            "32x32x3", "assumptions": {
+            f"{im}x{im}x3", "assumptions": {
                 "gpu_fp32_flops_and_bandwidth": GPUS,
                 "efficiency": EFFICIENCY, "launch_s": LAUNCH_S,
                 "write_bytes_per_s_per_host": WRITE_BYTES_PER_S_PER_HOST,
@@ -151,7 +159,8 @@ def main(argv=None) -> None:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "kernels": {}}
   for label, trace in (("traced", (-1,)), ("full_10x10", ())):
-    runs = [measure(trace, t, args.implementation, w) for t in args.tiles]
+    runs = [measure(trace, t, args.implementation, w, im)
+            for t in args.tiles]
     for m in runs:
       m["flops_per_entry"] = m["flops"] / m["tile"] ** 2
       print(f"{label} tile {m['tile']}: {m['seconds']:.3f} s, "
@@ -169,6 +178,8 @@ def main(argv=None) -> None:
       print(f"    {k}: {v['total_h']:.3g} h (per tile {v['per_tile_s']:.3g} s)")
   os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
   name = f"extrapolation_w{w}.json"
+  if (im, N) != (32, 50_000):
+    name = f"extrapolation_w{w}_i{im}_n{N}.json"
   with open(os.path.join(HERE, "results", name), "w") as fh:
     json.dump(result, fh, indent=1)
 
