@@ -388,7 +388,8 @@ class Planner:
     return CostEstimate(
         plan, cost.flops, cost.bytes_accessed, cost.transcendentals,
         cost.peak_memory, cost.peak_memory_exact, analysis_time, compile_time,
-        source=cost.source)
+        source=cost.source, grouped_conv_flops=cost.grouped_conv_flops,
+        depthwise_conv_flops=cost.depthwise_conv_flops)
 
   def _block_cost(self, call: PlanningCall, plan: Plan, grid, kind: str,
                   compile: bool) -> tuple[hlo.HloCost, float]:
@@ -441,7 +442,9 @@ class Planner:
         plan, total.flops, bytes_, total.transcendentals, peak, exact,
         total.seconds, compile_time if compile else None, source="scaled",
         blocks=n, calls=(n + 1) if host else 1,
-        loop_iterations=0 if host else n)
+        loop_iterations=0 if host else n,
+        grouped_conv_flops=total.grouped_conv_flops,
+        depthwise_conv_flops=total.depthwise_conv_flops)
 
 
 def _merge_compiled(lowered: hlo.HloCost, compiled: hlo.HloCost) -> hlo.HloCost:
@@ -454,7 +457,8 @@ def _merge_compiled(lowered: hlo.HloCost, compiled: hlo.HloCost) -> hlo.HloCost:
       pick(compiled.transcendentals, lowered.transcendentals),
       pick(compiled.peak_memory, lowered.peak_memory),
       compiled.peak_memory is not None, "compiled",
-      lowered.seconds)
+      lowered.seconds, lowered.grouped_conv_flops,
+      lowered.depthwise_conv_flops)
 
 
 def _kernel_bytes(problem: NtkProblem, grid) -> float:

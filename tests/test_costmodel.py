@@ -142,6 +142,7 @@ def test_constants_measured_once_and_stored(tmp_path, monkeypatch):
 
 def test_measure_gives_plausible_numbers():
   c = device.measure(size=256)
+  assert c.grouped_conv_flops_per_s > 0 and c.depthwise_conv_flops_per_s > 0
   assert 1e8 < c.flops_per_s < 1e15
   assert 1e8 < c.bytes_per_s < 1e13
   assert 0 < c.call_overhead_s < 0.1
@@ -185,3 +186,45 @@ def test_custom_predictor_satisfies_protocol():
 
   assert isinstance(Learned(), predict.TimePredictor)
   assert not isinstance(object(), predict.TimePredictor)
+
+
+def test_grouped_and_depthwise_convolutions_are_classified():
+  conv = jax.lax.conv_general_dilated
+  dn = ("NHWC", "HWIO", "NHWC")
+  x = jnp.ones((2, 8, 8, 4))
+  plain = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
+                                    dimension_numbers=dn))
+  _, cost = hlo.lower_and_analyse(plain, x, jnp.ones((3, 3, 4, 6)))
+  assert (cost.grouped_conv_flops, cost.depthwise_conv_flops) == (0.0, 0.0)
+  grouped = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
+                                      dimension_numbers=dn,
+                                      feature_group_count=2))
+  _, cost = hlo.lower_and_analyse(grouped, x, jnp.ones((3, 3, 2, 6)))
+  assert cost.grouped_conv_flops == 2 * (2 * 8 * 8 * 6) * 9 * 2
+  # XLA skips padded window positions; this count includes them.
+  assert cost.flops <= cost.grouped_conv_flops <= 1.25 * cost.flops
+  depthwise = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
+                                        dimension_numbers=dn,
+                                        feature_group_count=4))
+  _, cost = hlo.lower_and_analyse(depthwise, x, jnp.ones((3, 3, 1, 8)))
+  assert cost.depthwise_conv_flops == 2 * (2 * 8 * 8 * 8) * 9
+  assert cost.scaled(3).depthwise_conv_flops == 3 * cost.depthwise_conv_flops
+
+
+def test_roofline_charges_grouped_convolutions_at_their_rate():
+  c = DeviceConstants(1e11, 1e10, 0.0, 0.0, grouped_conv_flops_per_s=1e9,
+                      depthwise_conv_flops_per_s=1e8)
+  p = RooflinePredictor(c)
+  feats = CostFeatures("m", 3e9, 0.0, 0.0, None, grouped_conv_flops=1e9,
+                       depthwise_conv_flops=1e8)
+  assert p.predict(feats) == pytest.approx(1.9e9 / 1e11 + 1.0 + 1.0)
+
+
+def test_stale_constants_entry_is_remeasured(tmp_path, monkeypatch):
+  old = {device.device_key(): {"flops_per_s": 1.0, "bytes_per_s": 1.0,
+                               "call_overhead_s": 0.0,
+                               "loop_iteration_s": 0.0}}
+  (tmp_path / "device_constants.json").write_text(json.dumps(old))
+  fake = DeviceConstants(1e11, 1e10, 1e-5, 1e-7, "cpu", "cpu", 1e9, 1e8)
+  monkeypatch.setattr(device, "measure", lambda d=None: fake)
+  assert device.constants() == fake

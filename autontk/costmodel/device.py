@@ -44,6 +44,9 @@ class DeviceConstants:
     loop_iteration_s: extra cost of one iteration of a compiled loop.
     device_kind: ``jax.Device.device_kind`` of the measured device.
     platform: ``"cpu"``, ``"gpu"``, ``"tpu"``...
+    grouped_conv_flops_per_s: throughput of a grouped convolution of the
+      kind per-example weight gradients produce (``None``: dense speed).
+    depthwise_conv_flops_per_s: throughput of a depthwise convolution.
   """
 
   flops_per_s: float
@@ -52,14 +55,20 @@ class DeviceConstants:
   loop_iteration_s: float
   device_kind: str = ""
   platform: str = ""
+  grouped_conv_flops_per_s: float | None = None
+  depthwise_conv_flops_per_s: float | None = None
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   @staticmethod
   def from_dict(d: dict[str, Any]) -> "DeviceConstants":
-    fields = {f.name for f in dataclasses.fields(DeviceConstants)}
-    return DeviceConstants(**{k: v for k, v in d.items() if k in fields})
+    """Inverse of :meth:`to_dict`; raises ``KeyError`` on a stale entry."""
+    fields = [f.name for f in dataclasses.fields(DeviceConstants)]
+    missing = [k for k in fields if k not in d]
+    if missing:
+      raise KeyError(f"device constants lack {missing}")
+    return DeviceConstants(**{k: d[k] for k in fields})
 
 
 def device_key(device: Any = None) -> str:
@@ -101,8 +110,36 @@ def measure(device: Any = None, size: int = 768) -> DeviceConstants:
     looped = jax.jit(lambda x: jax.lax.map(lambda r: r * 2.0 + 1.0, x))
     rows = jnp.ones((iters, 4), jnp.float32)
     loop = max(_best_time(lambda: looped(rows)) - call, 0.0) / iters
+
+    grouped, depthwise = _conv_rates()
   return DeviceConstants(flops, bandwidth, call, loop, device.device_kind,
-                         device.platform)
+                         device.platform, grouped, depthwise)
+
+
+def _conv_rates() -> tuple[float, float]:
+  """FLOP/s of a grouped and of a depthwise convolution.
+
+  The grouped one has the shape of a per-example weight gradient under
+  ``vmap`` (the input's spatial extent acts as the kernel); the depthwise
+  one that of patch extraction.
+  """
+  conv = jax.lax.conv_general_dilated
+  g, c, hw, o = 16, 32, 16, 2048
+  lhs = jnp.ones((g, hw, hw, c), jnp.float32)
+  rhs = jnp.ones((1, hw, hw, o), jnp.float32)
+  grouped = jax.jit(lambda a, b: conv(
+      a, b, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("CHWN", "IHWO",
+                                                         "HWNC"),
+      feature_group_count=g))
+  grouped_flops = 2.0 * 3 * 3 * c * o * hw * hw
+  x = jnp.ones((8, hw, hw, 32), jnp.float32)
+  w = jnp.ones((3, 3, 1, 32 * 9), jnp.float32)
+  depthwise = jax.jit(lambda a, b: conv(
+      a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=32))
+  depthwise_flops = 2.0 * 8 * hw * hw * 32 * 9 * 9
+  return (grouped_flops / _best_time(lambda: grouped(lhs, rhs)),
+          depthwise_flops / _best_time(lambda: depthwise(x, w)))
 
 
 def _load_all(path: pathlib.Path) -> dict[str, Any]:
@@ -126,7 +163,7 @@ def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
     try:
       _MEMO[key] = DeviceConstants.from_dict(stored[key])
       return _MEMO[key]
-    except TypeError:
+    except (KeyError, TypeError):
       pass  # an older file format: measure again
   c = measure(device)
   _MEMO[key] = c

@@ -31,6 +31,8 @@ class CostEstimate:
     blocks: number of batch blocks (1 unchunked).
     calls: compiled calls per evaluation (blocks of a host loop, else 1).
     loop_iterations: compiled loop iterations per evaluation.
+    grouped_conv_flops, depthwise_conv_flops: the part of ``flops`` in
+      grouped / depthwise convolutions (see :class:`~autontk.costmodel.HloCost`).
   """
 
   plan: Plan
@@ -49,6 +51,8 @@ class CostEstimate:
   blocks: int = 1
   calls: int = 1
   loop_iterations: int = 0
+  grouped_conv_flops: float = 0.0
+  depthwise_conv_flops: float = 0.0
 
   @property
   def estimated(self) -> bool:
@@ -58,7 +62,8 @@ class CostEstimate:
     return CostFeatures(self.plan.implementation.name.lower(), self.flops,
                         self.bytes_accessed, self.transcendentals,
                         self.peak_memory, self.calls, self.loop_iterations,
-                        self.blocks)
+                        self.blocks, self.grouped_conv_flops,
+                        self.depthwise_conv_flops)
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)

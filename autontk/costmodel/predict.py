@@ -34,6 +34,8 @@ class CostFeatures:
     calls: compiled calls dispatched by the host (blocks of a host loop).
     loop_iterations: iterations of compiled loops (blocks of a scan).
     blocks: number of batch blocks (1 when unchunked).
+    grouped_conv_flops: the part of ``flops`` in grouped convolutions.
+    depthwise_conv_flops: the part of ``flops`` in depthwise convolutions.
   """
 
   implementation: str
@@ -44,6 +46,8 @@ class CostFeatures:
   calls: int = 1
   loop_iterations: int = 0
   blocks: int = 1
+  grouped_conv_flops: float = 0.0
+  depthwise_conv_flops: float = 0.0
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -79,9 +83,14 @@ class RooflinePredictor:
 
   def predict(self, features: CostFeatures) -> float:
     c = self.constants
-    flops = (features.flops or 0.0) + self.flops_per_transcendental * (
+    grouped = features.grouped_conv_flops or 0.0
+    depthwise = features.depthwise_conv_flops or 0.0
+    dense = max((features.flops or 0.0) - grouped - depthwise, 0.0)
+    flops = dense + self.flops_per_transcendental * (
         features.transcendentals or 0.0)
-    compute = flops / c.flops_per_s
+    compute = (flops / c.flops_per_s +
+               grouped / (c.grouped_conv_flops_per_s or c.flops_per_s) +
+               depthwise / (c.depthwise_conv_flops_per_s or c.flops_per_s))
     memory = (features.bytes_accessed or 0.0) / c.bytes_per_s
     core = max(compute, memory) if self.overlap else compute + memory
     return (core + features.calls * c.call_overhead_s +
