@@ -11,6 +11,8 @@ from autontk._api import ntk_fn as ntk_fn
 from autontk._api import ntk_vp_fn as ntk_vp_fn
 from autontk._options import Implementation as Implementation
 from autontk._plan import Plan as Plan
+from autontk.chunking import BatchChunking as BatchChunking
+from autontk.report import CostReport as CostReport
 from autontk.plancache import PlanCache as PlanCache
 from autontk.tiled import ntk_tiled as ntk_tiled
 from autontk.tuner import tune as tune

@@ -2,7 +2,8 @@
 
 import autontk
 
-PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan"]
+PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
+          "BatchChunking", "CostReport"]
 
 
 def test_public_names():
