@@ -90,7 +90,7 @@ CASES = [
     ("mlp", {"diagonal_axes": (0,), "vmap_axes": 0}, False, 3,
      "jacobian_contraction"),
     ("mlp", {"trace_axes": (0, -1)}, True, 2, "jacobian_contraction"),
-    ("cnn", {"vmap_axes": 0}, True, (4, 3), "auto"),
+    ("cnn", {"vmap_axes": 0}, True, (4, 3), "jacobian_contraction"),
     ("pytree", {"trace_axes": (), "diagonal_axes": (-1,),
                 "vmap_axes": 0}, False, 3, "ntk_vector_products"),
     ("pytree", {"trace_axes": (0,), "diagonal_axes": (-1,)}, True, 3,
@@ -255,3 +255,38 @@ def test_errors():
   with pytest.raises(ValueError, match="axis 0"):
     autontk.ntk_tiled(autontk.ntk_fn(g, trace_axes=()), x1, None, params,
                       tile=2)
+
+
+def test_resume_keeps_the_plans_it_started_with(tmp_path):
+  f, params, x1, _ = mlp_model()
+  first = autontk.ntk_fn(f, trace_axes=(), implementation="jacobian_contraction")
+  out = tmp_path / "run"
+  full = np.array(autontk.ntk_tiled(first, x1, None, params, tile=3, out=out,
+                                    progress=False))
+  manifest = out / "manifest.jsonl"
+  lines = manifest.read_text().splitlines()
+  manifest.write_text("\n".join(lines[:2]) + "\n")  # as if killed early
+  # The planner now answers differently; the resumed tiles still use the
+  # recorded plans, so the kernel is bit-identical to the first run.
+  other = autontk.ntk_fn(f, trace_axes=(), implementation="ntk_vector_products")
+  again = autontk.ntk_tiled(other, x1, None, params, tile=3, out=out,
+                            progress=False)
+  np.testing.assert_array_equal(again, full)
+  assert len(manifest.read_text().splitlines()) == len(lines)
+
+
+def test_each_tile_shape_is_planned_by_the_ntk_planner():
+  f, params, x1, _ = mlp_model()
+  asked = []
+
+  def planner(ntk, a, b, p, kwargs):
+    asked.append((a.shape, None if b is None else b.shape))
+    return autontk.Plan(autontk.Implementation.JACOBIAN_CONTRACTION)
+
+  options = autontk.ntk_fn(f, implementation="auto").options
+  ntk = autontk.NtkFn(f, options, planner=planner)
+  got = autontk.ntk_tiled(ntk, x1, None, params, tile=3, progress=False)
+  # Diagonal tiles reuse x1 (x2=None); the others are 3 × 3 cross tiles,
+  # ragged ones padded to the tile shape.
+  assert set(asked) == {((3, 3), None), ((3, 3), (3, 3))}
+  assert _max_rel(got, ntk(x1, None, params)) < RTOL
