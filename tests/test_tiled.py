@@ -290,3 +290,21 @@ def test_each_tile_shape_is_planned_by_the_ntk_planner():
   # ragged ones padded to the tile shape.
   assert set(asked) == {((3, 3), None), ((3, 3), (3, 3))}
   assert _max_rel(got, ntk(x1, None, params)) < RTOL
+
+
+ZOO = ["scan_rnn", "flax_cnn"] + [
+    pytest.param(n, marks=pytest.mark.slow)
+    for n in ("attention", "tied_embedding", "equinox_mlp")]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_models_from_other_libraries(name):
+  """Models written for the method tests (tests/models.py), unseen here."""
+  import models
+  case = getattr(models, name)()
+  ntk = autontk.ntk_fn(case.f, vmap_axes=0,
+                       implementation="jacobian_contraction")
+  for x2 in (None, case.x2):
+    got = autontk.ntk_tiled(ntk, case.x1, x2, case.params, tile=2,
+                            progress=False, **case.kwargs)
+    assert _max_rel(got, ntk(case.x1, x2, case.params, **case.kwargs)) < RTOL
