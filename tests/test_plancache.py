@@ -229,3 +229,71 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
   conn = sqlite3.connect(cache.path)
   assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
   conn.close()
+
+
+SECOND_PROCESS = textwrap.dedent("""
+    import json, time
+    import numpy as np
+    import jax, jax.numpy as jnp
+    from jax import monitoring
+    import autontk
+    from autontk import planner
+
+    counts = {"planned": 0, "compiles": 0, "jax_cache_hits": 0}
+    original = planner.Planner.plan_call
+
+    def counted(self, *a, **kw):
+      counts["planned"] += 1
+      return original(self, *a, **kw)
+
+    planner.Planner.plan_call = counted
+
+    def on_event(event, **kw):
+      if event == "/jax/compilation_cache/compile_requests_use_cache":
+        counts["compiles"] += 1
+      elif event == "/jax/compilation_cache/cache_hits":
+        counts["jax_cache_hits"] += 1
+
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(4, 32)).astype("float32"),
+              "v": rng.normal(size=(32, 3)).astype("float32")}
+    x = rng.normal(size=(6, 4)).astype("float32")
+
+    def f(p, x):
+      return jnp.tanh(x @ p["w"]) @ p["v"]
+
+    ntk = autontk.ntk_fn(f, vmap_axes=0)
+    monitoring.register_event_listener(on_event)
+    t0 = time.perf_counter()
+    k = np.asarray(ntk(x, None, params))
+    counts["seconds"] = time.perf_counter() - t0
+    counts["plan"] = ntk.plan(x, None, params).describe()
+    counts["kernel"] = k.tolist()
+    print("RESULT", json.dumps(counts))
+""")
+
+
+def _second_process_run(cache_dir):
+  env = {**ENV, "AUTONTK_CACHE_DIR": str(cache_dir), "AUTONTK_JAX_CACHE": "1"}
+  out = subprocess.run([sys.executable, "-c", SECOND_PROCESS],
+                       capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr
+  line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.subprocess
+def test_second_process_gets_the_plan_without_compiling_candidates(tmp_path):
+  first = _second_process_run(tmp_path)
+  assert first["planned"] == 1 and first["compiles"] >= 1
+  cache = _cache(tmp_path)
+  (entry,) = cache.entries()
+  assert entry["source"] == "model" and entry["describe"] == first["plan"]
+  assert len(cache.candidates(entry["signature"])) > 1  # estimates kept
+
+  second = _second_process_run(tmp_path)
+  assert second["planned"] == 0  # the planner never ran
+  assert second["compiles"] == 1  # only the chosen plan's executable...
+  assert second["jax_cache_hits"] == 1  # ...read from JAX's disk cache
+  assert second["plan"] == first["plan"]
+  assert second["kernel"] == first["kernel"]
