@@ -52,7 +52,7 @@ def main():
   t0 = time.perf_counter()
   kernel = jax.block_until_ready(ntk(x, None, params))
   print(f"NTK shape {kernel.shape} (N1, N2, O1, O2) in {time.perf_counter() - t0:.2f} s "
-        "(first call, includes compilation)")
+        "(first call after planning)")
   check = autontk.ntk_fn(cnn, trace_axes=(), vmap_axes=0,
                          implementation="jacobian_contraction")(x, None, params)
   err = float(jnp.max(jnp.abs(kernel - check)) / jnp.max(jnp.abs(check)))
