@@ -12,7 +12,7 @@ from typing import Any
 
 from autontk._plan import Plan
 from autontk.calibration import CalibratedPredictor
-from autontk.plancache import CachedPlanner
+from autontk.plancache import CachedPlanner, with_cached_measurements
 from autontk.planner import Planner, PlannerOptions
 from autontk.report import CostReport
 
@@ -69,4 +69,5 @@ def report(ntk, x1, x2, params, kwargs) -> CostReport:
     import dataclasses
     opts = dataclasses.replace(planner.options, methods=(impl,))
     planner = Planner(opts)
-  return planner.plan_report(ntk, x1, x2, params, kwargs, full=True)
+  rep = planner.plan_report(ntk, x1, x2, params, kwargs, full=True)
+  return with_cached_measurements(rep, ntk, x1, x2, params, kwargs)

@@ -329,16 +329,13 @@ def cmd_report(args) -> int:
     model = _apply_overrides(build_model(factory, dict(args.set or []),
                                          target), args)
     import autontk
-    from autontk.signature import model_signature
+    from autontk.plancache import signature_of
     ntk = autontk.ntk_fn(model["f"], **_ntk_options(model))
-    sig = model_signature(ntk, model["x1"], model["x2"], model["params"],
-                          model["kwargs"])
-    digest = sig.digest
-    try:
-      live_report = ntk.report(model["x1"], model["x2"], model["params"],
-                               **model["kwargs"])
-    except NotImplementedError:
-      live_report = None
+    args3 = (model["x1"], model["x2"], model["params"])
+    digest = signature_of(ntk, *args3, model["kwargs"]).digest
+    if not cache.candidates(digest):
+      # Not tuned or planned yet: the cost model's report, computed now.
+      live_report = ntk.report(*args3, **model["kwargs"])
   else:
     try:
       digest = cache.resolve(target)
@@ -352,6 +349,8 @@ def cmd_report(args) -> int:
     raise CliError(f"Nothing cached for signature {digest[:12]} and no cost "
                    f"report available; run `autontk tune {target}` first.")
   chosen = entry["describe"] if entry else None
+  if chosen is None and live_report is not None:
+    chosen = live_report.chosen.describe()
   doc = {"signature": digest, "chosen": chosen,
          "source": entry["source"] if entry else None,
          "summary": entry["summary"] if entry else None, "candidates": rows}
@@ -369,18 +368,11 @@ def cmd_report(args) -> int:
 
 
 def _rows_from_live(report) -> list[dict[str, Any]]:
-  to_rows = getattr(report, "rows", None)
-  rows = to_rows() if callable(to_rows) else (to_rows or [])
-  out = []
-  for r in rows:
-    r = dict(r) if isinstance(r, dict) else vars(r)
-    out.append({"plan": str(r.get("plan", r.get("describe", "?"))),
-                "predicted_s": r.get("predicted_s"),
-                "measured_s": r.get("measured_s"), "flops": r.get("flops"),
-                "peak_bytes": r.get("peak_bytes"),
-                "feasible": bool(r.get("feasible", True)),
-                "reason": r.get("reason", "")})
-  return out
+  """Report rows from the cost model's ``CostReport``."""
+  return [{"plan": e.plan.describe(), "predicted_s": e.predicted_time,
+           "measured_s": e.measured_time, "flops": e.flops,
+           "peak_bytes": e.peak_memory, "feasible": bool(e.feasible),
+           "reason": e.reason or ""} for e in report.estimates]
 
 
 def _table(rows: list[dict[str, Any]], chosen: str | None) -> str:

@@ -175,3 +175,13 @@ def test_console_script_end_to_end(env):
   out = subprocess.run(cmd + ["cache", "ls"], capture_output=True, text=True,
                        env=run_env, timeout=120, cwd=env)
   assert out.returncode == 0 and "1 plans in" in out.stdout
+
+
+def test_report_of_a_model_not_cached_yet(env, capsys):
+  rc, out, err = _run(capsys, "report", "mymodel:build", "--vmap-axes",
+                      "none", "--json")
+  assert rc == 0, err
+  doc = json.loads(out)
+  assert doc["source"] is None and doc["chosen"]
+  assert len(doc["candidates"]) >= 2
+  assert all(c["predicted_s"] for c in doc["candidates"] if c["feasible"])

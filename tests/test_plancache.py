@@ -297,3 +297,37 @@ def test_second_process_gets_the_plan_without_compiling_candidates(tmp_path):
   assert second["jax_cache_hits"] == 1  # ...read from JAX's disk cache
   assert second["plan"] == first["plan"]
   assert second["kernel"] == first["kernel"]
+
+
+def test_planner_options_key_the_cache_and_custom_predictors_stay_out(
+    tmp_path):
+  import jax.numpy as jnp
+  import numpy as np
+
+  import autontk
+  from autontk.plancache import signature_of
+
+  def f(p, x):
+    return jnp.tanh(x @ p)
+
+  p, x = np.ones((3, 4), "float32"), np.ones((5, 3), "float32")
+  default = signature_of(autontk.ntk_fn(f), x, None, p, {})
+  budget = signature_of(autontk.ntk_fn(f, memory_budget=0.25), x, None, p, {})
+  assert default.digest != budget.digest
+  assert "memory_budget" in str(budget.parts["extra"])
+  assert "extra" not in default.parts
+
+  class Constant:
+    def predict(self, features):
+      return 1.0
+
+  cache = _cache(tmp_path)
+  ntk = autontk.ntk_fn(f, predictor=Constant(), plan_cache=cache)
+  ntk(x, None, p)
+  assert cache.entries() == []  # an experiment, not a plan to remember
+  ntk = autontk.ntk_fn(f, memory_budget=0.25, plan_cache=cache)
+  ntk(x, None, p)
+  (entry,) = cache.entries()
+  assert entry["signature"] == budget.digest
+  with pytest.raises(TypeError, match="plan_cache"):
+    autontk.ntk_fn(f, plan_cache="here")

@@ -199,3 +199,30 @@ def test_tuned_plan_gives_the_reference_kernel():
   got = ntk.execute(result.plan, x, None, params)
   want = reference_ntk(f, params, x, None, trace_axes=(-1,))
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+def test_ntk_fn_tune_true_tunes_on_first_use(tmp_path, monkeypatch):
+  from reference import reference_ntk
+  from autontk.plancache import signature_of
+  f, params, x = _model()
+  cache = PlanCache(tmp_path, jax_compilation_cache=False)
+  ntk = autontk.ntk_fn(f, plan_cache=cache,
+                       tune=TuneOptions(min_time_s=0.005, progress=False))
+  k = ntk(x, None, params)
+  np.testing.assert_allclose(k, reference_ntk(f, params, x, None),
+                             rtol=2e-4, atol=2e-4)
+  sig = signature_of(ntk, x, None, params, {})
+  assert cache.source(sig) == "tuned"
+  # A cheap space: every candidate was timed.
+  assert len(cache.measurements()) == len(cache.candidates(sig)) >= 3
+
+  # Another function (or process) with tune=True finds the tuned plan.
+  def no_timing(*a, **kw):
+    raise AssertionError("timed again")
+
+  monkeypatch.setattr(tuner, "time_plan", no_timing)
+  again = autontk.ntk_fn(f, plan_cache=cache, tune=True)
+  assert again.plan(x, None, params) == ntk.plan(x, None, params)
+  # Its cost report shows the measured times next to the predictions.
+  report = again.report(x, None, params)
+  assert sum(e.measured_time is not None for e in report.estimates) >= 2
