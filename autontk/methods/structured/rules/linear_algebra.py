@@ -11,6 +11,8 @@ patches.
 from __future__ import annotations
 
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -58,11 +60,36 @@ def _conv_specs(ctx: UseContext):
   return dn.lhs_spec, dn.rhs_spec, dn.out_spec
 
 
+def _patches(lhs, lhs_spec, filter_shape, out_spatial, params) -> jax.Array:
+  """Input windows, ``(N, C, out spatial..., filter spatial...)``.
+
+  Built by padding and strided slicing (data movement only):
+  ``conv_general_dilated_patches`` computes the same thing as a convolution
+  with a one-hot kernel, ``C·K`` times more arithmetic.
+  """
+  x = jnp.transpose(lhs, lhs_spec)
+  pads = [(0, 0, 0), (0, 0, 0)] + [
+      (lo, hi, d - 1) for (lo, hi), d in zip(params["padding"],
+                                             params["lhs_dilation"])]
+  x = lax.pad(x, jnp.zeros((), x.dtype), pads)
+  strides = tuple(params["window_strides"])
+  windows = []
+  for offset in itertools.product(*[range(f) for f in filter_shape]):
+    start = [0, 0] + [k * d for k, d in zip(offset, params["rhs_dilation"])]
+    limit = list(x.shape[:2]) + [
+        s + (o - 1) * st + 1 for s, o, st in zip(start[2:], out_spatial,
+                                                 strides)]
+    windows.append(lax.slice(x, start, limit, (1, 1) + strides))
+  stacked = jnp.stack(windows, axis=-1)
+  return stacked.reshape(x.shape[:2] + tuple(out_spatial) +
+                         tuple(filter_shape))
+
+
 @structure_rule(P.conv_general_dilated_p)
 def conv_structure(ctx: UseContext) -> Structure | None:
   """θ as the kernel: the Jacobian is the input's patches.
 
-  ``y[b, o, s] = Σ_{i,k} patches[b, (g(o), i), k, s] θ[o, i, k]`` with
+  ``y[b, o, s] = Σ_{i,k} patches[b, (g(o), i), s, k] θ[o, i, k]`` with
   ``g(o)`` the feature group of output feature ``o``. With groups the
   patches are indexed by output feature (for depthwise convolutions this
   costs nothing extra; in general a factor ``O/G``).
@@ -71,45 +98,36 @@ def conv_structure(ctx: UseContext) -> Structure | None:
   if (ctx.position != 1 or ctx.inputs[0] is None or
       p["batch_group_count"] != 1):
     return None
-  lhs = ctx.inputs[0]
   lhs_spec, rhs_spec, out_spec = _conv_specs(ctx)
   rhs_shape = ctx.theta_aval.shape
+  out_shape = ctx.out_aval.shape
   groups = p["feature_group_count"]
-  n_sp = len(rhs_spec) - 2
   filter_shape = [rhs_shape[d] for d in rhs_spec[2:]]
-  patches = lax.conv_general_dilated_patches(
-      lhs, filter_shape, p["window_strides"], p["padding"],
-      lhs_dilation=p["lhs_dilation"], rhs_dilation=p["rhs_dilation"],
-      dimension_numbers=p["dimension_numbers"],
-      precision=lax.Precision.HIGHEST)
-  # Patches are laid out like the output, with the feature axis holding
-  # (in-feature, filter spatial...) flattened, in-feature major. Move that
-  # axis last and split it.
-  f_axis = out_spec[1]
-  patches = jnp.moveaxis(patches, f_axis, -1)
-  other_axes = [d for d in range(len(out_spec)) if d != f_axis]
+  out_spatial = [out_shape[d] for d in out_spec[2:]]
+  patches = _patches(ctx.inputs[0], lhs_spec, filter_shape, out_spatial, p)
   in_per_group = rhs_shape[rhs_spec[1]]
   out_features = rhs_shape[rhs_spec[0]]
-  patches = patches.reshape(patches.shape[:-1] +
-                            (groups, in_per_group, *filter_shape))
   theta_labels = tuple(range(len(rhs_shape)))
   out_label, in_label = rhs_spec[0], rhs_spec[1]
-  base = len(rhs_shape)
+  batch_label = len(rhs_shape)
+  spatial_labels = [batch_label + 1 + i for i in range(len(out_spatial))]
   y_labels = [0] * len(out_spec)
-  y_labels[f_axis] = out_label
-  patch_labels = []
-  for j, d in enumerate(other_axes):
-    y_labels[d] = base + j
-    patch_labels.append(base + j)
+  y_labels[out_spec[0]] = batch_label
+  y_labels[out_spec[1]] = out_label
+  for d, label in zip(out_spec[2:], spatial_labels):
+    y_labels[d] = label
+  filter_labels = list(rhs_spec[2:])
   if groups == 1:
-    patches = patches[..., 0, :, *([slice(None)] * n_sp)]
-    patch_labels += [in_label, *rhs_spec[2:]]
+    labels = [batch_label, in_label] + spatial_labels + filter_labels
   else:
+    n = patches.shape[0]
+    patches = patches.reshape((n, groups, in_per_group) + patches.shape[2:])
     group_of = jnp.arange(out_features) // (out_features // groups)
-    patches = jnp.take(patches, group_of, axis=len(other_axes))
-    patch_labels += [out_label, in_label, *rhs_spec[2:]]
+    patches = jnp.take(patches, group_of, axis=1)
+    labels = ([batch_label, out_label, in_label] + spatial_labels +
+              filter_labels)
   return Structure(theta_labels, tuple(y_labels),
-                   factors=(Factor(patches, tuple(patch_labels)),))
+                   factors=(Factor(patches, tuple(labels)),))
 
 
 @jacobian_rule(P.conv_general_dilated_p)
