@@ -23,7 +23,8 @@ from autontk._problem import NtkProblem
 from autontk._types import PyTree
 from autontk.tiled import batch as _batch
 from autontk.tiled import distributed, storage
-from autontk.tiled.autotile import choose_tile, memory_budget_bytes
+from autontk.tiled.autotile import (choose_tile, host_available_bytes,
+                                    memory_budget_bytes)
 from autontk.tiled.tiling import LeafLayout, Tile, TileGrid
 
 
@@ -345,16 +346,21 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
     ts = choose_tile(inner, side1, side2, params, n1, n2,
                      square=symmetric or matched, devices=cluster.size,
                      budget=budget, same_inputs=symmetric and matched)
+    ts = cluster.from_process_0(ts)
   grid = TileGrid(n1, n2, ts[0], ts[1], symmetric, matched)
   run = _Run(inner, inner_problem, side1, side2, grid, cluster, params)
 
   if out is None:
-    store: Any = storage.MemoryStore(specs)
     need = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in specs)
-    if memory_budget is not None and need > memory_budget:
+    limit, what = ((memory_budget, "`memory_budget`")
+                   if memory_budget is not None else
+                   (host_available_bytes(), "the host's available memory"))
+    if need > limit:
       raise ValueError(
-          f"The kernel needs {need / 2**30:.2f} GiB, over `memory_budget`; "
-          "pass `out` (a directory) to stream it to disk.")
+          f"The kernel needs {need / 2**30:.2f} GiB, more than {what} "
+          f"({limit / 2**30:.2f} GiB); pass `out` (a directory) to stream "
+          "it to disk.")
+    store: Any = storage.MemoryStore(specs)
   else:
     store = storage.DiskStore(out, specs, cluster.process_index)
     meta = json.loads(json.dumps({

@@ -34,12 +34,13 @@ def memory_budget_bytes(device: Any) -> int:
     stats = None
   if stats and stats.get("bytes_limit"):
     return int(stats["bytes_limit"]) // 2
-  available = _host_available_bytes()
+  available = host_available_bytes()
   n = max(1, sum(1 for d in jax.local_devices() if d.platform == "cpu"))
   return available // (2 * n)
 
 
-def _host_available_bytes() -> int:
+def host_available_bytes() -> int:
+  """The host's available memory (``MemAvailable``), else its total."""
   try:
     with open("/proc/meminfo") as fh:
       for line in fh:

@@ -55,6 +55,15 @@ class Cluster:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"autontk.tiled:{name}")
 
+  def from_process_0(self, values: tuple[int, ...]) -> tuple[int, ...]:
+    """Process 0's ``values`` on every process (e.g. an automatic tile,
+    which depends on each host's free memory)."""
+    if self.process_count == 1:
+      return values
+    from jax.experimental import multihost_utils
+    got = multihost_utils.broadcast_one_to_all(np.asarray(values, np.int64))
+    return tuple(int(v) for v in np.asarray(got))
+
   def agree(self, value: int, what: str) -> None:
     """Raises unless every process holds the same ``value``."""
     if self.process_count == 1:

@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import pickle
-import shutil
 import time
 import warnings
 from typing import Any, Sequence
@@ -265,11 +264,6 @@ def check_meta(old: dict[str, Any], new: dict[str, Any], path: str) -> None:
       f"`out`={path!r} holds a different computation (differs in "
       f"{', '.join(keys)}); pass resume=False to overwrite it, or another "
       "`out` path.")
-
-
-def remove(path: str) -> None:
-  """Deletes a run directory."""
-  shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_dir(path: str) -> None:
