@@ -145,6 +145,7 @@ class PlanningCall:
     self.dynamic, self.static_key = _api._split_static(self.kwargs)  # noqa: SLF001
     self._problem: NtkProblem | None = None
     self._block_costs: dict[Any, tuple[Any, hlo.HloCost]] = {}
+    self._lowered: dict[Plan, tuple[Any, hlo.HloCost]] = {}
 
   @property
   def problem(self) -> NtkProblem:
@@ -164,11 +165,16 @@ class PlanningCall:
             sig(self.params), sig(self.kwargs))
 
   def lower(self, plan: Plan):
-    """The lowered program of the NtkFn's own executable for ``plan``."""
-    run = self.ntk._executable(plan, self.x2 is None, self.static_key)  # noqa: SLF001
-    return hlo.lower_and_analyse(
-        run, _abstract(self.params), _abstract(self.x1),
-        _abstract(self.x2), _abstract(self.dynamic))
+    """``(lowered, cost)`` of the NtkFn's own executable for ``plan``.
+
+    Memoised per plan, so a shortlisted candidate is traced only once.
+    """
+    if plan not in self._lowered:
+      run = self.ntk._executable(plan, self.x2 is None, self.static_key)  # noqa: SLF001
+      self._lowered[plan] = hlo.lower_and_analyse(
+          run, _abstract(self.params), _abstract(self.x1),
+          _abstract(self.x2), _abstract(self.dynamic))
+    return self._lowered[plan]
 
   def describe(self) -> str:
     def shapes(tree):
@@ -237,12 +243,25 @@ class Planner:
   # Public stages -------------------------------------------------------------
 
   def candidates(self, call: PlanningCall) -> list[Candidate]:
-    """Every method unchunked, then chunked variants where allowed."""
+    """Every method unchunked, then the memory-saving variants.
+
+    The variants are batch chunkings (when ``vmap_axes`` allows them) and,
+    for NTK-vector products, column chunks (a memory knob that needs no
+    ``vmap_axes``).
+    """
     impls = self.options.methods or methods.available()
     impls = [m for m in impls if m in methods.available()]
     out = [Candidate(Plan(m)) for m in impls]
-    if not self.options.chunking or chunking_lib.unsupported_reason(
-        call.problem) is not None:
+    if not self.options.chunking:
+      return out
+    nvp = Implementation.NTK_VECTOR_PRODUCTS
+    if nvp in impls:
+      config_type = methods.get(nvp).config_type
+      columns = _columns(call.problem)
+      for c in _COLUMN_CHUNKS:
+        if c < columns:
+          out.append(Candidate(Plan(nvp, config_type(column_chunk=c))))
+    if chunking_lib.unsupported_reason(call.problem) is not None:
       return out
     n = max(call.problem.batch_size(1), call.problem.batch_size(2))
     sizes = self.options.block_sizes or tuple(chunking_lib.block_sizes(n))
@@ -251,7 +270,8 @@ class Planner:
         if b >= n:
           continue
         for s in self.options.schemes:
-          out.append(Candidate(Plan(m, chunking=chunking_lib.BatchChunking(b, s))))
+          out.append(Candidate(Plan(
+              m, chunking=chunking_lib.BatchChunking(b, s))))
     return out
 
   def estimate(self, candidate: Candidate, call: PlanningCall,
@@ -309,8 +329,8 @@ class Planner:
         if e.estimated:
           lowered_pred[c.plan] = e.predicted_time
 
-    whole = [c for c in cands if c.plan.chunking is None]
-    chunked = [c for c in cands if c.plan.chunking is not None]
+    whole = [c for c in cands if not _memory_variant(c.plan)]
+    chunked = [c for c in cands if _memory_variant(c.plan)]
     run_estimates(whole)
     need_chunks = not any(e.feasible for e in ests.values())
     if full or need_chunks:
@@ -385,11 +405,25 @@ class Planner:
       _, ccost = hlo.compile_and_analyse(lowered)
       compile_time = ccost.seconds
       cost = _merge_compiled(cost, ccost)
+    iterations = 0
+    chunk = getattr(plan.config, "column_chunk", None)
+    if chunk is not None:
+      # XLA counts the column loop once: take the work of the unchunked
+      # program (same arithmetic, vectorised) and charge loop iterations.
+      whole = self._estimate_whole(dataclasses.replace(plan, config=None),
+                                   call, compile=False)
+      cost = dataclasses.replace(
+          cost, flops=whole.flops, bytes_accessed=whole.bytes_accessed,
+          transcendentals=whole.transcendentals,
+          grouped_conv_flops=whole.grouped_conv_flops,
+          depthwise_conv_flops=whole.depthwise_conv_flops)
+      iterations = -(-_columns(call.problem) // chunk)
     return CostEstimate(
         plan, cost.flops, cost.bytes_accessed, cost.transcendentals,
         cost.peak_memory, cost.peak_memory_exact, analysis_time, compile_time,
         source=cost.source, grouped_conv_flops=cost.grouped_conv_flops,
-        depthwise_conv_flops=cost.depthwise_conv_flops)
+        depthwise_conv_flops=cost.depthwise_conv_flops,
+        loop_iterations=iterations)
 
   def _block_cost(self, call: PlanningCall, plan: Plan, grid, kind: str,
                   compile: bool) -> tuple[hlo.HloCost, float]:
@@ -445,6 +479,21 @@ class Planner:
         loop_iterations=0 if host else n,
         grouped_conv_flops=total.grouped_conv_flops,
         depthwise_conv_flops=total.depthwise_conv_flops)
+
+
+_COLUMN_CHUNKS = (64, 8)
+"""``column_chunk`` values tried for NTK-vector products."""
+
+
+def _columns(problem: NtkProblem) -> int:
+  """Kernel columns NTK-vector products evaluate (an upper bound)."""
+  return sum(math.prod(o.shape) for o in problem.out2)
+
+
+def _memory_variant(plan: Plan) -> bool:
+  """Chunked over the batch or over kernel columns."""
+  return (plan.chunking is not None or
+          getattr(plan.config, "column_chunk", None) is not None)
 
 
 def _merge_compiled(lowered: hlo.HloCost, compiled: hlo.HloCost) -> hlo.HloCost:

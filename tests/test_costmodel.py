@@ -196,19 +196,23 @@ def test_grouped_and_depthwise_convolutions_are_classified():
                                     dimension_numbers=dn))
   _, cost = hlo.lower_and_analyse(plain, x, jnp.ones((3, 3, 4, 6)))
   assert (cost.grouped_conv_flops, cost.depthwise_conv_flops) == (0.0, 0.0)
-  grouped = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
-                                      dimension_numbers=dn,
-                                      feature_group_count=2))
-  _, cost = hlo.lower_and_analyse(grouped, x, jnp.ones((3, 3, 2, 6)))
-  assert cost.grouped_conv_flops == 2 * (2 * 8 * 8 * 6) * 9 * 2
+  small = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
+                                    dimension_numbers=dn,
+                                    feature_group_count=2))
+  _, cost = hlo.lower_and_analyse(small, x, jnp.ones((3, 3, 2, 6)))
+  assert cost.depthwise_conv_flops == 2 * (2 * 8 * 8 * 6) * 9 * 2
+  assert cost.grouped_conv_flops == 0.0
   # XLA skips padded window positions; this count includes them.
-  assert cost.flops <= cost.grouped_conv_flops <= 1.25 * cost.flops
-  depthwise = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
-                                        dimension_numbers=dn,
-                                        feature_group_count=4))
-  _, cost = hlo.lower_and_analyse(depthwise, x, jnp.ones((3, 3, 1, 8)))
-  assert cost.depthwise_conv_flops == 2 * (2 * 8 * 8 * 8) * 9
+  assert cost.flops <= cost.depthwise_conv_flops <= 1.25 * cost.flops
   assert cost.scaled(3).depthwise_conv_flops == 3 * cost.depthwise_conv_flops
+  # Per-example weight gradient of a conv layer: the window is the image.
+  def f(w, x):
+    return jnp.sum(conv(x[None], w, (1, 1), "SAME", dimension_numbers=dn)**2)
+  grads = jax.jit(jax.vmap(jax.grad(f), in_axes=(None, 0)))
+  _, cost = hlo.lower_and_analyse(grads, jnp.ones((3, 3, 4, 6)),
+                                  jax.random.normal(jax.random.PRNGKey(0),
+                                                    x.shape))
+  assert cost.grouped_conv_flops > 0 and cost.depthwise_conv_flops == 0.0
 
 
 def test_roofline_charges_grouped_convolutions_at_their_rate():

@@ -185,3 +185,20 @@ def test_options_and_candidates_are_stable_values():
   assert len(plans) == len(set(plans)) == 2 + 2 * 2 * 2
   for p in plans:
     assert autontk.Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_without_vmap_axes_column_chunks_save_memory():
+  f, params = _mlp((8, 128, 128, 4), seed=3)
+  x = jax.random.normal(jax.random.PRNGKey(4), (16, 8))
+  kw = dict(trace_axes=(), methods=(Implementation.NTK_VECTOR_PRODUCTS,),
+            predictor=ROOFLINE)
+  whole = autontk.ntk_fn(f, **kw).report(x, None, params).estimates[0]
+  assert whole.plan == autontk.Plan(Implementation.NTK_VECTOR_PRODUCTS)
+  ntk = autontk.ntk_fn(f, memory_budget=int(whole.peak_memory * 0.5), **kw)
+  report = ntk.report(x, None, params)
+  chosen = report.chosen_estimate
+  assert chosen.plan.config.column_chunk is not None
+  assert chosen.loop_iterations > 1
+  assert chosen.flops == pytest.approx(whole.flops, rel=0.1)
+  assert chosen.peak_memory_exact and chosen.peak_memory <= 0.5 * whole.peak_memory
+  _close(ntk(x, None, params), reference_ntk(f, params, x, None, ()))

@@ -40,12 +40,11 @@ class HloCost:
     source: ``"lowered"``, ``"compiled"`` or ``"scaled"``.
     seconds: time spent lowering / compiling to get this analysis.
     grouped_conv_flops: FLOPs in grouped convolutions (feature or batch
-      group count > 1, several input features per group), part of
-      ``flops``. XLA runs them an order of magnitude below dense speed on
-      CPUs; per-example weight gradients under ``vmap`` produce them.
-    depthwise_conv_flops: FLOPs in grouped convolutions with one input
-      feature per group (depthwise, e.g. patch extraction), part of
-      ``flops``.
+      group count > 1) with large windows, part of ``flops``: per-example
+      weight gradients under ``vmap`` produce them, and XLA runs them an
+      order of magnitude below dense speed on CPUs.
+    depthwise_conv_flops: FLOPs in grouped convolutions with small windows
+      (depthwise layers, patch extraction), part of ``flops``.
   """
 
   flops: float | None = None
@@ -172,13 +171,20 @@ def _dims(s: str) -> list[int]:
   return [int(d) for d in s.split("x") if d]
 
 
+_LARGE_WINDOW = 25
+"""Grouped convolutions with larger windows are weight-gradient-like."""
+
+
 def conv_flops(stablehlo_text: str) -> tuple[float, float]:
   """``(grouped, depthwise)`` convolution FLOPs named in a StableHLO module.
 
-  Each output element of a convolution costs 2 × (kernel window size) ×
-  (kernel input features) FLOPs (padded window positions included, so
-  slightly above XLA's count at the borders). Convolutions with group counts of 1 are
-  not counted here (they run near dense speed).
+  Only convolutions with a feature or batch group count above 1 count.
+  "grouped" are those with a window larger than 5×5: the shape per-example
+  weight gradients take under ``vmap`` (the activations' spatial extent is
+  the window). "depthwise" are the small-window ones (depthwise layers,
+  patch extraction). Each output element costs 2 × (window size) ×
+  (kernel input features) FLOPs, padded window positions included (so
+  slightly above XLA's count at the borders).
   """
   grouped = depthwise = 0.0
   for line in stablehlo_text.splitlines():
@@ -197,10 +203,10 @@ def conv_flops(stablehlo_text: str) -> tuple[float, float]:
     window = math.prod(k for t, k in zip(spec, kernel) if t not in "io")
     k_in = kernel[spec.index("i")] if "i" in spec else 1
     flops = 2.0 * math.prod(_dims(out)) * window * k_in
-    if k_in == 1:
-      depthwise += flops
-    else:
+    if window > _LARGE_WINDOW:
       grouped += flops
+    else:
+      depthwise += flops
   return grouped, depthwise
 
 
