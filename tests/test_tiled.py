@@ -149,7 +149,7 @@ def test_batched_and_shared_kwargs():
   assert _max_rel(got, want) < RTOL
 
 
-def test_vmap_axes_not_leading():
+def test_vmap_axes_not_leading(tmp_path):
   k = _keys(4, 3)
   params = jax.random.normal(k[0], (3, 2))
 
@@ -163,6 +163,10 @@ def test_vmap_axes_not_leading():
   want = ntk(x1, None, params)
   assert got.shape == want.shape == (2, 2, 5, 5)
   assert _max_rel(got, want) < RTOL
+  # On disk, each tile is a strided region of the C-ordered file.
+  on_disk = autontk.ntk_tiled(ntk, x1, None, params, tile=2, progress=False,
+                              out=tmp_path / "run")
+  np.testing.assert_array_equal(on_disk, got)
 
 
 def test_disk_output_and_manifest(tmp_path):
