@@ -331,3 +331,13 @@ def test_planner_options_key_the_cache_and_custom_predictors_stay_out(
   assert entry["signature"] == budget.digest
   with pytest.raises(TypeError, match="plan_cache"):
     autontk.ntk_fn(f, plan_cache="here")
+
+
+def test_committed_example_export_still_imports(tmp_path):
+  example = pathlib.Path(__file__).parents[1] / "cache" / "example-cpu.json"
+  cache = _cache(tmp_path)
+  assert cache.import_file(example) == 1
+  (entry,) = cache.entries()
+  assert cache.lookup(entry["signature"]) is not None
+  assert entry["source"] == "tuned" and entry["device_kind"] == "cpu"
+  assert len(cache.measurements()) >= 3
