@@ -3,7 +3,7 @@
 import autontk
 
 PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
-          "BatchChunking", "CostReport", "ntk_tiled"]
+          "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune"]
 
 
 def test_public_names():
