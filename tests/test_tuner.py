@@ -226,3 +226,42 @@ def test_ntk_fn_tune_true_tunes_on_first_use(tmp_path, monkeypatch):
   # Its cost report shows the measured times next to the predictions.
   report = again.report(x, None, params)
   assert sum(e.measured_time is not None for e in report.estimates) >= 2
+
+
+TUNER_PROCESS = """
+import sys
+import jax.numpy as jnp, numpy as np
+from autontk import Implementation, Plan
+from autontk.plancache import PlanCache
+from autontk.tuner import TuneOptions, tune
+rng = np.random.default_rng(0)
+params = {"w": rng.normal(size=(8, 64)).astype("float32"),
+          "v": rng.normal(size=(64, 64)).astype("float32")}
+x = rng.normal(size=(6, 8)).astype("float32")
+f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+r = tune(f, x, None, params, cache=PlanCache(sys.argv[1]), progress=False,
+         candidates=[Plan(Implementation(1)), Plan(Implementation(2))],
+         options=TuneOptions(min_time_s=0.005))
+print("best", r.plan.describe())
+"""
+
+
+@pytest.mark.subprocess
+def test_two_processes_tuning_the_same_model_at_once(tmp_path):
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "AUTONTK_JAX_CACHE": "0"}
+  procs = [subprocess.Popen([sys.executable, "-c", TUNER_PROCESS,
+                             str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+           for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err
+    assert "best" in out
+  cache = PlanCache(tmp_path, jax_compilation_cache=False)
+  (entry,) = cache.entries()
+  assert entry["source"] == "tuned"
+  rows = cache.candidates(entry["signature"])
+  assert len(rows) == 2 and all(r["measured_s"] for r in rows)
