@@ -240,3 +240,18 @@ def test_grouped_and_depthwise_conv_rule(groups, kernel_shape):
   case = (P.conv_general_dilated_p, f, _rand(51, kernel_shape), img, None, 0)
   k, ref = _run(case, RULES, trace_axes=())
   np.testing.assert_allclose(k, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_parameter_as_output_and_unused_leaf():
+  # A parameter returned as is (no equation consumes it), an output leaf
+  # that does not depend on the parameters, and a parameter feeding two
+  # leaves.
+  f = lambda p, x: {"id": p["b"] * jnp.ones((x.shape[0], 1)) + 0 * x[:, :1],
+                    "raw": p["b"], "const": x * 2.0,
+                    "lin": x @ p["w"] + p["b"]}
+  p = {"w": _rand(60, (3, 2)), "b": _rand(61, (2,))}
+  fn = autontk.ntk_fn(f, trace_axes=(), implementation="structured_derivatives")
+  k = fn(X, None, p)
+  ref = reference_ntk(jax.jit(f), p, X, None, ())
+  for key in ref:
+    np.testing.assert_allclose(k[key], ref[key], rtol=1e-4, atol=1e-6)

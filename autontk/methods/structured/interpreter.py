@@ -65,10 +65,15 @@ class Use:
 class _Walk:
   """One interpretation of a linear jaxpr (discovery, or with probes)."""
 
-  def __init__(self, probes: Sequence[Sequence[jax.Array]] | None = None):
+  def __init__(self, probes: Sequence[Sequence[jax.Array]] | None = None,
+               constants: list[list[Any]] | None = None):
     self.probes = probes
     self.uses: list[Use] = []
     self.probe_avals: list[tuple[Any, ...]] = []
+    # Outputs of constant equations, in walk order: computed once during
+    # discovery and reused when probing (a smaller program to compile).
+    self.constants = [] if constants is None else constants
+    self._n_const = 0
 
   @property
   def discovering(self) -> bool:
@@ -95,7 +100,11 @@ class _Walk:
 
   def _eqn(self, eqn, ins: list) -> list:
     if all(isinstance(x, _Const) for x in ins):
-      return [_Const(o) for o in _compat.bind(eqn, *[x.value for x in ins])]
+      k = self._n_const
+      self._n_const += 1
+      if k == len(self.constants):
+        self.constants.append(_compat.bind(eqn, *[x.value for x in ins]))
+      return [_Const(o) for o in self.constants[k]]
     body = _compat.inline_body(eqn)
     if body is not None:
       jaxpr, consts = body
@@ -270,7 +279,7 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
   def probed(*flat):
     it = iter(flat)
     probes = [[next(it) for _ in range(n)] for n in splits]
-    w = _Walk(probes)
+    w = _Walk(probes, walk.constants)
     res = w.outputs(w.run(jaxpr, closed.consts, params), theta_avals)
     return [res[i].value for i in range(len(res)) if live[i]]
 
