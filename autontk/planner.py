@@ -171,6 +171,8 @@ class PlanningCall:
     """
     if plan not in self._lowered:
       run = self.ntk._executable(plan, self.x2 is None, self.static_key)  # noqa: SLF001
+      if not hasattr(run, "lower"):  # ntk_fn(..., jit=False): analyse a jit
+        run = jax.jit(run)
       self._lowered[plan] = hlo.lower_and_analyse(
           run, _abstract(self.params), _abstract(self.x1),
           _abstract(self.x2), _abstract(self.dynamic))

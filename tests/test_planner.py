@@ -57,7 +57,7 @@ def _close(a, b, rtol=2e-4):
 
 @pytest.fixture(scope="module")
 def auto_ntk():
-  return autontk.ntk_fn(F, vmap_axes=0, predictor=ROOFLINE)
+  return autontk.ntk_fn(F, vmap_axes=0, predictor=ROOFLINE, block_sizes=(4,))
 
 
 def test_auto_equals_reference_and_is_memoised(auto_ntk):
@@ -202,3 +202,9 @@ def test_without_vmap_axes_column_chunks_save_memory():
   assert chosen.flops == pytest.approx(whole.flops, rel=0.1)
   assert chosen.peak_memory_exact and chosen.peak_memory <= 0.5 * whole.peak_memory
   _close(ntk(x, None, params), reference_ntk(f, params, x, None, ()))
+
+
+def test_auto_without_jit():
+  ntk = autontk.ntk_fn(F, vmap_axes=0, jit=False, predictor=ROOFLINE,
+                       chunking=False)
+  _close(ntk(X, None, PARAMS), reference_ntk(F, PARAMS, X, None))
