@@ -10,6 +10,7 @@ use. ``--report-only`` re-renders tables and plots from saved JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -88,18 +89,34 @@ def main(argv=None) -> int:
   cfg = suites.RunConfig(quick=args.quick, peers=peers,
                          budget_bytes=budget * 2**20,
                          tune_budget_s=8.0 if args.quick else 60.0,
-                         case_filter=args.cases)
+                         case_filter=args.cases,
+                         max_run_flops=2e10 if args.quick else None)
   names = args.only or list(suites.SUITES)
   t_all = time.perf_counter()
   for name in names:
     print(f"=== suite {name} ({'quick' if args.quick else 'full'}) ===",
           flush=True)
-    res = suites.run(name, cfg, log=lambda *a: print(*a, flush=True))
-    res["machine"] = info
-    res["tag"] = tag
-    res["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as fh:
-      json.dump(res, fh, indent=1, default=str)
+    path = os.path.join(out_dir, f"{name}.json")
+    t0 = time.perf_counter()
+
+    def save(res, name=name, path=path, t0=t0):
+      res.update(machine=info, tag=tag, quick=cfg.quick,
+                 policy=cfg.policy.to_dict(),
+                 date_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
+      res.setdefault("suite_wall_s", time.perf_counter() - t0)
+      if name == "memory":
+        res.setdefault("budget_bytes", cfg.budget_bytes)
+      with open(path, "w") as fh:
+        json.dump(res, fh, indent=1, default=str)
+
+    try:
+      res = suites.run(name, dataclasses.replace(cfg, checkpoint=save),
+                       log=lambda *a: print(*a, flush=True))
+    except KeyboardInterrupt:  # e.g. `timeout --signal=INT` in bench/gpu.sh
+      print(f"=== {name} interrupted; finished cases kept in {path} ===",
+            flush=True)
+      break
+    save(res)
     print(f"=== {name} done in {res['suite_wall_s']:.0f} s ===", flush=True)
   report.render(out_dir)
   print(f"all done in {time.perf_counter() - t_all:.0f} s; results in "

@@ -201,11 +201,13 @@ def jacrev_kernel_fn(case: Case):
 
 
 def run_jacrev(case: Case, policy: timing.TimingPolicy,
-               budget_bytes: float | None = None, arrays=None):
+               budget_bytes: float | None = None, arrays=None,
+               max_run_flops: float | None = None):
   params, x1, x2 = arrays or _device_arrays(case)
   try:
     rec = timing.measure_jit(jacrev_kernel_fn(case), (x1, x2, params), policy,
-                             keep_result=True, budget_bytes=budget_bytes)
+                             keep_result=True, budget_bytes=budget_bytes,
+                             max_run_flops=max_run_flops)
   except Exception as e:  # noqa: BLE001
     return timing.error_record(e)
   if "_result" in rec:
@@ -231,7 +233,8 @@ def run_case(case: Case, policy: timing.TimingPolicy, *,
                            arrays)
     log(f"  autontk auto  {_fmt(out['auto'])} plan={out['auto'].get('plan')}")
   if jacrev:
-    out["jax_jacrev"] = run_jacrev(case, policy, budget_bytes, arrays)
+    out["jax_jacrev"] = run_jacrev(case, policy, budget_bytes, arrays,
+                                   max_run_flops)
     log(f"  jax jacrev    {_fmt(out['jax_jacrev'])}")
   return out
 

@@ -20,7 +20,9 @@
 # (AUTONTK_BENCH_TORCH_PYTHON / _DEVICE), no neural-tangents (it needs
 # jax 0.4.23, whose CUDA wheels are not on PyPI; its CPU numbers on a GPU
 # host would not be a comparison). Each suite is bounded by `timeout`, so a
-# slow one cannot take the others' results with it.
+# slow one cannot take the others' results with it (finished cases are
+# saved as they complete). EXTRA_ARGS is appended to every `python -m bench`
+# (e.g. EXTRA_ARGS="--quick --cases fcn32" for a dry run on a CPU machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -67,7 +69,8 @@ print('gpu-' + ''.join(c if c.isalnum() else '-' for c in d.device_kind.lower())
       suite=${spec%%:*}; limit=${spec##*:}
       echo "=== $suite (limit ${limit}s) ==="
       timeout --signal=INT "$limit" "$PY" -m bench --only "$suite" --tag "$TAG" \
-        --peers torch,jax --budget-mib 16384 || echo "suite $suite stopped: $?"
+        --peers torch,jax --budget-mib 16384 ${EXTRA_ARGS:-} \
+        || echo "suite $suite stopped: $?"
     done
     "$PY" -m bench --report-only --tag "$TAG" || true
     if [ -n "${OUT:-}" ]; then

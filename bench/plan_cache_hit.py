@@ -30,7 +30,7 @@ CHILD = textwrap.dedent("""
     import json, sys, time
     import jax
     import autontk
-    from autontk import plancache, suite
+    from autontk import cached_planner, plancache, suite
     from autontk.plancache import plan_from_json
     mode, name = sys.argv[1], sys.argv[2]
     m = suite.SUITE[name]()
@@ -51,7 +51,7 @@ CHILD = textwrap.dedent("""
       jax.block_until_ready(ntk(*args))
       out["seconds"] = time.perf_counter() - t0
       t1 = time.perf_counter()
-      sig = plancache.signature_of(ntk, *args, {})
+      sig = cached_planner.signature_of(ntk, *args, {})
       t2 = time.perf_counter()
       plan = plancache.PlanCache().lookup(sig)
       t3 = time.perf_counter()

@@ -438,7 +438,8 @@ def plot_memory(res: dict, path: str) -> None:
   if budget:
     ax.axvline(budget / 2**20, color="r", lw=0.8, ls=":", label="budget")
   ax.set_title("ResNet / ViT / Mixer at several O: time vs peak memory")
-  ax.legend(fontsize=8)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

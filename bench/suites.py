@@ -43,6 +43,13 @@ class RunConfig:
     peer_timeout_s: wall-clock limit of one peer subprocess.
     tune_budget_s: ``autontk.tune`` budget per case (``regret`` suite).
     case_filter: a regular expression; only cases whose name matches run.
+    max_run_flops: programs above this many compiled FLOPs are compiled and
+      analysed but not run (quick mode keeps to its time budget); torch's
+      recipes are skipped above a quarter of it, judged by the FLOPs of
+      autontk's program for the same method (torch runs eagerly and is
+      slower per FLOP).
+    checkpoint: ``fn(partial_suite_dict)`` called after every case, so a
+      suite stopped by a time limit still leaves its finished cases.
   """
 
   quick: bool = True
@@ -52,6 +59,8 @@ class RunConfig:
   peer_timeout_s: float = 900.0
   tune_budget_s: float = 20.0
   case_filter: str | None = None
+  max_run_flops: float | None = None
+  checkpoint: Any = None
 
   @property
   def policy(self) -> timing.TimingPolicy:
@@ -95,6 +104,20 @@ def _check_kernels(results: dict[str, dict[str, Any]]) -> None:
         rec["rel_err"] = rel_err(rec["_result"], ref)
 
 
+def _torch_skips(cases, per_case, limit) -> dict[str, list[str]]:
+  skip: dict[str, list[str]] = {}
+  if not limit:
+    return skip
+  for c in cases:
+    a = per_case[c.name].get("autontk", {})
+    for key, method in (("torch_jc", "jacobian_contraction"),
+                        ("torch_ntvp", "ntk_vector_products")):
+      fl = a.get(method, {}).get("flops")
+      if fl and fl > limit:
+        skip.setdefault(c.name, []).append(key)
+  return skip
+
+
 def _run_peers(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
                per_case: dict[str, dict[str, dict[str, Any]]],
                log) -> dict[str, Any]:
@@ -102,6 +125,9 @@ def _run_peers(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
   meta: dict[str, Any] = {}
   work = os.path.join(cfg.work, suite)
   job = {"cases": [c.to_json() for c in cases], "dir": work,
+         "max_run_flops": cfg.max_run_flops,
+         "skip": _torch_skips(cases, per_case, cfg.max_run_flops
+                              and cfg.max_run_flops / 4),
          "policy": cfg.policy.to_dict(), "implementations": [1, 2, 3],
          "budget_bytes": None,
          "torch_device": os.environ.get("AUTONTK_BENCH_TORCH_DEVICE")}
@@ -153,7 +179,8 @@ def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
     recs = autontk_runner.run_case(
         c, cfg.policy, methods=methods, auto=auto,
         jacrev=peers and "jax" in cfg.peers, budget_bytes=budget_bytes,
-        max_run_flops=max_run_flops, auto_options=auto_options, log=log)
+        max_run_flops=max_run_flops or cfg.max_run_flops,
+        auto_options=auto_options, log=log)
     per_case[c.name] = {"autontk": {m: recs[m] for m in methods}}
     if auto:
       per_case[c.name]["autontk"]["auto"] = recs["auto"]
@@ -165,6 +192,11 @@ def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
         per_case[c.name]["autontk"]["auto_tuned"] = rec
     if "jax_jacrev" in recs:
       per_case[c.name]["jax"] = {"jax_jacrev": recs["jax_jacrev"]}
+    if cfg.checkpoint is not None:
+      cfg.checkpoint(_strip({"suite": suite, "partial": True, "cases": [
+          dict(k.to_json(), n_params=k.n_params, out_dim=k.out_dim,
+               kernel_entries=k.kernel_entries, results=per_case[k.name])
+          for k in cases if k.name in per_case]}))
   meta = _run_peers(suite, cases, cfg, per_case, log) if peers else {}
   out_cases = []
   for c in cases:

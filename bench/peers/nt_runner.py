@@ -56,7 +56,8 @@ def main(job_path: str) -> None:
                                   implementation=impl)
         rec = timing.measure_jit(lambda a, b, p: ntk(a, b, p),
                                  (x1, x2, params), policy, keep_result=True,
-                                 budget_bytes=budget)
+                                 budget_bytes=budget,
+                                 max_run_flops=job.get("max_run_flops"))
         if "_result" in rec:
           kernels[key] = np.asarray(rec.pop("_result"), np.float64)
       except Exception as e:  # noqa: BLE001 - a failing method is a result
@@ -65,7 +66,7 @@ def main(job_path: str) -> None:
       recs[key] = rec
       print(f"  NT {key} {case.name}: " + (
           f"{rec['median_s'] * 1e3:.2f} ms" if "median_s" in rec
-          else str(rec.get("error") or "over budget")), flush=True)
+          else str(rec.get("error") or "not run")), flush=True)
     results["cases"][case.name] = recs
     np.savez(os.path.join(work, f"nt_{case.name}.npz"), **kernels)
     # Written after every case: a crash later still leaves results.

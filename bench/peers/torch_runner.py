@@ -209,7 +209,13 @@ def main(job_path: str) -> None:
     params = {k: torch.from_numpy(v).to(device) for k, v in params.items()}
     x1, x2 = torch.from_numpy(x1).to(device), torch.from_numpy(x2).to(device)
     recs, kernels = {}, {}
+    skip = job.get("skip", {}).get(case.name, [])
     for key, fn in kernel_fns(case.spec, case.trace, case.out_dim).items():
+      if key in skip:
+        recs[key] = {"skipped_slow": True}
+        print(f"  torch {key} {case.name}: not run (too slow for this mode)",
+              flush=True)
+        continue
       try:
         rec = _time(lambda: fn(params, x1, x2), policy, sync)
         kernels[key] = rec.pop("_result").double().cpu().numpy()
