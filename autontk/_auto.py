@@ -12,7 +12,7 @@ from typing import Any
 
 from autontk._plan import Plan
 from autontk.calibration import CalibratedPredictor
-from autontk.plancache import CachedPlanner, with_cached_measurements
+from autontk.cached_planner import CachedPlanner, with_cached_measurements
 from autontk.planner import Planner, PlannerOptions
 from autontk.report import CostReport
 

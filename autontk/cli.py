@@ -329,7 +329,7 @@ def cmd_report(args) -> int:
     model = _apply_overrides(build_model(factory, dict(args.set or []),
                                          target), args)
     import autontk
-    from autontk.plancache import signature_of
+    from autontk.cached_planner import signature_of
     ntk = autontk.ntk_fn(model["f"], **_ntk_options(model))
     args3 = (model["x1"], model["x2"], model["params"])
     digest = signature_of(ntk, *args3, model["kwargs"]).digest

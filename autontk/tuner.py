@@ -43,7 +43,8 @@ import jax
 from autontk._api import NtkFn, ntk_fn
 from autontk._plan import Plan
 from autontk._types import PyTree
-from autontk.plancache import PlanCache, plan_to_json, signature_of
+from autontk.cached_planner import signature_of
+from autontk.plancache import PlanCache, plan_to_json
 from autontk.signature import Signature
 
 

@@ -116,9 +116,9 @@ def test_jax_compilation_cache_beside_plans(tmp_path):
   before = jax.config.jax_compilation_cache_dir
   try:
     jax.config.update("jax_compilation_cache_dir", None)
-    PlanCache(tmp_path)
+    PlanCache(tmp_path, jax_compilation_cache=True)
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
-    PlanCache(tmp_path / "other")  # a set directory is left alone
+    PlanCache(tmp_path / "other", jax_compilation_cache=True)  # left alone
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
@@ -305,7 +305,7 @@ def test_planner_options_key_the_cache_and_custom_predictors_stay_out(
   import numpy as np
 
   import autontk
-  from autontk.plancache import signature_of
+  from autontk.cached_planner import signature_of
 
   def f(p, x):
     return jnp.tanh(x @ p)

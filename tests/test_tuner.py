@@ -203,7 +203,7 @@ def test_tuned_plan_gives_the_reference_kernel():
 
 def test_ntk_fn_tune_true_tunes_on_first_use(tmp_path, monkeypatch):
   from reference import reference_ntk
-  from autontk.plancache import signature_of
+  from autontk.cached_planner import signature_of
   f, params, x = _model()
   cache = PlanCache(tmp_path, jax_compilation_cache=False)
   ntk = autontk.ntk_fn(f, plan_cache=cache,
