@@ -480,7 +480,8 @@ class PlanCache:
     return found[0]
 
   def clear(self, signature: Any = None) -> int:
-    """Deletes one signature's rows, or everything; returns plans deleted."""
+    """Deletes one signature's rows and tuning journal, or everything;
+    returns the number of plans deleted."""
     count = {"n": 0}
 
     def wipe(db):
@@ -495,6 +496,14 @@ class PlanCache:
         db.execute("DELETE FROM candidates WHERE signature = ?", [d])
 
     self._write(wipe)
+    # The tuner's journals would otherwise resume the cleared timings.
+    pattern = "*.journal" if signature is None else (
+        f"{_digest(signature)}.journal")
+    for journal in (self.directory / "tuning").glob(pattern):
+      try:
+        journal.unlink()
+      except OSError as e:
+        self._warn("journal", f"cannot delete {journal}: {e}")
     return count["n"]
 
   # Moving plans between machines -----------------------------------------

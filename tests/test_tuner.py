@@ -140,6 +140,12 @@ def test_interrupted_run_resumes_without_retiming(tmp_path, monkeypatch):
   assert calls == [NVP]  # JC's timing came from the journal
   assert all(r["measured_s"] for r in result.rows)
   assert result.timed == 1
+  # Clearing the signature clears its journal: everything is timed anew.
+  cache.clear(result.signature)
+  assert not list((tmp_path / "tuning").glob("*.journal"))
+  calls.clear()
+  tune(f, x, None, params, candidates=[JC, NVP], cache=cache, **FAST)
+  assert sorted(calls, key=str) == sorted([JC, NVP], key=str)
 
 
 def test_slower_candidate_stopped_early_and_budget(monkeypatch):
