@@ -403,6 +403,8 @@ class Planner:
     lowered, cost = call.lower(plan)
     analysis_time = cost.seconds
     compile_time = None
+    # Some backends (CUDA as a PJRT plugin) analyse compiled programs only.
+    compile = compile or cost.flops is None
     if compile:
       _, ccost = hlo.compile_and_analyse(lowered)
       compile_time = ccost.seconds
@@ -442,6 +444,7 @@ class Planner:
       cached = hlo.lower_and_analyse(jitted, args, i32, i32)
       call._block_costs[key] = cached  # noqa: SLF001
     lowered, cost = cached
+    compile = compile or cost.flops is None  # no lowered analysis here
     if compile and cost.source == "lowered":
       _, ccost = hlo.compile_and_analyse(lowered)
       cost = _merge_compiled(cost, ccost)

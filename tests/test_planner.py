@@ -208,3 +208,20 @@ def test_auto_without_jit():
   ntk = autontk.ntk_fn(F, vmap_axes=0, jit=False, predictor=ROOFLINE,
                        chunking=False)
   _close(ntk(X, None, PARAMS), reference_ntk(F, PARAMS, X, None))
+
+
+def test_backend_without_lowered_analysis_compiles_to_rank(monkeypatch):
+  """CUDA analyses compiled programs only: the planner compiles to rank."""
+  import dataclasses as dc
+  from autontk.costmodel import hlo
+  original = hlo.analyse_lowered
+
+  def no_counts(lowered, seconds=0.0):
+    return dc.replace(original(lowered, seconds), flops=None,
+                      bytes_accessed=None, transcendentals=None)
+
+  monkeypatch.setattr(hlo, "analyse_lowered", no_counts)
+  ntk = autontk.ntk_fn(F, vmap_axes=0, predictor=ROOFLINE, chunking=False)
+  report = ntk.report(X, None, PARAMS)
+  assert all(e.compile_time is not None and e.flops for e in report.estimates)
+  _close(ntk(X, None, PARAMS), reference_ntk(F, PARAMS, X, None))

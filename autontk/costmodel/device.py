@@ -86,19 +86,27 @@ def _best_time(fn: Callable[[], Any], repeats: int = 5) -> float:
   return best
 
 
-def measure(device: Any = None, size: int = 768) -> DeviceConstants:
-  """Runs the micro-benchmark on ``device`` (about a second on a CPU).
+def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
+  """Runs the micro-benchmark on ``device`` (about two seconds on a CPU).
 
   Best-of-several timings, so that a busy machine reads closer to the
-  device's real speed.
+  device's real speed. Accelerators get larger problems (a 4096² matmul, a
+  256 MB stream), so that launch latency does not pass for throughput.
+
+  Args:
+    device: the device (default: the first one).
+    size: matmul size (default: 768 on CPU, 4096 elsewhere).
   """
   device = device or jax.devices()[0]
+  cpu = device.platform == "cpu"
+  size = size or (768 if cpu else 4096)
+  stream = 1 << (22 if cpu else 26)  # 16 MB (past CPU caches) / 256 MB
   with jax.default_device(device):
     a = jnp.ones((size, size), jnp.float32)
     matmul = jax.jit(lambda x: x @ x)
     flops = 2.0 * size ** 3 / _best_time(lambda: matmul(a))
 
-    v = jnp.ones((1 << 22,), jnp.float32)  # 16 MB: past the caches
+    v = jnp.ones((stream,), jnp.float32)
     axpy = jax.jit(lambda x: 2.0 * x + 1.0)
     bandwidth = 2.0 * v.nbytes / _best_time(lambda: axpy(v))
 
