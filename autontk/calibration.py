@@ -55,6 +55,8 @@ class Sample:
       call (``0`` when unknown).
     n_chunks: number of blocks the chunking evaluates (1 unchunked).
     host_loop: a host-loop chunking (one dispatch per block).
+    calls: compiled calls per evaluation (cost model's count; 0: derive).
+    loop_iterations: compiled loop iterations (cost model's count).
     base_s: the uncalibrated (roofline) prediction, if any.
     measured_s: the measured median, if any.
   """
@@ -67,6 +69,8 @@ class Sample:
   peak_bytes: float = 0.0
   n_chunks: int = 1
   host_loop: bool = False
+  calls: int = 0
+  loop_iterations: int = 0
   base_s: float | None = None
   measured_s: float | None = None
 
@@ -89,6 +93,8 @@ class Sample:
         peak_bytes=_num(feats.get("peak_bytes")),
         n_chunks=int(row.get("n_chunks") or feats.get("n_chunks") or 1),
         host_loop=scheme == "host",
+        calls=int(_num(feats.get("calls"))),
+        loop_iterations=int(_num(feats.get("loop_iterations"))),
         base_s=_pos(row.get("predicted_s")),
         measured_s=_pos(row.get("measured_s")))
 
@@ -245,36 +251,54 @@ def _device_kind() -> str:
   return jax.devices()[0].device_kind
 
 
+def _local_base(device_kind: str) -> Any:
+  """This machine's roofline when ``device_kind`` is this machine's."""
+  if device_kind != _device_kind():
+    return None
+  from autontk.costmodel import predict
+  return predict.default_predictor()
+
+
 def evaluate_cache(cache: Any = None,
                    device_kind: str | None = None) -> dict[str, Any]:
-  """:func:`evaluate` on every measurement of ``device_kind`` in ``cache``."""
+  """:func:`evaluate` on every measurement of ``device_kind`` in ``cache``.
+
+  The uncalibrated baseline is this machine's roofline when the timings are
+  from this device kind, else the predictions stored with the timings.
+  """
   from autontk.plancache import PlanCache
   cache = cache if cache is not None else PlanCache()
   device_kind = device_kind or _device_kind()
   samples = [Sample.from_row(r) for r in cache.measurements(device_kind)]
+  base = _local_base(device_kind) if samples else None
+  if base is not None:
+    samples = rebase(samples, base)
   result = evaluate(samples)
   return {"device_kind": device_kind, **result}
 
 
-_FITTED: dict[tuple[str, str, int], Calibration | None] = {}
+_FITTED: dict[tuple[str, str, int, int], Calibration | None] = {}
 
 
-def for_device(cache: Any = None,
-               device_kind: str | None = None) -> Calibration | None:
+def for_device(cache: Any = None, device_kind: str | None = None,
+               base: Any = None) -> Calibration | None:
   """The calibration fitted on ``cache``'s timings for ``device_kind``.
 
   Fitted once per process and per number of measurements (cheap: a few
-  hundred rows); ``None`` when there is not enough data yet.
+  hundred rows); ``None`` when there is not enough data yet. With ``base``
+  (a predictor), it learns the correction over ``base``'s predictions.
   """
   from autontk.plancache import PlanCache
   cache = cache if cache is not None else PlanCache()
   device_kind = device_kind or _device_kind()
   rows = cache.measurements(device_kind)
-  key = (str(cache.path), device_kind, len(rows))
+  key = (str(cache.path), device_kind, len(rows), id(base))
   if key not in _FITTED:
+    samples = [Sample.from_row(r) for r in rows]
+    if base is not None:
+      samples = rebase(samples, base)
     try:
-      _FITTED[key] = Calibration.fit([Sample.from_row(r) for r in rows],
-                                     device_kind)
+      _FITTED[key] = Calibration.fit(samples, device_kind)
     except NotEnoughData:
       _FITTED[key] = None
   return _FITTED[key]
@@ -288,7 +312,37 @@ def sample_from_features(features: Any, base_s: float | None) -> Sample:
       transcendentals=_num(features.transcendentals),
       peak_bytes=_num(features.peak_memory),
       n_chunks=int(getattr(features, "blocks", 1) or 1),
-      host_loop=int(getattr(features, "calls", 1) or 1) > 1, base_s=base_s)
+      host_loop=int(getattr(features, "calls", 1) or 1) > 1,
+      calls=int(getattr(features, "calls", 1) or 1),
+      loop_iterations=int(getattr(features, "loop_iterations", 0) or 0),
+      base_s=base_s)
+
+
+def cost_features(s: Sample) -> Any:
+  """The cost model's ``CostFeatures`` of a sample (for its predictor)."""
+  from autontk.costmodel.predict import CostFeatures
+  calls = s.calls or ((s.n_chunks + 1) if s.host_loop else 1)
+  loops = s.loop_iterations or (0 if s.host_loop or s.n_chunks == 1
+                                else s.n_chunks)
+  return CostFeatures(s.method, s.flops, s.bytes, s.transcendentals,
+                      s.peak_bytes, calls, loops, s.n_chunks)
+
+
+def rebase(samples: Sequence[Sample], base: Any) -> list[Sample]:
+  """Samples with ``base_s`` recomputed by the predictor ``base``.
+
+  The cache stores whatever the planner predicted at the time (possibly an
+  already calibrated prediction); the calibration must learn its
+  correction over the same base it corrects at prediction time.
+  """
+  out = []
+  for s in samples:
+    try:
+      b = _pos(base.predict(cost_features(s)))
+    except Exception:  # noqa: BLE001 - keep the stored prediction
+      b = s.base_s
+    out.append(dataclasses.replace(s, base_s=b if b else s.base_s))
+  return out
 
 
 class CalibratedPredictor:
@@ -329,7 +383,7 @@ class CalibratedPredictor:
   def calibration(self) -> Calibration | None:
     """The fitted calibration, or ``None`` without enough timings."""
     if not self._ready:
-      self._fitted = for_device(self._cache, self._device_kind)
+      self._fitted = for_device(self._cache, self._device_kind, self.base)
       self._ready = True
     return self._fitted
 

@@ -121,3 +121,31 @@ def test_calibrated_predictor_plugs_into_the_cost_model(tmp_path):
   ratio = p.predict(feats) / Roofline().predict(feats)
   assert 2.0 < ratio < 4.5
   assert "calibrated on 72 timings" in p.describe()
+
+
+def test_calibration_learns_over_the_base_it_corrects(tmp_path):
+  """Stored predictions may come from an older (or calibrated) predictor;
+  the fit recomputes them with the base predictor it will correct."""
+  pytest.importorskip("autontk.costmodel.predict")
+  cache = PlanCache(tmp_path, jax_compilation_cache=False)
+  samples = _synthetic(6, seed=6)
+  for g in sorted({s.group for s in samples}):
+    rows = [{"plan": Plan(Implementation[s.method.upper()]),
+             "predicted_s": 1.0,  # a stale, useless prediction
+             "measured_s": s.measured_s,
+             "features": {"flops": s.flops, "bytes": s.bytes}}
+            for s in samples if s.group == g and s.n_chunks == 1]
+    cache.record_candidates(hashlib.sha256(g.encode()).hexdigest(), rows)
+
+  class Roofline:
+    def predict(self, features):
+      return calibration.roofline_proxy(
+          calibration.sample_from_features(features, None))
+
+  kind = cache.measurements()[0]["device_kind"]
+  p = calibration.CalibratedPredictor(cache, base=Roofline(),
+                                      device_kind=kind)
+  test = [s for s in _synthetic(2, seed=7) if s.n_chunks == 1]
+  pred = [p.predict(calibration.cost_features(s)) for s in test]
+  log_err = np.abs(np.log(pred) - np.log([s.measured_s for s in test]))
+  assert np.median(log_err) < 0.5  # the stale 1.0 s would be off by ~1e4
