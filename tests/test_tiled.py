@@ -263,7 +263,8 @@ def test_errors():
 
 def test_resume_keeps_the_plans_it_started_with(tmp_path):
   f, params, x1, _ = mlp_model()
-  first = autontk.ntk_fn(f, trace_axes=(), implementation="jacobian_contraction")
+  first = autontk.ntk_fn(f, trace_axes=(),
+                         implementation="jacobian_contraction")
   out = tmp_path / "run"
   full = np.array(autontk.ntk_tiled(first, x1, None, params, tile=3, out=out,
                                     progress=False))

@@ -35,7 +35,8 @@ MODEL = textwrap.dedent("""
       params = {"w": jax.random.normal(k[0], (3, 6)) / 2,
                 "v": jax.random.normal(k[1], (6, 2))}
       def f(p, x):
-        return {"out": jnp.tanh(x @ p["w"]) @ p["v"], "hid": jnp.sin(x @ p["w"])}
+        h = x @ p["w"]
+        return {"out": jnp.tanh(h) @ p["v"], "hid": jnp.sin(h)}
       return f, params, jax.random.normal(k[2], (9, 3)), jax.random.normal(
           k[3], (7, 3))
     """)

@@ -21,7 +21,8 @@ def model(image: int = 8, channels: int = 3, width: int = 8,
   """``(f, params)`` of the small CNN on ``image × image × channels`` inputs."""
   k = jax.random.split(jax.random.PRNGKey(seed), 3)
   params = {
-      "c1": jax.random.normal(k[0], (3, 3, channels, width)) / (9 * channels) ** 0.5,
+      "c1": (jax.random.normal(k[0], (3, 3, channels, width)) /
+             (9 * channels) ** 0.5),
       "b1": jnp.zeros((width,)),
       "c2": jax.random.normal(k[1], (3, 3, width, width)) / (9 * width) ** 0.5,
       "b2": jnp.zeros((width,)),
@@ -67,5 +68,6 @@ def machine() -> dict:
           break
   except OSError:
     pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1),
-          "jax": jax.__version__, "python": platform.python_version()}
+  return {"cpu": cpu, "cores": os.cpu_count(),
+          "memory_gib": round(mem / 2**30, 1), "jax": jax.__version__,
+          "python": platform.python_version()}

@@ -68,17 +68,26 @@ def big_kernel(lines):
 
 
 def throughput(lines):
-  r = _load("throughput.json")
+  for name in ("throughput.json", "throughput_one_thread.json"):
+    _throughput(lines, name)
+
+
+def _throughput(lines, name):
+  r = _load(name)
   if r is None:
     return
   m = r["machine"]
   row0 = r["rows"][0]
-  lines += [f"### Throughput, 1 to {len(r['rows'])} simulated CPU devices", "",
+  how = (", one thread per device (XLA intra-op threads off)"
+         if r.get("one_thread_per_device") else ", XLA's default threading")
+  lines += [f"### Throughput, 1 to {len(r['rows'])} simulated CPU devices"
+            f"{how}", "",
             f"Traced NTK of the small CNN, N = {row0['n']}, x2 = None, tile "
             f"{row0['tile']} ({row0['tiles']} tiles), steady state (after a "
             f"warm-up call). Machine: {m['cpu']}, {m['cores']} cores; "
             f"{r['date']}.", "",
-            "| devices | seconds | tiles/s | kernel entries/s | speed-up | plan |",
+            "| devices | seconds | tiles/s | kernel entries/s | speed-up "
+            "| plan |",
             "|---|---|---|---|---|---|"]
   for row in r["rows"]:
     lines.append(f"| {row['devices']} | {row['seconds']:.2f} | "
@@ -92,10 +101,11 @@ def extrapolation(lines):
                                             "extrapolation_*.json"))):
     r = _load(os.path.basename(path))
     a = r["assumptions"]
+    measured = next(iter(r["kernels"].values()))["measured"]
     lines += [f"### Extrapolation: {r['n']:,} × {r['n']:,} kernel of the "
               f"{r['model']}", "",
               f"Per-tile cost measured {r['date']} (tiles "
-              f"{', '.join(str(m['tile']) for m in next(iter(r['kernels'].values()))['measured'])}"
+              f"{', '.join(str(m['tile']) for m in measured)}"
               f"), fitted as a·t + b·t². GPU estimate: roofline at "
               f"{a['efficiency']:.0%} of fp32 peak and of HBM bandwidth, "
               f"{a['launch_s'] * 1e3:.0f} ms per tile, output written at "
