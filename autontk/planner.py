@@ -502,17 +502,26 @@ def _memory_variant(plan: Plan) -> bool:
 
 
 def _merge_compiled(lowered: hlo.HloCost, compiled: hlo.HloCost) -> hlo.HloCost:
-  """Compiled numbers where known (fused bytes, exact memory)."""
+  """Compiled numbers where known (fused bytes, exact memory).
+
+  Off CPU, FLOPs never fall below the contractions counted in the lowered
+  text: GPU backends report custom-call matmuls as -1 (unknown). On CPU the
+  compiled count is exact, and may be lower after XLA's simplifications.
+  """
   def pick(c, l):
     return c if c is not None else l
+  flops = pick(compiled.flops, lowered.flops)
+  if lowered.contraction_flops and (compiled.flops is None or
+                                    jax.default_backend() != "cpu"):
+    flops = max(flops or 0.0, lowered.contraction_flops)
   return hlo.HloCost(
-      pick(compiled.flops, lowered.flops),
+      flops,
       pick(compiled.bytes_accessed, lowered.bytes_accessed),
       pick(compiled.transcendentals, lowered.transcendentals),
       pick(compiled.peak_memory, lowered.peak_memory),
       compiled.peak_memory is not None, "compiled",
       lowered.seconds, lowered.grouped_conv_flops,
-      lowered.depthwise_conv_flops)
+      lowered.depthwise_conv_flops, lowered.contraction_flops)
 
 
 def _kernel_bytes(problem: NtkProblem, grid) -> float:

@@ -232,3 +232,20 @@ def test_stale_constants_entry_is_remeasured(tmp_path, monkeypatch):
   fake = DeviceConstants(1e11, 1e10, 1e-5, 1e-7, "cpu", "cpu", 1e9, 1e8)
   monkeypatch.setattr(device, "measure", lambda d=None: fake)
   assert device.constants() == fake
+
+
+def test_contraction_flops_counted_from_text():
+  cases = [
+      (lambda a, b: a @ b, (jnp.ones((8, 16)), jnp.ones((16, 4))), 1024.0),
+      (lambda c, d: jnp.einsum("bij,bjk->bik", c, d),
+       (jnp.ones((3, 2, 5)), jnp.ones((3, 5, 7))), 2 * 3 * 2 * 7 * 5),
+      (lambda a: a @ a, (jnp.ones(16),), 32.0),
+      (lambda x, w: jax.lax.conv_general_dilated(
+          x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+       (jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))),
+       2 * (2 * 6 * 6 * 6) * 9 * 4),
+  ]
+  for fn, args, want in cases:
+    _, cost = hlo.lower_and_analyse(jax.jit(fn), *args)
+    assert cost.contraction_flops == want
+    assert cost.flops == pytest.approx(want)

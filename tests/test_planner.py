@@ -225,3 +225,16 @@ def test_backend_without_lowered_analysis_compiles_to_rank(monkeypatch):
   report = ntk.report(X, None, PARAMS)
   assert all(e.compile_time is not None and e.flops for e in report.estimates)
   _close(ntk(X, None, PARAMS), reference_ntk(F, PARAMS, X, None))
+
+
+def test_custom_call_matmuls_do_not_hide_flops():
+  """GPU matmuls may report -1 FLOPs; the lowered text's count is a floor."""
+  from autontk.costmodel import hlo
+  from autontk.planner import _merge_compiled
+  lowered = hlo.HloCost(1e6, 1e3, 0.0, None, contraction_flops=9e5)
+  compiled = hlo.HloCost(None, 5e2, None, 4e3, True, "compiled")
+  merged = _merge_compiled(lowered, compiled)
+  assert merged.flops == 1e6 and merged.bytes_accessed == 5e2
+  compiled = hlo.HloCost(1e3, 5e2, None, 4e3, True, "compiled")
+  floor = 9e5 if jax.default_backend() != "cpu" else 1e3  # CPU: exact
+  assert _merge_compiled(lowered, compiled).flops == floor

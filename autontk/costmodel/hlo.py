@@ -45,6 +45,9 @@ class HloCost:
       order of magnitude below dense speed on CPUs.
     depthwise_conv_flops: FLOPs in grouped convolutions with small windows
       (depthwise layers, patch extraction), part of ``flops``.
+    contraction_flops: FLOPs of every ``dot_general`` and convolution,
+      counted from the StableHLO text: a floor for ``flops`` where the
+      backend hides contractions in custom calls (GPU matmuls report -1).
   """
 
   flops: float | None = None
@@ -56,6 +59,7 @@ class HloCost:
   seconds: float = 0.0
   grouped_conv_flops: float = 0.0
   depthwise_conv_flops: float = 0.0
+  contraction_flops: float = 0.0
 
   def scaled(self, factor: float, source: str = "scaled") -> "HloCost":
     """Work multiplied by ``factor`` (memory unchanged)."""
@@ -67,6 +71,8 @@ class HloCost:
                                grouped_conv_flops=self.grouped_conv_flops *
                                factor,
                                depthwise_conv_flops=self.depthwise_conv_flops *
+                               factor,
+                               contraction_flops=self.contraction_flops *
                                factor, source=source)
 
   def plus(self, other: "HloCost") -> "HloCost":
@@ -81,7 +87,8 @@ class HloCost:
                    self.peak_memory_exact and other.peak_memory_exact,
                    "scaled", self.seconds + other.seconds,
                    self.grouped_conv_flops + other.grouped_conv_flops,
-                   self.depthwise_conv_flops + other.depthwise_conv_flops)
+                   self.depthwise_conv_flops + other.depthwise_conv_flops,
+                   self.contraction_flops + other.contraction_flops)
 
 
 def _known(v: Any) -> float | None:
@@ -182,32 +189,71 @@ def conv_flops(stablehlo_text: str) -> tuple[float, float]:
   "grouped" are those with a window larger than 5×5: the shape per-example
   weight gradients take under ``vmap`` (the activations' spatial extent is
   the window). "depthwise" are the small-window ones (depthwise layers,
-  patch extraction). Each output element costs 2 × (window size) ×
-  (kernel input features) FLOPs, padded window positions included (so
-  slightly above XLA's count at the borders).
+  patch extraction). See :func:`contraction_flops` for the count.
   """
   grouped = depthwise = 0.0
-  for line in stablehlo_text.splitlines():
+  for flops, window, groups in _convolutions(stablehlo_text):
+    if groups == 1:
+      continue
+    if window > _LARGE_WINDOW:
+      grouped += flops
+    else:
+      depthwise += flops
+  return grouped, depthwise
+
+
+def _convolutions(text: str):
+  """``(flops, window size, group count)`` of each convolution."""
+  for line in text.splitlines():
     if "stablehlo.convolution" not in line:
       continue
     m = _CONV.search(line)
     if m is None:
       continue
     _, rhs_spec, _, bgc, fgc, _, rhs, out = m.groups()
-    if int(bgc) == 1 and int(fgc) == 1:
-      continue
     spec = [t.strip() for t in rhs_spec.split(",")]
     kernel = _dims(rhs)
     if len(spec) != len(kernel):
       continue
     window = math.prod(k for t, k in zip(spec, kernel) if t not in "io")
     k_in = kernel[spec.index("i")] if "i" in spec else 1
-    flops = 2.0 * math.prod(_dims(out)) * window * k_in
-    if window > _LARGE_WINDOW:
-      grouped += flops
-    else:
-      depthwise += flops
-  return grouped, depthwise
+    yield (2.0 * math.prod(_dims(out)) * window * k_in, window,
+           int(bgc) * int(fgc))
+
+
+_TYPE = r"tensor<(?:([0-9]+(?:x[0-9]+)*)x)?[a-z]\w*>"
+_DOT = re.compile(
+    r"stablehlo\.dot_general.*?contracting_dims = \[([^\]]*)\] x "
+    r"\[[^\]]*\].*?:\s*\(" + _TYPE + r", " + _TYPE + r"\)\s*->\s*" + _TYPE)
+
+
+def contraction_flops(stablehlo_text: str) -> float:
+  """FLOPs of every ``dot_general`` and convolution in a StableHLO module.
+
+  A dot costs 2 × (output size) × (contracted size); a convolution
+  2 × (output size) × (window size) × (kernel input features), padded
+  window positions included (slightly above XLA's count at the borders).
+
+  >>> contraction_flops("stablehlo.dot_general %a, %b, contracting_dims = "
+  ...     "[1] x [0] : (tensor<8x16xf32>, tensor<16x4xf32>) -> "
+  ...     "tensor<8x4xf32>")
+  1024.0
+  """
+  total = sum(f for f, _, _ in _convolutions(stablehlo_text))
+  for line in stablehlo_text.splitlines():
+    if "stablehlo.dot_general" not in line:
+      continue
+    m = _DOT.search(line)
+    if m is None:
+      continue
+    contracting, lhs, _, out = m.groups()
+    lhs_dims = _dims(lhs or "")
+    axes = [int(a) for a in contracting.split(",") if a.strip()]
+    if any(a >= len(lhs_dims) for a in axes):
+      continue
+    total += 2.0 * math.prod(_dims(out or "")) * math.prod(lhs_dims[a]
+                                                     for a in axes)
+  return total
 
 
 def _io_bytes(lowered: Any) -> float:
@@ -230,15 +276,17 @@ def analyse_lowered(lowered: Any, seconds: float = 0.0) -> HloCost:
   several), marked ``peak_memory_exact=False``: compile to confirm it.
   """
   counts = read_cost_analysis(_safe(lowered.cost_analysis))
-  grouped = depthwise = 0.0
+  grouped = depthwise = contractions = 0.0
   try:
     text = lowered.as_text()
     peak = _io_bytes(lowered) + largest_tensor_bytes(text)
     grouped, depthwise = conv_flops(text)
+    contractions = contraction_flops(text)
   except Exception:  # noqa: BLE001 - an estimate only; unknown is fine
     peak = None
   return HloCost(counts[_FLOPS], counts[_BYTES], counts[_TRANSCENDENTALS],
-                 peak, False, "lowered", seconds, grouped, depthwise)
+                 peak, False, "lowered", seconds, grouped, depthwise,
+                 contractions)
 
 
 def analyse_compiled(compiled: Any, seconds: float = 0.0) -> HloCost:
