@@ -77,8 +77,16 @@ def mlp_jacobians():
           reference.jacobian_leaves(f, MLP_PARAMS, XB))
 
 
-@pytest.mark.parametrize("vmap_axes", [None, 0])
-@pytest.mark.parametrize("trace_axes,diagonal_axes", AXES)
+# Every axes option per-example; the full-batch path on a few of them (the
+# rest are marked slow).
+FULL_BATCH_FAST = {((-1,), ()), ((), (0,)), ((0,), (1,))}
+AXES_CASES = [pytest.param(t, d, 0, id=f"{t}-{d}-vmap0") for t, d in AXES] + [
+    pytest.param(t, d, None, id=f"{t}-{d}-full",
+                 marks=() if (t, d) in FULL_BATCH_FAST else pytest.mark.slow)
+    for t, d in AXES]
+
+
+@pytest.mark.parametrize("trace_axes,diagonal_axes,vmap_axes", AXES_CASES)
 def test_mlp_axes(mlp_jacobians, trace_axes, diagonal_axes, vmap_axes):
   ja, jb = mlp_jacobians
   batch_matched = 0 in trace_axes or 0 in diagonal_axes
@@ -92,7 +100,8 @@ def test_mlp_axes(mlp_jacobians, trace_axes, diagonal_axes, vmap_axes):
 @pytest.mark.parametrize("config", [
     StructuredConfig(structure_rules=False),
     StructuredConfig(structure_rules=False, jacobian_rules=False),
-    StructuredConfig(optimize="greedy", precision="highest")])
+    pytest.param(StructuredConfig(optimize="greedy", precision="highest"),
+                 marks=pytest.mark.slow)])
 def test_mlp_configs(config):
   _check(mlp, MLP_PARAMS, XA, XB, trace_axes=(), vmap_axes=0, config=config)
 
