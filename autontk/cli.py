@@ -337,10 +337,7 @@ def cmd_report(args) -> int:
       # Not tuned or planned yet: the cost model's report, computed now.
       live_report = ntk.report(*args3, **model["kwargs"])
   else:
-    try:
-      digest = cache.resolve(target)
-    except (KeyError, ValueError) as e:
-      raise CliError(str(e).strip('"'))
+    digest = _resolve(cache, target)
   entry = cache.entry(digest)
   rows = _rows_for_report(cache, digest)
   if live_report is not None and not rows:
@@ -419,6 +416,13 @@ def _plot(rows, chosen, path) -> None:
   plt.close(fig)
 
 
+def _resolve(cache, prefix: str) -> str:
+  try:
+    return cache.resolve(prefix)
+  except (KeyError, ValueError) as e:
+    raise CliError(str(e).strip('"')) from None
+
+
 def cmd_cache(args) -> int:
   cache = _cache(args)
   action = args.cache_action
@@ -444,10 +448,7 @@ def cmd_cache(args) -> int:
             f"{e['describe']}")
     return 0
   if action == "show":
-    try:
-      digest = cache.resolve(args.signature)
-    except (KeyError, ValueError) as e:
-      raise CliError(str(e).strip('"'))
+    digest = _resolve(cache, args.signature)
     entry = cache.entry(digest) or {"signature": digest}
     entry["candidates"] = _rows_for_report(cache, digest)
     if args.json:
@@ -469,10 +470,7 @@ def cmd_cache(args) -> int:
     return 0
   if action == "clear":
     if args.signature:
-      try:
-        digest = cache.resolve(args.signature)
-      except (KeyError, ValueError) as e:
-        raise CliError(str(e).strip('"'))
+      digest = _resolve(cache, args.signature)
       print(f"Removed {cache.clear(digest)} plan ({digest[:12]}).")
       return 0
     if not args.yes:
@@ -481,7 +479,7 @@ def cmd_cache(args) -> int:
     print(f"Removed {cache.clear()} plans from {cache.path}.")
     return 0
   if action == "export":
-    sigs = [cache.resolve(s) for s in args.signatures] or None
+    sigs = [_resolve(cache, s) for s in args.signatures] or None
     n = cache.export(args.file, sigs)
     print(f"Exported {n} plans to {args.file}.")
     return 0
