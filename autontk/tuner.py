@@ -195,7 +195,11 @@ def time_plan(ntk: NtkFn, plan: Plan, x1: PyTree, x2: PyTree | None,
     return time.perf_counter() - t0
 
   compile_s = once()  # compile and first run
-  once()  # warm-up: caches, allocator, frequency scaling
+  warm = once()  # warm-up: caches, allocator, frequency scaling
+  if stop_above_s is not None and warm > 2 * stop_above_s:
+    # Far slower than the best already: the warm-up run is evidence enough.
+    return Timing(median_s=warm, min_s=warm, repeats=1,
+                  compile_s=max(compile_s - warm, 0.0), stopped_early=True)
   times: list[float] = []
   stopped = False
   while len(times) < options.max_repeats:
