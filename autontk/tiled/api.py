@@ -346,7 +346,9 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
     ts = choose_tile(inner, side1, side2, params, n1, n2,
                      square=symmetric or matched, devices=cluster.size,
                      budget=budget, same_inputs=symmetric and matched)
-    ts = cluster.from_process_0(ts)
+  # An automatic or stored tile can differ between hosts (free memory, a
+  # meta.json read while process 0 rewrites it): process 0's choice wins.
+  ts = cluster.from_process_0(tuple(ts))
   grid = TileGrid(n1, n2, ts[0], ts[1], symmetric, matched)
   run = _Run(inner, inner_problem, side1, side2, grid, cluster, params)
 
