@@ -112,7 +112,7 @@ def test_chunked_equals_reference(kernel_fns, impl, scheme, axes, same):
   _check(got, ref)
 
 
-@pytest.mark.parametrize("block", [1, 3, 5, 7])
+@pytest.mark.parametrize("block", [3, 7])
 def test_block_sizes_any(kernel_fns, block):
   impl = METHODS[0]
   ntk = kernel_fns(impl, (-1,), ())

@@ -111,17 +111,24 @@ def test_report_lists_every_candidate(auto_ntk, tmp_path):
   assert path.stat().st_size > 1000
 
 
+def _plan_report(ntk, x, params):
+  """The planner's own (not full) report: what planning estimated."""
+  planner = getattr(ntk._planner, "planner", ntk._planner)
+  return planner.plan_report(ntk, x, None, params, {})
+
+
 def test_tiny_budget_forces_a_chunked_plan_under_budget():
   f, params = _mlp((8, 128, 128, 2), seed=3)
   x = jax.random.normal(jax.random.PRNGKey(4), (16, 8))
   jc = (Implementation.JACOBIAN_CONTRACTION,)
-  kw = dict(vmap_axes=0, trace_axes=(), methods=jc, predictor=ROOFLINE)
+  kw = dict(vmap_axes=0, trace_axes=(), methods=jc, predictor=ROOFLINE,
+            block_sizes=(4,))
   roomy = autontk.ntk_fn(f, **kw)
-  whole = [e for e in roomy.report(x, None, params).estimates
-           if e.plan.chunking is None][0]
+  whole = _plan_report(roomy, x, params).chosen_estimate
+  assert whole.plan.chunking is None and whole.peak_memory_exact
   budget = int(whole.peak_memory * 0.5)
   tight = autontk.ntk_fn(f, memory_budget=budget, **kw)
-  report = tight.report(x, None, params)
+  report = _plan_report(tight, x, params)
   unchunked = [e for e in report.estimates if e.plan.chunking is None][0]
   assert not unchunked.feasible and "exceeds the budget" in unchunked.reason
   chosen = report.chosen_estimate
