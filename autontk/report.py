@@ -69,7 +69,7 @@ class CostReport:
           "method": e.plan.implementation.name.lower(),
           "config": "" if e.plan.config is None else _config(e.plan.config),
           "chunking": "-" if c is None else f"{c.scheme} b={c.block_size}",
-          "blocks": str(e.blocks),
+          "blocks": str(e.blocks) if e.estimated else "-",
           "GFLOP": _num(e.flops, 1e9),
           "MB moved": _num(e.bytes_accessed, 1e6),
           "peak MB": _num(e.peak_memory, 1e6) + (
