@@ -9,6 +9,8 @@ memory or in ``.npy`` files with a manifest that makes the run resumable
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -402,23 +404,38 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
 
 def _compute(run: _Run, store: Any, todo: Sequence[Tile], total: int,
              progress: bool) -> None:
+  """Dispatches groups in order; a writer thread stores finished ones.
+
+  Dispatch is asynchronous on most backends, but not always (several CPU
+  devices run a call with freshly transferred inputs synchronously), so
+  writing happens on its own thread to overlap computing either way. At most
+  two groups wait to be written.
+  """
   from tqdm.auto import tqdm
   bar = tqdm(total=total, initial=total - len(todo), unit="tile",
              desc="ntk tiles", dynamic_ncols=True,
              disable=not progress or run.cluster.process_index != 0)
-  pending = None
-  try:
-    for group in _groups(todo, run.cluster.size):
-      outs = run.dispatch(group)  # asynchronous: overlaps the write below
-      if pending is not None:
-        _finish(run, store, *pending)
-        bar.update(len(pending[0]))
-      pending = (group, outs)
-    if pending is not None:
-      _finish(run, store, *pending)
-      bar.update(len(pending[0]))
-  finally:
-    bar.close()
+  pending: collections.deque = collections.deque()
+
+  def drain(keep: int) -> None:
+    while len(pending) > keep:
+      n, future = pending.popleft()
+      future.result()  # re-raises a failed write here
+      bar.update(n)
+
+  with concurrent.futures.ThreadPoolExecutor(
+      1, thread_name_prefix="autontk-tile-writer") as writer:
+    try:
+      for group in _groups(todo, run.cluster.size):
+        outs = run.dispatch(group)
+        pending.append((len(group),
+                        writer.submit(_finish, run, store, group, outs)))
+        drain(keep=2)
+      drain(keep=0)
+    finally:
+      for _, future in pending:
+        future.cancel()
+      bar.close()
 
 
 def _finish(run: _Run, store: Any, group: Sequence[Tile],
