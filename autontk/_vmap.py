@@ -161,6 +161,14 @@ def per_example(f: Callable[..., Any], spec: VmapSpec, x_treedef: Any,
     if td != out_treedef:
       raise ValueError("f returned a different output structure on a single "
                        "example than on the batch; check `vmap_axes`.")
+    for i, (o, a) in enumerate(zip(leaves, spec.out_axes)):
+      if o.shape[a] != 1:
+        raise ValueError(
+            f"`vmap_axes` does not fit f: on one example, output leaf {i} has "
+            f"shape {tuple(o.shape)} with size {o.shape[a]} on batch axis {a}"
+            f" (expected 1). A kwarg with a batch axis must be named in "
+            f"vmap_axes=(in_axes, out_axes, {{'name': axis}}); or pass "
+            f"vmap_axes=None.")
     return [jnp.squeeze(o, a) for o, a in zip(leaves, spec.out_axes)]
 
   return g

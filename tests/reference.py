@@ -41,7 +41,11 @@ def jacobian_leaves(f, params, x, **kwargs):
   def g(v):
     return jax.tree.leaves(f(rebuild(unravel(v)), x, **kwargs))
 
-  return [np.asarray(j, dtype=np.float64) for j in jax.jacrev(g)(flat)]
+  try:
+    jac = jax.jacrev(g)(flat)
+  except (TypeError, ValueError):  # e.g. while loops have no reverse mode
+    jac = jax.jacfwd(g)(flat)
+  return [np.asarray(j, dtype=np.float64) for j in jac]
 
 
 def contract(j1, j2, trace_axes, diagonal_axes):

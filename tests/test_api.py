@@ -3,6 +3,8 @@ errors, and property tests over random MLPs."""
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,3 +275,38 @@ def test_random_mlps(n1, n2, d, widths, axes, impl, vmap, seed):
                            case.x1, case.x2, case.params)
   assert_kernels_close(got, reference_ntk(case.f, case.params, case.x1,
                                           case.x2, trace, diag))
+
+
+# Functions that support only one autodiff mode ----------------------------------
+
+@jax.custom_vjp
+def _sin_custom(x):
+  return jnp.sin(x)
+
+
+_sin_custom.defvjp(lambda x: (jnp.sin(x), jnp.cos(x)),
+                   lambda c, g: (g * c,))
+
+
+def _custom_vjp_f(p, x):
+  return _sin_custom(x @ p["w"]) @ p["v"]
+
+
+def _while_f(p, x):
+  def body(c):
+    return c[0] + 1, jnp.tanh(c[1] @ p["w"])
+  return jax.lax.while_loop(lambda c: c[0] < 2, body, (0, x))[1] @ p["v"]
+
+
+@pytest.mark.parametrize("impl", METHODS, ids=lambda i: i.name.lower())
+@pytest.mark.parametrize("f", [_custom_vjp_f, _while_f],
+                         ids=["custom_vjp", "while_loop"])
+def test_single_mode_autodiff(f, impl):
+  k = jax.random.split(jax.random.PRNGKey(4), 4)
+  p = {"w": jax.random.normal(k[0], (3, 3)), "v": jax.random.normal(k[1], (3, 2))}
+  x1, x2 = jax.random.normal(k[2], (2, 3)), jax.random.normal(k[3], (3, 3))
+  ntk = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=impl)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # while: falls back to fwd
+    got = ntk(x1, x2, p)
+  assert_kernels_close(got, reference_ntk(f, p, x1, x2, (), ()))

@@ -63,4 +63,24 @@ def compute(implementation: Implementation, problem: Any,
   record = get(implementation)
   if not problem.theta:
     return problem.zeros()
-  return record.compute(problem, config)
+  try:
+    return record.compute(problem, config)
+  except ValueError as e:
+    # Loops with a dynamic trip count (while_loop, fori_loop with traced
+    # bounds) have no reverse mode, which methods 2 and 3 need; forward-mode
+    # Jacobian contraction is the exact method left.
+    from autontk.methods import jacobian_contraction as jc
+    if (implementation is Implementation.JACOBIAN_CONTRACTION or
+        not jc.is_autodiff_mode_error(e)):
+      raise
+    _warn_fallback(implementation, e)
+    return jc.compute(problem, jc.JacobianContractionConfig(mode="fwd"))
+
+
+def _warn_fallback(implementation: Implementation, e: Exception) -> None:
+  import warnings
+  warnings.warn(
+      f"autontk: {implementation.name.lower()} needs reverse-mode "
+      f"differentiation, which this model does not support ({e}); computing "
+      f"the kernel with forward-mode Jacobian contraction instead.",
+      RuntimeWarning, stacklevel=3)

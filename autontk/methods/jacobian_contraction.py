@@ -34,9 +34,32 @@ class JacobianContractionConfig:
 
 
 def _jac(fun, argnums: int, n_out: int, n_params: int, mode: str):
-  if mode == "fwd" or (mode == "auto" and n_params < n_out):
-    return jax.jacfwd(fun, argnums=argnums)
-  return jax.jacrev(fun, argnums=argnums)
+  fwd = jax.jacfwd(fun, argnums=argnums)
+  rev = jax.jacrev(fun, argnums=argnums)
+  if mode == "fwd":
+    return fwd
+  if mode == "rev":
+    return rev
+  first, second = (fwd, rev) if n_params < n_out else (rev, fwd)
+
+  def jac(*args):
+    # Some functions support only one mode: custom_vjp has no JVP, and
+    # while loops with dynamic trip counts have no VJP.
+    try:
+      return first(*args)
+    except (TypeError, ValueError) as e:
+      if not is_autodiff_mode_error(e):
+        raise
+      return second(*args)
+
+  return jac
+
+
+def is_autodiff_mode_error(e: Exception) -> bool:
+  """True for JAX's "this function has no JVP / no VJP" errors."""
+  msg = str(e)
+  return ("can't apply forward-mode autodiff" in msg or
+          "Reverse-mode differentiation does not work" in msg)
 
 
 def jacobians(problem: NtkProblem, which: int,

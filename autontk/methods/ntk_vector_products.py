@@ -97,15 +97,30 @@ def _leaf_fn(fn: Callable, i: int) -> Callable:
   return lambda theta, *a: fn(theta, *a)[i]
 
 
+def _push_forward(fn: Callable, theta: Any) -> Callable:
+  """``v -> J v`` for ``fn`` at ``theta``.
+
+  Forward mode when it applies; otherwise (functions with a ``custom_vjp``
+  have no JVP) the transpose of the VJP, which is the same linear map.
+  """
+  try:
+    lin = jax.linearize(fn, theta)[1]
+    # With a custom_vjp inside, only applying (and batching) lin fails.
+    jax.eval_shape(jax.vmap(lin), jax.tree.map(lambda t: t[None], theta))
+    return lin
+  except TypeError as e:
+    if "custom_vjp" not in str(e):
+      raise
+  out, pull = jax.vjp(fn, theta)
+  push = jax.linear_transpose(pull, out)
+  return lambda v: push((v,))[0]
+
+
 def _full_batch_kernel(problem: NtkProblem, i: int, chunk: int | None):
   axes = problem.axes[i]
   shape1, shape2 = problem.out1[i].shape, problem.out2[i].shape
-  _, lin1 = jax.linearize(_leaf_fn(problem.fn(1), i), problem.theta)
-  if problem.same_inputs:
-    lin2 = lin1
-  else:
-    _, lin2 = jax.linearize(_leaf_fn(problem.fn(2), i), problem.theta)
-  pull = jax.linear_transpose(lin2, problem.theta)
+  lin1 = _push_forward(_leaf_fn(problem.fn(1), i), problem.theta)
+  _, pull = jax.vjp(_leaf_fn(problem.fn(2), i), problem.theta)
   dtype = problem.out2[i].dtype
 
   def column(idx):
@@ -128,9 +143,8 @@ def _paired_kernel(problem: NtkProblem, i: int, chunk: int | None):
   theta = problem.theta
 
   def pair(x1j, k1j, x2j, k2j):
-    _, lin1 = jax.linearize(lambda t: g1(t, x1j, k1j)[i], theta)
-    _, lin2 = jax.linearize(lambda t: g2(t, x2j, k2j)[i], theta)
-    pull = jax.linear_transpose(lin2, theta)
+    lin1 = _push_forward(lambda t: g1(t, x1j, k1j)[i], theta)
+    _, pull = jax.vjp(lambda t: g2(t, x2j, k2j)[i], theta)
 
     def column(idx):
       (v,) = pull(_one_hot(idx, shape2, dtype))
@@ -164,7 +178,7 @@ def _per_example_vjp_kernel(problem: NtkProblem, i: int, chunk: int | None):
                 jnp.arange(csize), chunk)
 
   vs = jax.vmap(pullbacks, in_axes=(xin2, kwin2))(xl2, kw2)  # (N2, csize, θ)
-  _, lin1 = jax.linearize(_leaf_fn(problem.fn(1), i), theta)
+  lin1 = _push_forward(_leaf_fn(problem.fn(1), i), theta)
   other = [a for a in range(len(shape2)) if a != b]
 
   def column(idx):
