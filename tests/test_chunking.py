@@ -183,3 +183,19 @@ def test_grid_clips_block_to_batch():
   problem = ntk.problem(X1, X2, PARAMS, scale=(S1, S2))
   g = BlockGrid.make(problem, 4)
   assert (g.b1, g.b2, g.nb1, g.nb2) == (4, 3, 2, 1)
+
+
+@pytest.mark.parametrize("trace, diag", [((), ()), ((0,), ()), ((), (1,))])
+def test_batch_axis_not_first(trace, diag):
+  """Inputs batched on axis 1, outputs on axis 1: blocks land in place."""
+  w = _normal(jax.random.PRNGKey(7), (3, 2))
+
+  def f(p, x):  # x: (3, N) -> (2, N)
+    return jnp.tanh(p.T @ x)
+
+  x = _normal(jax.random.PRNGKey(8), (3, 5))
+  ntk = autontk.ntk_fn(f, trace_axes=trace, diagonal_axes=diag,
+                       vmap_axes=(1, 1, None), implementation=METHODS[0])
+  plan = autontk.Plan(METHODS[0], chunking=BatchChunking(2))
+  got = ntk.execute(plan, x, None, w)
+  _check(got, reference_ntk(f, w, x, None, trace, diag))
