@@ -128,6 +128,9 @@ def test_symmetric_output_is_mirrored_exactly():
   np.testing.assert_array_equal(k[:2, 2:], np.transpose(k[2:, :2],
                                                         (1, 0, 3, 2)))
   assert _max_rel(k, ntk(x1, None, params)) < RTOL
+  # x2 given as x1 itself is symmetric too (same tiles, same bits).
+  np.testing.assert_array_equal(
+      autontk.ntk_tiled(ntk, x1, x1, params, tile=2, progress=False), k)
 
 
 def test_batched_and_shared_kwargs():

@@ -327,7 +327,10 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   inner_problem = (problem if inner is ntk else
                    inner.problem(x1, x2, params, **kwargs))
   matched = kind != "pairwise"
-  symmetric = x2 is None
+  # x2 passed as the very same object as x1 is symmetric too, unless a
+  # 2-tuple kwarg gives the two sides different arguments.
+  symmetric = x2 is None or (x2 is x1 and not any(
+      isinstance(v, tuple) and len(v) == 2 for v in kwargs.values()))
   cluster = distributed.make_cluster(devices)
   if cluster.process_count > 1 and out is None:
     raise ValueError("With several processes, pass `out` (a directory on a "
