@@ -30,15 +30,6 @@ from autontk.tiled.autotile import (choose_tile, host_available_bytes,
 from autontk.tiled.tiling import LeafLayout, Tile, TileGrid
 
 
-@dataclasses.dataclass
-class _Kind:
-  """The compiled group program of one kind of tile (self or cross)."""
-
-  same_inputs: bool
-  program: Any
-  plan: Any
-
-
 def _reject_rng(kwargs: dict[str, Any]) -> None:
   if "rng" in kwargs:
     raise ValueError(
@@ -187,7 +178,7 @@ class _Run:
     self.side1, self.side2 = side1, side2
     self.grid, self.cluster = grid, cluster
     self.params = params
-    self._kinds: dict[bool, _Kind] = {}
+    self._programs: dict[bool, Any] = {}
     self.fixed_plans: dict[bool, Any] = {}
     self._params_dev = None
     self._shared_dev: dict[int, list[jax.Array]] = {}
@@ -208,17 +199,15 @@ class _Run:
         out[tile.same_inputs] = self.ntk.plan(x1, x2, self.params, **kwargs)
     return out
 
-  def kind(self, tile: Tile) -> _Kind:
-    same = tile.same_inputs
-    if same not in self._kinds:
+  def program(self, same: bool):
+    """The compiled group program of self (``same``) or cross tiles."""
+    if same not in self._programs:
       if same not in self.fixed_plans:
         self.fixed_plans.update(self.plans())
-      plan = self.fixed_plans[same]
-      program = _program(self.ntk, plan, same, self.cluster,
-                         self.side1.skeleton,
-                         None if same else self.side2.skeleton)
-      self._kinds[same] = _Kind(same, program, plan)
-    return self._kinds[same]
+      self._programs[same] = _program(
+          self.ntk, self.fixed_plans[same], same, self.cluster,
+          self.side1.skeleton, None if same else self.side2.skeleton)
+    return self._programs[same]
 
   def _sides(self, same: bool):
     return (self.side1,) if same else (self.side1, self.side2)
@@ -226,7 +215,7 @@ class _Run:
   def dispatch(self, group: Sequence[Tile]) -> list[jax.Array]:
     """Starts one group (asynchronously): one tile per device."""
     same = group[0].same_inputs
-    kind = self.kind(group[0])
+    program = self.program(same)
     if self._params_dev is None:
       self._params_dev = distributed.replicated_input(self.cluster,
                                                       self.params)
@@ -243,7 +232,7 @@ class _Run:
             self.cluster, s.tile_shape(i, size), np.result_type(s.leaves[i]),
             lambda d, s=s, i=i, size=size, span=span: s.tile_leaf(
                 i, getattr(slots[d], span), size)))
-    return kind.program(self._params_dev, batched, self._shared_dev[same])
+    return program(self._params_dev, batched, self._shared_dev[same])
 
 
 def _groups(tiles: Sequence[Tile], size: int) -> list[list[Tile]]:
