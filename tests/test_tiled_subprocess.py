@@ -126,7 +126,12 @@ def test_two_processes_jax_distributed(tmp_path):
   addr = f"localhost:{_free_port()}"
   procs = [_worker(tmp_path, "process", out, addr, i, devices=2)
            for i in range(2)]
-  results = [_result(p) for p in procs]
+  try:
+    results = [_result(p) for p in procs]
+  finally:
+    for p in procs:  # a failed peer leaves the other waiting: end both
+      if p.poll() is None:
+        p.kill()
   assert sorted(r["process"] for r in results) == [0, 1]
   assert all(r["devices"] == 4 for r in results)
   records = [json.loads(s) for s in
@@ -150,7 +155,9 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     if manifest.exists() and len(manifest.read_bytes().splitlines()) >= 3:
       break
     time.sleep(0.02)
-  assert proc.poll() is None, "the worker finished before it could be killed"
+  if proc.poll() is not None:
+    _, err = proc.communicate()
+    pytest.fail(f"the worker ended before it could be killed: {err[-2000:]}")
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   before = {tuple(json.loads(s)["tile"])
