@@ -64,6 +64,11 @@ def _side(problem: NtkProblem, which: int, config: StructuredConfig):
   return spec, arrays
 
 
+def _reaches(use, cots, leaf: int) -> bool:
+  return cots[leaf] is not None or (
+      bool(use.identity) and use.identity[leaf] is not None)
+
+
 @register(Implementation.STRUCTURED_DERIVATIVES, StructuredConfig)
 def compute(problem: NtkProblem,
             config: StructuredConfig | None = None) -> list[jax.Array]:
@@ -91,15 +96,16 @@ def compute(problem: NtkProblem,
                   problem.vmap.out_axes[leaf])
     total = jnp.zeros(problem.kernel_shape(leaf), dtype)
     for u1, (cots1, f1) in zip(spec1.uses, arrays1):
-      if cots1[leaf] is None:
+      if not _reaches(u1, cots1, leaf):
         continue
       for u2, (cots2, f2) in zip(spec2.uses, arrays2):
-        if u2.param != u1.param or cots2[leaf] is None:
+        if u2.param != u1.param or not _reaches(u2, cots2, leaf):
           continue
         total = total + pair_kernel(
             u1, (cots1[leaf], f1), u2, (cots2[leaf], f2), axes, batch_axis,
             problem.theta[u1.param].shape, dtype, config.precision,
-            config.optimize)
+            config.optimize, leaf, problem.out1[leaf].shape,
+            problem.out2[leaf].shape)
     kernels.append(total / axes.trace_size(problem.out1[leaf].shape))
   return kernels
 

@@ -49,8 +49,68 @@ class _Param:
 
 
 @dataclasses.dataclass(frozen=True)
+class Lineage:
+  """Which probes a tangent holds, during discovery.
+
+  ``ident`` maps a probe to ±1 where the tangent *is* ``±probe + (terms
+  without it)``: reached through sums, negations and casts only. ``other``
+  holds the probes that reach it any other way.
+  """
+
+  ident: tuple[tuple[int, float], ...] = ()
+  other: frozenset[int] = frozenset()
+
+  def keys(self) -> set[int]:
+    return {k for k, _ in self.ident} | set(self.other)
+
+
+def _mixed(lineages: Sequence[Lineage]) -> Lineage:
+  return Lineage((), frozenset().union(*[l.keys() for l in lineages]))
+
+
+def _summed(lineages: Sequence[Lineage], signs: Sequence[float]) -> Lineage:
+  ident: dict[int, float] = {}
+  other: set[int] = set()
+  for l, sign in zip(lineages, signs):
+    other |= l.other
+    for k, s in l.ident:
+      if k in ident:
+        other.add(k)
+      else:
+        ident[k] = s * sign
+  return Lineage(tuple((k, s) for k, s in sorted(ident.items())
+                       if k not in other), frozenset(other))
+
+
+# Primitives through which a tangent passes unchanged (up to sign), keyed by
+# object: sign of each input.
+_ADDITIVE = {
+    p: signs for p, signs in (
+        (_compat.primitives.add_p, (1.0, 1.0)),
+        (_compat.ADD_ANY, (1.0, 1.0)),
+        (_compat.primitives.sub_p, (1.0, -1.0)),
+        (_compat.primitives.neg_p, (-1.0,)),
+        (_compat.primitives.convert_element_type_p, (1.0,)),
+        (_compat.primitives.copy_p, (1.0,)),
+    ) if p is not None
+}
+
+
+# Primitives that only add or drop size-1 axes when their input and output
+# have the same non-unit shape: entries pass through unchanged.
+_UNIT_AXES = {p for p in (_compat.primitives.squeeze_p,
+                          _compat.primitives.reshape_p,
+                          _compat.primitives.broadcast_in_dim_p)}
+
+
+def _non_unit(shape) -> tuple[int, ...]:
+  return tuple(d for d in shape if d != 1)
+
+
+@dataclasses.dataclass(frozen=True)
 class _Lin:
   value: Any  # an array, None (a zero tangent), or _LIVE during discovery
+  lineage: Lineage = Lineage()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,13 +185,38 @@ class _Walk:
         args.append(jnp.zeros(v.aval.shape, v.aval.dtype))
     return _compat.bind(eqn, *args)
 
-  def _outputs(self, eqn, ins: list, probe: Sequence[Any] | None) -> list:
+  def _lineage(self, eqn, ins: list, probe_index: int | None) -> Lineage:
+    lins = [x.lineage for x in ins if isinstance(x, _Lin)]
+    signs = _ADDITIVE.get(eqn.primitive)
+    same_shape = all(_non_unit(v.aval.shape) ==
+                     _non_unit(eqn.outvars[0].aval.shape) for v in eqn.invars)
+    if signs is None and eqn.primitive in _UNIT_AXES and len(ins) >= 1:
+      if _non_unit(eqn.invars[0].aval.shape) == _non_unit(
+          eqn.outvars[0].aval.shape):
+        signs, same_shape = (1.0,) + (0.0,) * (len(ins) - 1), True
+    if signs is not None and same_shape and len(eqn.outvars) == 1:
+      pairs = [(x.lineage, sg) for x, sg in zip(ins, signs)
+               if isinstance(x, _Lin)]
+      out = _summed([l for l, _ in pairs], [sg for _, sg in pairs])
+    else:
+      out = _mixed(lins)
+    if probe_index is not None:
+      if len(eqn.outvars) == 1:
+        out = _summed([out, Lineage(((probe_index, 1.0),))], [1.0, 1.0])
+      else:
+        out = _mixed([out, Lineage(((probe_index, 1.0),))])
+    return out
+
+  def _outputs(self, eqn, ins: list, probe: Sequence[Any] | None,
+               probe_index: int | None = None) -> list:
     """Outputs of an equation with tangent inputs (plus its probes, if any).
 
     Non-float outputs (a loop counter of a ``while`` that linearisation
     kept whole) do not depend on tangents: they are constants.
     """
     floats = [_inexact(v.aval) for v in eqn.outvars]
+    lineage = (self._lineage(eqn, ins, probe_index) if self.discovering
+               else None)
     live = not all(isinstance(x, _Const) or isinstance(x, _Param) or
                    x.value is None for x in ins)
     need_bind = (not all(floats) or
@@ -142,7 +227,7 @@ class _Walk:
       if not is_float:
         result.append(_Const(o))
       elif self.discovering:
-        result.append(_Lin(_LIVE))
+        result.append(_Lin(_LIVE, lineage))
       else:
         p = next(probes) if probe is not None else None
         if p is None:
@@ -169,7 +254,7 @@ class _Walk:
         if isinstance(x, _Param):
           ctx = rule_table.UseContext(eqn, pos, inputs, in_avals, out_avals)
           self.uses.append(Use(k, x.index, ctx))
-      return self._outputs(eqn, ins, None)
+      return self._outputs(eqn, ins, None, k)
     return self._outputs(eqn, ins, self.probes[k])
 
   def outputs(self, outs: list, theta_avals: Sequence[Any]) -> list:
@@ -180,7 +265,7 @@ class _Walk:
         k = self._new_probe((theta_avals[o.index],))
         if self.discovering:
           self.uses.append(Use(k, o.index, None))
-          o = _Lin(_LIVE)
+          o = _Lin(_LIVE, Lineage(((k, 1.0),)))
         else:
           o = _Lin(self.probes[k][0])
       result.append(o)
@@ -210,6 +295,10 @@ class UseSpec:
   cot_labels: tuple[int, ...]
   factors: tuple[FactorSpec, ...]
   primitive: str  # the primitive's name ("+"-joined for merged uses)
+  # Per output leaf: ±1 where the use's output *is* that leaf (up to sign and
+  # terms without it), so its cotangent is the identity and is not stored.
+  identity: tuple[float | None, ...] = ()
+  out_shape: tuple[int, ...] = ()  # the use's output shape (for identity)
 
 
 @dataclasses.dataclass
@@ -305,13 +394,25 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
     cots.append(cots_flat[pos:pos + n])
     pos += n
 
-  def per_leaf(mapped: jax.Array) -> list:
+  def per_leaf(mapped: jax.Array, skip=()) -> list:
     out, off = [None] * len(outs), 0
     for i, n in zip(live_idx, sizes):
-      out[i] = mapped[off:off + n].reshape(out_avals[i].shape +
-                                           mapped.shape[1:])
+      if i not in skip:
+        out[i] = mapped[off:off + n].reshape(out_avals[i].shape +
+                                             mapped.shape[1:])
       off += n
     return out
+
+  def reach(k: int) -> tuple[set[int], dict[int, float]]:
+    """Leaves probe ``k`` does not reach, and those it reaches as identity."""
+    absent, ident = set(), {}
+    for i in live_idx:
+      lineage = outs[i].lineage
+      if k not in lineage.keys():
+        absent.add(i)
+      elif k not in lineage.other:
+        ident[i] = dict(lineage.ident)[k]
+    return absent, ident
 
   merged: dict[int, jax.Array] = {}
   merged_names: dict[int, list[str]] = {}
@@ -327,6 +428,16 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
     single = c[0] if len(c) == 1 and (use.ctx is None or
                                       not use.ctx.primitive.multiple_results
                                       ) else tuple(c)
+    absent, ident = reach(use.probe)
+    if ident and s.cot_map is None and len(c) == 1:
+      identity = tuple(ident.get(i) for i in range(len(outs)))
+      out_shape = (tuple(theta_avals[use.param].shape) if use.ctx is None
+                   else tuple(use.ctx.out_aval.shape))
+      u = dataclasses.replace(_spec_of(s, use.param, name), identity=identity,
+                              out_shape=out_shape)
+      structured.append((u, [_factor_array(f) for f in s.factors], single,
+                         absent | set(ident)))
+      continue
     mapped = single if s.cot_map is None else jax.vmap(s.cot_map)(single)
     if s.is_dense:
       # Uses whose Jacobian is materialised anyway are summed first: their
@@ -336,7 +447,7 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
       merged_names.setdefault(use.param, []).append(name)
       continue
     structured.append((_spec_of(s, use.param, name),
-                       [_factor_array(f) for f in s.factors], mapped))
+                       [_factor_array(f) for f in s.factors], mapped, absent))
 
   result = []
   for p, mapped in sorted(merged.items()):
@@ -344,9 +455,9 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
     spec.uses.append(UseSpec(p, labels, labels, (),
                              "+".join(merged_names[p])))
     result.append((per_leaf(mapped), []))
-  for u, factors, mapped in structured:
+  for u, factors, mapped, skip in structured:
     spec.uses.append(u)
-    result.append((per_leaf(mapped), factors))
+    result.append((per_leaf(mapped, skip), factors))
   return result
 
 
