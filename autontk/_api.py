@@ -164,8 +164,9 @@ def ntk_fn(f: ApplyFn, *, trace_axes: Axes = (-1,), diagonal_axes: Axes = (),
       ``"ntk_vector_products"``, ``"structured_derivatives"``, an
       :class:`Implementation`, or neural-tangents' integers 0-3.
     jit: compile each plan with ``jax.jit`` (cached per static arguments).
-    **auto_options: options of the ``"auto"`` planner (see
-      :func:`autontk.plan_options`).
+    **auto_options: options of the ``"auto"`` planner, e.g.
+      ``memory_budget=0.25`` (see :class:`autontk.planner.PlannerOptions`
+      and docs/cost_report.md).
 
   Returns:
     An :class:`NtkFn` ``ntk(x1, x2, params, **kwargs)``.

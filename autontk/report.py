@@ -33,6 +33,13 @@ class CostReport:
     predictor: description of the time predictor.
     device: the device kind planned for.
     call: a short description of the call's shapes.
+
+  >>> import jax.numpy as jnp, autontk
+  >>> f = lambda p, x: jnp.tanh(x @ p)
+  >>> ntk = autontk.ntk_fn(f, vmap_axes=0)
+  >>> report = ntk.report(jnp.ones((4, 3)), None, jnp.ones((3, 2)))
+  >>> report.chosen == ntk.plan(jnp.ones((4, 3)), None, jnp.ones((3, 2)))
+  True
   """
 
   estimates: tuple[CostEstimate, ...]
