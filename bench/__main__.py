@@ -88,7 +88,7 @@ def main(argv=None) -> int:
   budget = args.budget_mib or (32 if args.quick else 8192)
   cfg = suites.RunConfig(quick=args.quick, peers=peers,
                          budget_bytes=budget * 2**20,
-                         tune_budget_s=8.0 if args.quick else 60.0,
+                         tune_budget_s=5.0 if args.quick else 60.0,
                          case_filter=args.cases,
                          max_run_flops=2e10 if args.quick else None)
   names = args.only or list(suites.SUITES)
