@@ -47,7 +47,8 @@ class RunConfig:
       analysed but not run (quick mode keeps to its time budget); torch's
       recipes are skipped above a quarter of it, judged by the FLOPs of
       autontk's program for the same method (torch runs eagerly and is
-      slower per FLOP).
+      slower per FLOP); neural-tangents' methods 1 and 2 above it, judged
+      the same way.
     checkpoint: ``fn(partial_suite_dict)`` called after every case, so a
       suite stopped by a time limit still leaves its finished cases.
   """
@@ -104,16 +105,25 @@ def _check_kernels(results: dict[str, dict[str, Any]]) -> None:
         rec["rel_err"] = rel_err(rec["_result"], ref)
 
 
-def _torch_skips(cases, per_case, limit) -> dict[str, list[str]]:
+def _peer_skips(cases, per_case, limit) -> dict[str, list[str]]:
+  """Peer methods to skip: autontk's program for the same method is heavy.
+
+  autontk's FLOPs stand in for the peer's own: torch gives none, and jax
+  0.4.23's CPU cost analysis undercounts neural-tangents' programs by orders
+  of magnitude (e.g. 6·10⁶ FLOPs for a 10¹¹-FLOP Jacobian contraction).
+  """
   skip: dict[str, list[str]] = {}
   if not limit:
     return skip
   for c in cases:
     a = per_case[c.name].get("autontk", {})
-    for key, method in (("torch_jc", "jacobian_contraction"),
-                        ("torch_ntvp", "ntk_vector_products")):
+    for key, method, lim in (
+        ("torch_jc", "jacobian_contraction", limit / 4),
+        ("torch_ntvp", "ntk_vector_products", limit / 4),
+        ("nt1", "jacobian_contraction", limit),
+        ("nt2", "ntk_vector_products", limit)):
       fl = a.get(method, {}).get("flops")
-      if fl and fl > limit:
+      if fl and fl > lim:
         skip.setdefault(c.name, []).append(key)
   return skip
 
@@ -126,8 +136,7 @@ def _run_peers(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
   work = os.path.join(cfg.work, suite)
   job = {"cases": [c.to_json() for c in cases], "dir": work,
          "max_run_flops": cfg.max_run_flops,
-         "skip": _torch_skips(cases, per_case, cfg.max_run_flops
-                              and cfg.max_run_flops / 4),
+         "skip": _peer_skips(cases, per_case, cfg.max_run_flops),
          "policy": cfg.policy.to_dict(), "implementations": [1, 2, 3],
          "budget_bytes": None,
          "torch_device": os.environ.get("AUTONTK_BENCH_TORCH_DEVICE")}
