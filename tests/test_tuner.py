@@ -271,3 +271,18 @@ def test_two_processes_tuning_the_same_model_at_once(tmp_path):
   assert entry["source"] == "tuned"
   rows = cache.candidates(entry["signature"])
   assert len(rows) == 2 and all(r["measured_s"] for r in rows)
+
+
+def test_close_calls_are_confirmed_interleaved():
+  f, params, x = _model()
+  opts = TuneOptions(min_time_s=0.005, confirm_ratio=100.0, confirm_rounds=2,
+                     progress=False)
+  result = tune(f, x, None, params, candidates=[JC, NVP], cache=False,
+                options=opts)
+  for r in result.rows:
+    assert r["timing"]["confirmed"] and r["timing"]["study_s"] > 0
+  best = min(result.rows, key=lambda r: r["measured_s"])
+  assert result.plan == best["plan"]
+  times = tuner.confirm(autontk.ntk_fn(f), [JC, NVP], x, None, params, {},
+                        opts)
+  assert set(times) == {JC, NVP} and all(0 < t < 1 for t in times.values())
