@@ -167,10 +167,10 @@ def main(argv=None) -> None:
             f"{m['flops']:.3g} FLOPs, {m['flops_per_entry']:.3g} FLOPs/entry "
             f"[{m['plan']}]", flush=True)
     result["kernels"][label] = {"measured": runs,
-                                "cifar10": extrapolate(runs)}
-    ex = result["kernels"][label]["cifar10"]
+                                "extrapolated": extrapolate(runs)}
+    ex = result["kernels"][label]["extrapolated"]
     here = ex["this_machine"]
-    print(f"  CIFAR-10 {label}: {ex['kernel_bytes'] / 1e9:.1f} GB; here "
+    print(f"  N={N} {label}: {ex['kernel_bytes'] / 1e9:.1f} GB; here "
           f"{here['tiles']} tiles of {here['tile']}, {here['hours']:.1f} h; "
           f"GPU: {ex['gpu_tiles']} tiles of {GPU_TILE}, "
           f"{ex['gpu_tile_flops']:.3g} FLOPs each", flush=True)

@@ -113,22 +113,38 @@ def extrapolation(lines):
               f"{a['gpus_per_host']} GPUs.", "",
               "Cells: compute time / write time; the run takes about the "
               "larger of the two (writing overlaps computing).", ""]
-    first = next(iter(r["kernels"].values()))["cifar10"]["gpus"]
+    first = next(iter(r["kernels"].values()))["extrapolated"]["gpus"]
     cols = [k for k in first if k.rsplit("x", 1)[1] in SHOWN_GPUS]
     lines += ["| kernel | size | this machine | GPU tile FLOPs | "
               + " | ".join(cols) + " |",
               "|---|---|---|---|" + "---|" * len(cols)]
     for label, k in r["kernels"].items():
-      ex = k["cifar10"]
+      ex = k["extrapolated"]
       here = ex["this_machine"]
       cells = [f"{_dur(ex['gpus'][c]['compute_h'])} / "
                f"{_dur(ex['gpus'][c]['write_h'])}" for c in cols]
       lines.append(
           f"| {label} | {ex['kernel_bytes'] / 1e9:.0f} GB | "
-          f"{here['hours']:.1f} h ({here['tiles']} tiles of {here['tile']}) | "
+          f"{_dur(here['hours'])} ({here['tiles']} tiles of {here['tile']}) | "
           f"{ex['gpu_tile_flops']:.2g} ({ex['gpu_tiles']} tiles of "
           f"{ex['gpu_tile']}) | " + " | ".join(cells) + " |")
     lines.append("")
+
+
+def validation(lines):
+  """The extrapolation's method against the measured 20k run."""
+  ex = _load("extrapolation_w8_i8_n20000.json")
+  big = _load("big_kernel_20000.json")
+  if ex is None or big is None:
+    return
+  here = ex["kernels"]["traced"]["extrapolated"]["this_machine"]
+  lines += ["### Check of the extrapolation against the measured 20k run", "",
+            f"The same fit on 8×8 inputs predicts {here['per_tile_s']:.2f} s "
+            f"per 2048-tile and {here['hours'] * 3600:.0f} s of computing for "
+            f"the 20,000 × 20,000 traced kernel; `big_kernel` measured "
+            f"{big['seconds_per_tile']:.2f} s per tile and "
+            f"{big['seconds']:.0f} s in all, including planning, the tile "
+            "search and compiles.", ""]
 
 
 def main() -> None:
@@ -136,6 +152,7 @@ def main() -> None:
   big_kernel(lines)
   throughput(lines)
   extrapolation(lines)
+  validation(lines)
   lines.append(END)
   path = os.path.join(HERE, "README.md")
   text = open(path).read() if os.path.exists(path) else BEGIN + "\n" + END
