@@ -29,7 +29,9 @@ SHOWN_GPUS = ("1", "8", "64")
 
 def _dur(hours):
   s = hours * 3600
-  return f"{s:.2g} s" if s < 120 else f"{s / 60:.3g} min" if s < 7200 else (
+  if s < 10:
+    return f"{s:.2g} s"
+  return f"{s:.0f} s" if s < 120 else f"{s / 60:.3g} min" if s < 7200 else (
       f"{hours:.3g} h")
 
 
