@@ -143,6 +143,7 @@ def test_tune_report_and_cache_commands(env, capsys):
   assert rc == 2 and "Cannot read plan file" in err
 
 
+@pytest.mark.slow
 def test_tune_a_tuple_factory_and_the_suite(env, capsys):
   rc, out, err = _run(capsys, "tune", "mymodel:as_tuple", "--trace-axes",
                       "none", "--vmap-axes", "none", "--budget", "20",

@@ -252,6 +252,7 @@ print("best", r.plan.describe())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_two_processes_tuning_the_same_model_at_once(tmp_path):
   import os
