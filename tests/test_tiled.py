@@ -184,6 +184,9 @@ def test_disk_output_and_manifest(tmp_path):
   assert sorted(tuple(json.loads(s)["tile"]) for s in lines) == [
       (i, j) for i in range(2) for j in range(3)]
   assert _max_rel(got, ntk(x1, x2, params)) < RTOL
+  from autontk.tiled import run_status
+  assert run_status(out) == {"done": 6, "total": 6, "tile": (4, 2),
+                             "complete": True}
   # A finished run is not recomputed: resuming appends nothing.
   again = autontk.ntk_tiled(ntk, x1, x2, params, tile=(4, 2), out=out,
                             progress=False)

@@ -449,3 +449,33 @@ def _sum_batch(kernel: np.ndarray, layout: LeafLayout, n: int) -> np.ndarray:
   """Traced batch axis: mean over the per-example (diagonal) kernel."""
   total = np.sum(np.asarray(kernel), axis=layout.position, dtype=np.float64)
   return (total / n).astype(kernel.dtype)
+
+
+def run_status(out: str | os.PathLike) -> dict[str, Any]:
+  """How far the run in ``out`` is (read-only; safe while it runs).
+
+  Args:
+    out: the directory given to :func:`ntk_tiled`.
+
+  Returns:
+    ``{"done": tiles finished, "total": tiles in the grid, "tile": (t1, t2),
+    "complete": done == total}``.
+
+  >>> import tempfile, jax.numpy as jnp, autontk
+  >>> from autontk.tiled import run_status
+  >>> ntk = autontk.ntk_fn(lambda p, x: jnp.tanh(x @ p))
+  >>> d = tempfile.mkdtemp()
+  >>> _ = autontk.ntk_tiled(ntk, jnp.ones((5, 3)), None, jnp.ones((3, 2)),
+  ...                       tile=2, out=d, progress=False)
+  >>> run_status(d)["done"], run_status(d)["total"]
+  (6, 6)
+  """
+  meta = storage.read_meta(os.fspath(out))
+  if meta is None:
+    raise FileNotFoundError(f"`out`={os.fspath(out)!r} holds no ntk_tiled "
+                            "run (no meta.json).")
+  grid = TileGrid(**meta["grid"])
+  keys = {t.key for t in grid.tiles()}
+  done = storage.DiskStore(out, []).done() & keys
+  return {"done": len(done), "total": len(keys), "tile": (grid.t1, grid.t2),
+          "complete": len(done) == len(keys)}
