@@ -96,3 +96,21 @@ def linear_jaxpr(fun, primals) -> ClosedJaxpr:
   """
   _, lin = jax.linearize(fun, *primals)
   return jax.make_jaxpr(lin)(*primals)
+
+
+def is_tracer(v: Any) -> bool:
+  """Whether ``v`` is an abstract value being traced (e.g. under jit)."""
+  return isinstance(v, jax.core.Tracer)
+
+
+def compilation_cache_dir() -> str | None:
+  """The directory of JAX's persistent compilation cache, if set."""
+  return jax.config.jax_compilation_cache_dir
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """Points JAX's persistent compilation cache at ``directory``, caching
+  every executable however fast it compiled (JAX's default skips those
+  under a second, which NTK executables of small models are)."""
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -11,7 +11,6 @@ Time N·O·[FP] + Σ MJJMP (Novak et al., 2022, sec. 3.3).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +38,16 @@ class StructuredConfig:
     precision: ``jax.lax.Precision`` of the contractions (``None``: backend
       default).
     optimize: ``jnp.einsum``'s contraction-path strategy.
+
+  >>> import jax.numpy as jnp, autontk
+  >>> from autontk._plan import Plan
+  >>> from autontk.methods.structured import StructuredConfig
+  >>> f = lambda p, x: jnp.tanh(x @ p)
+  >>> ntk = autontk.ntk_fn(f, implementation="structured_derivatives")
+  >>> plan = Plan(autontk.Implementation.STRUCTURED_DERIVATIVES,
+  ...             StructuredConfig(structure_rules=False))
+  >>> ntk.execute(plan, jnp.ones((2, 3)), None, jnp.ones((3, 4))).shape
+  (2, 2)
   """
 
   structure_rules: bool = True

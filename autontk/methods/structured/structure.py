@@ -21,10 +21,9 @@ in (:mod:`autontk.methods.structured.contraction`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +89,3 @@ def dense(ndim: int, cot_map: Callable[[Any], jax.Array] | None = None
   """A materialised Jacobian: ``cot_map(C)`` has exactly θ's axes."""
   labels = tuple(range(ndim))
   return Structure(labels, labels, cot_map)
-
-
-def relabel(labels: Sequence[int], start: int) -> tuple[int, ...]:
-  return tuple(range(start, start + len(labels)))
-
-
-def ones_like_label(size: int, label: int, dtype: Any) -> Factor:
-  return Factor(jnp.ones((size,), dtype), (label,))

@@ -4,7 +4,7 @@ Importing this package registers every rule in
 :mod:`autontk.methods.structured.rule_table`.
 """
 
-from autontk.methods.structured.rules import elementwise  # noqa: E402,F401
-from autontk.methods.structured.rules import linear_algebra  # noqa: E402,F401
-from autontk.methods.structured.rules import reductions  # noqa: E402,F401
-from autontk.methods.structured.rules import shape  # noqa: E402,F401
+from autontk.methods.structured.rules import elementwise  # noqa: F401
+from autontk.methods.structured.rules import linear_algebra  # noqa: F401
+from autontk.methods.structured.rules import reductions  # noqa: F401
+from autontk.methods.structured.rules import shape  # noqa: F401

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from autontk import _compat
+from autontk._compat import primitives as P
 from autontk.methods.structured.rule_table import UseContext, structure_rule
 from autontk.methods.structured.structure import Structure, dense
 
-P = jax.extend.core.primitives
 
 
 def _identity(ctx: UseContext, sign: float = 1.0) -> Structure:

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from autontk._compat import primitives as P
 from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
                                                    structure_rule)
 from autontk.methods.structured.structure import Factor, Structure
 
-P = jax.extend.core.primitives
 
 
 @structure_rule(P.dot_general_p)

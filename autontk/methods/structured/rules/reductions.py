@@ -10,11 +10,11 @@ from __future__ import annotations
 import jax
 from jax import lax
 
+from autontk._compat import primitives as P
 from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
                                                    structure_rule)
 from autontk.methods.structured.structure import Structure
 
-P = jax.extend.core.primitives
 
 
 @structure_rule(P.reduce_sum_p)
