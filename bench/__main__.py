@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                          budget_bytes=budget * 2**20,
                          tune_budget_s=5.0 if args.quick else 60.0,
                          case_filter=args.cases,
-                         max_run_flops=2e10 if args.quick else None)
+                         max_run_flops=3e10 if args.quick else None)
   names = args.only or list(suites.SUITES)
   t_all = time.perf_counter()
   for name in names:
