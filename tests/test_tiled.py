@@ -319,3 +319,29 @@ def test_zoo_models_from_other_libraries(name):
     got = autontk.ntk_tiled(ntk, case.x1, x2, case.params, tile=2,
                             progress=False, **case.kwargs)
     assert _max_rel(got, ntk(case.x1, x2, case.params, **case.kwargs)) < RTOL
+
+
+def test_unbatched_input_leaf_and_traced_batch_on_disk(tmp_path):
+  k = _keys(5, 3)
+  params = jax.random.normal(k[0], (3, 2))
+
+  def f(p, x):  # x["shift"] has no batch axis: every tile gets all of it
+    return jnp.tanh((x["a"] + x["shift"]) @ p)
+
+  x1 = {"a": jax.random.normal(k[1], (5, 3)), "shift": jnp.arange(3.0)}
+  vmap_axes = ({"a": 0, "shift": None}, 0, {})
+  ntk = autontk.ntk_fn(f, vmap_axes=vmap_axes,
+                       implementation="jacobian_contraction")
+  got = autontk.ntk_tiled(ntk, x1, None, params, tile=2, progress=False)
+  assert _max_rel(got, ntk(x1, None, params)) < RTOL
+
+  traced = autontk.ntk_fn(f, vmap_axes=vmap_axes, trace_axes=(0, 1),
+                          implementation="jacobian_contraction")
+  out = tmp_path / "traced"
+  mean = autontk.ntk_tiled(traced, x1, None, params, tile=2, out=out,
+                           progress=False)
+  assert mean.shape == ()
+  assert _max_rel(mean, traced(x1, None, params)) < RTOL
+  per_example = np.load(out / "kernel_0.npy")  # the diagonal it averages
+  assert per_example.shape == (5,)
+  np.testing.assert_allclose(per_example.mean(), mean, rtol=RTOL)
