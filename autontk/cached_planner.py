@@ -157,7 +157,9 @@ def _custom_predictor(planner: Any) -> bool:
 
 def _traced(*trees: Any) -> bool:
   import jax
-  return any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(trees))
+
+  from autontk import _compat
+  return any(_compat.is_tracer(v) for v in jax.tree.leaves(trees))
 
 
 def with_cached_measurements(report: Any, ntk: Any, x1: Any, x2: Any,

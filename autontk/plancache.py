@@ -567,8 +567,8 @@ class PlanCache:
   # JAX's compilation cache --------------------------------------------------
 
   def _enable_jax_cache(self) -> None:
-    import jax
-    if jax.config.jax_compilation_cache_dir:
+    from autontk import _compat
+    if _compat.compilation_cache_dir():
       return  # the user chose one; leave it
     target = self.directory / "jax"
     try:
@@ -576,10 +576,7 @@ class PlanCache:
     except OSError as e:
       self._warn("jax-cache", f"JAX compilation cache disabled: {e}")
       return
-    jax.config.update("jax_compilation_cache_dir", str(target))
-    # NTK executables compile in well under JAX's default 1 s threshold on
-    # small models, yet a cache hit should not recompile them.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    _compat.enable_compilation_cache(str(target))
 
 
 @contextlib.contextmanager
