@@ -341,8 +341,10 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
   Returns:
     Per use (merged dense uses first, per parameter), ``(cots, factors)``:
     ``cots[L]`` is ``cot_map(C)`` for output leaf ``L``, shape
-    ``o_L + cot dims`` (``None`` for a leaf that does not depend on θ), and
-    ``factors`` the factor arrays (indices for index factors).
+    ``o_L + cot dims``, or ``None`` where the use does not reach leaf ``L``
+    or reaches it as the identity (then ``spec.uses[i].identity[L]`` holds
+    the sign); ``factors`` are the factor arrays (indices for index
+    factors).
   """
   spec.uses.clear()
   spec.live.clear()
