@@ -146,6 +146,22 @@ def measure_jit(fn: Callable, args: tuple, policy: TimingPolicy,
   return rec
 
 
+def measure_call(fn: Callable, args: tuple, policy: TimingPolicy,
+                 keep_result: bool = False) -> dict[str, Any]:
+  """Like :func:`measure_jit` for a callable that must not be wrapped in an
+  outer ``jit`` (a host loop over compiled blocks): first call (its own
+  compiles included) and median; no single program to analyse.
+  """
+  t0 = time.perf_counter()
+  result = block(fn(*args))
+  rec: dict[str, Any] = {"first_call_s": time.perf_counter() - t0,
+                         "flops": None, "peak_bytes": None, "host_loop": True}
+  rec.update(repeat(lambda: fn(*args), policy))
+  if keep_result:
+    rec["_result"] = result
+  return rec
+
+
 def error_record(e: BaseException) -> dict[str, Any]:
   msg = f"{type(e).__name__}: {e}"
   return {"error": msg[:400]}
