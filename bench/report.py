@@ -155,6 +155,17 @@ def reference_md(res: dict) -> str:
         ratio(sd.get("first_call_s"), nt3.get("first_call_s")),
         ratio(sd.get("flops"), nt3.get("flops")),
         f"{max(errs):.1e}" if errs else "n/a"])
+  all_errs = [(c["name"], runner, m, rec.get("rel_err"))
+              for c in res["cases"] for runner, recs in c["results"].items()
+              for m, rec in recs.items()
+              if isinstance(rec, dict) and rec.get("rel_err") is not None]
+  bad = [f"{n}/{SHORT.get(m, m)} ({e:.1e})" for n, _, m, e in all_errs
+         if e > 1e-3]
+  check = (f"Kernel check: {len(all_errs)} kernels from all peers and methods;"
+           f" largest relative deviation "
+           f"{max((e for *_, e in all_errs), default=float('nan')):.1e}"
+           + (f"; MISMATCHES (> 1e-3): {', '.join(bad)}." if bad
+              else " — every peer computed the same kernel."))
   head_t = (["case", "P", "O", "N", "kernel", "JC", "NTVP", "SD",
              "auto (pick)", "NT 1", "NT 2", "NT 3", "NT AUTO pick",
              "torch JC", "torch NTVP", "jax jacrev"])
@@ -170,7 +181,7 @@ def reference_md(res: dict) -> str:
          "neural-tangents' method 3; `SD / NT 3 (first call)` < 1.5× is "
          "issue 3's target. `max rel err`: the largest relative deviation of "
          "any peer's kernel from autontk's Jacobian contraction.", "",
-         table(head_r, rows_r)]
+         table(head_r, rows_r), "", check]
   return "\n".join(out)
 
 
