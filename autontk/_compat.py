@@ -48,6 +48,12 @@ INLINE_PRIMITIVES: dict[Primitive, str] = {
     if (p := _optional(name)) is not None
 }
 
+# Primitives that return their single input unchanged (placement hints): a
+# parameter passes through them as itself.
+PASS_THROUGH: frozenset[Primitive] = frozenset(
+    p for name in ("sharding_constraint_p",)
+    if (p := _optional(name)) is not None)
+
 # ``add_any`` sums tangents; it behaves like ``add`` on values.
 ADD_ANY = _optional("add_jaxvals_p")
 

@@ -261,3 +261,12 @@ def test_parameter_as_output_and_unused_leaf():
   ref = reference_ntk(jax.jit(f), p, X, None, ())
   for key in ref:
     np.testing.assert_allclose(k[key], ref[key], rtol=1e-4, atol=1e-6)
+
+
+def test_sharding_constraint_passes_parameter_through():
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  f = lambda p, x: jnp.tanh(x @ lax.with_sharding_constraint(p, sharding))
+  case = (P.dot_general_p, f, _rand(70, (3, 4)), X, X2, 0)
+  k, ref = _run(case, RULES)  # strict: no generic fallback needed
+  np.testing.assert_allclose(k, ref, rtol=1e-4, atol=1e-6)
+  assert _used_primitives(case, RULES) == {"dot_general"}

@@ -169,6 +169,9 @@ class _Walk:
     if body is not None:
       jaxpr, consts = body
       return self.run(jaxpr, consts, ins)
+    if (eqn.primitive in _compat.PASS_THROUGH and len(ins) == 1 and
+        isinstance(ins[0], _Param)):
+      return ins
     if any(isinstance(x, _Param) for x in ins):
       return self._use(eqn, ins)
     return self._linear(eqn, ins)
