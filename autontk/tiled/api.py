@@ -92,9 +92,16 @@ def _fingerprint(*trees: PyTree) -> str:
         if isinstance(v, jax.Array) and jax.dtypes.issubdtype(
             v.dtype, jax.dtypes.extended):
           v = jax.random.key_data(v)
-        a = np.ascontiguousarray(np.asarray(v))
+        a = np.asarray(v)
         h.update(f"{a.shape}{a.dtype}".encode())
-        h.update(memoryview(a.reshape(-1)).cast("B"))
+        if a.size == 0:
+          continue
+        # In blocks of rows: a memory-mapped dataset may exceed memory.
+        flat = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
+        rows = max(1, (64 << 20) // max(1, flat[:1].nbytes))
+        for i in range(0, flat.shape[0], rows):
+          block = np.ascontiguousarray(flat[i:i + rows])
+          h.update(memoryview(block.reshape(-1)).cast("B"))
       else:
         h.update(repr(v).encode())
   return h.hexdigest()
