@@ -261,6 +261,9 @@ def test_errors():
   with pytest.raises(ValueError, match="memory_budget"):
     autontk.ntk_tiled(ntk, x1, None, params, tile=2, memory_budget=16,
                       progress=False)
+  with pytest.raises(MemoryError, match="memory_budget"):
+    autontk.ntk_tiled(ntk, x1, None, params, tile="auto", memory_budget=16,
+                      devices=[jax.devices()[0]], progress=False)
   g = lambda p, x: jnp.sum(x @ p["w"])  # noqa: E731 - no batch axis
   with pytest.raises(ValueError, match="axis 0"):
     autontk.ntk_tiled(autontk.ntk_fn(g, trace_axes=()), x1, None, params,
