@@ -331,3 +331,14 @@ def test_equinox():
     return jax.vmap(eqx.combine(p, static))(x)
 
   _check(f, params, XA, XB, trace_axes=(), vmap_axes=0)
+
+
+def test_mixed_precision_bfloat16_compute():
+  def f(p, x):
+    h = jnp.tanh(x.astype(jnp.bfloat16) @ p["w"].astype(jnp.bfloat16))
+    return (h @ p["v"].astype(jnp.bfloat16)).astype(jnp.float32)
+  p = {"w": _rand(80, (3, 4)), "v": _rand(81, (4, 2))}
+  k = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=IMPL)(
+      XA, XB, p)
+  ref = reference.reference_ntk(jax.jit(f), p, XA, XB, ())
+  _close(k, ref, rtol=3e-2)  # bfloat16 arithmetic on both sides

@@ -103,6 +103,10 @@ _UNIT_AXES = {p for p in (_compat.primitives.squeeze_p,
                           _compat.primitives.broadcast_in_dim_p)}
 
 
+_PARAM_PASS_THROUGH = _compat.PASS_THROUGH | {
+    _compat.primitives.convert_element_type_p}
+
+
 def _non_unit(shape) -> tuple[int, ...]:
   return tuple(d for d in shape if d != 1)
 
@@ -169,8 +173,10 @@ class _Walk:
     if body is not None:
       jaxpr, consts = body
       return self.run(jaxpr, consts, ins)
-    if (eqn.primitive in _compat.PASS_THROUGH and len(ins) == 1 and
-        isinstance(ins[0], _Param)):
+    if (eqn.primitive in _PARAM_PASS_THROUGH and len(ins) == 1 and
+        isinstance(ins[0], _Param) and _inexact(eqn.outvars[0].aval)):
+      # y = θ (placed or cast, e.g. mixed precision): y's uses are θ's uses,
+      # so the layer that consumes it keeps its structure.
       return ins
     if any(isinstance(x, _Param) for x in ins):
       return self._use(eqn, ins)
