@@ -443,7 +443,8 @@ def cmd_cache(args) -> int:
     for e in entries:
       s = e.get("summary") or {}
       x1 = ",".join((s.get("x1") or {}).get("leaves", []))[:18]
-      print(f"{e['signature'][:12]:<13} {str(s.get('model', '?'))[:18]:<18} "
+      model = str(s.get("model", "?")).replace(".<locals>.", ".")
+      print(f"{e['signature'][:12]:<13} {model[:18]:<18} "
             f"{x1:<18} {e['source']:<7} {e['device_kind'][:14]:<14} "
             f"{e['describe']}")
     return 0
@@ -633,6 +634,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nInterrupted; a tuning run resumes where it stopped when run "
           "again.", file=sys.stderr)
     return 130
+  except BrokenPipeError:  # `autontk cache ls | head`
+    sys.stderr.close()
+    return 0
 
 
 if __name__ == "__main__":
