@@ -461,7 +461,8 @@ def cmd_cache(args) -> int:
         print(f"{k:<12} {entry[k]}")
     for k in ("created", "updated"):
       if entry.get(k):
-        print(f"{k:<12} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(entry[k]))}")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry[k]))
+        print(f"{k:<12} {stamp}")
     summary = entry.get("summary") or {}
     for k in ("model", "x1", "x2", "params", "kwargs", "trace_axes",
               "diagonal_axes", "vmap_axes"):

@@ -1,4 +1,5 @@
-"""The autotuner: measured-fastest wins, failures are infeasible, runs resume."""
+"""The autotuner: the measured fastest wins, failures are infeasible, runs
+resume."""
 
 import jax
 import jax.numpy as jnp
