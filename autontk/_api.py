@@ -166,7 +166,10 @@ def ntk_fn(f: ApplyFn, *, trace_axes: Axes = (-1,), diagonal_axes: Axes = (),
     jit: compile each plan with ``jax.jit`` (cached per static arguments).
     **auto_options: options of the ``"auto"`` planner, e.g.
       ``memory_budget=0.25`` (see :class:`autontk.planner.PlannerOptions`
-      and docs/cost_report.md).
+      and docs/cost_report.md); ``tune=True`` (or a
+      :class:`autontk.tuner.TuneOptions`) times the best candidates on the
+      device on first use; ``plan_cache=autontk.PlanCache(dir)`` or
+      ``False`` chooses the persistent plan cache (docs/cli.md).
 
   Returns:
     An :class:`NtkFn` ``ntk(x1, x2, params, **kwargs)``.
