@@ -47,10 +47,10 @@ def device_memory(device: Any = None) -> tuple[float, str]:
     limit = float(stats["bytes_limit"])
     in_use = float(stats.get("bytes_in_use", 0))
     return limit - in_use, f"{device.device_kind} memory"
-  return _system_available(), "available system memory"
+  return system_available(), "available system memory"
 
 
-def _system_available() -> float:
+def system_available() -> float:
   try:
     import psutil
     return float(psutil.virtual_memory().available)

@@ -10,11 +10,12 @@ size is then compiled and checked, halving until it fits.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import jax
 import numpy as np
+
+from autontk.costmodel import memory
 
 MAX_TILE = 2048
 """Largest automatic tile: bounds the work lost to a kill and the latency of
@@ -25,30 +26,18 @@ def memory_budget_bytes(device: Any) -> int:
   """Half the memory available to one device.
 
   GPUs and TPUs report their own limit; CPU devices share the host's
-  available memory (``MemAvailable``), divided among the local CPU devices.
+  available memory, divided among the local CPU devices.
   """
-  stats = None
-  try:
-    stats = device.memory_stats()
-  except Exception:  # noqa: BLE001 - backends without memory stats
-    stats = None
-  if stats and stats.get("bytes_limit"):
-    return int(stats["bytes_limit"]) // 2
-  available = host_available_bytes()
-  n = max(1, sum(1 for d in jax.local_devices() if d.platform == "cpu"))
-  return available // (2 * n)
+  total, _ = memory.device_memory(device)
+  n = 1
+  if device.platform == "cpu":
+    n = max(1, sum(1 for d in jax.local_devices() if d.platform == "cpu"))
+  return int(total) // (2 * n)
 
 
 def host_available_bytes() -> int:
-  """The host's available memory (``MemAvailable``), else its total."""
-  try:
-    with open("/proc/meminfo") as fh:
-      for line in fh:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  """The host's available memory."""
+  return int(memory.system_available())
 
 
 def tile_peak_bytes(ntk, side1, side2, params, t1: int, t2: int,
