@@ -59,6 +59,18 @@ class NtkFn:
             f"vmap_axes={o.vmap_axes!r}, "
             f"implementation={o.implementation.name.lower()!r})")
 
+  def replace(self, **changes: Any) -> "NtkFn":
+    """A new :class:`NtkFn` of the same ``f`` and planner, options changed.
+
+    Args:
+      **changes: fields of :class:`autontk._options.NtkOptions`
+        (``trace_axes``, ``diagonal_axes``, ``vmap_axes``,
+        ``implementation``), in their canonical (tuple / enum) form.
+    """
+    import dataclasses
+    return NtkFn(self.f, dataclasses.replace(self.options, **changes),
+                 jit=self.jit, planner=self._planner)
+
   # Planning -----------------------------------------------------------------
 
   def problem(self, x1: PyTree, x2: PyTree | None, params: PyTree,

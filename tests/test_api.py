@@ -310,3 +310,11 @@ def test_single_mode_autodiff(f, impl):
     warnings.simplefilter("ignore", RuntimeWarning)  # while: falls back to fwd
     got = ntk(x1, x2, p)
   assert_kernels_close(got, reference_ntk(f, p, x1, x2, (), ()))
+
+
+def test_replace_keeps_f_and_changes_options():
+  case = _mlp()
+  ntk = autontk.ntk_fn(case.f, implementation=1)
+  full = ntk.replace(trace_axes=())
+  assert full.f is ntk.f and full.options.trace_axes == ()
+  assert full(case.x1, case.x2, case.params).shape == (3, 2, 3, 3)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import os
@@ -71,14 +70,13 @@ def _matched_ntk(ntk: NtkFn, problem: NtkProblem,
         "entries in different output leaves; name it the same way (e.g. 0) "
         "for ntk_tiled.")
   k = entries.pop()
-  options = dataclasses.replace(
-      opts, trace_axes=opts.trace_axes[:k] + opts.trace_axes[k + 1:],
+  changes = dict(
+      trace_axes=opts.trace_axes[:k] + opts.trace_axes[k + 1:],
       diagonal_axes=opts.diagonal_axes + (opts.trace_axes[k],))
   derived = _cache(ntk, "derived")
-  key = repr(options)  # vmap_axes may hold unhashable dicts
+  key = repr(changes)
   if key not in derived:
-    derived[key] = NtkFn(ntk.f, options, jit=ntk.jit,
-                         planner=ntk._planner)  # noqa: SLF001
+    derived[key] = ntk.replace(**changes)
   return derived[key], kind
 
 
