@@ -12,9 +12,18 @@ from autontk._api import ntk_vp_fn as ntk_vp_fn
 from autontk._options import Implementation as Implementation
 from autontk._plan import Plan as Plan
 from autontk.chunking import BatchChunking as BatchChunking
+from autontk.methods.jacobian_contraction import (
+    JacobianContractionConfig as JacobianContractionConfig)
+from autontk.methods.ntk_vector_products import (
+    NtkVectorProductsConfig as NtkVectorProductsConfig)
+from autontk.methods.structured import StructuredConfig as StructuredConfig
+from autontk.methods.structured.rule_table import (
+    MissingRuleError as MissingRuleError)
+from autontk.planner import PlannerOptions as PlannerOptions
 from autontk.report import CostReport as CostReport
 from autontk.plancache import PlanCache as PlanCache
 from autontk.tiled import ntk_tiled as ntk_tiled
+from autontk.tuner import TuneOptions as TuneOptions
 from autontk.tuner import tune as tune
 
 __version__ = "0.1.0"

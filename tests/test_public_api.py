@@ -3,10 +3,29 @@
 import autontk
 
 PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
-          "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune"]
+          "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune",
+          "TuneOptions", "PlannerOptions", "StructuredConfig",
+          "JacobianContractionConfig", "NtkVectorProductsConfig",
+          "MissingRuleError"]
 
 
 def test_public_names():
   for name in PUBLIC:
     assert hasattr(autontk, name), name
   assert autontk.__version__
+
+
+def test_method_configs_run_through_plans():
+  import jax.numpy as jnp
+  f = lambda p, x: jnp.tanh(x @ p)
+  x, p = jnp.ones((2, 3)), jnp.ones((3, 4))
+  ntk = autontk.ntk_fn(f)
+  ref = autontk.ntk_fn(f, implementation=1)(x, None, p)
+  for plan in [
+      autontk.Plan(autontk.Implementation.STRUCTURED_DERIVATIVES,
+                   autontk.StructuredConfig(strict=True)),
+      autontk.Plan(autontk.Implementation.NTK_VECTOR_PRODUCTS,
+                   autontk.NtkVectorProductsConfig(column_chunk=2)),
+      autontk.Plan(autontk.Implementation.JACOBIAN_CONTRACTION,
+                   autontk.JacobianContractionConfig(mode="fwd"))]:
+    assert jnp.allclose(ntk.execute(plan, x, None, p), ref, rtol=1e-5)
