@@ -238,6 +238,9 @@ class Planner:
     if found is not None:
       return found
     report = self.plan_call(call, full=full)
+    earlier = memo.get((key, False)) if (full and key is not None) else None
+    if earlier is not None:
+      report = _keep_first_compile_times(report, earlier)
     if key is not None:
       memo[(key, full)] = report
     return report
@@ -537,3 +540,15 @@ def _mb(b: float | None) -> str:
   if b is None:
     return "?"
   return f"{b / 1e6:.3g} MB"
+
+
+def _keep_first_compile_times(report: CostReport,
+                              earlier: CostReport) -> CostReport:
+  """A full report made after planning finds the plans it compiled in JAX's
+  in-memory cache, so its compile times would read ~0: keep the real ones."""
+  first = {e.plan: e.compile_time for e in earlier.estimates
+           if e.compile_time is not None}
+  estimates = tuple(
+      dataclasses.replace(e, compile_time=first[e.plan])
+      if e.plan in first else e for e in report.estimates)
+  return dataclasses.replace(report, estimates=estimates)
