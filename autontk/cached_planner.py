@@ -67,8 +67,8 @@ class CachedPlanner:
 
   def __call__(self, ntk: Any, x1: Any, x2: Any, params: Any,
                kwargs: dict[str, Any]) -> Plan:
-    from autontk.planner import PlanningCall
-    key = PlanningCall(ntk, x1, x2, params, kwargs).key()
+    from autontk.planner import call_key
+    key = call_key(x1, x2, params, kwargs)
     try:
       memo = self._memo.setdefault(ntk, {})
       hash(key)

@@ -135,6 +135,18 @@ def _abstract(tree: Any) -> Any:
       if _is_array(v) else v, tree)
 
 
+def call_key(x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> Any:
+  """Abstract signature of a call: structure, shapes, dtypes, static kwargs.
+
+  On the path of every ``implementation="auto"`` call, so kept cheap.
+  """
+  def sig(tree):
+    leaves, td = jax.tree.flatten(tree)
+    return td, tuple((tuple(v.shape), v.dtype) if _is_array(v) else
+                     ("static", _hashable(v)) for v in leaves)
+  return (sig(x1), None if x2 is None else sig(x2), sig(params), sig(kwargs))
+
+
 class PlanningCall:
   """One call ``ntk(x1, x2, params, **kwargs)`` being planned."""
 
@@ -156,13 +168,7 @@ class PlanningCall:
 
   def key(self) -> Any:
     """Abstract signature: structure, shapes, dtypes, static kwargs."""
-    def sig(tree):
-      leaves, td = jax.tree.flatten(tree)
-      return td, tuple((np.shape(v), str(jnp.result_type(v)))
-                       if _is_array(v) else ("static", _hashable(v))
-                       for v in leaves)
-    return (sig(self.x1), None if self.x2 is None else sig(self.x2),
-            sig(self.params), sig(self.kwargs))
+    return call_key(self.x1, self.x2, self.params, self.kwargs)
 
   def lower(self, plan: Plan):
     """``(lowered, cost)`` of the NtkFn's own executable for ``plan``.
