@@ -134,7 +134,13 @@ class NtkProblem:
             for i in range(len(self.out1))]
 
 
-def _check_inputs(x1: PyTree, x2: PyTree, vmap_axes: Any) -> None:
+def _check_inputs(x1: PyTree, x2: PyTree, vmap_axes: Any) -> str | None:
+  """Raises on x1/x2 that cannot form a kernel.
+
+  Returns a description of a shape difference outside the assumed batch
+  axis (axis 0) when ``vmap_axes`` is ``None``: such inputs are only an
+  error if ``f`` rejects them, since the batch axis may be another one.
+  """
   l1, t1 = jax.tree.flatten(x1)
   l2, t2 = jax.tree.flatten(x2)
   if t1 != t2:
@@ -163,10 +169,13 @@ def _check_inputs(x1: PyTree, x2: PyTree, vmap_axes: Any) -> None:
       ax = ax % max(len(sa), 1)
       same = (sa[:ax] + sa[ax + 1:]) == (sb[:ax] + sb[ax + 1:])
     if not same:
-      raise ValueError(
-          f"`x1` and `x2` leaf {i} differ outside the batch axis "
-          f"({'axis ' + str(ax) if ax is not None else 'unbatched'}): shapes "
-          f"{sa} and {sb}.")
+      where = f"axis {ax}" if ax is not None else "unbatched"
+      msg = (f"`x1` and `x2` leaf {i} differ outside the batch axis "
+             f"({where}): shapes {sa} and {sb}.")
+      if vmap_axes is not None:
+        raise ValueError(msg)
+      return msg
+  return None
 
 
 def _eval_out(f: ApplyFn, params: PyTree, x: PyTree, kw: dict[str, Any],
@@ -195,12 +204,13 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
     raise TypeError(f"`f` must be callable as f(params, x, **kwargs); got "
                     f"{type(f).__name__}.")
   same = x2 is None
+  mismatch = None
   if same:
     kw1, _ = _kwargs.split_kwargs(kwargs, x1, None)
     kw2 = kw1
     x2 = x1
   else:
-    _check_inputs(x1, x2, options.vmap_axes)
+    mismatch = _check_inputs(x1, x2, options.vmap_axes)
     kw1, kw2 = _kwargs.split_kwargs(kwargs, x1, x2)
 
   p_leaves, p_td = jax.tree.flatten(params)
@@ -215,7 +225,14 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
   if same:
     out2, td2 = out1, td1
   else:
-    out2, td2 = _eval_out(f, params, x2, kw2, "x2")
+    try:
+      out2, td2 = _eval_out(f, params, x2, kw2, "x2")
+    except Exception as e:  # noqa: BLE001 - explained by the mismatch
+      if mismatch is None:
+        raise
+      raise ValueError(f"{mismatch} f(params, x2) fails on them ({e}); "
+                       "without `vmap_axes` the batch axis is taken to be "
+                       "axis 0.") from e
     if td1 != td2:
       raise ValueError(
           f"f(params, x1) and f(params, x2) return different pytree "

@@ -318,3 +318,15 @@ def test_replace_keeps_f_and_changes_options():
   full = ntk.replace(trace_axes=())
   assert full.f is ntk.f and full.options.trace_axes == ()
   assert full(case.x1, case.x2, case.params).shape == (3, 2, 3, 3)
+
+
+@pytest.mark.parametrize("impl", METHODS, ids=lambda i: i.name.lower())
+def test_batch_axis_last_without_vmap_axes(impl):
+  """Without vmap_axes nothing assumes axis 0 when f accepts the inputs."""
+  k = jax.random.split(jax.random.PRNGKey(8), 3)
+  w = jax.random.normal(k[0], (3, 4))
+  f = lambda p, x: jnp.tanh(p @ x)            # x: (4, N) -> (3, N)
+  x1, x2 = jax.random.normal(k[1], (4, 2)), jax.random.normal(k[2], (4, 3))
+  for trace in [(), (0,)]:
+    got = autontk.ntk_fn(f, trace_axes=trace, implementation=impl)(x1, x2, w)
+    assert_kernels_close(got, reference_ntk(f, w, x1, x2, trace, ()))
