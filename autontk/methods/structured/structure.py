@@ -89,3 +89,11 @@ def dense(ndim: int, cot_map: Callable[[Any], jax.Array] | None = None
   """A materialised Jacobian: ``cot_map(C)`` has exactly θ's axes."""
   labels = tuple(range(ndim))
   return Structure(labels, labels, cot_map)
+
+
+def dropping_axes(ndim: int, axes) -> "Structure":
+  """``y`` is ``θ`` with ``axes`` summed or squeezed away (``reduce_sum``,
+  ``squeeze``): θ's other labels pass through in order."""
+  dropped = {a % ndim for a in axes}
+  return Structure(tuple(range(ndim)),
+                   tuple(i for i in range(ndim) if i not in dropped))

@@ -13,16 +13,13 @@ from jax import lax
 from autontk._compat import primitives as P
 from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
                                                    structure_rule)
-from autontk.methods.structured.structure import Structure
+from autontk.methods.structured.structure import Structure, dropping_axes
 
 
 
 @structure_rule(P.reduce_sum_p)
 def reduce_sum_structure(ctx: UseContext) -> Structure:
-  nd = len(ctx.theta_aval.shape)
-  axes = {a % nd for a in ctx.params["axes"]}
-  return Structure(tuple(range(nd)),
-                   tuple(i for i in range(nd) if i not in axes))
+  return dropping_axes(len(ctx.theta_aval.shape), ctx.params["axes"])
 
 
 @jacobian_rule(P.cumsum_p)

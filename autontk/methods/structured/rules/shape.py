@@ -19,7 +19,8 @@ from jax import lax
 from autontk._compat import primitives as P
 from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
                                                    structure_rule)
-from autontk.methods.structured.structure import IndexFactor, Structure
+from autontk.methods.structured.structure import (IndexFactor, Structure,
+                                                  dropping_axes)
 
 
 
@@ -47,10 +48,7 @@ def transpose_structure(ctx: UseContext) -> Structure:
 
 @structure_rule(P.squeeze_p)
 def squeeze_structure(ctx: UseContext) -> Structure:
-  nd = len(ctx.theta_aval.shape)
-  dims = {d % nd for d in ctx.params["dimensions"]}
-  return Structure(tuple(range(nd)),
-                   tuple(i for i in range(nd) if i not in dims))
+  return dropping_axes(len(ctx.theta_aval.shape), ctx.params["dimensions"])
 
 
 @jacobian_rule(P.reshape_p)
