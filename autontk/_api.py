@@ -8,30 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autontk import _axes, _problem
+from autontk import _axes, _kwargs, _problem
 from autontk._options import Implementation, NtkOptions
 from autontk._plan import Plan
 from autontk._types import ApplyFn, Axes, PyTree, VMapAxes
-
-
-def _is_array(v: Any) -> bool:
-  return isinstance(v, (jax.Array, np.ndarray, np.generic))
-
-
-def _split_static(kwargs: dict[str, Any]):
-  """Splits kwargs leaves into arrays (traced) and Python values (static)."""
-  leaves, treedef = jax.tree.flatten(kwargs)
-  is_arr = tuple(_is_array(v) for v in leaves)
-  dynamic = [v for v, a in zip(leaves, is_arr) if a]
-  static = tuple(v for v, a in zip(leaves, is_arr) if not a)
-  return dynamic, (treedef, is_arr, static)
-
-
-def _merge_static(dynamic: list[Any], static_key) -> dict[str, Any]:
-  treedef, is_arr, static = static_key
-  it_d, it_s = iter(dynamic), iter(static)
-  leaves = [next(it_d) if a else next(it_s) for a in is_arr]
-  return jax.tree.unflatten(treedef, leaves)
 
 
 class NtkFn:
@@ -123,7 +103,7 @@ class NtkFn:
   def execute(self, plan: Plan, x1: PyTree, x2: PyTree | None,
               params: PyTree, **kwargs: Any) -> PyTree:
     """Runs a given plan (compiled once per plan and static arguments)."""
-    dynamic, static_key = _split_static(kwargs)
+    dynamic, static_key = _kwargs.split_static(kwargs)
     run = self._executable(plan, x2 is None, static_key)
     return run(params, x1, x2, dynamic)
 
@@ -137,7 +117,7 @@ class NtkFn:
       return self._executables[key]
 
     def run(params, x1, x2, dynamic):
-      kwargs = _merge_static(dynamic, static_key)
+      kwargs = _kwargs.merge_static(dynamic, static_key)
       problem = _problem.build(self.f, self.options, x1, x2, params, kwargs)
       kernels = plan.execute(problem)
       return jax.tree.unflatten(problem.out_treedef, kernels)

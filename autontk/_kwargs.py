@@ -19,6 +19,32 @@ import numpy as np
 from autontk._types import PyTree
 
 
+def is_array_leaf(v: Any) -> bool:
+  """An array leaf (traced under jit); anything else is a static Python value."""
+  return isinstance(v, (jax.Array, np.ndarray, np.generic))
+
+
+def split_static(kwargs: dict[str, Any]) -> tuple[list[Any], Any]:
+  """``(array leaves, static key)``: arrays are traced, the rest is static.
+
+  The static key ``(treedef, is_array mask, static leaves)`` is hashable when
+  the static values are, and :func:`merge_static` inverts the split.
+  """
+  leaves, treedef = jax.tree.flatten(kwargs)
+  is_arr = tuple(is_array_leaf(v) for v in leaves)
+  dynamic = [v for v, a in zip(leaves, is_arr) if a]
+  static = tuple(v for v, a in zip(leaves, is_arr) if not a)
+  return dynamic, (treedef, is_arr, static)
+
+
+def merge_static(dynamic: list[Any], static_key: Any) -> dict[str, Any]:
+  """Inverse of :func:`split_static`."""
+  treedef, is_arr, static = static_key
+  it_d, it_s = iter(dynamic), iter(static)
+  leaves = [next(it_d) if a else next(it_s) for a in is_arr]
+  return jax.tree.unflatten(treedef, leaves)
+
+
 def inputs_equal(x1: PyTree, x2: PyTree, eps: float = 1e-12) -> Any:
   """``True``/``False`` when known statically, else a traced boolean."""
   if x1 is x2:

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autontk._axes import LeafAxes
+from autontk._kwargs import is_array_leaf, merge_static
 from autontk._problem import NtkProblem
 
 SCHEMES = ("scan", "host")
@@ -258,8 +259,8 @@ class _BlockArgs:
 
   @staticmethod
   def of(problem: NtkProblem) -> "_BlockArgs":
-    kw1 = [v for v in jax.tree.leaves(problem.kwargs1) if _is_array(v)]
-    kw2 = [v for v in jax.tree.leaves(problem.kwargs2) if _is_array(v)]
+    kw1 = [v for v in jax.tree.leaves(problem.kwargs1) if is_array_leaf(v)]
+    kw2 = [v for v in jax.tree.leaves(problem.kwargs2) if is_array_leaf(v)]
     p = [leaf for leaf in problem._param_leaves]  # noqa: SLF001
     return _BlockArgs(p, jax.tree.leaves(problem.x1),
                       jax.tree.leaves(problem.x2), kw1, kw2)
@@ -268,10 +269,6 @@ class _BlockArgs:
 jax.tree_util.register_dataclass(
     _BlockArgs, data_fields=["param_leaves", "x1", "x2", "kw1", "kw2"],
     meta_fields=[])
-
-
-def _is_array(v: Any) -> bool:
-  return isinstance(v, (jax.Array, np.ndarray, np.generic))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,15 +288,13 @@ class _KwLayout:
       n = len(jax.tree.leaves(kwargs[k]))
       leaf_axes.extend(kwd.get(k, (None,) * n))
     leaves, td = jax.tree.flatten(kwargs)
-    is_arr = tuple(_is_array(v) for v in leaves)
+    is_arr = tuple(is_array_leaf(v) for v in leaves)
     return _KwLayout(td, is_arr,
                      tuple(v for v, a in zip(leaves, is_arr) if not a),
                      tuple(ax for ax, a in zip(leaf_axes, is_arr) if a))
 
   def merge(self, arrays: list[Any]) -> dict[str, Any]:
-    it_a, it_s = iter(arrays), iter(self.static)
-    return jax.tree.unflatten(
-        self.treedef, [next(it_a) if a else next(it_s) for a in self.is_array])
+    return merge_static(arrays, (self.treedef, self.is_array, self.static))
 
 
 @dataclasses.dataclass(frozen=True)

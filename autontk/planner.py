@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autontk import _api, methods
+from autontk import _kwargs, methods
 from autontk import chunking as chunking_lib
 from autontk._options import Implementation
 from autontk._plan import Plan
@@ -125,14 +125,10 @@ class Candidate:
     return self.plan.describe()
 
 
-def _is_array(v: Any) -> bool:
-  return isinstance(v, (jax.Array, np.ndarray, np.generic))
-
-
 def _abstract(tree: Any) -> Any:
   return jax.tree.map(
       lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v))
-      if _is_array(v) else v, tree)
+      if _kwargs.is_array_leaf(v) else v, tree)
 
 
 def call_key(x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> Any:
@@ -142,7 +138,7 @@ def call_key(x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> Any:
   """
   def sig(tree):
     leaves, td = jax.tree.flatten(tree)
-    return td, tuple((tuple(v.shape), v.dtype) if _is_array(v) else
+    return td, tuple((tuple(v.shape), v.dtype) if _kwargs.is_array_leaf(v) else
                      ("static", _hashable(v)) for v in leaves)
   return (sig(x1), None if x2 is None else sig(x2), sig(params), sig(kwargs))
 
@@ -154,7 +150,7 @@ class PlanningCall:
                kwargs: dict[str, Any]):
     self.ntk, self.x1, self.x2 = ntk, x1, x2
     self.params, self.kwargs = params, dict(kwargs)
-    self.dynamic, self.static_key = _api._split_static(self.kwargs)  # noqa: SLF001
+    self.dynamic, self.static_key = _kwargs.split_static(self.kwargs)
     self._problem: NtkProblem | None = None
     self._block_costs: dict[Any, tuple[Any, hlo.HloCost]] = {}
     self._lowered: dict[Plan, tuple[Any, hlo.HloCost]] = {}
@@ -187,7 +183,7 @@ class PlanningCall:
   def describe(self) -> str:
     def shapes(tree):
       return ", ".join(str(tuple(np.shape(v))) for v in jax.tree.leaves(tree)
-                       if _is_array(v))
+                       if _kwargs.is_array_leaf(v))
     x2 = "None" if self.x2 is None else shapes(self.x2)
     return f"x1 {shapes(self.x1)}; x2 {x2}; {self.problem.n_params} params"
 

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from autontk._kwargs import is_array_leaf
 from autontk._types import PyTree
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
@@ -61,8 +62,7 @@ class Signature:
 
 
 def _is_array(v: Any) -> bool:
-  return isinstance(v, (jax.Array, np.ndarray, np.generic,
-                        jax.ShapeDtypeStruct))
+  return is_array_leaf(v) or isinstance(v, jax.ShapeDtypeStruct)
 
 
 def _abstract(v: Any) -> Any:

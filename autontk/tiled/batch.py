@@ -15,13 +15,10 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from autontk._kwargs import is_array_leaf
 from autontk._problem import NtkProblem
 from autontk._types import PyTree
 from autontk.tiled.tiling import take_examples
-
-
-def _is_array(v: Any) -> bool:
-  return isinstance(v, (jax.Array, np.ndarray, np.generic))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +69,7 @@ class Side:
   @property
   def shared(self) -> list[int]:
     return [i for i, (a, v) in enumerate(zip(self.axes, self.leaves))
-            if a is None and _is_array(v)]
+            if a is None and is_array_leaf(v)]
 
   def tile_leaf(self, i: int, rows: tuple[int, int], size: int) -> np.ndarray:
     """Leaf ``i`` (batched) for examples ``rows``, padded to ``size``."""
@@ -134,7 +131,7 @@ def sides(problem: NtkProblem) -> tuple[Side, Side]:
     leaves, treedef = jax.tree.flatten((x, kw))
     axes = x_axes + kw_axes
     for i, (v, a) in enumerate(zip(leaves, axes)):
-      if a is not None and not _is_array(v):
+      if a is not None and not is_array_leaf(v):
         raise TypeError(f"A batched kwarg leaf of {name} must be an array; "
                         f"got {type(v).__name__}.")
     sizes = {np.shape(v)[a] for v, a in zip(leaves, axes) if a is not None}
