@@ -13,12 +13,9 @@ plain-JAX one where that failed): ``rel_err`` = max |K - K_ref| / max |K_ref|.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from typing import Any
 

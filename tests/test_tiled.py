@@ -7,7 +7,6 @@ Multi-device, multi-process and kill-and-resume runs are in
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp

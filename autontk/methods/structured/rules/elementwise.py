@@ -8,7 +8,6 @@ to the cotangent directly (it costs no more than the cotangent).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from autontk import _compat

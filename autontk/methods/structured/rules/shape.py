@@ -12,7 +12,6 @@ for pad, flip for rev, ...).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
