@@ -94,13 +94,8 @@ def run_auto(case: Case, policy: timing.TimingPolicy,
   f = models.apply(case.spec)
   opts = dict(auto_options or {})
   try:
-    try:
-      ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
-                           implementation="auto", **opts)
-    except TypeError:
-      opts = {}
-      ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
-                           implementation="auto")
+    ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
+                         implementation="auto", **opts)
     t0 = time.perf_counter()
     plan = ntk.plan(x1, x2, params)
     plan_s = time.perf_counter() - t0
@@ -110,18 +105,8 @@ def run_auto(case: Case, policy: timing.TimingPolicy,
   rec: dict[str, Any] = {"plan": plan.describe(), "plan_method": method,
                          "plan_chunked": plan.chunking is not None,
                          "planning_s": plan_s, "auto_options": sorted(opts)}
-  same = explicit.get(method, {})
-  if _is_plain(plan) and "median_s" in same:
-    rec.update({k: v for k, v in same.items() if not k.startswith("_")})
-    rec["reused_measurement_of"] = method
-  else:
-    try:
-      m = _measure_plan(ntk, plan, (x1, x2, params), policy)
-    except Exception as e:  # noqa: BLE001
-      rec.update(timing.error_record(e))
-      return rec
-    m["_result"] = _kernel(m.pop("_result"))
-    rec.update(m)
+  if not _time_plan(rec, ntk, plan, (x1, x2, params), policy, explicit):
+    return rec
   if "compile_s" in rec:
     rec["planning_over_compile"] = plan_s / max(rec["compile_s"], 1e-9)
   return rec
@@ -144,15 +129,6 @@ def _measure_plan(ntk, plan, args, policy) -> dict[str, Any]:
                             args, policy, keep_result=True)
 
 
-def _tune_fn():
-  import autontk
-  fn = getattr(autontk, "tune", None)
-  if fn is None:
-    from autontk import tuner
-    fn = tuner.tune
-  return fn
-
-
 def run_tuned(case: Case, policy: timing.TimingPolicy,
               explicit: dict[str, dict[str, Any]], budget_s: float = 30.0,
               arrays=None) -> dict[str, Any]:
@@ -165,9 +141,8 @@ def run_tuned(case: Case, policy: timing.TimingPolicy,
   params, x1, x2 = arrays or _device_arrays(case)
   f = models.apply(case.spec)
   try:
-    tune = _tune_fn()
     t0 = time.perf_counter()
-    result = tune(f, x1, x2, params, trace_axes=case.trace_axes, vmap_axes=0,
+    result = autontk.tune(f, x1, x2, params, trace_axes=case.trace_axes, vmap_axes=0,
                   budget_s=budget_s, cache=False, progress=False)
     tune_s = time.perf_counter() - t0
     plan = result.plan
@@ -179,19 +154,31 @@ def run_tuned(case: Case, policy: timing.TimingPolicy,
   rec: dict[str, Any] = {"plan": plan.describe(), "plan_method": method,
                          "plan_chunked": plan.chunking is not None,
                          "planning_s": tune_s}
+  _time_plan(rec, ntk, plan, (x1, x2, params), policy, explicit)
+  return rec
+
+
+def _time_plan(rec: dict[str, Any], ntk, plan, args, policy,
+               explicit: dict[str, dict[str, Any]]) -> bool:
+  """Adds ``plan``'s timing to ``rec``; ``False`` if timing it failed.
+
+  A plan that is exactly an explicit method's plan reuses that method's
+  measurement (same executable); any other plan is compiled and timed.
+  """
+  method = plan.implementation.name.lower()
   same = explicit.get(method, {})
   if _is_plain(plan) and "median_s" in same:
     rec.update({k: v for k, v in same.items() if not k.startswith("_")})
     rec["reused_measurement_of"] = method
-    return rec
+    return True
   try:
-    m = _measure_plan(ntk, plan, (x1, x2, params), policy)
+    m = _measure_plan(ntk, plan, args, policy)
   except Exception as e:  # noqa: BLE001
     rec.update(timing.error_record(e))
-    return rec
+    return False
   m["_result"] = _kernel(m.pop("_result"))
   rec.update(m)
-  return rec
+  return True
 
 
 def jacrev_kernel_fn(case: Case):
