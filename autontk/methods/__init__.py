@@ -49,13 +49,10 @@ def available() -> tuple[Implementation, ...]:
 
 
 def _load_all() -> None:
-  # Import for the registration side effect; structured derivatives is
-  # optional while it is being built.
+  # Imported here, not at the top: the method modules import this registry.
   from autontk.methods import jacobian_contraction  # noqa: F401
   from autontk.methods import ntk_vector_products  # noqa: F401
-  import importlib.util
-  if importlib.util.find_spec("autontk.methods.structured") is not None:
-    from autontk.methods import structured  # noqa: F401
+  from autontk.methods import structured  # noqa: F401
 
 
 def compute(implementation: Implementation, problem: Any,
