@@ -57,6 +57,11 @@ class PlannerOptions:
     shortlist: at most this many candidates are compiled per signature.
     close_call: compile the runner-up only if its predicted time is within
       this factor of the fastest candidate's.
+    payback_calls: ... and only if that many calls of the leading plan
+      (predicted) take at least as long as compiling it did: when the kernel
+      runs in microseconds and compiles in a second, a second compile to
+      settle a close call would not pay for itself. ``0`` always compiles the
+      close runner-up.
     chunking: consider chunked candidates at all.
     block_sizes: block sizes to try (default: halvings of the batch size).
     schemes: chunking schemes to try.
@@ -68,6 +73,7 @@ class PlannerOptions:
   memory_budget: float | int | None = None
   shortlist: int = 2
   close_call: float = 1.5
+  payback_calls: int = 100
   chunking: bool = True
   block_sizes: tuple[int, ...] | None = None
   schemes: tuple[str, ...] = chunking_lib.SCHEMES
@@ -105,6 +111,10 @@ class PlannerOptions:
       raise ValueError(f"`shortlist` must be an int >= 1; got {shortlist!r}.")
     if options.get("close_call", 1.5) < 1:
       raise ValueError("`close_call` must be >= 1.")
+    payback = options.get("payback_calls", 100)
+    if isinstance(payback, bool) or not isinstance(payback, int) or (
+        payback < 0):
+      raise ValueError(f"`payback_calls` must be an int >= 0; got {payback!r}.")
     predictor = options.get("predictor")
     if predictor is not None and not isinstance(predictor,
                                                 predict_lib.TimePredictor):
@@ -374,6 +384,9 @@ class Planner:
     Candidates whose lowered memory estimate fits come first; the others
     (the estimate is rough) follow, fastest first, until ``shortlist``
     candidates are confirmed feasible or ``shortlist + 4`` compiles are spent.
+    Once one is confirmed, a runner-up is compiled only if it is a close call
+    (``close_call``) and the leader runs long enough for a second compile to
+    pay back (``payback_calls``).
     """
     def rank(e):
       return (0 if e.feasible else 1, e.predicted_time)
@@ -384,6 +397,7 @@ class Planner:
     confirmed = [e for e in ests.values()
                  if e.feasible and e.compile_time is not None]
     first: float | None = None
+    leader: CostEstimate | None = None
     attempts = 0
     for e in ranked:
       if (len(confirmed) >= self.options.shortlist or
@@ -392,16 +406,25 @@ class Planner:
       if first is not None and (lowered_pred[e.plan] >
                                 self.options.close_call * first):
         break
+      if leader is not None and not self._pays_back(leader):
+        break
       attempts += 1
       ce = self.estimate(Candidate(e.plan), call, compile=True, budget=budget)
       ests[e.plan] = ce
       if ce.feasible:
         confirmed.append(ce)
         if first is None:
-          first = lowered_pred[e.plan]
+          first, leader = lowered_pred[e.plan], ce
     if not confirmed:
       return None
     return self.choose(confirmed)
+
+  def _pays_back(self, leader: CostEstimate) -> bool:
+    """Would ``payback_calls`` calls of ``leader`` outlast its compile?"""
+    if self.options.payback_calls == 0 or not leader.compile_time:
+      return True
+    return (self.options.payback_calls * leader.predicted_time >=
+            leader.compile_time)
 
   def _estimate_whole(self, plan: Plan, call: PlanningCall,
                       compile: bool) -> CostEstimate:

@@ -245,3 +245,33 @@ def test_custom_call_matmuls_do_not_hide_flops():
   compiled = hlo.HloCost(1e3, 5e2, None, 4e3, True, "compiled")
   floor = 9e5 if jax.default_backend() != "cpu" else 1e3  # CPU: exact
   assert _merge_compiled(lowered, compiled).flops == floor
+
+
+class _ConstantPredictor:
+  """Predicts the same time for every candidate: every pair is a close call."""
+
+  def __init__(self, seconds):
+    self.seconds = seconds
+
+  def predict(self, features):
+    return self.seconds
+
+
+@pytest.mark.parametrize("seconds,payback,compiled", [
+    (1e-7, 100, 1),   # 100 calls take 10 µs: a second compile never pays
+    (1e-7, 0, 2),     # payback_calls=0: always settle close calls
+    (10.0, 100, 2),   # a 10 s kernel: the second compile pays at once
+])
+def test_runner_up_compiled_only_when_it_pays_back(seconds, payback,
+                                                   compiled):
+  ntk = autontk.ntk_fn(F, vmap_axes=0, chunking=False,
+                       predictor=_ConstantPredictor(seconds),
+                       payback_calls=payback)
+  report = _plan_report(ntk, X, PARAMS)
+  assert sum(e.compile_time is not None for e in report.estimates) == compiled
+  assert report.chosen_estimate.compile_time is not None
+
+
+def test_payback_calls_is_validated():
+  with pytest.raises(ValueError, match="payback_calls"):
+    autontk.ntk_fn(F, payback_calls=-1)
