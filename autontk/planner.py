@@ -346,8 +346,8 @@ class Planner:
         if e.estimated:
           lowered_pred[c.plan] = e.predicted_time
 
-    whole = [c for c in cands if not _memory_variant(c.plan)]
-    chunked = [c for c in cands if _memory_variant(c.plan)]
+    whole = [c for c in cands if not is_memory_variant(c.plan)]
+    chunked = [c for c in cands if is_memory_variant(c.plan)]
     run_estimates(whole)
     need_chunks = not any(e.feasible for e in ests.values())
     if full or need_chunks:
@@ -523,7 +523,7 @@ def _columns(problem: NtkProblem) -> int:
   return sum(math.prod(o.shape) for o in problem.out2)
 
 
-def _memory_variant(plan: Plan) -> bool:
+def is_memory_variant(plan: Plan) -> bool:
   """Chunked over the batch or over kernel columns."""
   return (plan.chunking is not None or
           getattr(plan.config, "column_chunk", None) is not None)

@@ -3,8 +3,9 @@
 :func:`tune` asks the planner for its candidates (method × chunking) ranked
 by the cost model, then times them with an `optuna`_ study:
 
-* The study is seeded with the cost model's ranking (``enqueue_trial``), so
-  the most promising candidates are timed first; a ``BruteForceSampler``
+* The study is seeded with the cost model's ranking (``enqueue_trial``),
+  every method's unchunked plan first, so the most promising candidates
+  are timed first; a ``BruteForceSampler``
   covers the rest of a small space, a TPE sampler a large one.
 * Each candidate is compiled (compile time recorded), run once to warm up,
   then timed with ``block_until_ready`` until at least ``min_time_s`` of
@@ -49,6 +50,7 @@ from autontk._plan import Plan
 from autontk._types import PyTree
 from autontk.cached_planner import signature_of
 from autontk.plancache import PlanCache, plan_to_json
+from autontk.planner import is_memory_variant
 from autontk.signature import Signature
 
 
@@ -376,10 +378,15 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   cands = [_as_candidate(c) for c in candidates]
   if not cands:
     raise ValueError("`candidates` is empty: nothing to tune.")
-  # Best predicted first; candidates without a prediction keep their order.
+  # Every method's whole (unchunked) plan first, then the memory-saving
+  # variants; best predicted first within each group, candidates without a
+  # prediction keep their order. The cost model's ranking *across* methods
+  # is its least certain part, and a variant is rarely faster than its
+  # method's whole plan when that fits the memory budget, so a short budget
+  # is best spent timing one plan per method.
   order = sorted(range(len(cands)), key=lambda i: (
-      not cands[i].feasible, cands[i].predicted_s is None,
-      cands[i].predicted_s or 0.0, i))
+      not cands[i].feasible, is_memory_variant(cands[i].plan),
+      cands[i].predicted_s is None, cands[i].predicted_s or 0.0, i))
   cands = [cands[i] for i in order]
   keys = [plan_to_json(c.plan) for c in cands]
   by_key = dict(zip(keys, cands))

@@ -10,6 +10,7 @@ tables), never as a crash.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -58,7 +59,7 @@ def run_explicit(case: Case, method: str, policy: timing.TimingPolicy,
     rec = timing.measure_jit(lambda a, b, p: ntk(a, b, p), (x1, x2, params),
                              policy, keep_result=True,
                              budget_bytes=budget_bytes,
-                             max_run_flops=max_run_flops)
+                             max_run_flops=max_run_flops, keep_call=True)
   except Exception as e:  # noqa: BLE001 - a missing method is "n/a"
     return timing.error_record(e)
   if "_result" in rec:
@@ -96,6 +97,7 @@ def run_auto(case: Case, policy: timing.TimingPolicy,
   try:
     ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
                          implementation="auto", **opts)
+    gc.collect()  # as before every timed first call (bench.timing)
     t0 = time.perf_counter()
     plan = ntk.plan(x1, x2, params)
     plan_s = time.perf_counter() - t0
@@ -229,6 +231,15 @@ def run_case(case: Case, policy: timing.TimingPolicy, *,
     out[m] = run_explicit(case, m, policy, budget_bytes, arrays,
                           max_run_flops)
     log(f"  autontk {SHORT.get(m, m):5s} {_fmt(out[m])}")
+  # The methods' medians are compared with each other (regret, best
+  # method): re-time them interleaved so machine noise hits all alike.
+  timing.interleave([out[m] for m in methods])
+  for m in methods:
+    out[m].pop("_call", None)
+  if len(methods) > 1:
+    log("  interleaved: " + "  ".join(
+        f"{SHORT.get(m, m)} {out[m]['median_s'] * 1e3:.3f} ms"
+        for m in methods if "median_s" in out[m]))
   if auto:
     out["auto"] = run_auto(case, policy, out, budget_bytes, auto_options,
                            arrays)

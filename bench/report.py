@@ -533,6 +533,11 @@ def render(out_dir: str, readme: str | None = None) -> str:
         f"{(machine.get('memory_bytes') or 0) / 2**30:.0f} GiB; "
         f"jax {machine.get('jax')}, autontk {machine.get('autontk')}, "
         f"Python {machine.get('python')}.")
+    if machine.get("device_calibration_s") is not None:
+      head.append(
+          f"The cost model's device constants were measured once before the "
+          f"suites ({machine['device_calibration_s']:.2f} s; stored per "
+          f"device in the cache directory), so planning times exclude them.")
     head.append("")
   summary = "\n".join(head) + "\n\n".join(parts) + "\n"
   with open(os.path.join(out_dir, "summary.md"), "w") as fh:

@@ -100,3 +100,22 @@ def test_report_renders_tables_and_plots(tmp_path):
   assert body.startswith("# hand-written") and "results:" in body
   report.render(str(tmp_path), readme=str(readme))  # idempotent block
   assert readme.read_text().count("<!-- results:") == 2
+
+
+def test_interleave_retimes_in_turn_and_keeps_the_sequential_median():
+  calls = []
+
+  def rec(name, median):
+    return {"median_s": median, "min_s": median, "repeats": 2,
+            "_call": lambda: calls.append(name)}
+
+  a, b = rec("a", 1e-3), rec("b", 1e-3)
+  slow = rec("slow", 10.0)          # above max_median_s: left alone
+  failed = {"error": "n/a"}         # no measurement: left alone
+  timing.interleave([a, b, slow, failed], budget_s=0.0, min_rounds=3)
+  assert calls == ["a", "b"] * 3    # round-robin, not one after the other
+  for r in (a, b):
+    assert r["median_seq_s"] == 1e-3 and r["interleaved_rounds"] == 3
+    assert r["repeats"] == 5 and r["min_s"] <= r["median_s"]
+  assert "median_seq_s" not in slow and slow["median_s"] == 10.0
+  assert failed == {"error": "n/a"}
