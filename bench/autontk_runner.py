@@ -218,6 +218,20 @@ def run_jacrev(case: Case, policy: timing.TimingPolicy,
   return rec
 
 
+def warm_up() -> None:
+  """One untimed tiny NTK per method, and one auto plan (the peers'
+  runners warm up the same way), before the first timed case."""
+  import autontk
+  f, params, x1, x2 = models.warm_up_inputs()
+  for m in EXPLICIT + ("auto",):
+    try:
+      ntk = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=m)
+      jax.block_until_ready(jax.jit(ntk)(x1, x2, params) if m != "auto"
+                            else ntk(x1, x2, params))
+    except Exception:  # noqa: BLE001 - a failing method shows in its case
+      pass
+
+
 def run_case(case: Case, policy: timing.TimingPolicy, *,
              methods: tuple[str, ...] = EXPLICIT, auto: bool = True,
              jacrev: bool = False, budget_bytes: float | None = None,

@@ -321,3 +321,13 @@ def apply(spec: Spec) -> Callable[[Any, Any], Any]:
   def f(params, x):
     return _run(spec, params, x, "l")
   return f
+
+
+def warm_up_inputs():
+  """A tiny model and batch for each runner's untimed warm-up NTK, so one-off
+  process costs (imports, JAX's first traces) do not land on the first
+  timed case. ``(f, params, x1, x2)`` as NumPy float32."""
+  spec = fcn([4, 2], "relu")
+  return (apply(spec), init_params(spec, (3,)), init_inputs((3,), 2, 0),
+          init_inputs((3,), 3, 1))
+

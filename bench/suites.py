@@ -179,6 +179,7 @@ def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
   _prepare(suite, cases, cfg)
   per_case: dict[str, dict[str, dict[str, Any]]] = {}
   methods = tuple(autontk_runner.EXPLICIT)
+  autontk_runner.warm_up()
   for c in cases:
     log(f"[{suite}] {c.name}: P={c.n_params:,} O={c.out_dim} N={c.n1}x{c.n2}"
         f" {'trace' if c.trace else 'full'}")
