@@ -86,7 +86,9 @@ class NtkFn:
       x2: second batch, or ``None`` for ``x2 = x1`` (work on x1 is reused).
       params: the parameters (pytree) the NTK is taken with respect to.
         Floating-point leaves are differentiated; integer, boolean and key
-        leaves are treated as constants.
+        leaves are treated as constants, and Python values other than
+        floats (an ``int`` or ``bool`` field of an equinox module) are
+        passed to ``f`` as themselves, never traced.
       **kwargs: keyword arguments of ``f``, split between x1 and x2 as in
         neural-tangents (``rng`` is split, 2-tuples are split, the rest is
         shared).
@@ -124,11 +126,57 @@ class NtkFn:
 
     # A host-loop chunking runs its own jitted block kernel per block.
     host_loop = getattr(plan.chunking, "host_loop", False)
-    fn = (jax.jit(run) if (self.jit and key is not None and not host_loop)
-          else run)
+    fn = _Executable(run, self.jit and key is not None and not host_loop)
     if key is not None:
       self._executables[key] = fn
     return fn
+
+
+class _Executable:
+  """``run(params, x1, x2, dynamic)``, jitted with Python params leaves static.
+
+  Non-array, non-float leaves of ``params`` (an ``int`` or ``bool`` field of
+  an equinox module, a string) are constants ``f`` may branch or loop on:
+  they are closed over, one compiled program per value, instead of being
+  traced by ``jax.jit``. ``lower`` is ``jax.jit(run).lower`` with the same
+  split (the planner analyses what would run).
+  """
+
+  def __init__(self, run: Callable, jit: bool):
+    self._run = run
+    self._jit = jit
+    self._jitted: dict[Any, Callable] = {}
+
+  def _bound(self, static_key) -> Callable:
+    def bound(p_dyn, x1, x2, dynamic):
+      return self._run(_kwargs.merge_static(p_dyn, static_key), x1, x2,
+                       dynamic)
+    return bound
+
+  def _compiled(self, params: PyTree) -> tuple[Callable | None, list[Any]]:
+    """``(jitted, traced leaves)``; ``None`` for unhashable constants."""
+    p_dyn, static_key = _kwargs.split_params(params)
+    try:
+      hash(static_key)
+    except TypeError:
+      return None, p_dyn
+    fn = self._jitted.get(static_key)
+    if fn is None:
+      fn = self._jitted[static_key] = jax.jit(self._bound(static_key))
+    return fn, p_dyn
+
+  def __call__(self, params, x1, x2, dynamic):
+    fn, p_dyn = self._compiled(params) if self._jit else (None, None)
+    if fn is None:  # not jitted (as for unhashable kwargs)
+      return self._run(params, x1, x2, dynamic)
+    return fn(p_dyn, x1, x2, dynamic)
+
+  def lower(self, params, x1, x2, dynamic):
+    fn, p_dyn = self._compiled(params)
+    if fn is None:
+      p_dyn, static_key = _kwargs.split_params(params)
+      fn = jax.jit(self._bound(static_key))
+    return fn.lower(p_dyn, x1, x2, dynamic)
 
 
 def ntk_fn(f: ApplyFn, *, trace_axes: Axes = (-1,), diagonal_axes: Axes = (),

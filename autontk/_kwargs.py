@@ -45,6 +45,31 @@ def merge_static(dynamic: list[Any], static_key: Any) -> dict[str, Any]:
   return jax.tree.unflatten(treedef, leaves)
 
 
+def is_static_param(v: Any) -> bool:
+  """A params leaf held as a Python constant rather than traced.
+
+  Array leaves (concrete, traced or abstract) and floating-point Python
+  numbers are traced; every other leaf (a Python ``int`` or ``bool``, a
+  string, an object inside an equinox module...) has no tangent space and is
+  passed to ``f`` as itself, as ``f`` may use it in Python control flow
+  (``range(self.n_layers)``).
+  """
+  return not isinstance(v, (jax.Array, np.ndarray, np.generic,
+                            jax.ShapeDtypeStruct, float, complex))
+
+
+def split_params(params: PyTree) -> tuple[list[Any], Any]:
+  """``(traced leaves, static key)`` of ``params``; see :func:`is_static_param`.
+
+  Inverted by :func:`merge_static`, like :func:`split_static`.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  is_dyn = tuple(not is_static_param(v) for v in leaves)
+  dynamic = [v for v, d in zip(leaves, is_dyn) if d]
+  static = tuple(v for v, d in zip(leaves, is_dyn) if not d)
+  return dynamic, (treedef, is_dyn, static)
+
+
 def inputs_equal(x1: PyTree, x2: PyTree, eps: float = 1e-12) -> Any:
   """``True``/``False`` when known statically, else a traced boolean."""
   if x1 is x2:

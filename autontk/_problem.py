@@ -27,6 +27,8 @@ from autontk._types import ApplyFn, PyTree
 
 
 def is_differentiable(leaf: Any) -> bool:
+  if _kwargs.is_static_param(leaf):
+    return False
   dtype = getattr(leaf, "dtype", None)
   if dtype is None:
     dtype = np.result_type(leaf)
@@ -180,8 +182,12 @@ def _check_inputs(x1: PyTree, x2: PyTree, vmap_axes: Any) -> str | None:
 
 def _eval_out(f: ApplyFn, params: PyTree, x: PyTree, kw: dict[str, Any],
               side: str):
+  # Python constants among the params (an int in an equinox module) stay
+  # themselves: f may branch or loop on them.
+  p_dyn, p_static = _kwargs.split_params(params)
   try:
-    out = jax.eval_shape(lambda p, xx: f(p, xx, **kw), params, x)
+    out = jax.eval_shape(
+        lambda p, xx: f(_kwargs.merge_static(p, p_static), xx, **kw), p_dyn, x)
   except Exception as e:  # noqa: BLE001 - re-raised with context
     e.add_note(f"(autontk: raised while evaluating f(params, {side}, "
                f"**kwargs) to find the output shapes.)")
@@ -216,7 +222,7 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
   p_leaves, p_td = jax.tree.flatten(params)
   mask = tuple(is_differentiable(leaf) for leaf in p_leaves)
   for i, leaf in enumerate(p_leaves):
-    if jnp.iscomplexobj(leaf):
+    if not _kwargs.is_static_param(leaf) and jnp.iscomplexobj(leaf):
       raise TypeError(f"`params` leaf {i} is complex ({leaf.dtype}); autontk "
                       "supports real floating-point parameters only.")
   theta = tuple(jnp.asarray(leaf) for d, leaf in zip(mask, p_leaves) if d)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from autontk import _kwargs
 from autontk._api import NtkFn
 from autontk._problem import NtkProblem
 from autontk._types import PyTree
@@ -152,8 +153,13 @@ def _cache(ntk: NtkFn, name: str) -> dict:
   return vars(ntk).setdefault(f"_tiled_{name}", {})
 
 
-def _program(ntk: NtkFn, plan: Any, same: bool, cluster, skel1, skel2):
-  def body(params, batched, shared):
+def _program(ntk: NtkFn, plan: Any, same: bool, cluster, skel1, skel2,
+             param_static: Any):
+  """The SPMD program of one kind of tile; it takes the params' traced
+  leaves (``_kwargs.split_params``), their Python constants are closed
+  over."""
+  def body(p_dyn, batched, shared):
+    params = _kwargs.merge_static(p_dyn, param_static)
     n1, s1 = len(skel1.batched), len(skel1.shared)
     x1, kw1 = skel1.assemble(batched[:n1], shared[:s1])
     if same:
@@ -163,7 +169,8 @@ def _program(ntk: NtkFn, plan: Any, same: bool, cluster, skel1, skel2):
       a1, a2, kw = _call_args(x1, kw1, x2, kw2, False)
     return jax.tree.leaves(ntk.execute(plan, a1, a2, params, **kw))
 
-  key = (plan, same, tuple(cluster.mesh.devices.flat), skel1, skel2)
+  key = (plan, same, tuple(cluster.mesh.devices.flat), skel1, skel2,
+         param_static)
   try:
     hash(key)
   except TypeError:
@@ -183,6 +190,7 @@ class _Run:
     self.side1, self.side2 = side1, side2
     self.grid, self.cluster = grid, cluster
     self.params = params
+    self._params_dyn, self._param_static = _kwargs.split_params(params)
     self._programs: dict[bool, Any] = {}
     self.fixed_plans: dict[bool, Any] = {}
     self._params_dev = None
@@ -211,7 +219,8 @@ class _Run:
         self.fixed_plans.update(self.plans())
       self._programs[same] = _program(
           self.ntk, self.fixed_plans[same], same, self.cluster,
-          self.side1.skeleton, None if same else self.side2.skeleton)
+          self.side1.skeleton, None if same else self.side2.skeleton,
+          self._param_static)
     return self._programs[same]
 
   def _sides(self, same: bool):
@@ -223,7 +232,7 @@ class _Run:
     program = self.program(same)
     if self._params_dev is None:
       self._params_dev = distributed.replicated_input(self.cluster,
-                                                      self.params)
+                                                      self._params_dyn)
     if same not in self._shared_dev:
       shared = [s.leaves[i] for s in self._sides(same) for i in s.shared]
       self._shared_dev[same] = distributed.replicated_input(self.cluster,

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from autontk import _kwargs
 from autontk.costmodel import memory
 
 MAX_TILE = 2048
@@ -50,12 +51,16 @@ def tile_peak_bytes(ntk, side1, side2, params, t1: int, t2: int,
     x2, kw2 = side2.host_tile((0, min(t2, side2.size)), t2)
   kwargs = {k: (kw1[k], kw2[k]) for k in kw1}
   plan = ntk.plan(x1, x2, params, **kwargs)
-  dynamic = {k: v for k, v in kwargs.items()}
+  # Python values (kwargs, constants among the params) are closed over.
+  dynamic, static_key = _kwargs.split_static(kwargs)
+  p_dyn, p_static = _kwargs.split_params(params)
 
-  def one_tile(params, x1, x2, kw):
+  def one_tile(p_dyn, x1, x2, dynamic):
+    params = _kwargs.merge_static(p_dyn, p_static)
+    kw = _kwargs.merge_static(dynamic, static_key)
     return jax.tree.leaves(ntk.execute(plan, x1, x2, params, **kw))
 
-  stats = jax.jit(one_tile).lower(params, x1, x2, dynamic).compile()
+  stats = jax.jit(one_tile).lower(p_dyn, x1, x2, dynamic).compile()
   mem = stats.memory_analysis()
   if mem is None:
     return 0
