@@ -171,7 +171,12 @@ def _check_inputs(x1: PyTree, x2: PyTree, vmap_axes: Any) -> str | None:
       ax = ax % max(len(sa), 1)
       same = (sa[:ax] + sa[ax + 1:]) == (sb[:ax] + sb[ax + 1:])
     if not same:
-      where = f"axis {ax}" if ax is not None else "unbatched"
+      if vmap_axes is None:
+        where = f"axis {ax}"
+      elif ax is None:
+        where = "`vmap_axes` gives this leaf none"
+      else:
+        where = f"axis {ax}, as `vmap_axes` says"
       msg = (f"`x1` and `x2` leaf {i} differ outside the batch axis "
              f"({where}): shapes {sa} and {sb}.")
       if vmap_axes is not None:
@@ -212,6 +217,8 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
   same = x2 is None
   mismatch = None
   if same:
+    if not jax.tree.leaves(x1):
+      raise ValueError("`x1` has no array leaves.")
     kw1, _ = _kwargs.split_kwargs(kwargs, x1, None)
     kw2 = kw1
     x2 = x1
@@ -244,11 +251,8 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
           f"f(params, x1) and f(params, x2) return different pytree "
           f"structures: {td1} and {td2}.")
 
-  axes = tuple(
-      _axes.leaf_axes(options.trace_axes, options.diagonal_axes, o1.shape,
-                      o2.shape, leaf_name=_leaf_name(i, len(out1), o1.shape))
-      for i, (o1, o2) in enumerate(zip(out1, out2)))
-
+  # `vmap_axes` first: a wrong batch axis is reported as such rather than as
+  # a size mismatch of a traced or diagonal axis.
   vspec = None
   if options.vmap_axes is not None:
     vspec = _vmap.canonicalize(options.vmap_axes, x1,
@@ -256,6 +260,11 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
     _vmap.batch_size(vspec, x1, out1, kw1, "x1")
     if not same:
       _vmap.batch_size(vspec, x2, out2, kw2, "x2")
+
+  axes = tuple(
+      _axes.leaf_axes(options.trace_axes, options.diagonal_axes, o1.shape,
+                      o2.shape, leaf_name=_leaf_name(i, len(out1), o1.shape))
+      for i, (o1, o2) in enumerate(zip(out1, out2)))
 
   problem = NtkProblem(
       f=f, params=params, x1=x1, x2=x2, kwargs1=kw1, kwargs2=kw2,
