@@ -126,18 +126,21 @@ def leaf_axes(trace_axes: Sequence[int], diagonal_axes: Sequence[int],
 
 def contract_outer(a1: jnp.ndarray, a2: jnp.ndarray, axes: LeafAxes,
                    extra1: Sequence[int] = (), extra2: Sequence[int] = (),
-                   precision=None) -> jnp.ndarray:
+                   precision=None, preferred_element_type=None
+                   ) -> jnp.ndarray:
   """Σ over traced axes (and ``extra`` trailing axes) of ``a1 ⊗ a2``.
 
   ``a1`` and ``a2`` have the leaf's output axes first and then trailing axes
   (e.g. parameter axes) which are summed over pairwise. The result is laid
-  out as the kernel (not yet divided by the trace size).
+  out as the kernel (not yet divided by the trace size), accumulated and
+  returned in ``preferred_element_type`` when given.
   """
   s1, s2, out = axes.sublists()
   n_extra = a1.ndim - axes.ndim
   base = 2 * axes.ndim
   extra = list(range(base, base + n_extra))
-  return jnp.einsum(a1, s1 + extra, a2, s2 + extra, out, precision=precision)
+  return jnp.einsum(a1, s1 + extra, a2, s2 + extra, out, precision=precision,
+                    preferred_element_type=preferred_element_type)
 
 
 def from_pair_layout(k: jnp.ndarray, axes: LeafAxes) -> jnp.ndarray:

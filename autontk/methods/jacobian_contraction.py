@@ -93,9 +93,14 @@ def contract_jacobians(j1: list, j2: list, problem: NtkProblem,
   """Kernels from given Jacobians (shared with chunked plans)."""
   out = []
   for i, axes in enumerate(problem.axes):
-    terms = [_axes.contract_outer(a, b, axes, precision=precision)
+    # In the kernel dtype, as the other methods: low-precision parameters
+    # (bfloat16 Jacobians) of a float32 output still give a float32 kernel,
+    # accumulated in float32.
+    dtype = problem.kernel_dtype(i)
+    terms = [_axes.contract_outer(a, b, axes, precision=precision,
+                                  preferred_element_type=dtype)
              for a, b in zip(j1[i], j2[i])]
-    out.append(sum(terms[1:], terms[0]) /
-               axes.trace_size(problem.out1[i].shape))
+    k = sum(terms[1:], terms[0]) / axes.trace_size(problem.out1[i].shape)
+    out.append(k.astype(dtype))
   return out
 
