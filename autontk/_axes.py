@@ -86,9 +86,11 @@ def canonicalize(axes: Sequence[int], ndim: int, name: str,
   out = []
   for a in axes:
     if not -ndim <= a < ndim:
+      valid = (f"valid axes are {-ndim}..{ndim - 1}" if ndim else
+               f"it has no axes: pass {name}=()")
       raise ValueError(
           f"`{name}` contains axis {a}, out of range for {leaf_name} of rank "
-          f"{ndim} (valid axes are {-ndim}..{ndim - 1}).")
+          f"{ndim} ({valid}).")
     out.append(a % ndim)
   if len(set(out)) != len(out):
     raise ValueError(
