@@ -16,9 +16,19 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 
+def _is_float_leaf(v):
+  """Floating-point arrays and Python floats are differentiated; anything
+  else (integer arrays, Python ints, bools, strings, functions) is held
+  constant."""
+  if not isinstance(v, (float, jax.Array, np.ndarray, np.generic)):
+    return False
+  dtype = v.dtype if hasattr(v, "dtype") else np.result_type(v)
+  return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
 def _split_float(params):
   leaves, td = jax.tree.flatten(params)
-  is_f = [jnp.issubdtype(jnp.asarray(l).dtype, jnp.floating) for l in leaves]
+  is_f = [_is_float_leaf(l) for l in leaves]
   floats = [l for l, b in zip(leaves, is_f) if b]
 
   def rebuild(fl):
@@ -35,16 +45,24 @@ def _canon(axes, ndim):
 
 
 def jacobian_leaves(f, params, x, **kwargs):
+  """Per output leaf, ``∂out/∂θ`` of shape ``out.shape + (P,)``, eagerly."""
+  return jacobians(f, params, x, kwargs)
+
+
+def jacobians(f, params, x, kwargs, jit=False):
+  """:func:`jacobian_leaves` with the kwargs as a dict; ``jit`` compiles the
+  Jacobian (faster for big models, same values)."""
   floats, rebuild = _split_float(params)
   flat, unravel = ravel_pytree(floats)
 
   def g(v):
     return jax.tree.leaves(f(rebuild(unravel(v)), x, **kwargs))
 
+  wrap = jax.jit if jit else (lambda h: h)
   try:
-    jac = jax.jacrev(g)(flat)
+    jac = wrap(jax.jacrev(g))(flat)
   except (TypeError, ValueError):  # e.g. while loops have no reverse mode
-    jac = jax.jacfwd(g)(flat)
+    jac = wrap(jax.jacfwd(g))(flat)
   return [np.asarray(j, dtype=np.float64) for j in jac]
 
 

@@ -28,11 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from jax.flatten_util import ravel_pytree
 
 import autontk
 from helpers import assert_kernels_close, split_kwargs_by_hand
-from reference import contract
+from reference import contract, jacobians
 
 EXPLICIT = ["jacobian_contraction", "ntk_vector_products",
             "structured_derivatives"]
@@ -717,31 +716,9 @@ def linalg_params():
 # Reference ---------------------------------------------------------------------
 
 
-def _is_float_leaf(v) -> bool:
-  if not isinstance(v, (float, jax.Array, np.ndarray, np.generic)):
-    return False  # Python ints, bools, strings, functions: constants
-  dtype = v.dtype if hasattr(v, "dtype") else np.result_type(v)
-  return bool(jnp.issubdtype(dtype, jnp.floating))
-
-
 def _jacobians(f, params, x, kwargs):
-  """Per output leaf, ``∂out/∂θ`` for the flattened float leaves of params,
-  shape ``out.shape + (P,)`` (jitted; constants closed over)."""
-  leaves, treedef = jax.tree.flatten(params)
-  is_float = [_is_float_leaf(v) for v in leaves]
-  flat, unravel = ravel_pytree([v for v, b in zip(leaves, is_float) if b])
-
-  def g(v):
-    it = iter(unravel(v))
-    p = jax.tree.unflatten(treedef, [next(it) if b else leaf
-                                     for leaf, b in zip(leaves, is_float)])
-    return jax.tree.leaves(f(p, x, **kwargs))
-
-  try:
-    jac = jax.jit(jax.jacrev(g))(flat)
-  except (TypeError, ValueError):  # while loops: forward mode only
-    jac = jax.jit(jax.jacfwd(g))(flat)
-  return [np.asarray(j, np.float64) for j in jac]
+  """The reference Jacobians, jitted (eagerly some models take seconds)."""
+  return jacobians(f, params, x, kwargs, jit=True)
 
 
 def _reference_of(f, params, x1, x2, trace_axes, diagonal_axes, kwargs=None):
