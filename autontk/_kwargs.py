@@ -10,7 +10,7 @@ Same rules as neural-tangents' ``utils.split_kwargs``:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,25 +24,36 @@ def is_array_leaf(v: Any) -> bool:
   return isinstance(v, (jax.Array, np.ndarray, np.generic))
 
 
-def split_static(kwargs: dict[str, Any]) -> tuple[list[Any], Any]:
-  """``(array leaves, static key)``: arrays are traced, the rest is static.
+def partition(tree: PyTree, is_dynamic: Callable[[Any], bool]
+              ) -> tuple[list[Any], Any]:
+  """``(dynamic leaves, static key)`` of ``tree`` by ``is_dynamic(leaf)``.
 
-  The static key ``(treedef, is_array mask, static leaves)`` is hashable when
-  the static values are, and :func:`merge_static` inverts the split.
+  The static key ``(treedef, dynamic mask, static leaves)`` is hashable when
+  the static values are; :func:`merge_static` inverts the split.
   """
-  leaves, treedef = jax.tree.flatten(kwargs)
-  is_arr = tuple(is_array_leaf(v) for v in leaves)
-  dynamic = [v for v, a in zip(leaves, is_arr) if a]
-  static = tuple(v for v, a in zip(leaves, is_arr) if not a)
-  return dynamic, (treedef, is_arr, static)
+  leaves, treedef = jax.tree.flatten(tree)
+  mask = tuple(bool(is_dynamic(v)) for v in leaves)
+  dynamic = [v for v, d in zip(leaves, mask) if d]
+  static = tuple(v for v, d in zip(leaves, mask) if not d)
+  return dynamic, (treedef, mask, static)
 
 
-def merge_static(dynamic: list[Any], static_key: Any) -> dict[str, Any]:
-  """Inverse of :func:`split_static`."""
-  treedef, is_arr, static = static_key
+def split_static(kwargs: dict[str, Any]) -> tuple[list[Any], Any]:
+  """``(array leaves, static key)``: arrays are traced, the rest is static."""
+  return partition(kwargs, is_array_leaf)
+
+
+def merge_leaves(dynamic: list[Any], static_key: Any) -> list[Any]:
+  """All leaves, in order, from a :func:`partition`."""
+  _, mask, static = static_key
   it_d, it_s = iter(dynamic), iter(static)
-  leaves = [next(it_d) if a else next(it_s) for a in is_arr]
-  return jax.tree.unflatten(treedef, leaves)
+  return [next(it_d) if d else next(it_s) for d in mask]
+
+
+def merge_static(dynamic: list[Any], static_key: Any) -> Any:
+  """Inverse of :func:`partition` (:func:`split_static`,
+  :func:`split_params`)."""
+  return jax.tree.unflatten(static_key[0], merge_leaves(dynamic, static_key))
 
 
 def is_static_param(v: Any) -> bool:
@@ -63,11 +74,7 @@ def split_params(params: PyTree) -> tuple[list[Any], Any]:
 
   Inverted by :func:`merge_static`, like :func:`split_static`.
   """
-  leaves, treedef = jax.tree.flatten(params)
-  is_dyn = tuple(not is_static_param(v) for v in leaves)
-  dynamic = [v for v, d in zip(leaves, is_dyn) if d]
-  static = tuple(v for v, d in zip(leaves, is_dyn) if not d)
-  return dynamic, (treedef, is_dyn, static)
+  return partition(params, lambda v: not is_static_param(v))
 
 
 def inputs_equal(x1: PyTree, x2: PyTree, eps: float = 1e-12) -> Any:

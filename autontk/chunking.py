@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from autontk._axes import LeafAxes
-from autontk._kwargs import is_array_leaf, is_static_param, merge_static
+from autontk._kwargs import (is_array_leaf, merge_leaves, merge_static,
+                             split_params)
 from autontk._problem import NtkProblem
 
 SCHEMES = ("scan", "host")
@@ -262,8 +263,7 @@ class _BlockArgs:
     kw1 = [v for v in jax.tree.leaves(problem.kwargs1) if is_array_leaf(v)]
     kw2 = [v for v in jax.tree.leaves(problem.kwargs2) if is_array_leaf(v)]
     # Python constants among the params stay in the (static) block spec.
-    p = [leaf for leaf in problem._param_leaves  # noqa: SLF001
-         if not is_static_param(leaf)]
+    p, _ = split_params(problem.params)
     return _BlockArgs(p, jax.tree.leaves(problem.x1),
                       jax.tree.leaves(problem.x2), kw1, kw2)
 
@@ -321,9 +321,8 @@ class _BlockSpec:
   axes: tuple[LeafAxes, ...]
   param_treedef: Any
   diff_mask: tuple[bool, ...]
-  # Per params leaf, whether it is a Python constant; and those constants.
-  param_is_static: tuple[bool, ...]
-  param_static: tuple[Any, ...]
+  # The static key of the params' split (Python constants stay static).
+  param_split: Any
 
 
 def _block_spec(plan: Any, problem: NtkProblem, grid: BlockGrid,
@@ -339,7 +338,6 @@ def _block_spec(plan: Any, problem: NtkProblem, grid: BlockGrid,
 
   axes = tuple(_block_axes(ax, b) for ax, b in zip(problem.axes,
                                                    vmap.out_axes))
-  leaves = problem._param_leaves  # noqa: SLF001
   return _BlockSpec(
       plan=plan, f=problem.f, same_inputs=same, n1=grid.n1, n2=grid.n2,
       b1=grid.b1, b2=grid.b2,
@@ -351,8 +349,7 @@ def _block_spec(plan: Any, problem: NtkProblem, grid: BlockGrid,
       out2=block_shapes(problem.out2, grid.b2), axes=axes,
       param_treedef=problem._param_treedef,  # noqa: SLF001
       diff_mask=problem._diff_mask,  # noqa: SLF001
-      param_is_static=tuple(is_static_param(v) for v in leaves),
-      param_static=tuple(v for v in leaves if is_static_param(v)))
+      param_split=split_params(problem.params)[1])
 
 
 def _take(leaf: Any, axis: int | None, start: Any, size: int, n: int) -> Any:
@@ -366,9 +363,7 @@ def _take(leaf: Any, axis: int | None, start: Any, size: int, n: int) -> Any:
 def _block_kernels(spec: _BlockSpec, args: _BlockArgs, start1: Any,
                    start2: Any) -> list[jax.Array]:
   """Kernels of the block (x1[start1:+b1], x2[start2:+b2])."""
-  it_dyn, it_static = iter(args.param_leaves), iter(spec.param_static)
-  param_leaves = [next(it_static) if s else next(it_dyn)
-                  for s in spec.param_is_static]
+  param_leaves = merge_leaves(args.param_leaves, spec.param_split)
   theta = tuple(v for d, v in zip(spec.diff_mask, param_leaves) if d)
   params = jax.tree.unflatten(spec.param_treedef, param_leaves)
   x1 = [_take(v, a, start1, spec.b1, spec.n1)

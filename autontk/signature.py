@@ -33,7 +33,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from autontk._kwargs import is_array_leaf, merge_static, split_params
+from autontk._kwargs import (is_array_leaf, merge_static, partition,
+                              split_params)
 from autontk._types import PyTree
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
@@ -109,17 +110,12 @@ def canonical_jaxpr(f, params: PyTree, x: PyTree,
   :func:`autontk._kwargs.is_static_param`), are closed over as Python
   values. Object addresses are removed.
   """
-  kw_leaves, kw_def = jax.tree.flatten(kwargs)
-  is_arr = [_is_array(v) for v in kw_leaves]
-  static = [v for v, a in zip(kw_leaves, is_arr) if not a]
-  dynamic = [_abstract(v) for v, a in zip(kw_leaves, is_arr) if a]
+  kw_dyn, kw_static = partition(kwargs, _is_array)
+  dynamic = [_abstract(v) for v in kw_dyn]
   p_dyn, p_static = split_params(params)
 
   def apply(p, xx, dyn):
-    it_d, it_s = iter(dyn), iter(static)
-    leaves = [next(it_d) if a else next(it_s) for a in is_arr]
-    return f(merge_static(p, p_static), xx,
-             **jax.tree.unflatten(kw_def, leaves))
+    return f(merge_static(p, p_static), xx, **merge_static(dyn, kw_static))
 
   abstract = jax.tree.map(_abstract, (p_dyn, x))
   jaxpr = jax.make_jaxpr(apply)(abstract[0], abstract[1], dynamic)
