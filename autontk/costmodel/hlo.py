@@ -202,14 +202,18 @@ def conv_flops(stablehlo_text: str) -> tuple[float, float]:
   return grouped, depthwise
 
 
+def _ops(text: str, op: str, pattern: re.Pattern):
+  """``pattern``'s match on each line of ``text`` holding ``op``."""
+  for line in text.splitlines():
+    if op in line:
+      m = pattern.search(line)
+      if m is not None:
+        yield m
+
+
 def _convolutions(text: str):
   """``(flops, window size, group count)`` of each convolution."""
-  for line in text.splitlines():
-    if "stablehlo.convolution" not in line:
-      continue
-    m = _CONV.search(line)
-    if m is None:
-      continue
+  for m in _ops(text, "stablehlo.convolution", _CONV):
     _, rhs_spec, _, bgc, fgc, _, rhs, out = m.groups()
     spec = [t.strip() for t in rhs_spec.split(",")]
     kernel = _dims(rhs)
@@ -240,12 +244,7 @@ def contraction_flops(stablehlo_text: str) -> float:
   1024.0
   """
   total = sum(f for f, _, _ in _convolutions(stablehlo_text))
-  for line in stablehlo_text.splitlines():
-    if "stablehlo.dot_general" not in line:
-      continue
-    m = _DOT.search(line)
-    if m is None:
-      continue
+  for m in _ops(stablehlo_text, "stablehlo.dot_general", _DOT):
     contracting, lhs, _, out = m.groups()
     lhs_dims = _dims(lhs or "")
     axes = [int(a) for a in contracting.split(",") if a.strip()]
