@@ -5,12 +5,17 @@ Implements the three exact algorithms of Novak, Sohl-Dickstein & Schoenholz,
 chooses the fastest one for you.
 """
 
-from autontk._api import NtkFn as NtkFn
 from autontk._api import nngp_fn as nngp_fn
 from autontk._api import ntk_fn as ntk_fn
 from autontk._api import ntk_vp_fn as ntk_vp_fn
+from autontk._ntk_fn import NtkFn as NtkFn
 from autontk._options import Implementation as Implementation
 from autontk._plan import Plan as Plan
+from autontk._version import __version__ as __version__
+from autontk.auto.planner import PlannerOptions as PlannerOptions
+from autontk.auto.report import CostReport as CostReport
+from autontk.auto.tuner import TuneOptions as TuneOptions
+from autontk.auto.tuner import tune as tune
 from autontk.chunking import BatchChunking as BatchChunking
 from autontk.methods.jacobian_contraction import (
     JacobianContractionConfig as JacobianContractionConfig)
@@ -19,11 +24,5 @@ from autontk.methods.ntk_vector_products import (
 from autontk.methods.structured import StructuredConfig as StructuredConfig
 from autontk.methods.structured.rule_table import (
     MissingRuleError as MissingRuleError)
-from autontk.planner import PlannerOptions as PlannerOptions
-from autontk.report import CostReport as CostReport
 from autontk.plancache import PlanCache as PlanCache
 from autontk.tiled import ntk_tiled as ntk_tiled
-from autontk.tuner import TuneOptions as TuneOptions
-from autontk.tuner import tune as tune
-
-__version__ = "0.1.0"

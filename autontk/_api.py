@@ -1,4 +1,9 @@
-"""Public entry points: ``ntk_fn``, ``nngp_fn`` and ``ntk_vp_fn``."""
+"""Public entry points: ``ntk_fn``, ``nngp_fn`` and ``ntk_vp_fn``.
+
+The top of the library: ``ntk_fn`` builds an :class:`~autontk.NtkFn` and
+hands it the planner behind ``implementation="auto"``
+(:mod:`autontk.auto`).
+"""
 
 from __future__ import annotations
 
@@ -8,175 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autontk import _axes, _kwargs, _problem
+from autontk import _axes, _problem
+from autontk._ntk_fn import NtkFn
 from autontk._options import Implementation, NtkOptions
-from autontk._plan import Plan
 from autontk._types import ApplyFn, Axes, PyTree, VMapAxes
-
-
-class NtkFn:
-  """The empirical NTK of a network, as returned by :func:`ntk_fn`.
-
-  Call it as ``ntk(x1, x2, params, **kwargs)``. It is a drop-in for the
-  function returned by neural-tangents' ``empirical_ntk_fn``.
-  """
-
-  def __init__(self, f: ApplyFn, options: NtkOptions, *, jit: bool = True,
-               planner: Any = None):
-    if not callable(f):
-      raise TypeError(f"`f` must be callable as f(params, x, **kwargs); got "
-                      f"{type(f).__name__}.")
-    self.f = f
-    self.options = options
-    self.jit = jit
-    self._planner = planner
-    self._executables: dict[Any, Callable] = {}
-
-  def __repr__(self) -> str:
-    o = self.options
-    return (f"NtkFn(f={getattr(self.f, '__name__', self.f)!r}, "
-            f"trace_axes={o.trace_axes}, diagonal_axes={o.diagonal_axes}, "
-            f"vmap_axes={o.vmap_axes!r}, "
-            f"implementation={o.implementation.name.lower()!r})")
-
-  def replace(self, **changes: Any) -> "NtkFn":
-    """A new :class:`NtkFn` of the same ``f`` and planner, options changed.
-
-    Args:
-      **changes: fields of :class:`autontk._options.NtkOptions`
-        (``trace_axes``, ``diagonal_axes``, ``vmap_axes``,
-        ``implementation``), in their canonical (tuple / enum) form.
-    """
-    import dataclasses
-    return NtkFn(self.f, dataclasses.replace(self.options, **changes),
-                 jit=self.jit, planner=self._planner)
-
-  # Planning -----------------------------------------------------------------
-
-  def problem(self, x1: PyTree, x2: PyTree | None, params: PyTree,
-              **kwargs: Any) -> _problem.NtkProblem:
-    """The validated :class:`NtkProblem` of one call (raises on bad input)."""
-    return _problem.build(self.f, self.options, x1, x2, params, kwargs)
-
-  def plan(self, x1: PyTree, x2: PyTree | None, params: PyTree,
-           **kwargs: Any) -> Plan:
-    """The :class:`Plan` this function uses for these arguments."""
-    impl = self.options.implementation
-    if impl is not Implementation.AUTO:
-      return Plan(impl)
-    if self._planner is None:
-      from autontk import _auto
-      return _auto.default_plan(self, x1, x2, params, kwargs)
-    return self._planner(self, x1, x2, params, kwargs)
-
-  def report(self, x1: PyTree, x2: PyTree | None, params: PyTree,
-             **kwargs: Any):
-    """The planner's :class:`CostReport` for these arguments (see docs)."""
-    from autontk import _auto
-    return _auto.report(self, x1, x2, params, kwargs)
-
-  # Execution ----------------------------------------------------------------
-
-  def __call__(self, x1: PyTree, x2: PyTree | None, params: PyTree,
-               **kwargs: Any) -> PyTree:
-    """Computes the empirical NTK.
-
-    Args:
-      x1: first batch of inputs (pytree), e.g. shape ``(N1, ...)``.
-      x2: second batch, or ``None`` for ``x2 = x1`` (work on x1 is reused).
-      params: the parameters (pytree) the NTK is taken with respect to.
-        Floating-point leaves are differentiated; integer, boolean and key
-        leaves are treated as constants, and Python values other than
-        floats (an ``int`` or ``bool`` field of an equinox module) are
-        passed to ``f`` as themselves, never traced.
-      **kwargs: keyword arguments of ``f``, split between x1 and x2 as in
-        neural-tangents (``rng`` is split, 2-tuples are split, the rest is
-        shared).
-
-    Returns:
-      The kernel, shape ``zip(f(x1).shape, f(x2).shape)`` with traced axes
-      removed and diagonal axes kept once (e.g. ``(N1, N2)`` for logits with
-      the default ``trace_axes=(-1,)``); a pytree of kernels for pytree
-      outputs.
-    """
-    plan = self.plan(x1, x2, params, **kwargs)
-    return self.execute(plan, x1, x2, params, **kwargs)
-
-  def execute(self, plan: Plan, x1: PyTree, x2: PyTree | None,
-              params: PyTree, **kwargs: Any) -> PyTree:
-    """Runs a given plan (compiled once per plan and static arguments)."""
-    dynamic, static_key = _kwargs.split_static(kwargs)
-    run = self._executable(plan, x2 is None, static_key)
-    return run(params, x1, x2, dynamic)
-
-  def _executable(self, plan: Plan, x2_none: bool, static_key) -> Callable:
-    try:
-      key = (plan, x2_none, static_key)
-      hash(key)
-    except TypeError:
-      key = None  # unhashable Python kwargs: run without caching or jit
-    if key is not None and key in self._executables:
-      return self._executables[key]
-
-    def run(params, x1, x2, dynamic):
-      kwargs = _kwargs.merge_static(dynamic, static_key)
-      problem = _problem.build(self.f, self.options, x1, x2, params, kwargs)
-      kernels = plan.execute(problem)
-      return jax.tree.unflatten(problem.out_treedef, kernels)
-
-    # A host-loop chunking runs its own jitted block kernel per block.
-    host_loop = getattr(plan.chunking, "host_loop", False)
-    fn = _Executable(run, self.jit and key is not None and not host_loop)
-    if key is not None:
-      self._executables[key] = fn
-    return fn
-
-
-class _Executable:
-  """``run(params, x1, x2, dynamic)``, jitted with Python params leaves static.
-
-  Non-array, non-float leaves of ``params`` (an ``int`` or ``bool`` field of
-  an equinox module, a string) are constants ``f`` may branch or loop on:
-  they are closed over, one compiled program per value, instead of being
-  traced by ``jax.jit``. ``lower`` is ``jax.jit(run).lower`` with the same
-  split (the planner analyses what would run).
-  """
-
-  def __init__(self, run: Callable, jit: bool):
-    self._run = run
-    self._jit = jit
-    self._jitted: dict[Any, Callable] = {}
-
-  def _bound(self, static_key) -> Callable:
-    def bound(p_dyn, x1, x2, dynamic):
-      return self._run(_kwargs.merge_static(p_dyn, static_key), x1, x2,
-                       dynamic)
-    return bound
-
-  def _compiled(self, params: PyTree) -> tuple[Callable | None, list[Any]]:
-    """``(jitted, traced leaves)``; ``None`` for unhashable constants."""
-    p_dyn, static_key = _kwargs.split_params(params)
-    try:
-      hash(static_key)
-    except TypeError:
-      return None, p_dyn
-    fn = self._jitted.get(static_key)
-    if fn is None:
-      fn = self._jitted[static_key] = jax.jit(self._bound(static_key))
-    return fn, p_dyn
-
-  def __call__(self, params, x1, x2, dynamic):
-    fn, p_dyn = self._compiled(params) if self._jit else (None, None)
-    if fn is None:  # not jitted (as for unhashable kwargs)
-      return self._run(params, x1, x2, dynamic)
-    return fn(p_dyn, x1, x2, dynamic)
-
-  def lower(self, params, x1, x2, dynamic):
-    fn, p_dyn = self._compiled(params)
-    if fn is None:
-      p_dyn, static_key = _kwargs.split_params(params)
-      fn = jax.jit(self._bound(static_key))
-    return fn.lower(p_dyn, x1, x2, dynamic)
+from autontk.auto.cached import default_planner, make_planner
 
 
 def ntk_fn(f: ApplyFn, *, trace_axes: Axes = (-1,), diagonal_axes: Axes = (),
@@ -205,11 +46,11 @@ def ntk_fn(f: ApplyFn, *, trace_axes: Axes = (-1,), diagonal_axes: Axes = (),
       :class:`Implementation`, or neural-tangents' integers 0-3.
     jit: compile each plan with ``jax.jit`` (cached per static arguments).
     **auto_options: options of the ``"auto"`` planner, e.g.
-      ``memory_budget=0.25`` (see :class:`autontk.planner.PlannerOptions`
-      and docs/cost_report.md); ``tune=True`` (or a
-      :class:`autontk.tuner.TuneOptions`) times the best candidates on the
+      ``memory_budget=0.25`` (see :class:`autontk.PlannerOptions` and
+      ``docs/cost_report.md``); ``tune=True`` (or a
+      :class:`autontk.TuneOptions`) times the best candidates on the
       device on first use; ``plan_cache=autontk.PlanCache(dir)`` or
-      ``False`` chooses the persistent plan cache (docs/cli.md).
+      ``False`` chooses the persistent plan cache (``docs/cli.md``).
 
   Returns:
     An :class:`NtkFn` ``ntk(x1, x2, params, **kwargs)``.
@@ -222,10 +63,8 @@ def ntk_fn(f: ApplyFn, *, trace_axes: Axes = (-1,), diagonal_axes: Axes = (),
   """
   options = NtkOptions.make(trace_axes, diagonal_axes, vmap_axes,
                             implementation)
-  planner = None
-  if auto_options:
-    from autontk import _auto
-    planner = _auto.make_planner(**auto_options)
+  planner = make_planner(**auto_options) if auto_options else (
+      default_planner())
   return NtkFn(f, options, jit=jit, planner=planner)
 
 

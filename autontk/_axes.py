@@ -143,22 +143,3 @@ def contract_outer(a1: jnp.ndarray, a2: jnp.ndarray, axes: LeafAxes,
   extra = list(range(base, base + n_extra))
   return jnp.einsum(a1, s1 + extra, a2, s2 + extra, out, precision=precision,
                     preferred_element_type=preferred_element_type)
-
-
-def from_pair_layout(k: jnp.ndarray, axes: LeafAxes) -> jnp.ndarray:
-  """Reorders a ``(side-1 kept axes..., side-2 kept axes...)`` array.
-
-  Input: side 1 holds the plain and diagonal axes of the leaf in order, side 2
-  holds only the plain ones, in order (diagonal axes were already matched).
-  Output: the kernel layout.
-  """
-  kept1 = [i for i in range(axes.ndim) if i not in axes.trace]
-  plain = axes.plain
-  pos1 = {ax: j for j, ax in enumerate(kept1)}
-  pos2 = {ax: len(kept1) + j for j, ax in enumerate(plain)}
-  perm = []
-  for i in kept1:
-    perm.append(pos1[i])
-    if i in pos2:
-      perm.append(pos2[i])
-  return jnp.transpose(k, perm)

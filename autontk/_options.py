@@ -6,6 +6,8 @@ import dataclasses
 import enum
 from typing import Any
 
+import numpy as np
+
 from autontk._types import Axes, VMapAxes
 
 
@@ -92,13 +94,7 @@ def _axes_tuple(axes: Axes, name: str) -> tuple[int, ...]:
     raise TypeError(
         f"`{name}` must be an int or a sequence of ints; got {axes!r}.") from None
   for a in out:
-    if isinstance(a, bool) or not isinstance(a, int):
-      try:
-        import numpy as np
-        if isinstance(a, np.integer):
-          continue
-      except ImportError:  # pragma: no cover
-        pass
+    if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
       raise TypeError(
           f"`{name}` must be an int or a sequence of ints; got {axes!r}.")
   return tuple(int(a) for a in out)

@@ -1,4 +1,4 @@
-"""Type aliases shared across autontk."""
+"""Type aliases and protocols shared across autontk."""
 
 from __future__ import annotations
 
@@ -22,9 +22,19 @@ ApplyFn = Callable[..., PyTree]
 Array = jax.Array
 
 
-class KernelFn(Protocol):
-  """Signature of the functions returned by :func:`autontk.ntk_fn`."""
+class Planner(Protocol):
+  """What an :class:`~autontk.NtkFn` asks about its calls.
 
-  def __call__(self, x1: PyTree, x2: PyTree | None, params: PyTree,
-               **kwargs: Any) -> PyTree:
+  ``ntk_fn`` hands every NtkFn one (for ``implementation="auto"`` it chooses
+  the plan; for every implementation it writes the cost report).
+  """
+
+  def plan(self, ntk: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
+           kwargs: dict[str, Any]) -> Any:
+    """The :class:`~autontk.Plan` for this call."""
+    ...
+
+  def report(self, ntk: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
+             kwargs: dict[str, Any]) -> Any:
+    """The :class:`~autontk.CostReport` for this call."""
     ...

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -67,8 +68,8 @@ class BatchChunking:
   >>> from autontk.chunking import BatchChunking
   >>> plan = autontk.Plan(autontk.Implementation.JACOBIAN_CONTRACTION,
   ...                     chunking=BatchChunking(16, "scan"))
-  >>> BatchChunking.from_dict(plan.chunking.to_dict()) == plan.chunking
-  True
+  >>> plan.chunking.host_loop
+  False
   """
 
   block_size: int
@@ -93,22 +94,51 @@ class BatchChunking:
   def __repr__(self) -> str:
     return f"BatchChunking({self.block_size}, {self.scheme!r})"
 
-  def to_dict(self) -> dict[str, Any]:
-    return {"kind": "batch", "block_size": self.block_size,
-            "scheme": self.scheme}
-
-  @staticmethod
-  def from_dict(d: dict[str, Any]) -> "BatchChunking":
-    if d.get("kind", "batch") != "batch":
-      raise ValueError(f"Not a batch chunking: {d!r}.")
-    return BatchChunking(int(d["block_size"]), str(d["scheme"]))
-
   def grid(self, problem: NtkProblem) -> "BlockGrid":
     """The blocks this chunking evaluates for ``problem``."""
     reason = unsupported_reason(problem)
     if reason is not None:
       raise ValueError(f"This problem cannot be chunked: {reason}.")
     return BlockGrid.make(problem, self.block_size)
+
+  def block_programs(self, plan: Any,
+                     problem: NtkProblem) -> list["BlockProgram"]:
+    """The compiled block kernels this chunking runs for ``problem``.
+
+    Args:
+      plan: the plan without its chunking (its method and config run on
+        every block).
+      problem: the whole (unchunked) problem.
+
+    Returns:
+      One :class:`BlockProgram` per kind of block (diagonal blocks that reuse
+      x1 work, general pairs), each with the number of blocks that run it.
+    """
+    grid = self.grid(problem)
+    args = jax.tree.map(_abstract, _BlockArgs.of(problem))
+    start = jax.ShapeDtypeStruct((), jnp.int32)
+    out = []
+    for kind, pairs in grid.programs().items():
+      spec = _block_spec(plan, problem, grid, same=(kind == "diag"))
+      out.append(BlockProgram(kind, len(pairs), _jitted_block(spec),
+                              (args, start, start), spec))
+    return out
+
+  def assembly_cost(self, problem: NtkProblem) -> "AssemblyCost":
+    """What assembling the blocks into the kernel adds.
+
+    The stacked block kernels are written into the block grid and the grid
+    into the kernel layout: each step reads and writes the (padded) kernel,
+    and up to three copies of it are live at once.
+    """
+    grid = self.grid(problem)
+    pad = (grid.nb1 * grid.b1 / grid.n1) * (
+        1.0 if grid.matched else grid.nb2 * grid.b2 / grid.n2)
+    kernel = pad * sum(
+        math.prod(problem.kernel_shape(i)) *
+        jnp.dtype(problem.kernel_dtype(i)).itemsize
+        for i in range(len(problem.out1)))
+    return AssemblyCost(bytes_accessed=6 * kernel, peak_memory=3 * kernel)
 
   def execute(self, plan: Any, problem: NtkProblem) -> list[jax.Array]:
     """Kernels of ``problem`` (one per output leaf) computed block by block.
@@ -141,9 +171,36 @@ class BatchChunking:
     return _assemble_jit(grid, results.get("diag"), results.get("pair"))
 
 
-def chunking_from_dict(d: dict[str, Any] | None) -> BatchChunking | None:
-  """Inverse of ``chunking.to_dict()`` (``None`` stays ``None``)."""
-  return None if d is None else BatchChunking.from_dict(d)
+@dataclasses.dataclass(frozen=True)
+class BlockProgram:
+  """One compiled block kernel of a chunked plan.
+
+  Attributes:
+    kind: ``"diag"`` (blocks (i, i), reusing x1 work where the problem does)
+      or ``"pair"`` (general blocks).
+    count: how many blocks run it per evaluation.
+    fn: the jitted kernel, ``fn(args, start1, start2)``.
+    args: abstract arguments to lower ``fn`` with.
+    key: a hashable identity of the program (equal programs, equal keys).
+  """
+
+  kind: str
+  count: int
+  fn: Callable
+  args: tuple
+  key: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class AssemblyCost:
+  """Bytes moved and extra peak memory of assembling the blocks."""
+
+  bytes_accessed: float
+  peak_memory: float
+
+
+def _abstract(v: Any) -> Any:
+  return jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v))
 
 
 def unsupported_reason(problem: NtkProblem) -> str | None:
@@ -483,11 +540,3 @@ def block_sizes(n: int, max_blocks: int = 16) -> list[int]:
       out.append(b)
     k *= 2
   return out
-
-
-def padded_fraction(n: int, block: int) -> float:
-  """Fraction of wasted rows when ``n`` is cut into blocks of ``block``."""
-  nb = -(-n // block)
-  return nb * block / n - 1.0
-
-

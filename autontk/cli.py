@@ -7,6 +7,7 @@ commands; docs/cli.md walks through them.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import json
@@ -16,6 +17,19 @@ import pathlib
 import sys
 import time
 from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from autontk._api import ntk_fn
+from autontk._version import __version__
+from autontk.auto.planner import signature_of
+from autontk.auto.report import CostReport
+from autontk.auto.tuner import tune
+from autontk.costmodel import calibration
+from autontk.costmodel.predict import default_predictor
+from autontk.plancache import PlanCache
+from autontk.suite import SUITE
 
 DESCRIPTION = """\
 Tune, inspect and cache autontk's NTK plans.
@@ -136,9 +150,6 @@ def build_model(factory, settings: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _resize(x, n: int):
   """Batch of ``n`` examples from ``x`` (axis 0 of every leaf), tiling."""
-  import jax
-  import jax.numpy as jnp
-
   def one(a):
     a = jnp.asarray(a)
     if a.ndim == 0:
@@ -188,7 +199,6 @@ def _parse_vmap(text: str):
 
 
 def _parse_setting(text: str) -> tuple[str, Any]:
-  import ast
   key, sep, value = text.partition("=")
   if not sep or not key.isidentifier():
     raise argparse.ArgumentTypeError(
@@ -201,8 +211,7 @@ def _parse_setting(text: str) -> tuple[str, Any]:
 
 # Commands ---------------------------------------------------------------------
 
-def _cache(args):
-  from autontk.plancache import PlanCache
+def _cache(args) -> PlanCache:
   return PlanCache(args.cache_dir)
 
 
@@ -214,51 +223,50 @@ def _ntk_options(model):
 
 
 def _tune_one(name: str, model: dict[str, Any], args, cache) -> dict[str, Any]:
-  from autontk.tuner import tune
   result = tune(model["f"], model["x1"], model["x2"], model["params"],
                 **_ntk_options(model), budget_s=args.budget,
                 max_trials=args.trials, progress=not args.no_progress,
                 cache=cache, **model["kwargs"])
+  report = result.report()
   if not args.json:
     print(f"{name}")
-    print(result.table())
+    print(report)
     print()
   return {"model": name, "signature": result.signature.digest,
           "plan": result.plan.describe(), "elapsed_s": result.elapsed_s,
-          "candidates": [{"plan": r["plan"].describe(),
-                          "predicted_s": r["predicted_s"],
-                          "measured_s": r["measured_s"],
-                          "feasible": r["feasible"], "reason": r["reason"]}
-                         for r in result.rows]}
+          "report": report.to_dict()}
+
+
+def _tune_suite(args, settings, cache) -> int:
+  if args.model:
+    raise CliError("Give either MODEL or --suite, not both.")
+  names = args.only or list(SUITE)
+  unknown = [n for n in names if n not in SUITE]
+  if unknown:
+    raise CliError(f"Unknown suite models {unknown}; the suite has: "
+                   f"{', '.join(SUITE)}.")
+  results = []
+  for i, name in enumerate(names):
+    if not args.json:
+      print(f"[{i + 1}/{len(names)}] ", end="")
+    model = _apply_overrides(build_model(SUITE[name], settings, name), args)
+    results.append(_tune_one(name, model, args, cache))
+  summary = _calibration_summary(cache)
+  if args.json:
+    print(json.dumps({"results": results, "calibration": summary},
+                     indent=1))
+  else:
+    print(f"Tuned {len(results)} models into {cache.path}.")
+    if summary:
+      print(_format_calibration(summary))
+  return 0
 
 
 def cmd_tune(args) -> int:
   settings = dict(args.set or [])
   cache = _cache(args)
   if args.suite:
-    if args.model:
-      raise CliError("Give either MODEL or --suite, not both.")
-    from autontk.suite import SUITE
-    names = args.only or list(SUITE)
-    unknown = [n for n in names if n not in SUITE]
-    if unknown:
-      raise CliError(f"Unknown suite models {unknown}; the suite has: "
-                     f"{', '.join(SUITE)}.")
-    results = []
-    for i, name in enumerate(names):
-      if not args.json:
-        print(f"[{i + 1}/{len(names)}] ", end="")
-      model = _apply_overrides(build_model(SUITE[name], settings, name), args)
-      results.append(_tune_one(name, model, args, cache))
-    summary = _calibration_summary(cache)
-    if args.json:
-      print(json.dumps({"results": results, "calibration": summary},
-                       indent=1))
-    else:
-      print(f"Tuned {len(results)} models into {cache.path}.")
-      if summary:
-        print(_format_calibration(summary))
-    return 0
+    return _tune_suite(args, settings, cache)
   if not args.model:
     raise CliError("Give a MODEL (MODULE:FACTORY) to tune, or --suite. "
                    "See `autontk tune -h`.")
@@ -272,10 +280,23 @@ def cmd_tune(args) -> int:
   return 0
 
 
+def _evaluate_calibration(cache: PlanCache,
+                          device_kind: str | None = None) -> dict[str, Any]:
+  """Held-out quality of the calibration on ``cache``'s timings of
+  ``device_kind`` (default: this machine's), over this machine's roofline
+  when the timings are from this device kind, else over the predictions
+  stored with them."""
+  here = jax.devices()[0].device_kind
+  device_kind = device_kind or here
+  rows = cache.measurements(device_kind)
+  if rows and device_kind == here:
+    rows = calibration.rebase(rows, default_predictor())
+  return {"device_kind": device_kind, **calibration.evaluate(rows)}
+
+
 def _calibration_summary(cache) -> dict[str, Any] | None:
-  from autontk import calibration
   try:
-    return calibration.evaluate_cache(cache)
+    return _evaluate_calibration(cache)
   except calibration.NotEnoughData:
     return None
 
@@ -295,10 +316,9 @@ def _fmt(v) -> str:
 
 
 def cmd_calibrate(args) -> int:
-  from autontk import calibration
   cache = _cache(args)
   try:
-    summary = calibration.evaluate_cache(cache, device_kind=args.device_kind)
+    summary = _evaluate_calibration(cache, args.device_kind)
   except calibration.NotEnoughData as e:
     raise CliError(str(e))
   if args.json:
@@ -308,112 +328,65 @@ def cmd_calibrate(args) -> int:
   return 0
 
 
-def _rows_for_report(cache, digest: str) -> list[dict[str, Any]]:
-  rows = []
-  for r in cache.candidates(digest):
-    feats = r.get("features") or {}
-    rows.append({"plan": r["describe"], "predicted_s": r["predicted_s"],
-                 "measured_s": r["measured_s"],
-                 "flops": feats.get("flops"),
-                 "peak_bytes": feats.get("peak_bytes"),
-                 "feasible": bool(r["feasible"]), "reason": r["reason"]})
-  return rows
+def _cached_report(cache: PlanCache, digest: str) -> CostReport | None:
+  """The report of a cached signature's candidate rows (``None``: none)."""
+  entry = cache.entry(digest)
+  estimates = cache.candidates(digest)
+  if entry is None and not estimates:
+    return None
+  chosen = cache.lookup(digest) if entry is not None else None
+  source = entry["source"] if entry else "not chosen"
+  return CostReport(
+      estimates=tuple(estimates), chosen=chosen,
+      planning_time=float((entry or {}).get("planning_s") or 0.0),
+      device=(entry or {}).get("device_kind", ""),
+      predictor=f"plan cache ({source})",
+      call=f"signature {digest[:12]}")
+
+
+def _model_report(cache: PlanCache, target: str,
+                  args) -> tuple[str, CostReport]:
+  """``(signature, report)`` of a MODULE:FACTORY: its cached rows, else the
+  cost model's report, computed now."""
+  factory = load_factory(target)
+  model = _apply_overrides(build_model(factory, dict(args.set or []), target),
+                           args)
+  ntk = ntk_fn(model["f"], **_ntk_options(model), plan_cache=cache)
+  args3 = (model["x1"], model["x2"], model["params"])
+  digest = signature_of(ntk, *args3, model["kwargs"]).digest
+  report = _cached_report(cache, digest)
+  if report is None or not report.estimates:
+    report = ntk.report(*args3, **model["kwargs"])
+  return digest, report
 
 
 def cmd_report(args) -> int:
   cache = _cache(args)
-  target = args.target
-  live_report = None
-  if ":" in target:
-    factory = load_factory(target)
-    model = _apply_overrides(build_model(factory, dict(args.set or []),
-                                         target), args)
-    import autontk
-    from autontk.cached_planner import signature_of
-    ntk = autontk.ntk_fn(model["f"], **_ntk_options(model))
-    args3 = (model["x1"], model["x2"], model["params"])
-    digest = signature_of(ntk, *args3, model["kwargs"]).digest
-    if not cache.candidates(digest):
-      # Not tuned or planned yet: the cost model's report, computed now.
-      live_report = ntk.report(*args3, **model["kwargs"])
+  if ":" in args.target:
+    digest, report = _model_report(cache, args.target, args)
   else:
-    digest = _resolve(cache, target)
-  entry = cache.entry(digest)
-  rows = _rows_for_report(cache, digest)
-  if live_report is not None and not rows:
-    rows = _rows_from_live(live_report)
-  if not rows and entry is None:
-    raise CliError(f"Nothing cached for signature {digest[:12]} and no cost "
-                   f"report available; run `autontk tune {target}` first.")
-  chosen = entry["describe"] if entry else None
-  if chosen is None and live_report is not None:
-    chosen = live_report.chosen.describe()
-  doc = {"signature": digest, "chosen": chosen,
-         "source": entry["source"] if entry else None,
-         "summary": entry["summary"] if entry else None, "candidates": rows}
+    digest = _resolve(cache, args.target)
+    report = _cached_report(cache, digest)
+    if report is None:
+      raise CliError(f"Nothing cached for signature {digest[:12]}; run "
+                     "`autontk tune MODEL` first.")
   if args.plot:
-    _plot(rows, chosen, args.plot)
+    _plot(report, args.plot)
   if args.json:
-    print(json.dumps(doc, indent=1, default=str))
+    print(json.dumps({"signature": digest, "source": cache.source(digest),
+                      **report.to_dict()}, indent=1))
     return 0
-  print(f"signature {digest[:12]}  chosen: {chosen or '-'}"
-        f"  ({doc['source'] or 'not cached'})")
-  print(_table(rows, chosen))
+  print(report)
   if args.plot:
     print(f"Plot written to {args.plot}.")
   return 0
 
 
-def _rows_from_live(report) -> list[dict[str, Any]]:
-  """Report rows from the cost model's ``CostReport``."""
-  return [{"plan": e.plan.describe(), "predicted_s": e.predicted_time,
-           "measured_s": e.measured_time, "flops": e.flops,
-           "peak_bytes": e.peak_memory, "feasible": bool(e.feasible),
-           "reason": e.reason or ""} for e in report.estimates]
-
-
-def _table(rows: list[dict[str, Any]], chosen: str | None) -> str:
-  from autontk.tuner import _fmt_s
-  head = (f"  {'plan':<52} {'predicted':>10} {'measured':>10} "
-          f"{'GFLOP':>8} {'peak MiB':>9}  note")
-  lines = [head]
-  for r in rows:
-    mark = "*" if r["plan"] == chosen else " "
-    fl = "-" if not r.get("flops") else f"{r['flops'] / 1e9:.3f}"
-    pk = "-" if not r.get("peak_bytes") else f"{r['peak_bytes'] / 2**20:.1f}"
-    note = "" if r["feasible"] else (r["reason"] or "infeasible")
-    lines.append(f"{mark} {r['plan'][:52]:<52} {_fmt_s(r['predicted_s']):>10}"
-                 f" {_fmt_s(r['measured_s']):>10} {fl:>8} {pk:>9}  {note}")
-  return "\n".join(lines)
-
-
-def _plot(rows, chosen, path) -> None:
+def _plot(report: CostReport, path: str) -> None:
   try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    raise CliError("--plot needs matplotlib: pip install 'autontk[plot]'.")
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-  for r in rows:
-    color = "tab:red" if r["plan"] == chosen else "tab:blue"
-    if r["predicted_s"] and r["measured_s"]:
-      ax1.scatter(r["predicted_s"], r["measured_s"], c=color)
-    t = r["measured_s"] or r["predicted_s"]
-    if t and r.get("peak_bytes"):
-      ax2.scatter(r["peak_bytes"] / 2**20, t, c=color,
-                  marker="o" if r["measured_s"] else "x")
-  lo_hi = [v for r in rows for v in (r["predicted_s"], r["measured_s"]) if v]
-  if lo_hi:
-    lo, hi = min(lo_hi), max(lo_hi)
-    ax1.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-  ax1.set(xscale="log", yscale="log", xlabel="predicted s",
-          ylabel="measured s", title="predicted vs measured (red: chosen)")
-  ax2.set(xscale="log", yscale="log", xlabel="peak memory MiB",
-          ylabel="time s (x: predicted only)", title="time vs memory")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+    report.plot(path)
+  except ImportError as e:
+    raise CliError(str(e)) from None
 
 
 def _resolve(cache, prefix: str) -> str:
@@ -423,76 +396,94 @@ def _resolve(cache, prefix: str) -> str:
     raise CliError(str(e).strip('"')) from None
 
 
-def cmd_cache(args) -> int:
-  cache = _cache(args)
-  action = args.cache_action
-  if action == "ls":
-    entries = cache.entries()
-    if args.json:
-      print(json.dumps([{k: e[k] for k in ("signature", "describe", "source",
-                                           "device_kind", "updated")}
-                        | {"model": (e.get("summary") or {}).get("model")}
-                        for e in entries], indent=1))
-      return 0
-    if not entries:
-      print(f"No plans cached in {cache.path}.")
-      return 0
-    print(f"{len(entries)} plans in {cache.path}")
-    print(f"{'signature':<13} {'model':<18} {'x1':<18} {'source':<7} "
-          f"{'device':<14} plan")
-    for e in entries:
-      s = e.get("summary") or {}
-      x1 = ",".join((s.get("x1") or {}).get("leaves", []))[:18]
-      model = str(s.get("model", "?")).replace(".<locals>.", ".")
-      print(f"{e['signature'][:12]:<13} {model[:18]:<18} "
-            f"{x1:<18} {e['source']:<7} {e['device_kind'][:14]:<14} "
-            f"{e['describe']}")
+def _cache_ls(cache: PlanCache, args) -> int:
+  entries = cache.entries()
+  if args.json:
+    print(json.dumps([{k: e[k] for k in ("signature", "describe", "source",
+                                         "device_kind", "updated")}
+                      | {"model": (e.get("summary") or {}).get("model")}
+                      for e in entries], indent=1))
     return 0
-  if action == "show":
+  if not entries:
+    print(f"No plans cached in {cache.path}.")
+    return 0
+  print(f"{len(entries)} plans in {cache.path}")
+  print(f"{'signature':<13} {'model':<18} {'x1':<18} {'source':<7} "
+        f"{'device':<14} plan")
+  for e in entries:
+    s = e.get("summary") or {}
+    x1 = ",".join((s.get("x1") or {}).get("leaves", []))[:18]
+    model = str(s.get("model", "?")).replace(".<locals>.", ".")
+    print(f"{e['signature'][:12]:<13} {model[:18]:<18} "
+          f"{x1:<18} {e['source']:<7} {e['device_kind'][:14]:<14} "
+          f"{e['describe']}")
+  return 0
+
+
+def _cache_show(cache: PlanCache, args) -> int:
+  digest = _resolve(cache, args.signature)
+  entry = cache.entry(digest) or {"signature": digest}
+  report = _cached_report(cache, digest)
+  if args.json:
+    entry["report"] = None if report is None else report.to_dict()
+    print(json.dumps(entry, indent=1, default=str))
+    return 0
+  for k in ("signature", "describe", "source", "device_kind", "backend",
+            "versions", "planning_s"):
+    if k in entry:
+      print(f"{k:<12} {entry[k]}")
+  for k in ("created", "updated"):
+    if entry.get(k):
+      stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry[k]))
+      print(f"{k:<12} {stamp}")
+  summary = entry.get("summary") or {}
+  for k in ("model", "x1", "x2", "params", "kwargs", "trace_axes",
+            "diagonal_axes", "vmap_axes"):
+    if k in summary:
+      print(f"{k:<12} {summary[k]}")
+  if report is not None:
+    print()
+    print(report)
+  return 0
+
+
+def _cache_clear(cache: PlanCache, args) -> int:
+  if args.signature:
     digest = _resolve(cache, args.signature)
-    entry = cache.entry(digest) or {"signature": digest}
-    entry["candidates"] = _rows_for_report(cache, digest)
-    if args.json:
-      print(json.dumps(entry, indent=1, default=str))
-      return 0
-    for k in ("signature", "describe", "source", "device_kind", "backend",
-              "versions", "planning_s"):
-      if k in entry:
-        print(f"{k:<12} {entry[k]}")
-    for k in ("created", "updated"):
-      if entry.get(k):
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry[k]))
-        print(f"{k:<12} {stamp}")
-    summary = entry.get("summary") or {}
-    for k in ("model", "x1", "x2", "params", "kwargs", "trace_axes",
-              "diagonal_axes", "vmap_axes"):
-      if k in summary:
-        print(f"{k:<12} {summary[k]}")
-    print(_table(entry["candidates"], entry.get("describe")))
+    print(f"Removed {cache.clear(digest)} plan ({digest[:12]}).")
     return 0
-  if action == "clear":
-    if args.signature:
-      digest = _resolve(cache, args.signature)
-      print(f"Removed {cache.clear(digest)} plan ({digest[:12]}).")
-      return 0
-    if not args.yes:
-      raise CliError(f"This deletes every plan in {cache.path}; add --yes "
-                     "to confirm (or give one SIGNATURE).")
-    print(f"Removed {cache.clear()} plans from {cache.path}.")
-    return 0
-  if action == "export":
-    sigs = [_resolve(cache, s) for s in args.signatures] or None
-    n = cache.export(args.file, sigs)
-    print(f"Exported {n} plans to {args.file}.")
-    return 0
-  if action == "import":
-    try:
-      n = cache.import_file(args.file)
-    except (ValueError, OSError) as e:
-      raise CliError(str(e))
-    print(f"Imported {n} plans into {cache.path}.")
-    return 0
-  raise CliError(f"Unknown cache action {action!r}.")
+  if not args.yes:
+    raise CliError(f"This deletes every plan in {cache.path}; add --yes "
+                   "to confirm (or give one SIGNATURE).")
+  print(f"Removed {cache.clear()} plans from {cache.path}.")
+  return 0
+
+
+def _cache_export(cache: PlanCache, args) -> int:
+  sigs = [_resolve(cache, s) for s in args.signatures] or None
+  n = cache.export(args.file, sigs)
+  print(f"Exported {n} plans to {args.file}.")
+  return 0
+
+
+def _cache_import(cache: PlanCache, args) -> int:
+  try:
+    n = cache.import_file(args.file)
+  except (ValueError, OSError) as e:
+    raise CliError(str(e))
+  print(f"Imported {n} plans into {cache.path}.")
+  return 0
+
+
+_CACHE_ACTIONS = {"ls": _cache_ls, "show": _cache_show, "clear": _cache_clear,
+                  "export": _cache_export, "import": _cache_import}
+
+
+def cmd_cache(args) -> int:
+  action = _CACHE_ACTIONS.get(args.cache_action)
+  if action is None:
+    raise CliError(f"Unknown cache action {args.cache_action!r}.")
+  return action(_cache(args), args)
 
 
 # Parser -----------------------------------------------------------------------
@@ -520,17 +511,24 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+  """The ``autontk`` argument parser (one sub-parser per command)."""
   parser = argparse.ArgumentParser(
       prog="autontk", description=DESCRIPTION,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cache-dir", metavar="DIR",
                       help="plan cache directory (default: $AUTONTK_CACHE_DIR"
                            ", else your user cache directory)")
-  from autontk import __version__
   parser.add_argument("--version", action="version",
                       version=f"autontk {__version__}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  _add_tune(sub)
+  _add_report(sub)
+  _add_calibrate(sub)
+  _add_cache(sub)
+  return parser
 
+
+def _add_tune(sub) -> None:
   p = sub.add_parser(
       "tune", help="time the candidate plans of a model and cache the best",
       description=TUNE_HELP + "\n" + FACTORY_HELP,
@@ -553,6 +551,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true", help="print JSON")
   p.set_defaults(run=cmd_tune)
 
+
+def _add_report(sub) -> None:
   p = sub.add_parser(
       "report", help="candidate table of a cached signature or a model",
       description="Show every candidate plan of a model: predicted and "
@@ -568,10 +568,12 @@ def make_parser() -> argparse.ArgumentParser:
                  help="also plot predicted vs measured and time vs memory")
   p.set_defaults(run=cmd_report)
 
+
+def _add_calibrate(sub) -> None:
   p = sub.add_parser(
       "calibrate",
       help="held-out accuracy of the learned timing model on cached timings",
-      description="Fit the learned calibration (predicted time from HLO "
+      description="Fit the learned calibration (predicted time from cost "
                   "features) on every timing in the cache for one device "
                   "kind, and report its leave-one-model-out accuracy next to "
                   "the cost model's. Tuned timings accumulate with "
@@ -581,22 +583,21 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true", help="print JSON")
   p.set_defaults(run=cmd_calibrate)
 
+
+def _add_cache(sub) -> None:
   p = sub.add_parser("cache", help="list, show, clear, export, import plans",
                      description="Manage the plan cache.")
   p.set_defaults(run=lambda a: _missing(p, "an action"))
   csub = p.add_subparsers(dest="cache_action", metavar="ACTION")
   q = csub.add_parser("ls", help="list cached plans, newest first")
   q.add_argument("--json", action="store_true", help="print JSON")
-  q.set_defaults(run=cmd_cache)
   q = csub.add_parser("show", help="everything about one signature")
   q.add_argument("signature", metavar="SIGNATURE",
                  help="signature or its first digits")
   q.add_argument("--json", action="store_true", help="print JSON")
-  q.set_defaults(run=cmd_cache)
   q = csub.add_parser("clear", help="delete one plan, or all with --yes")
   q.add_argument("signature", nargs="?", metavar="SIGNATURE")
   q.add_argument("--yes", action="store_true", help="confirm deleting all")
-  q.set_defaults(run=cmd_cache)
   q = csub.add_parser(
       "export", help="write plans and timings to a JSON file",
       description="Write cached plans (all, or the SIGNATUREs given) and "
@@ -604,14 +605,13 @@ def make_parser() -> argparse.ArgumentParser:
                   "same device kind and library versions.")
   q.add_argument("file", metavar="FILE")
   q.add_argument("signatures", nargs="*", metavar="SIGNATURE")
-  q.set_defaults(run=cmd_cache)
   q = csub.add_parser("import", help="read plans from an exported file",
                       description="Merge an exported FILE into the cache; a "
                                   "tuned plan is never replaced by an "
                                   "untuned one.")
   q.add_argument("file", metavar="FILE")
-  q.set_defaults(run=cmd_cache)
-  return parser
+  for action in csub.choices.values():
+    action.set_defaults(run=cmd_cache)
 
 
 def _missing(parser: argparse.ArgumentParser, what: str) -> int:

@@ -30,7 +30,7 @@ class Case:
     trace: ``trace_axes=(-1,)`` (trace over logits) if True, else the full
       ``O x O`` block (``trace_axes=()``).
     seed: parameter and input seed.
-    note: free text for tables (e.g. which DESIGN.md row this is).
+    note: free text for tables (e.g. which reference-table row this is).
   """
 
   name: str
@@ -103,7 +103,7 @@ def load(path: str) -> list[Case]:
     return [Case.from_json(d) for d in json.load(fh)]
 
 
-# The DESIGN.md reference table, plus a ResNet and a transformer block.
+# The reference table of docs/performance.md, plus a ResNet and a transformer block.
 
 def reference(quick: bool) -> list[Case]:
   fcn_big = models.fcn([784, 1024, 1024, 10], "relu")
@@ -161,7 +161,7 @@ def scaling(quick: bool) -> list[Case]:
 
 
 def regret(quick: bool) -> list[Case]:
-  """>= 12 models x shapes for auto's regret (issue 4)."""
+  """>= 12 models x shapes for auto's regret."""
   s = 1 if quick else 2
   big_n = 64 if quick else 256
   return [
@@ -197,7 +197,7 @@ def regret(quick: bool) -> list[Case]:
 
 
 def memory(quick: bool) -> list[Case]:
-  """ResNet / ViT / Mixer at several O, for time and peak memory (issue 6)."""
+  """ResNet / ViT / Mixer at several O, for time and peak memory."""
   outs = [10, 100] if quick else [1, 10, 100, 1000]
   if quick:
     archs = [

@@ -1,4 +1,4 @@
-"""Second-process overhead on a plan-cache hit (issue 5's benchmark).
+"""Second-process overhead on a plan-cache hit (target: at most 50 ms).
 
 Three kinds of fresh processes share one ``AUTONTK_CACHE_DIR`` (plan cache +
 JAX's persistent compilation cache beside it):

@@ -179,7 +179,7 @@ def reference_md(res: dict) -> str:
          "Peer columns: peer's time / autontk's best explicit method. "
          "`NT 3 / SD` > 1× means autontk's structured derivatives beat "
          "neural-tangents' method 3; `SD / NT 3 (first call)` < 1.5× is "
-         "issue 3's target. `max rel err`: the largest relative deviation of "
+         "the first-call target. `max rel err`: the largest relative deviation of "
          "any peer's kernel from autontk's Jacobian contraction.", "",
          table(head_r, rows_r), "", check]
   return "\n".join(out)
@@ -351,7 +351,7 @@ def plancache_md(res: dict) -> str:
                  ms(c["explicit_first_call_s"]),
                  f"{c['overhead_s'] * 1e3:+.0f} ms"])
   return "\n".join([
-      "### Plan cache: second-process first call (issue 5: overhead ≤ 50 ms)",
+      "### Plan cache: second-process first call (target: overhead ≤ 50 ms)",
       "", "Medians over fresh processes sharing one cache directory; "
       "imports excluded.", "",
       table(["case", "plan", "cold first call (plans)",

@@ -219,7 +219,7 @@ def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
 
 
 def reference(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """DESIGN.md's reference cases + ResNet + transformer, all peers."""
+  """The reference cases of docs/performance.md + ResNet + transformer, all peers."""
   return run_suite_cases("reference", cases_mod.reference(cfg.quick), cfg,
                          log=log)
 
@@ -248,7 +248,7 @@ def memory(cfg: RunConfig, log=print) -> dict[str, Any]:
 
 
 def plancache(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """Second-process overhead on a plan-cache hit (issue 5)."""
+  """Second-process overhead on a plan-cache hit."""
   from bench import plancache_probe
   return plancache_probe.run(cfg, log=log)
 

@@ -3,8 +3,9 @@
 For each model of ``autontk.suite``: ``ntk_fn(f, tune=...)`` tunes on first
 use (in a fresh cache directory), then auto's plan and every explicit method
 are re-timed side by side (interleaved rounds; the best median counts).
-regret = time(auto's plan) / time(best explicit method); issue 5 asks for a
-geometric mean <= 1.03 and a worst case <= 1.15 with tuning.
+regret = time(auto's plan) / time(best explicit method); the target with
+tuning is a geometric mean <= 1.03 and a worst case <= 1.15
+(docs/performance.md).
 
 Run: ``python -m bench.tuned_regret [--budget 60] [MODEL ...]``.
 """
@@ -29,8 +30,9 @@ def main(argv=None) -> int:
   os.environ.setdefault("AUTONTK_JAX_CACHE", "0")
 
   import autontk
-  from autontk import Plan, suite, tuner
-  from autontk.tuner import TuneOptions
+  from autontk import Plan, suite
+  from autontk.auto import tuner
+  from autontk.auto.tuner import TuneOptions
 
   names = args.models or list(suite.SUITE)
   regrets = []

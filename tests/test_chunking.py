@@ -162,8 +162,9 @@ def test_unbatched_rng_kwarg_excludes_chunking():
 def test_chunking_is_hashable_and_serialisable():
   c = BatchChunking(8, "host")
   assert hash(c) == hash(BatchChunking(8, "host"))
-  d = json.loads(json.dumps(c.to_dict()))
-  assert BatchChunking.from_dict(d) == c
+  plan = autontk.Plan(autontk.Implementation(1), chunking=c)
+  d = json.loads(json.dumps(plan.to_dict()))
+  assert autontk.Plan.from_dict(d).chunking == c
   with pytest.raises(dataclasses.FrozenInstanceError):
     c.block_size = 3  # type: ignore[misc]
   with pytest.raises(ValueError, match="block_size"):

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from autontk import cli
+from autontk import Plan, cli
 
 FACTORY = textwrap.dedent("""
     import jax, jax.numpy as jnp
@@ -100,9 +100,10 @@ def test_tune_report_and_cache_commands(env, capsys):
   tuned = json.loads(out)
   digest = tuned["signature"]
   assert len(digest) == 64 and tuned["plan"]
-  measured = [c for c in tuned["candidates"] if c["measured_s"]]
+  candidates = tuned["report"]["estimates"]
+  measured = [c for c in candidates if c["measured_time"]]
   assert len(measured) == 3  # --trials 3: the three best predicted
-  assert len(tuned["candidates"]) > 3
+  assert len(candidates) > 3
 
   rc, out, _ = _run(capsys, "cache", "ls")
   assert rc == 0 and digest[:12] in out and "tuned" in out
@@ -117,11 +118,12 @@ def test_tune_report_and_cache_commands(env, capsys):
   rc, out, _ = _run(capsys, "report", digest[:8], "--json", "--plot",
                     str(plot))
   report = json.loads(out)
-  assert rc == 0 and report["chosen"] == tuned["plan"]
-  assert report["source"] == "tuned" and len(report["candidates"]) >= 2
+  assert rc == 0 and Plan.from_dict(report["chosen"]).describe() == (
+      tuned["plan"])
+  assert report["source"] == "tuned" and len(report["estimates"]) >= 2
   assert plot.stat().st_size > 1000
   rc, out, _ = _run(capsys, "report", digest[:8])
-  assert "*" in out and "predicted" in out
+  assert "*" in out and "predicted ms" in out and "measured ms" in out
 
   # The same model named as a factory reports the same cached signature.
   rc, out, _ = _run(capsys, "report", "mymodel:build", "--set", "width=8",
@@ -183,6 +185,6 @@ def test_report_of_a_model_not_cached_yet(env, capsys):
                       "none", "--json")
   assert rc == 0, err
   doc = json.loads(out)
-  assert doc["source"] is None and doc["chosen"]
-  assert len(doc["candidates"]) >= 2
-  assert all(c["predicted_s"] for c in doc["candidates"] if c["feasible"])
+  assert doc["chosen"] and doc["source"] in (None, "model")
+  assert len(doc["estimates"]) >= 2
+  assert all(c["predicted_time"] for c in doc["estimates"] if c["feasible"])

@@ -11,7 +11,8 @@ import pytest
 
 from autontk.costmodel import device, hlo, memory, predict
 from autontk.costmodel.device import DeviceConstants
-from autontk.costmodel.predict import CostFeatures, RooflinePredictor
+from autontk.costmodel.features import CostFeatures
+from autontk.costmodel.predict import RooflinePredictor
 
 
 @pytest.fixture(autouse=True)
@@ -60,11 +61,11 @@ def test_matmul_flops_exact_lowered_and_compiled():
   m, k, n = 8, 16, 4
   f = jax.jit(lambda a, b: a @ b)
   a, b = jnp.ones((m, k)), jnp.ones((k, n))
-  lowered, cost = hlo.lower_and_analyse(f, a, b)
-  assert cost.flops == 2 * m * k * n
-  assert cost.source == "lowered" and not cost.peak_memory_exact
+  lowered, cost, seconds = hlo.lower_and_analyse(f, a, b)
+  assert cost.flops == 2 * m * k * n and seconds > 0
+  assert not cost.peak_memory_exact
   assert cost.peak_memory >= (m * k + k * n + m * n) * 4
-  _, ccost = hlo.compile_and_analyse(lowered)
+  _, ccost, _ = hlo.compile_and_analyse(lowered)
   assert ccost.flops == 2 * m * k * n
   assert ccost.peak_memory_exact and ccost.peak_memory >= (m * n) * 4
 
@@ -74,18 +75,44 @@ def test_loop_bodies_counted_once_and_scaled():
   w = jnp.ones((32, 32))
   xs = jnp.ones((8, 4, 32))
   looped = jax.jit(lambda xs: jax.lax.map(lambda x: x @ w, xs))
-  _, cost = hlo.lower_and_analyse(looped, xs)
+  _, cost, _ = hlo.lower_and_analyse(looped, xs)
   one = 2 * 4 * 32 * 32
   assert cost.flops == pytest.approx(one, rel=0.05)
   assert cost.scaled(8).flops == pytest.approx(8 * one, rel=0.05)
 
 
-def test_hlo_cost_plus():
-  a = hlo.HloCost(1.0, 2.0, None, 10.0, True)
-  b = hlo.HloCost(3.0, None, None, 5.0, True)
+def test_features_plus():
+  a = CostFeatures(flops=1.0, bytes_accessed=2.0, peak_memory=10.0,
+                   peak_memory_exact=True, grouped_conv_flops=1.0)
+  b = CostFeatures(flops=3.0, peak_memory=5.0, peak_memory_exact=True)
   c = a.plus(b)
   assert (c.flops, c.bytes_accessed, c.transcendentals, c.peak_memory) == (
       4.0, 2.0, None, 10.0)
+  assert c.peak_memory_exact and c.grouped_conv_flops == 1.0
+  assert a.scaled(3).grouped_conv_flops == 3.0
+  assert a.scaled(3).peak_memory == 10.0  # memory does not scale
+
+
+def test_every_feature_has_a_role_and_round_trips():
+  """A new cost feature reaches the cache rows, the calibration's input
+  and the combining rules, or this fails."""
+  import dataclasses
+  from autontk.costmodel import features
+  for f in dataclasses.fields(CostFeatures):
+    if f.name == "method":
+      continue
+    roles = {"work", "vector", "memory"} & set(f.metadata)
+    assert roles, f"{f.name} has no role (work / vector / memory)"
+  full = CostFeatures(**{
+      f.name: (True if f.type in ("bool",) else "m" if f.name == "method"
+               else 7) for f in dataclasses.fields(CostFeatures)})
+  assert CostFeatures.from_row(full.to_row()) == full
+  assert len(full.vector()) == len(features.VECTOR_FIELDS)
+  legacy = CostFeatures.from_row({"flops": 2.0, "bytes": 3.0,
+                                  "peak_bytes": 4.0, "n_chunks": 5,
+                                  "source": "lowered"}, method="m")
+  assert (legacy.bytes_accessed, legacy.peak_memory, legacy.blocks,
+          legacy.method) == (3.0, 4.0, 5, "m")
 
 
 def test_largest_tensor_bytes():
@@ -194,12 +221,12 @@ def test_grouped_and_depthwise_convolutions_are_classified():
   x = jnp.ones((2, 8, 8, 4))
   plain = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
                                     dimension_numbers=dn))
-  _, cost = hlo.lower_and_analyse(plain, x, jnp.ones((3, 3, 4, 6)))
+  _, cost, _ = hlo.lower_and_analyse(plain, x, jnp.ones((3, 3, 4, 6)))
   assert (cost.grouped_conv_flops, cost.depthwise_conv_flops) == (0.0, 0.0)
   small = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
                                     dimension_numbers=dn,
                                     feature_group_count=2))
-  _, cost = hlo.lower_and_analyse(small, x, jnp.ones((3, 3, 2, 6)))
+  _, cost, _ = hlo.lower_and_analyse(small, x, jnp.ones((3, 3, 2, 6)))
   assert cost.depthwise_conv_flops == 2 * (2 * 8 * 8 * 6) * 9 * 2
   assert cost.grouped_conv_flops == 0.0
   # XLA skips padded window positions; this count includes them.
@@ -209,7 +236,7 @@ def test_grouped_and_depthwise_convolutions_are_classified():
   def f(w, x):
     return jnp.sum(conv(x[None], w, (1, 1), "SAME", dimension_numbers=dn)**2)
   grads = jax.jit(jax.vmap(jax.grad(f), in_axes=(None, 0)))
-  _, cost = hlo.lower_and_analyse(grads, jnp.ones((3, 3, 4, 6)),
+  _, cost, _ = hlo.lower_and_analyse(grads, jnp.ones((3, 3, 4, 6)),
                                   jax.random.normal(jax.random.PRNGKey(0),
                                                     x.shape))
   assert cost.grouped_conv_flops > 0 and cost.depthwise_conv_flops == 0.0
@@ -219,7 +246,8 @@ def test_roofline_charges_grouped_convolutions_at_their_rate():
   c = DeviceConstants(1e11, 1e10, 0.0, 0.0, grouped_conv_flops_per_s=1e9,
                       depthwise_conv_flops_per_s=1e8)
   p = RooflinePredictor(c)
-  feats = CostFeatures("m", 3e9, 0.0, 0.0, None, grouped_conv_flops=1e9,
+  feats = CostFeatures(method="m", flops=3e9, bytes_accessed=0.0,
+                       transcendentals=0.0, grouped_conv_flops=1e9,
                        depthwise_conv_flops=1e8)
   assert p.predict(feats) == pytest.approx(1.9e9 / 1e11 + 1.0 + 1.0)
 
@@ -246,6 +274,6 @@ def test_contraction_flops_counted_from_text():
        2 * (2 * 6 * 6 * 6) * 9 * 4),
   ]
   for fn, args, want in cases:
-    _, cost = hlo.lower_and_analyse(jax.jit(fn), *args)
+    _, cost, _ = hlo.lower_and_analyse(jax.jit(fn), *args)
     assert cost.contraction_flops == want
     assert cost.flops == pytest.approx(want)

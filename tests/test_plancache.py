@@ -11,9 +11,10 @@ import textwrap
 
 import pytest
 
-from autontk import Implementation, Plan
-from autontk.plancache import (PlanCache, PlanCacheWarning, default_directory,
-                               plan_from_json, plan_to_json)
+from autontk import Implementation, Plan, _paths
+from autontk._plan import plan_from_json, plan_to_json
+from autontk.costmodel import CostEstimate, CostFeatures
+from autontk.plancache import PlanCache, PlanCacheWarning
 
 JC = Plan(Implementation.JACOBIAN_CONTRACTION)
 NVP = Plan(Implementation.NTK_VECTOR_PRODUCTS)
@@ -42,18 +43,36 @@ def test_plan_json_refuses_types_outside_autontk():
   text = json.dumps({"implementation": "jacobian_contraction",
                      "config": {"type": "os:system", "fields": {}},
                      "chunking": None})
-  with pytest.raises(ValueError, match="outside autontk"):
+  with pytest.raises(ValueError, match="not a method config or chunking"):
     plan_from_json(text)
+
+
+def test_plan_json_of_the_previous_release_is_read():
+  """Plan caches written by 0.1 named types as module:QualName."""
+  old = json.dumps({
+      "implementation": "ntk_vector_products",
+      "config": {"type": "autontk.methods.ntk_vector_products:"
+                         "NtkVectorProductsConfig",
+                 "fields": {"column_chunk": 8}},
+      "chunking": {"type": "autontk.chunking:BatchChunking",
+                   "fields": {"block_size": 16, "scheme": "host"}}})
+  plan = plan_from_json(old)
+  assert plan.config.column_chunk == 8 and plan.chunking == (
+      _chunked_plan().chunking)
+  report_form = {"implementation": "jacobian_contraction", "config": None,
+                 "chunking": {"kind": "batch", "block_size": 4,
+                              "scheme": "scan"}}
+  assert Plan.from_dict(report_form).chunking.block_size == 4
 
 
 def test_store_lookup_candidates_and_clear(tmp_path):
   cache = _cache(tmp_path)
   assert cache.lookup(SIG) is None
   plan = _chunked_plan()
-  rows = [{"plan": plan, "predicted_s": 2e-3, "measured_s": 1e-3,
-           "features": {"flops": 1e6, "n_chunks": 4}},
-          {"plan": JC, "predicted_s": 1e-3, "measured_s": 5e-3},
-          {"plan": NVP, "feasible": False, "reason": "over budget"}]
+  rows = [CostEstimate(plan, CostFeatures(flops=1e6, blocks=4),
+                       predicted_time=2e-3, measured_time=1e-3),
+          CostEstimate(JC, predicted_time=1e-3, measured_time=5e-3),
+          CostEstimate(NVP, feasible=False, reason="over budget")]
   assert cache.store(SIG, plan, source="tuned", candidates=rows,
                      planning_s=0.5)
   assert cache.lookup(SIG) == plan
@@ -61,9 +80,9 @@ def test_store_lookup_candidates_and_clear(tmp_path):
   entry = cache.entry(SIG)
   assert entry["device_kind"] and entry["versions"]["autontk"]
   got = cache.candidates(SIG)
-  assert [plan_from_json(r["plan"]) for r in got] == [plan, JC, NVP]
-  assert got[0]["n_chunks"] == 4 and got[0]["features"]["flops"] == 1e6
-  assert got[2]["feasible"] == 0 and got[2]["reason"] == "over budget"
+  assert [e.plan for e in got] == [plan, JC, NVP]
+  assert got[0].features.blocks == 4 and got[0].flops == 1e6
+  assert not got[2].feasible and got[2].reason == "over budget"
   assert len(cache.measurements()) == 2
   assert cache.measurements(device_kind="no such device") == []
   # Storing again keeps the creation time and updates the plan.
@@ -89,8 +108,8 @@ def test_bad_arguments(tmp_path):
 
 def test_export_and_import(tmp_path):
   a = _cache(tmp_path / "a")
-  a.store(SIG, NVP, source="tuned", candidates=[{"plan": NVP,
-                                                 "measured_s": 1e-3}])
+  a.store(SIG, NVP, source="tuned",
+          candidates=[CostEstimate(NVP, measured_time=1e-3)])
   a.store("cd" * 32, JC)
   path = tmp_path / "plans.json"
   assert a.export(path) == 2
@@ -107,7 +126,7 @@ def test_export_and_import(tmp_path):
 
 def test_default_directory_honours_env(monkeypatch, tmp_path):
   monkeypatch.setenv("AUTONTK_CACHE_DIR", str(tmp_path / "x"))
-  assert default_directory() == tmp_path / "x"
+  assert _paths.cache_directory() == tmp_path / "x"
   assert PlanCache(jax_compilation_cache=False).path.parent == tmp_path / "x"
 
 
@@ -201,13 +220,14 @@ def test_read_only_cache_directory(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     from autontk import Plan, Implementation
+    from autontk.costmodel import CostEstimate
     from autontk.plancache import PlanCache
     c = PlanCache(sys.argv[1], jax_compilation_cache=False)
     tag = int(sys.argv[2])
     for i in range(40):
       plan = Plan(Implementation(1 + (i + tag) % 2))
-      assert c.store(f"{tag:02x}{i:062x}", plan,
-                     candidates=[{"plan": plan, "measured_s": 1e-3 * i}])
+      assert c.store(f"{tag:02x}{i:062x}", plan, candidates=[
+          CostEstimate(plan, measured_time=1e-3 * i)])
       assert c.store("ee" * 32, plan)  # both fight over one row too
     print("ok")
 """)
@@ -237,7 +257,7 @@ SECOND_PROCESS = textwrap.dedent("""
     import jax, jax.numpy as jnp
     from jax import monitoring
     import autontk
-    from autontk import planner
+    from autontk.auto import planner
 
     counts = {"planned": 0, "compiles": 0, "jax_cache_hits": 0}
     original = planner.Planner.plan_call
@@ -305,14 +325,17 @@ def test_planner_options_key_the_cache_and_custom_predictors_stay_out(
   import numpy as np
 
   import autontk
-  from autontk.cached_planner import signature_of
+  from autontk.auto.planner import signature_of
 
   def f(p, x):
     return jnp.tanh(x @ p)
 
+  def sig(ntk):
+    return signature_of(ntk, x, None, p, {}, ntk.planner.cost_model.options)
+
   p, x = np.ones((3, 4), "float32"), np.ones((5, 3), "float32")
-  default = signature_of(autontk.ntk_fn(f), x, None, p, {})
-  budget = signature_of(autontk.ntk_fn(f, memory_budget=0.25), x, None, p, {})
+  default = sig(autontk.ntk_fn(f))
+  budget = sig(autontk.ntk_fn(f, memory_budget=0.25))
   assert default.digest != budget.digest
   assert "memory_budget" in str(budget.parts["extra"])
   assert "extra" not in default.parts

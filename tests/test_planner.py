@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -15,8 +16,10 @@ from autontk._options import Implementation
 from autontk.costmodel import device
 from autontk.costmodel.device import DeviceConstants
 from autontk.costmodel.predict import RooflinePredictor
-from autontk.planner import Planner, PlannerOptions
-from autontk.report import CostReport
+from autontk.auto.planner import Planner, PlannerOptions, PlanningCall
+from autontk.auto.report import CostReport
+from autontk.costmodel import hlo
+from autontk.costmodel.features import CostFeatures
 from reference import reference_ntk
 
 CONSTANTS = DeviceConstants(1e11, 1e10, 5e-6, 1e-7, "cpu", "cpu")
@@ -63,7 +66,7 @@ def auto_ntk():
 def test_auto_equals_reference_and_is_memoised(auto_ntk):
   k = auto_ntk(X, None, PARAMS)
   _close(k, reference_ntk(F, PARAMS, X, None))
-  planner = getattr(auto_ntk._planner, "planner", auto_ntk._planner)
+  planner = auto_ntk.planner.cost_model
   calls = []
   original = planner.plan_call
   planner.plan_call = lambda *a, **kw: calls.append(1) or original(*a, **kw)
@@ -113,8 +116,8 @@ def test_report_lists_every_candidate(auto_ntk, tmp_path):
 
 def _plan_report(ntk, x, params):
   """The planner's own (not full) report: what planning estimated."""
-  planner = getattr(ntk._planner, "planner", ntk._planner)
-  return planner.plan_report(ntk, x, None, params, {})
+  return ntk.planner.cost_model.plan_call(
+      PlanningCall(ntk, x, None, params, {}))
 
 
 def test_tiny_budget_forces_a_chunked_plan_under_budget():
@@ -141,7 +144,7 @@ def test_tiny_budget_forces_a_chunked_plan_under_budget():
 def test_pluggable_predictor_decides():
   class PreferVectorProducts:
     def predict(self, features):
-      return 1e-3 if features.implementation == "ntk_vector_products" else 1.0
+      return 1e-3 if features.method == "ntk_vector_products" else 1.0
 
   ntk = autontk.ntk_fn(F, vmap_axes=0, predictor=PreferVectorProducts(),
                        chunking=False)
@@ -151,10 +154,9 @@ def test_pluggable_predictor_decides():
 
 def test_without_vmap_axes_no_chunked_candidates():
   ntk = autontk.ntk_fn(F, predictor=ROOFLINE)
-  planner = ntk._planner
-  from autontk.planner import PlanningCall
+  planner = ntk.planner.cost_model
   cands = planner.candidates(PlanningCall(ntk, X, None, PARAMS, {}))
-  assert cands and all(c.plan.chunking is None for c in cands)
+  assert cands and all(c.chunking is None for c in cands)
   _close(ntk(X, None, PARAMS), reference_ntk(F, PARAMS, X, None))
 
 
@@ -186,9 +188,7 @@ def test_options_and_candidates_are_stable_values():
       methods=("jacobian_contraction", 2), block_sizes=(4, 2)))
   planner = Planner(opts)
   ntk = autontk.ntk_fn(F, vmap_axes=0)
-  from autontk.planner import PlanningCall
-  plans = [c.plan for c in planner.candidates(
-      PlanningCall(ntk, X, None, PARAMS, {}))]
+  plans = planner.candidates(PlanningCall(ntk, X, None, PARAMS, {}))
   assert len(plans) == len(set(plans)) == 2 + 2 * 2 * 2
   for p in plans:
     assert autontk.Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
@@ -205,7 +205,7 @@ def test_without_vmap_axes_column_chunks_save_memory():
   report = ntk.report(x, None, params)
   chosen = report.chosen_estimate
   assert chosen.plan.config.column_chunk is not None
-  assert chosen.loop_iterations > 1
+  assert chosen.features.loop_iterations > 1
   assert chosen.flops == pytest.approx(whole.flops, rel=0.1)
   assert chosen.peak_memory_exact and chosen.peak_memory <= 0.5 * whole.peak_memory
   _close(ntk(x, None, params), reference_ntk(f, params, x, None, ()))
@@ -220,11 +220,10 @@ def test_auto_without_jit():
 def test_backend_without_lowered_analysis_compiles_to_rank(monkeypatch):
   """CUDA analyses compiled programs only: the planner compiles to rank."""
   import dataclasses as dc
-  from autontk.costmodel import hlo
   original = hlo.analyse_lowered
 
-  def no_counts(lowered, seconds=0.0):
-    return dc.replace(original(lowered, seconds), flops=None,
+  def no_counts(lowered):
+    return dc.replace(original(lowered), flops=None,
                       bytes_accessed=None, transcendentals=None)
 
   monkeypatch.setattr(hlo, "analyse_lowered", no_counts)
@@ -236,15 +235,16 @@ def test_backend_without_lowered_analysis_compiles_to_rank(monkeypatch):
 
 def test_custom_call_matmuls_do_not_hide_flops():
   """GPU matmuls may report -1 FLOPs; the lowered text's count is a floor."""
-  from autontk.costmodel import hlo
-  from autontk.planner import _merge_compiled
-  lowered = hlo.HloCost(1e6, 1e3, 0.0, None, contraction_flops=9e5)
-  compiled = hlo.HloCost(None, 5e2, None, 4e3, True, "compiled")
-  merged = _merge_compiled(lowered, compiled)
+  lowered = CostFeatures(flops=1e6, bytes_accessed=1e3, transcendentals=0.0,
+                         contraction_flops=9e5)
+  compiled = CostFeatures(bytes_accessed=5e2, peak_memory=4e3,
+                          peak_memory_exact=True)
+  merged = hlo.merge_compiled(lowered, compiled)
   assert merged.flops == 1e6 and merged.bytes_accessed == 5e2
-  compiled = hlo.HloCost(1e3, 5e2, None, 4e3, True, "compiled")
+  assert merged.peak_memory_exact
+  compiled = dataclasses.replace(compiled, flops=1e3)
   floor = 9e5 if jax.default_backend() != "cpu" else 1e3  # CPU: exact
-  assert _merge_compiled(lowered, compiled).flops == floor
+  assert hlo.merge_compiled(lowered, compiled).flops == floor
 
 
 class _ConstantPredictor:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 import autontk
-from autontk.signature import canonical_jaxpr, model_signature
+from autontk.plancache.signature import canonical_jaxpr, model_signature
 
 MODEL = textwrap.dedent("""
     import jax, jax.numpy as jnp
@@ -45,7 +45,7 @@ def test_same_model_in_two_processes_gives_the_same_signature():
   f, params, x = _model()
   here = _sig(f, x, None, params)
   script = MODEL + textwrap.dedent("""
-      from autontk.signature import model_signature
+      from autontk.plancache.signature import model_signature
       print(model_signature(f, x, None, params).digest)
   """)
   out = subprocess.run([sys.executable, "-c", script], capture_output=True,

@@ -926,7 +926,7 @@ def test_python_constants_and_kwargs_ntk_tiled_auto_tile():
 
 
 def test_python_constants_in_params_nngp_and_signature():
-  from autontk.signature import model_signature
+  from autontk.plancache.signature import model_signature
   p = _const_params()
   k = autontk.nngp_fn(_const_f)(X1, X2, p)
   np.testing.assert_allclose(k, _const_f(p, X1) @ _const_f(p, X2).T / 2,

@@ -1,19 +1,22 @@
-"""The cost model: HLO cost extraction, memory budget, device constants and
-time prediction for candidate plans.
+"""The cost model: what a candidate plan costs, before running it.
 
-* :mod:`~autontk.costmodel.hlo` reads ``cost_analysis()`` and
-  ``memory_analysis()`` robustly (dict, list, None, -1).
-* :mod:`~autontk.costmodel.memory` gives the memory budget.
-* :mod:`~autontk.costmodel.device` measures and stores device constants.
-* :mod:`~autontk.costmodel.predict` turns costs into predicted seconds
-  (a pluggable :class:`TimePredictor`).
-* :mod:`~autontk.costmodel.estimate` holds :class:`CostEstimate`.
+* :mod:`~autontk.costmodel.features`: :class:`CostFeatures`, the one record
+  of a program's work and memory, with its encodings.
+* :mod:`~autontk.costmodel.hlo`: reads XLA's cost and memory analyses
+  robustly (dict, list, None, -1) into features.
+* :mod:`~autontk.costmodel.estimate`: prices a candidate plan from its
+  programs (:class:`CostEstimate`).
+* :mod:`~autontk.costmodel.memory`: the memory budget.
+* :mod:`~autontk.costmodel.device`: measures and stores device constants.
+* :mod:`~autontk.costmodel.predict`: features to predicted seconds (a
+  pluggable :class:`TimePredictor`, the roofline by default).
+* :mod:`~autontk.costmodel.calibration`: the learned correction of a
+  predictor from measured timings.
 """
 
 from autontk.costmodel.device import DeviceConstants as DeviceConstants
 from autontk.costmodel.estimate import CostEstimate as CostEstimate
-from autontk.costmodel.hlo import HloCost as HloCost
+from autontk.costmodel.features import CostFeatures as CostFeatures
 from autontk.costmodel.memory import MemoryBudget as MemoryBudget
-from autontk.costmodel.predict import CostFeatures as CostFeatures
 from autontk.costmodel.predict import RooflinePredictor as RooflinePredictor
 from autontk.costmodel.predict import TimePredictor as TimePredictor

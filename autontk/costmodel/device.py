@@ -21,16 +21,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from autontk import _paths
+
 _FILE = "device_constants.json"
-
-
-def cache_dir() -> pathlib.Path:
-  """autontk's cache directory (created on demand by writers)."""
-  env = os.environ.get("AUTONTK_CACHE_DIR")
-  if env:
-    return pathlib.Path(env)
-  import platformdirs
-  return pathlib.Path(platformdirs.user_cache_dir("autontk"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +158,7 @@ def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
   key = device_key(device)
   if not remeasure and key in _MEMO:
     return _MEMO[key]
-  path = cache_dir() / _FILE
+  path = _paths.cache_directory() / _FILE
   stored = _load_all(path)
   if not remeasure and key in stored:
     try:

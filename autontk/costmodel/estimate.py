@@ -1,85 +1,269 @@
-"""``CostEstimate``: what the planner knows about one candidate plan."""
+"""Estimating a candidate plan: its features, predicted time and feasibility.
+
+:func:`estimate` prices one plan of one call from the programs the plan runs:
+
+* an unchunked plan is its NtkFn executable, lowered (and, when asked,
+  compiled) and read by :mod:`~autontk.costmodel.hlo`;
+* a method's memory variant (e.g. column-chunked NTK-vector products) loops
+  over the default config's work: XLA counts a loop body once, so the work
+  is read from the default config's program and the method's record says
+  how many loop iterations the variant adds;
+* a batch-chunked plan is the sum of its block programs, each times the
+  number of blocks that run it, plus what assembling the kernel costs (both
+  supplied by the chunking itself).
+
+:class:`CostEstimate` is the result, and the one record of a candidate
+everywhere: in cost reports, tuning results and plan-cache rows.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, Mapping
 
+from autontk import _plan, methods
 from autontk._plan import Plan
-from autontk.costmodel.predict import CostFeatures
+from autontk.costmodel import hlo
+from autontk.costmodel.features import CostFeatures
+from autontk.costmodel.memory import MemoryBudget
+from autontk.costmodel.predict import TimePredictor
 
 
 @dataclasses.dataclass(frozen=True)
 class CostEstimate:
-  """Cost of one candidate plan, predicted (and measured where known).
+  """One candidate plan: what it costs, predicted and, where known, measured.
 
   Attributes:
     plan: the candidate.
-    flops, bytes_accessed, transcendentals: total work (loop trip counts
-      and block counts applied), ``None`` when unknown.
-    peak_memory: peak bytes; exact from XLA's buffer assignment when
-      ``peak_memory_exact``, else an estimate from the lowered program.
-    peak_memory_exact: see above.
+    features: its work and memory (:class:`CostFeatures`).
+    source: ``"lowered"``, ``"compiled"``, ``"scaled"`` (from block
+      programs), ``"skipped"`` (not estimated) or ``"cache"`` (read back
+      from the plan cache).
     analysis_time: seconds spent tracing and lowering for the estimate.
     compile_time: seconds spent compiling it (``None`` if not compiled).
     predicted_time: predicted seconds per call (``None`` if not estimated).
     measured_time: measured median seconds per call, where known.
     feasible: within the memory budget (and supported).
     reason: why infeasible, or why not estimated; ``None`` otherwise.
-    source: ``"lowered"``, ``"compiled"``, ``"scaled"`` (from block
-      programs) or ``"skipped"``.
-    blocks: number of batch blocks (1 unchunked).
-    calls: compiled calls per evaluation (blocks of a host loop, else 1).
-    loop_iterations: compiled loop iterations per evaluation.
-    grouped_conv_flops, depthwise_conv_flops: the part of ``flops`` in
-      grouped / depthwise convolutions (see :class:`~autontk.costmodel.HloCost`).
+    timing: the tuner's measurement details (repeats, spread...), if timed.
   """
 
   plan: Plan
-  flops: float | None = None
-  bytes_accessed: float | None = None
-  transcendentals: float | None = None
-  peak_memory: float | None = None
-  peak_memory_exact: bool = False
+  features: CostFeatures = CostFeatures()
+  source: str = "lowered"
   analysis_time: float = 0.0
   compile_time: float | None = None
   predicted_time: float | None = None
   measured_time: float | None = None
   feasible: bool = True
   reason: str | None = None
-  source: str = "lowered"
-  blocks: int = 1
-  calls: int = 1
-  loop_iterations: int = 0
-  grouped_conv_flops: float = 0.0
-  depthwise_conv_flops: float = 0.0
+  timing: Mapping[str, Any] | None = None
 
   @property
   def estimated(self) -> bool:
     return self.predicted_time is not None
 
-  def features(self) -> CostFeatures:
-    return CostFeatures(self.plan.implementation.name.lower(), self.flops,
-                        self.bytes_accessed, self.transcendentals,
-                        self.peak_memory, self.calls, self.loop_iterations,
-                        self.blocks, self.grouped_conv_flops,
-                        self.depthwise_conv_flops)
+  @property
+  def flops(self) -> float | None:
+    return self.features.flops
+
+  @property
+  def bytes_accessed(self) -> float | None:
+    return self.features.bytes_accessed
+
+  @property
+  def peak_memory(self) -> float | None:
+    return self.features.peak_memory
+
+  @property
+  def peak_memory_exact(self) -> bool:
+    return self.features.peak_memory_exact
+
+  @property
+  def blocks(self) -> int:
+    return self.features.blocks
 
   def to_dict(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["plan"] = plan_to_dict(self.plan)
+    """JSON-ready form, used by cost reports and plan-cache rows."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    d["plan"] = _plan.plan_to_dict(self.plan)
+    d["features"] = self.features.to_row()
+    d["timing"] = None if self.timing is None else dict(self.timing)
     return d
 
   @staticmethod
-  def from_dict(d: dict[str, Any]) -> "CostEstimate":
+  def from_dict(d: Mapping[str, Any]) -> "CostEstimate":
+    """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
     d = dict(d)
-    d["plan"] = plan_from_dict(d["plan"])
-    return CostEstimate(**d)
+    plan = _plan.plan_from_dict(d.pop("plan"))
+    features = CostFeatures.from_row(
+        d.pop("features", None) or d, plan.implementation.name.lower())
+    names = {f.name for f in dataclasses.fields(CostEstimate)}
+    return CostEstimate(plan, features, **{k: v for k, v in d.items()
+                                           if k in names})
 
 
-def plan_to_dict(plan: Plan) -> dict[str, Any]:
-  return plan.to_dict()
+class ProgramCache:
+  """Lowered and compiled programs of one call signature, each analysed once.
+
+  :meth:`bind` gives it the function that lowers a plan's executable for
+  the call at hand (so a compile made while planning is the one the call
+  then reuses); unbound, it still answers for the programs it holds, which
+  lets a later report of the same signature reuse them without keeping the
+  first call's arguments alive.
+  """
+
+  def __init__(self):
+    self._lower_plan: Callable[[Plan], Any] | None = None
+    self._lowered: dict[Any, tuple[Any, CostFeatures, float]] = {}
+    self._compiled: dict[Any, tuple[CostFeatures, float]] = {}
+
+  def bind(self, lower_plan: Callable[[Plan], Any] | None) -> None:
+    """Sets ``plan -> jax.stages.Lowered`` for plans not held yet."""
+    self._lower_plan = lower_plan
+
+  def whole(self, plan: Plan) -> tuple[Any, CostFeatures, float]:
+    """``(lowered, features, seconds)`` of the executable of ``plan``."""
+    if plan not in self._lowered:
+      if self._lower_plan is None:
+        raise ValueError("ProgramCache.bind() a lowering function first.")
+      self._lowered[plan] = hlo.lower_and_analyse(_Lowerer(self._lower_plan,
+                                                           plan))
+    return self._lowered[plan]
+
+  def block(self, program: Any) -> tuple[Any, CostFeatures, float]:
+    """``(lowered, features, seconds)`` of a chunking's block program."""
+    key = _hashable(("block", program.key))
+    if key is None or key not in self._lowered:
+      result = hlo.lower_and_analyse(program.fn, *program.args)
+      if key is None:
+        return result
+      self._lowered[key] = result
+    return self._lowered[key]
+
+  def compiled(self, key: Any, lowered: Any) -> tuple[CostFeatures, float]:
+    """``(features, seconds)`` of compiling ``lowered`` (memoised by key)."""
+    key = _hashable(("compiled", key))
+    if key is None or key not in self._compiled:
+      _, features, seconds = hlo.compile_and_analyse(lowered)
+      if key is None:
+        return features, seconds
+      self._compiled[key] = (features, seconds)
+    return self._compiled[key]
 
 
-def plan_from_dict(d: dict[str, Any]) -> Plan:
-  return Plan.from_dict(d)
+@dataclasses.dataclass(frozen=True)
+class _Lowerer:
+  """``lower()`` of one plan, in the shape ``hlo.lower_and_analyse`` takes."""
+
+  lower_plan: Callable[[Plan], Any]
+  plan: Plan
+
+  def lower(self) -> Any:
+    return self.lower_plan(self.plan)
+
+
+def _hashable(key: Any) -> Any:
+  try:
+    hash(key)
+  except TypeError:
+    return None
+  return key
+
+
+def estimate(plan: Plan, problem: Any, programs: ProgramCache, *,
+             predictor: TimePredictor, budget: MemoryBudget,
+             compile: bool = False) -> CostEstimate:
+  """The :class:`CostEstimate` of ``plan`` for ``problem``.
+
+  Args:
+    plan: the candidate.
+    problem: the call's :class:`~autontk._problem.NtkProblem`.
+    programs: the call's :class:`ProgramCache`.
+    predictor: maps the features to seconds.
+    budget: candidates whose peak memory exceeds it are infeasible.
+    compile: compile the programs (exact peak memory, fused byte counts)
+      rather than only lowering them.
+
+  Returns:
+    The estimate; a candidate that fails to lower or compile is infeasible,
+    with the error as its reason.
+  """
+  try:
+    if plan.chunking is None:
+      est = _whole(plan, problem, programs, compile)
+    else:
+      est = _chunked(plan, problem, programs, compile)
+  except Exception as e:  # noqa: BLE001 - a failing candidate is infeasible
+    return CostEstimate(plan, source="skipped", feasible=False,
+                        reason=f"failed: {type(e).__name__}: {e}"[:300])
+  est = dataclasses.replace(
+      est, predicted_time=float(predictor.predict(est.features)))
+  if not budget.fits(est.peak_memory):
+    kind = "" if est.peak_memory_exact else "estimated "
+    est = dataclasses.replace(
+        est, feasible=False,
+        reason=f"{kind}peak memory {megabytes(est.peak_memory)} exceeds the "
+               f"budget {megabytes(budget.bytes)}")
+  return est
+
+
+def _whole(plan: Plan, problem: Any, programs: ProgramCache,
+           compile: bool) -> CostEstimate:
+  lowered, features, analysis = programs.whole(plan)
+  compile_time, source = None, "lowered"
+  # Some backends (CUDA as a PJRT plugin) analyse compiled programs only.
+  if compile or features.flops is None:
+    compiled, compile_time = programs.compiled(plan, lowered)
+    features, source = hlo.merge_compiled(features, compiled), "compiled"
+  iterations = methods.get(plan.implementation).loop_iterations(problem,
+                                                                plan.config)
+  if iterations:
+    # XLA counts the variant's loop body once: take the work of the default
+    # config (same arithmetic, vectorised) and charge the iterations.
+    base = programs.whole(dataclasses.replace(plan, config=None))[1]
+    features = features.with_work_of(base)
+  features = dataclasses.replace(
+      features, method=plan.implementation.name.lower(),
+      loop_iterations=iterations)
+  return CostEstimate(plan, features, source, analysis, compile_time)
+
+
+def _chunked(plan: Plan, problem: Any, programs: ProgramCache,
+             compile: bool) -> CostEstimate:
+  inner = dataclasses.replace(plan, chunking=None)
+  host = plan.chunking.host_loop
+  total = CostFeatures(flops=0.0, bytes_accessed=0.0, transcendentals=0.0)
+  block_peak, exact, analysis, compile_time, blocks = 0.0, True, 0.0, 0.0, 0
+  for program in plan.chunking.block_programs(inner, problem):
+    lowered, features, seconds = programs.block(program)
+    analysis += seconds
+    if (compile and host) or features.flops is None:
+      compiled, seconds = programs.compiled(("block", program.key), lowered)
+      features = hlo.merge_compiled(features, compiled)
+      compile_time += seconds
+    total = total.plus(features.scaled(program.count))
+    block_peak = max(block_peak, features.peak_memory or 0.0)
+    exact = exact and features.peak_memory_exact
+    blocks += program.count
+  assembly = plan.chunking.assembly_cost(problem)
+  peak = block_peak + assembly.peak_memory
+  if compile and not host:
+    compiled, compile_time = programs.compiled(plan,
+                                               programs.whole(plan)[0])
+    if compiled.peak_memory is not None:
+      peak, exact = compiled.peak_memory, True
+  features = dataclasses.replace(
+      total, method=plan.implementation.name.lower(),
+      bytes_accessed=(total.bytes_accessed or 0.0) + assembly.bytes_accessed,
+      peak_memory=peak, peak_memory_exact=exact, blocks=blocks,
+      calls=(blocks + 1) if host else 1, loop_iterations=0 if host else blocks)
+  return CostEstimate(plan, features, "scaled", analysis,
+                      compile_time if compile else None)
+
+
+def megabytes(b: float | None) -> str:
+  """``"12.3 MB"`` (``"?"`` when unknown)."""
+  if b is None:
+    return "?"
+  return f"{b / 1e6:.3g} MB"

@@ -1,4 +1,4 @@
-"""Reading XLA's cost and memory analyses robustly.
+"""Reading XLA's cost and memory analyses into :class:`CostFeatures`.
 
 ``cost_analysis()`` returns a dict on current JAX, a list of dicts (one per
 computation) on older versions, ``None`` where a backend has no analysis
@@ -8,87 +8,23 @@ matmuls). Every number here is ``None`` when unknown, never negative.
 XLA counts a loop body once (``while``, and so ``scan``/``lax.map``): a
 computation looping ``k`` times reports about ``1/k`` of its work. Callers
 that build loops (chunked plans, column-chunked NTK-vector products) scale
-by the trip count they know, see :meth:`HloCost.scaled`.
+by the trip count they know, see :meth:`CostFeatures.scaled`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import time
 from typing import Any, Mapping
 
+import jax
+
+from autontk.costmodel.features import CostFeatures
+
 _FLOPS = "flops"
 _BYTES = "bytes accessed"
 _TRANSCENDENTALS = "transcendentals"
-
-
-@dataclasses.dataclass(frozen=True)
-class HloCost:
-  """Work and memory of one compiled (or lowered) program.
-
-  Attributes:
-    flops: floating-point operations, or ``None`` if unknown.
-    bytes_accessed: bytes read and written by all ops (unfused ops each
-      count their operands and result), or ``None``.
-    transcendentals: exp/log/tanh/... evaluations, or ``None``.
-    peak_memory: bytes live at once (arguments + outputs + temporaries), or
-      ``None``.
-    peak_memory_exact: ``True`` when ``peak_memory`` comes from XLA's
-      buffer assignment, ``False`` for the lowered-HLO estimate.
-    source: ``"lowered"``, ``"compiled"`` or ``"scaled"``.
-    seconds: time spent lowering / compiling to get this analysis.
-    grouped_conv_flops: FLOPs in grouped convolutions (feature or batch
-      group count > 1) with large windows, part of ``flops``: per-example
-      weight gradients under ``vmap`` produce them, and XLA runs them an
-      order of magnitude below dense speed on CPUs.
-    depthwise_conv_flops: FLOPs in grouped convolutions with small windows
-      (depthwise layers, patch extraction), part of ``flops``.
-    contraction_flops: FLOPs of every ``dot_general`` and convolution,
-      counted from the StableHLO text: a floor for ``flops`` where the
-      backend hides contractions in custom calls (GPU matmuls report -1).
-  """
-
-  flops: float | None = None
-  bytes_accessed: float | None = None
-  transcendentals: float | None = None
-  peak_memory: float | None = None
-  peak_memory_exact: bool = False
-  source: str = "lowered"
-  seconds: float = 0.0
-  grouped_conv_flops: float = 0.0
-  depthwise_conv_flops: float = 0.0
-  contraction_flops: float = 0.0
-
-  def scaled(self, factor: float, source: str = "scaled") -> "HloCost":
-    """Work multiplied by ``factor`` (memory unchanged)."""
-    def mul(v):
-      return None if v is None else v * factor
-    return dataclasses.replace(self, flops=mul(self.flops),
-                               bytes_accessed=mul(self.bytes_accessed),
-                               transcendentals=mul(self.transcendentals),
-                               grouped_conv_flops=self.grouped_conv_flops *
-                               factor,
-                               depthwise_conv_flops=self.depthwise_conv_flops *
-                               factor,
-                               contraction_flops=self.contraction_flops *
-                               factor, source=source)
-
-  def plus(self, other: "HloCost") -> "HloCost":
-    """Sum of the work of two programs run one after the other."""
-    def add(a, b):
-      return None if a is None and b is None else (a or 0.0) + (b or 0.0)
-    peak = max((p for p in (self.peak_memory, other.peak_memory)
-                if p is not None), default=None)
-    return HloCost(add(self.flops, other.flops),
-                   add(self.bytes_accessed, other.bytes_accessed),
-                   add(self.transcendentals, other.transcendentals), peak,
-                   self.peak_memory_exact and other.peak_memory_exact,
-                   "scaled", self.seconds + other.seconds,
-                   self.grouped_conv_flops + other.grouped_conv_flops,
-                   self.depthwise_conv_flops + other.depthwise_conv_flops,
-                   self.contraction_flops + other.contraction_flops)
 
 
 def _known(v: Any) -> float | None:
@@ -256,7 +192,6 @@ def contraction_flops(stablehlo_text: str) -> float:
 
 
 def _io_bytes(lowered: Any) -> float:
-  import jax  # local: keeps this module importable without initialising jax
   total = 0.0
   for tree in (lowered.in_avals, lowered.out_info):
     for leaf in jax.tree.leaves(tree):
@@ -267,7 +202,7 @@ def _io_bytes(lowered: Any) -> float:
   return total
 
 
-def analyse_lowered(lowered: Any, seconds: float = 0.0) -> HloCost:
+def analyse_lowered(lowered: Any) -> CostFeatures:
   """Cost of a ``jax.stages.Lowered`` without compiling it.
 
   The peak memory is a rough estimate (arguments and outputs plus the
@@ -283,31 +218,68 @@ def analyse_lowered(lowered: Any, seconds: float = 0.0) -> HloCost:
     contractions = contraction_flops(text)
   except Exception:  # noqa: BLE001 - an estimate only; unknown is fine
     peak = None
-  return HloCost(counts[_FLOPS], counts[_BYTES], counts[_TRANSCENDENTALS],
-                 peak, False, "lowered", seconds, grouped, depthwise,
-                 contractions)
+  return CostFeatures(
+      flops=counts[_FLOPS], bytes_accessed=counts[_BYTES],
+      transcendentals=counts[_TRANSCENDENTALS], grouped_conv_flops=grouped,
+      depthwise_conv_flops=depthwise, contraction_flops=contractions,
+      peak_memory=peak, peak_memory_exact=False)
 
 
-def analyse_compiled(compiled: Any, seconds: float = 0.0) -> HloCost:
+def analyse_compiled(compiled: Any) -> CostFeatures:
   """Cost and exact peak memory of a ``jax.stages.Compiled``."""
   counts = read_cost_analysis(_safe(compiled.cost_analysis))
   peak = read_memory_analysis(_safe(compiled.memory_analysis))
-  return HloCost(counts[_FLOPS], counts[_BYTES], counts[_TRANSCENDENTALS],
-                 peak, peak is not None, "compiled", seconds)
+  return CostFeatures(
+      flops=counts[_FLOPS], bytes_accessed=counts[_BYTES],
+      transcendentals=counts[_TRANSCENDENTALS], peak_memory=peak,
+      peak_memory_exact=peak is not None)
 
 
-def lower_and_analyse(jitted: Any, *args: Any) -> tuple[Any, HloCost]:
-  """``(lowered, cost)`` of ``jitted(*args)``: tracing + lowering, no compile."""
+def merge_compiled(lowered: CostFeatures,
+                   compiled: CostFeatures) -> CostFeatures:
+  """The compiled program's numbers where known (fused bytes, exact memory).
+
+  Off CPU, FLOPs never fall below the contractions counted in the lowered
+  text: GPU backends report custom-call matmuls as -1 (unknown). On CPU the
+  compiled count is exact, and may be lower after XLA's simplifications.
+  The convolution split comes from the lowered text (the compiled analysis
+  has none).
+  """
+  def pick(c, l):
+    return c if c is not None else l
+  flops = pick(compiled.flops, lowered.flops)
+  if lowered.contraction_flops and (compiled.flops is None or
+                                    jax.default_backend() != "cpu"):
+    flops = max(flops or 0.0, lowered.contraction_flops)
+  return CostFeatures(
+      method=lowered.method, flops=flops,
+      bytes_accessed=pick(compiled.bytes_accessed, lowered.bytes_accessed),
+      transcendentals=pick(compiled.transcendentals,
+                           lowered.transcendentals),
+      grouped_conv_flops=lowered.grouped_conv_flops,
+      depthwise_conv_flops=lowered.depthwise_conv_flops,
+      contraction_flops=lowered.contraction_flops,
+      peak_memory=pick(compiled.peak_memory, lowered.peak_memory),
+      peak_memory_exact=compiled.peak_memory is not None,
+      calls=lowered.calls, loop_iterations=lowered.loop_iterations,
+      blocks=lowered.blocks)
+
+
+def lower_and_analyse(jitted: Any, *args: Any
+                      ) -> tuple[Any, CostFeatures, float]:
+  """``(lowered, features, seconds)`` of ``jitted(*args)``: tracing and
+  lowering, no compile."""
   t = time.perf_counter()
   lowered = jitted.lower(*args)
-  return lowered, analyse_lowered(lowered, time.perf_counter() - t)
+  return lowered, analyse_lowered(lowered), time.perf_counter() - t
 
 
-def compile_and_analyse(lowered: Any) -> tuple[Any, HloCost]:
-  """``(compiled, cost)``; the compile lands in JAX's caches for reuse."""
+def compile_and_analyse(lowered: Any) -> tuple[Any, CostFeatures, float]:
+  """``(compiled, features, seconds)``; the compile lands in JAX's caches
+  for reuse."""
   t = time.perf_counter()
   compiled = lowered.compile()
-  return compiled, analyse_compiled(compiled, time.perf_counter() - t)
+  return compiled, analyse_compiled(compiled), time.perf_counter() - t
 
 
 def _safe(method) -> Any:

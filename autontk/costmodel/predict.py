@@ -19,38 +19,7 @@ import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 from autontk.costmodel import device as device_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class CostFeatures:
-  """What a predictor sees of one candidate.
-
-  Attributes:
-    implementation: the method's name, e.g. ``"jacobian_contraction"``.
-    flops: total FLOPs (loop trip counts applied), or ``None``.
-    bytes_accessed: total bytes read and written, or ``None``.
-    transcendentals: total transcendental evaluations, or ``None``.
-    peak_memory: peak bytes, or ``None``.
-    calls: compiled calls dispatched by the host (blocks of a host loop).
-    loop_iterations: iterations of compiled loops (blocks of a scan).
-    blocks: number of batch blocks (1 when unchunked).
-    grouped_conv_flops: the part of ``flops`` in grouped convolutions.
-    depthwise_conv_flops: the part of ``flops`` in depthwise convolutions.
-  """
-
-  implementation: str
-  flops: float | None
-  bytes_accessed: float | None
-  transcendentals: float | None
-  peak_memory: float | None
-  calls: int = 1
-  loop_iterations: int = 0
-  blocks: int = 1
-  grouped_conv_flops: float = 0.0
-  depthwise_conv_flops: float = 0.0
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+from autontk.costmodel.features import CostFeatures
 
 
 @runtime_checkable
@@ -73,7 +42,8 @@ class RooflinePredictor:
   >>> from autontk.costmodel.device import DeviceConstants
   >>> c = DeviceConstants(1e11, 1e10, 1e-5, 1e-6)
   >>> p = RooflinePredictor(c, overlap=False)
-  >>> round(p.predict(CostFeatures("x", 1e9, 1e8, 0, None)), 4)
+  >>> feats = CostFeatures(flops=1e9, bytes_accessed=1e8, transcendentals=0)
+  >>> round(p.predict(feats), 4)
   0.02
   """
 

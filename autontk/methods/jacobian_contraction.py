@@ -15,7 +15,7 @@ import jax
 from autontk import _axes
 from autontk._options import Implementation
 from autontk._problem import NtkProblem
-from autontk.methods import register
+from autontk.methods.registry import register
 
 
 @dataclasses.dataclass(frozen=True)

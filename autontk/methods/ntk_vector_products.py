@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from autontk._axes import LeafAxes
 from autontk._options import Implementation
 from autontk._problem import NtkProblem
-from autontk.methods import register
+from autontk.methods.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +190,34 @@ def _per_example_vjp_kernel(problem: NtkProblem, i: int, chunk: int | None):
   return _block(lin1, column, shape1, shape2, axes, chunk)
 
 
-@register(Implementation.NTK_VECTOR_PRODUCTS, NtkVectorProductsConfig)
+COLUMN_CHUNKS = (64, 8)
+"""``column_chunk`` values offered as memory variants."""
+
+
+def _columns(problem: NtkProblem) -> int:
+  """Kernel columns this method evaluates (an upper bound)."""
+  return sum(math.prod(o.shape) for o in problem.out2)
+
+
+def memory_variants(problem: NtkProblem) -> tuple[NtkVectorProductsConfig, ...]:
+  """Column-chunked configs: less memory, one loop iteration per chunk."""
+  columns = _columns(problem)
+  return tuple(NtkVectorProductsConfig(column_chunk=c) for c in COLUMN_CHUNKS
+               if c < columns)
+
+
+def loop_iterations(problem: NtkProblem,
+                    config: NtkVectorProductsConfig | None) -> int:
+  """Iterations of the column loop (0 when the columns are vectorised)."""
+  chunk = None if config is None else config.column_chunk
+  columns = _columns(problem)
+  if chunk is None or chunk >= columns:
+    return 0
+  return -(-columns // chunk)
+
+
+@register(Implementation.NTK_VECTOR_PRODUCTS, NtkVectorProductsConfig,
+          memory_variants=memory_variants, loop_iterations=loop_iterations)
 def compute(problem: NtkProblem,
             config: NtkVectorProductsConfig | None = None) -> list[jax.Array]:
   config = config or NtkVectorProductsConfig()

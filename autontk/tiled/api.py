@@ -18,9 +18,10 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from autontk import _kwargs
-from autontk._api import NtkFn
+from autontk._ntk_fn import NtkFn
 from autontk._problem import NtkProblem
 from autontk._types import PyTree
 from autontk.tiled import batch as _batch
@@ -417,7 +418,6 @@ def _compute(run: _Run, store: Any, todo: Sequence[Tile], total: int,
   writing happens on its own thread to overlap computing either way. At most
   two groups wait to be written.
   """
-  from tqdm.auto import tqdm
   bar = tqdm(total=total, initial=total - len(todo), unit="tile",
              desc="ntk tiles", dynamic_ncols=True,
              disable=not progress or run.cluster.process_index != 0)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from autontk._types import PyTree
@@ -52,7 +53,6 @@ class Cluster:
   def barrier(self, name: str) -> None:
     """Waits for every process (no-op with one process)."""
     if self.process_count > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"autontk.tiled:{name}")
 
   def from_process_0(self, values: tuple[int, ...]) -> tuple[int, ...]:
@@ -60,7 +60,6 @@ class Cluster:
     which depends on each host's free memory)."""
     if self.process_count == 1:
       return values
-    from jax.experimental import multihost_utils
     got = multihost_utils.broadcast_one_to_all(np.asarray(values, np.int64))
     return tuple(int(v) for v in np.asarray(got))
 
@@ -68,7 +67,6 @@ class Cluster:
     """Raises unless every process holds the same ``value``."""
     if self.process_count == 1:
       return
-    from jax.experimental import multihost_utils
     first = int(multihost_utils.broadcast_one_to_all(np.int64(value)))
     if first != value:
       raise RuntimeError(

@@ -7,8 +7,8 @@ On disk, a run is a directory::
     manifest.jsonl    one line per finished tile, appended after its data is
                       written and fsync'ed: a tile is done only when it is
                       durably on disk
-    plans.pkl         the plans the run started with (a resumed run and
-                      every process use them)
+    plans.json        the plans the run started with (a resumed run and
+                      every process use them), in autontk's plan codec
 
 Tiles are written with ``os.pwrite`` of their exact byte ranges, so writers
 (threads, processes, hosts on a shared file system) that hold distinct tiles
@@ -24,17 +24,19 @@ import dataclasses
 import fcntl
 import json
 import os
-import pickle
 import time
 import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
+from autontk._plan import plan_from_dict, plan_to_dict
 from autontk.tiled.tiling import LeafLayout, Tile
 
 MANIFEST = "manifest.jsonl"
-PLANS = "plans.pkl"
+PLANS = "plans.json"
+_LEGACY_PLANS = "plans.pkl"
+_PLAN_KINDS = {True: "same_inputs", False: "cross"}
 META = "meta.json"
 FORMAT = "autontk-tiled/1"
 
@@ -184,27 +186,31 @@ class DiskStore:
   # Plans --------------------------------------------------------------------
 
   def save_plans(self, plans: dict[bool, Any]) -> None:
-    """Records the run's plans (pickled: plans are frozen dataclasses)."""
+    """Records the run's plans (per kind of tile: x2 = x1 or not)."""
+    doc = {_PLAN_KINDS[same]: plan_to_dict(plan)
+           for same, plan in plans.items()}
     tmp = os.path.join(self.path, PLANS + ".tmp")
-    try:
-      with open(tmp, "wb") as fh:
-        pickle.dump(plans, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    except (pickle.PicklingError, TypeError, AttributeError) as e:
-      warnings.warn(f"ntk_tiled: the plans cannot be recorded ({e}); a "
-                    "resumed run will plan again.", stacklevel=3)
-      os.remove(tmp)
-      return
+    with open(tmp, "w") as fh:
+      json.dump(doc, fh, sort_keys=True)
+      fh.flush()
+      os.fsync(fh.fileno())
     os.replace(tmp, os.path.join(self.path, PLANS))
 
   def load_plans(self) -> dict[bool, Any] | None:
+    """The recorded plans, or ``None`` (the run then plans again)."""
     try:
-      with open(os.path.join(self.path, PLANS), "rb") as fh:
-        return pickle.load(fh)  # noqa: S301 - written by this library
+      with open(os.path.join(self.path, PLANS)) as fh:
+        doc = json.load(fh)
+      return {same: plan_from_dict(doc[kind])
+              for same, kind in _PLAN_KINDS.items() if kind in doc}
     except FileNotFoundError:
+      if os.path.exists(os.path.join(self.path, _LEGACY_PLANS)):
+        warnings.warn(f"ntk_tiled: {self.path} holds plans of an earlier "
+                      f"release ({_LEGACY_PLANS}), a pickle, which is never "
+                      "read (it could run code); planning again.",
+                      stacklevel=3)
       return None
-    except Exception as e:  # noqa: BLE001 - e.g. a plan class that moved
+    except (ValueError, KeyError, TypeError) as e:
       warnings.warn(f"ntk_tiled: the recorded plans cannot be read ({e}); "
                     "planning again.", stacklevel=3)
       return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -177,7 +177,3 @@ def take_examples(leaf: Any, axis: int, start: int, stop: int,
     sl[axis] = slice(start, stop)
     return np.asarray(leaf[tuple(sl)])
   return np.take(leaf, idx, axis=axis)
-
-
-def batch_sizes(leaves: Sequence[Any], axes: Sequence[int | None]) -> set[int]:
-  return {np.shape(v)[a] for v, a in zip(leaves, axes) if a is not None}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from autontk._options import Implementation
 from autontk._problem import NtkProblem
-from autontk.methods import register
+from autontk.methods.registry import register
 from autontk.methods.structured import rules  # noqa: F401  (registers rules)
 from autontk.methods.structured.contraction import pair_kernel
 from autontk.methods.structured.interpreter import SideSpec, analyse

@@ -187,6 +187,6 @@ def resolve(ctx: UseContext, structure_rules: bool = True,
 
 
 def registered() -> dict[Any, RuleRecord]:
-  """All records, after loading every rule module."""
-  from autontk.methods.structured import rules  # noqa: F401
+  """All records (the rule modules register when the structured package
+  is imported, which importing this module implies)."""
   return dict(RULES)

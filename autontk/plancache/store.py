@@ -26,19 +26,21 @@ aside (``plans.sqlite.corrupt-<time>``), never deleted.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
-import importlib
 import json
 import os
 import pathlib
 import sqlite3
 import time
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from autontk._options import Implementation
-from autontk._plan import Plan
+import sqlite_utils
+
+from autontk import _compat, _paths
+from autontk._plan import Plan, plan_from_json, plan_to_json
+from autontk.costmodel.estimate import CostEstimate
+from autontk.costmodel.features import CostFeatures
+from autontk.plancache import signature as signature_lib
 
 DB_NAME = "plans.sqlite"
 EXPORT_FORMAT = "autontk-plans/1"
@@ -47,86 +49,6 @@ _PLAN_SOURCES = ("model", "tuned", "import", "manual")
 
 class PlanCacheWarning(UserWarning):
   """The plan cache could not be read or written; computation went on."""
-
-
-def default_directory() -> pathlib.Path:
-  """``$AUTONTK_CACHE_DIR`` if set, else the user cache dir for autontk."""
-  env = os.environ.get("AUTONTK_CACHE_DIR")
-  if env:
-    return pathlib.Path(env).expanduser()
-  import platformdirs
-  return pathlib.Path(platformdirs.user_cache_dir("autontk"))
-
-
-# Plan <-> JSON ---------------------------------------------------------------
-#
-# Plans hold the method's config dataclass and a chunking object. Both are
-# written as {"type": "module:QualName", "fields": {...}} and rebuilt by
-# importing the type, but only from autontk's own modules: a cache file
-# must not be able to name arbitrary callables.
-
-def _encode(value: Any) -> Any:
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  if isinstance(value, enum.Enum):
-    return {"enum": _type_name(type(value)), "name": value.name}
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    fields = {f.name: _encode(getattr(value, f.name))
-              for f in dataclasses.fields(value) if f.init}
-    return {"type": _type_name(type(value)), "fields": fields}
-  if isinstance(value, (tuple, list)):
-    return {"tuple" if isinstance(value, tuple) else "list":
-            [_encode(v) for v in value]}
-  if isinstance(value, dict):
-    return {"dict": [[_encode(k), _encode(v)] for k, v in value.items()]}
-  raise TypeError(f"Cannot store a {type(value).__name__} in the plan cache "
-                  "(plans must be built from dataclasses, enums, tuples and "
-                  "numbers).")
-
-
-def _type_name(cls: type) -> str:
-  return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _load_type(name: str) -> type:
-  module, _, qualname = name.partition(":")
-  if module != "autontk" and not module.startswith("autontk."):
-    raise ValueError(f"Plan cache entry names a type outside autontk: {name}")
-  obj: Any = importlib.import_module(module)
-  for part in qualname.split("."):
-    obj = getattr(obj, part)
-  return obj
-
-
-def _decode(value: Any) -> Any:
-  if not isinstance(value, dict):
-    return value
-  if "enum" in value:
-    return _load_type(value["enum"])[value["name"]]
-  if "type" in value:
-    cls = _load_type(value["type"])
-    return cls(**{k: _decode(v) for k, v in value["fields"].items()})
-  if "tuple" in value:
-    return tuple(_decode(v) for v in value["tuple"])
-  if "list" in value:
-    return [_decode(v) for v in value["list"]]
-  if "dict" in value:
-    return {_decode(k): _decode(v) for k, v in value["dict"]}
-  raise ValueError(f"Unknown plan cache value: {value!r}")
-
-
-def plan_to_json(plan: Plan) -> str:
-  """A plan as a JSON string (stable: equal plans give equal strings)."""
-  return json.dumps({"implementation": plan.implementation.name.lower(),
-                     "config": _encode(plan.config),
-                     "chunking": _encode(plan.chunking)}, sort_keys=True)
-
-
-def plan_from_json(text: str) -> Plan:
-  """Inverse of :func:`plan_to_json`."""
-  d = json.loads(text)
-  return Plan(Implementation.parse(d["implementation"]),
-              _decode(d.get("config")), _decode(d.get("chunking")))
 
 
 # The cache -------------------------------------------------------------------
@@ -149,7 +71,7 @@ class PlanCache:
 
   Args:
     directory: where ``plans.sqlite`` lives; default
-      :func:`default_directory`.
+      ``$AUTONTK_CACHE_DIR``, else the user cache directory.
     jax_compilation_cache: also point JAX's persistent compilation cache at
       ``directory/jax`` (unless the user set one already). Default: on,
       unless ``AUTONTK_JAX_CACHE=0``.
@@ -167,7 +89,7 @@ class PlanCache:
                jax_compilation_cache: bool | None = None,
                timeout_s: float = 30.0):
     self.directory = (pathlib.Path(directory).expanduser()
-                      if directory is not None else default_directory())
+                      if directory is not None else _paths.cache_directory())
     self.path = self.directory / DB_NAME
     self.timeout_s = float(timeout_s)
     self._schema_ready = False
@@ -214,7 +136,6 @@ class PlanCache:
   def _ensure_schema(self, conn: sqlite3.Connection) -> None:
     if self._schema_ready:
       return
-    import sqlite_utils
     db = sqlite_utils.Database(conn)
     if db.journal_mode != "wal":
       db.enable_wal()
@@ -314,7 +235,6 @@ class PlanCache:
         if conn is None:
           return False
         try:
-          import sqlite_utils
           db = sqlite_utils.Database(conn)
           with _immediate(conn):
             fn(db)
@@ -360,7 +280,7 @@ class PlanCache:
     return rows[0]["source"] if rows else None
 
   def store(self, signature: Any, plan: Plan, *, source: str = "model",
-            candidates: list[dict[str, Any]] | None = None,
+            candidates: Sequence[CostEstimate] = (),
             planning_s: float | None = None) -> bool:
     """Records the plan for ``signature`` (and candidate rows, if given).
 
@@ -368,7 +288,7 @@ class PlanCache:
       signature: a :class:`Signature` (its summary is stored) or a digest.
       plan: the chosen plan.
       source: ``"model"`` (cost model), ``"tuned"`` (timed), ``"import"``.
-      candidates: rows for :meth:`record_candidates`.
+      candidates: estimates for :meth:`record_candidates`.
       planning_s: seconds the planner (or tuner) took.
 
     Returns:
@@ -394,7 +314,7 @@ class PlanCache:
                                                     "autontk")}),
         "planning_s": planning_s, "updated": now,
     }
-    cand_rows = _candidate_rows(digest, candidates or [], env["device_kind"])
+    cand_rows = _candidate_rows(digest, candidates, env["device_kind"])
 
     def write(db):
       existing = db.execute("SELECT created FROM plans WHERE signature = ?",
@@ -407,54 +327,58 @@ class PlanCache:
     return self._write(write)
 
   def record_candidates(self, signature: Any,
-                        candidates: list[dict[str, Any]]) -> bool:
+                        candidates: Sequence[CostEstimate]) -> bool:
     """Adds or updates candidate rows of ``signature``.
 
-    Each row is a dict with ``plan`` (a :class:`Plan`) and any of
-    ``features`` (dict: ``flops``, ``bytes``, ``transcendentals``,
-    ``peak_bytes``, ``compile_s``...), ``predicted_s``, ``measured_s``,
-    ``timing`` (dict), ``feasible`` (bool), ``reason`` (str).
+    A row without a measured time never erases an earlier measurement.
     """
     digest = _digest(signature)
     env = _environment(dict(getattr(signature, "parts", {}) or {}))
     rows = _candidate_rows(digest, candidates, env["device_kind"])
     if not rows:
       return True
+
     def write(db):
       for r in rows:
         db["candidates"].upsert(r, pk=("signature", "candidate"))
 
     return self._write(write)
 
-  def candidates(self, signature: Any) -> list[dict[str, Any]]:
-    """Candidate rows of ``signature``, fastest measured first."""
+  def candidates(self, signature: Any) -> list[CostEstimate]:
+    """Candidate estimates of ``signature``, fastest measured first
+    (source ``"cache"``; rows this version cannot read are skipped)."""
     rows = self._read(
         "SELECT * FROM candidates WHERE signature = ? ORDER BY "
         "measured_s IS NULL, measured_s, predicted_s", (_digest(signature),))
-    return [_decode_row(r) for r in rows]
+    return [e for e in map(self._estimate_of, rows) if e is not None]
 
   def measured_times(self, signature: Any) -> dict[Plan, float]:
     """Measured median seconds per plan of ``signature`` (tuned ones)."""
-    out = {}
-    for r in self._read("SELECT plan, measured_s FROM candidates WHERE "
-                        "signature = ? AND measured_s IS NOT NULL",
-                        (_digest(signature),)):
-      try:
-        out[plan_from_json(r["plan"])] = float(r["measured_s"])
-      except Exception:  # noqa: BLE001 - an unreadable row is skipped
-        continue
-    return out
+    return {e.plan: e.measured_time for e in self.candidates(signature)
+            if e.measured_time is not None}
 
   def measurements(self, device_kind: str | None = None
-                   ) -> list[dict[str, Any]]:
-    """Every candidate row with a measured time (for calibration)."""
+                   ) -> list[tuple[str, CostEstimate]]:
+    """Every measured candidate, with its signature (for calibration)."""
     sql = "SELECT * FROM candidates WHERE measured_s IS NOT NULL"
     args: tuple = ()
     if device_kind is not None:
       sql += " AND device_kind = ?"
       args = (device_kind,)
-    return [_decode_row(r) for r in self._read(sql + " ORDER BY signature",
-                                               args)]
+    out = []
+    for r in self._read(sql + " ORDER BY signature", args):
+      e = self._estimate_of(r)
+      if e is not None:
+        out.append((r["signature"], e))
+    return out
+
+  def _estimate_of(self, row: dict[str, Any]) -> CostEstimate | None:
+    try:
+      return _estimate_of_row(row)
+    except Exception as e:  # noqa: BLE001 - a stale row must not crash
+      self._warn("stale-row", f"ignoring candidate rows this version cannot "
+                 f"read ({e})")
+      return None
 
   def entries(self) -> list[dict[str, Any]]:
     """All ``plans`` rows, newest first (JSON columns decoded)."""
@@ -567,7 +491,6 @@ class PlanCache:
   # JAX's compilation cache --------------------------------------------------
 
   def _enable_jax_cache(self) -> None:
-    from autontk import _compat
     if _compat.compilation_cache_dir():
       return  # the user chose one; leave it
     target = self.directory / "jax"
@@ -604,37 +527,49 @@ def _digest(signature: Any) -> str:
 def _environment(parts: dict[str, Any]) -> dict[str, Any]:
   if all(k in parts for k in ("device_kind", "backend", "jax")):
     return parts
-  from autontk import signature
-  return {**signature.environment(), **parts}
+  return {**signature_lib.environment(), **parts}
 
 
-def _candidate_key(plan: Plan) -> str:
-  return plan_to_json(plan)
-
-
-def _candidate_rows(digest: str, candidates: list[dict[str, Any]],
+def _candidate_rows(digest: str, candidates: Sequence[CostEstimate],
                     device_kind: str) -> list[dict[str, Any]]:
+  """The ``candidates`` table's rows of some estimates (the row codec)."""
   now = time.time()
   rows = []
-  for c in candidates:
-    plan = c["plan"]
-    features = dict(c.get("features") or {})
-    rows.append({
-        "signature": digest, "candidate": _candidate_key(plan),
-        "plan": plan_to_json(plan), "describe": plan.describe(),
-        "method": plan.implementation.name.lower(),
-        "n_chunks": int(features.get("n_chunks", c.get("n_chunks", 1)) or 1),
-        "features": json.dumps(features, sort_keys=True),
-        "predicted_s": _float_or_none(c.get("predicted_s")),
-        "feasible": int(bool(c.get("feasible", True))),
-        "reason": c.get("reason") or "",
+  for e in candidates:
+    key = plan_to_json(e.plan)
+    row = {
+        "signature": digest, "candidate": key, "plan": key,
+        "describe": e.plan.describe(),
+        "method": e.plan.implementation.name.lower(),
+        "n_chunks": int(e.features.blocks),
+        "features": json.dumps(e.features.to_row(), sort_keys=True),
+        "predicted_s": _float_or_none(e.predicted_time),
+        "feasible": int(bool(e.feasible)), "reason": e.reason or "",
         "device_kind": device_kind, "updated": now,
-    })
-    # An estimate-only row must not erase an earlier measurement.
-    if c.get("measured_s") is not None:
-      rows[-1]["measured_s"] = _float_or_none(c["measured_s"])
-      rows[-1]["timing"] = json.dumps(c.get("timing") or {}, sort_keys=True)
+    }
+    if e.measured_time is not None:
+      row["measured_s"] = _float_or_none(e.measured_time)
+      row["timing"] = json.dumps(dict(e.timing or {}), sort_keys=True)
+    rows.append(row)
   return rows
+
+
+def _estimate_of_row(row: dict[str, Any]) -> CostEstimate:
+  """Inverse of :func:`_candidate_rows` for one row (raw or decoded)."""
+  row = _decode_row(row)
+  plan = plan_from_json(row["plan"])
+  features = row.get("features")
+  features = CostFeatures.from_row(
+      features if isinstance(features, dict) else None,
+      method=row.get("method") or plan.implementation.name.lower())
+  timing = row.get("timing")
+  return CostEstimate(
+      plan, features, source="cache",
+      predicted_time=_float_or_none(row.get("predicted_s")),
+      measured_time=_float_or_none(row.get("measured_s")),
+      feasible=bool(row.get("feasible", 1)),
+      reason=row.get("reason") or None,
+      timing=timing if isinstance(timing, dict) else None)
 
 
 def _float_or_none(v: Any) -> float | None:
@@ -681,3 +616,16 @@ def _is_readonly(e: Exception) -> bool:
   msg = str(e).lower()
   return ("readonly" in msg or "read-only" in msg or "unable to open" in msg
           or "permission" in msg)
+
+
+_SHARED: dict[pathlib.Path, PlanCache] = {}
+
+
+def shared_cache() -> PlanCache:
+  """The process's :class:`PlanCache` for the current cache directory
+  (``$AUTONTK_CACHE_DIR`` is read on every call, so tests and scripts may
+  change it)."""
+  directory = _paths.cache_directory()
+  if directory not in _SHARED:
+    _SHARED[directory] = PlanCache(directory)
+  return _SHARED[directory]

@@ -31,11 +31,13 @@ import re
 from typing import Any
 
 import jax
+import jaxlib
 import numpy as np
 
 from autontk._kwargs import (is_array_leaf, merge_static, partition,
                               split_params)
 from autontk._types import PyTree
+from autontk._version import __version__
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
 
@@ -124,9 +126,6 @@ def canonical_jaxpr(f, params: PyTree, x: PyTree,
 
 def environment() -> dict[str, Any]:
   """Backend, device kind and library versions that enter every signature."""
-  import jaxlib
-
-  import autontk
   device = jax.devices()[0]
   return {
       "backend": jax.default_backend(),
@@ -135,7 +134,7 @@ def environment() -> dict[str, Any]:
       "x64": bool(jax.config.jax_enable_x64),
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
-      "autontk": autontk.__version__,
+      "autontk": __version__,
   }
 
 
@@ -164,7 +163,7 @@ def model_signature(f, x1: PyTree, x2: PyTree | None, params: PyTree,
     A :class:`Signature`.
 
   >>> import jax.numpy as jnp, autontk
-  >>> from autontk.signature import model_signature
+  >>> from autontk.plancache import model_signature
   >>> f = lambda p, x: jnp.tanh(x @ p)
   >>> s = model_signature(f, jnp.ones((4, 3)), None, jnp.ones((3, 2)))
   >>> len(s.digest)
