@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autontk import _axes, _problem
+from autontk import _axes, _compiled, _problem
 from autontk._ntk_fn import NtkFn
 from autontk._options import Implementation, NtkOptions
 from autontk._types import ApplyFn, Axes, PyTree, VMapAxes
@@ -93,7 +93,7 @@ def nngp_fn(f: ApplyFn, *, trace_axes: Axes = (-1,),
                             Implementation.JACOBIAN_CONTRACTION)
 
   def nngp(x1: PyTree, x2: PyTree | None, params: PyTree,
-           **kwargs: Any) -> PyTree:
+           kwargs: dict[str, Any]) -> PyTree:
     problem = _problem.build(f, options, x1, x2, params, kwargs)
     o1 = problem.fn(1)(problem.theta)
     o2 = o1 if problem.same_inputs else problem.fn(2)(problem.theta)
@@ -101,7 +101,7 @@ def nngp_fn(f: ApplyFn, *, trace_axes: Axes = (-1,),
                for a, b, ax in zip(o1, o2, problem.axes)]
     return jax.tree.unflatten(problem.out_treedef, kernels)
 
-  return nngp
+  return _compiled.CompiledCalls(nngp)
 
 
 def ntk_vp_fn(f: ApplyFn, x1: PyTree, x2: PyTree | None, params: PyTree,
@@ -130,28 +130,42 @@ def ntk_vp_fn(f: ApplyFn, x1: PyTree, x2: PyTree | None, params: PyTree,
   (2, 4)
   """
   options = NtkOptions.make((), (), None, Implementation.NTK_VECTOR_PRODUCTS)
-  problem = _problem.build(f, options, x1, x2, params, kwargs)
-  f1, f2 = problem.fn(1), problem.fn(2)
-  theta = problem.theta
+  problem = _problem.build(f, options, x1, x2, params, kwargs)  # validates
+  leaves, treedef = _compiled.flatten(x1, x2, params, kwargs)
+  traced, constants = _compiled.CallProgram.key(treedef, leaves)
+  # On the device once, not at every product.
+  leaves = [jnp.asarray(v) if isinstance(v, np.ndarray) else v
+            for v in leaves]
+  out2 = [tuple(o.shape) for o in problem.out2]
   td = problem.out_treedef
 
+  def product(x1, x2, params, kwargs, cotangents):
+    call = _problem.build(f, options, x1, x2, params, kwargs)
+    return jax.tree.unflatten(td, _vector_product(call, cotangents))
+
+  program = _compiled.CallProgram(product, treedef, traced, constants)
+
   def vp(cotangents: PyTree) -> PyTree:
-    leaves, ctd = jax.tree.flatten(cotangents)
+    c_leaves, ctd = jax.tree.flatten(cotangents)
     if ctd != td:
       raise ValueError(f"`cotangents` must have the structure of f(params, x2)"
                        f" ({td}); got {ctd}.")
-    for i, (c, o) in enumerate(zip(leaves, problem.out2)):
-      if tuple(np.shape(c)) != tuple(o.shape):
+    for i, (c, shape) in enumerate(zip(c_leaves, out2)):
+      if np.shape(c) != shape:
         raise ValueError(f"`cotangents` leaf {i} has shape {np.shape(c)}; "
-                         f"f(params, x2) has shape {tuple(o.shape)}.")
-    if not theta:
-      return jax.tree.unflatten(
-          td, [jnp.zeros(o.shape, o.dtype) for o in problem.out1])
-    _, pull = jax.vjp(f2, theta)
-    (v,) = pull([jnp.asarray(c, o.dtype) for c, o in zip(leaves, problem.out2)])
-    _, out = jax.jvp(f1, (theta,), (v,))
-    return jax.tree.unflatten(td, out)
+                         f"f(params, x2) has shape {shape}.")
+    return program(leaves, c_leaves)
 
   return vp
 
 
+def _vector_product(problem: _problem.NtkProblem,
+                    cotangents: list[Any]) -> list[jax.Array]:
+  """``J(x1) J(x2)ᵀ c`` for cotangents ``c`` of f(params, x2)'s leaves."""
+  if not problem.theta:
+    return [jnp.zeros(o.shape, o.dtype) for o in problem.out1]
+  _, pull = jax.vjp(problem.fn(2), problem.theta)
+  (v,) = pull([jnp.asarray(c, o.dtype)
+               for c, o in zip(cotangents, problem.out2)])
+  _, out = jax.jvp(problem.fn(1), (problem.theta,), (v,))
+  return out

@@ -12,15 +12,12 @@ arguments).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from autontk import _kwargs, _problem
+from autontk import _compiled, _problem
 from autontk._options import Implementation, NtkOptions
 from autontk._plan import Plan
 from autontk._types import ApplyFn, Planner, PyTree
@@ -42,7 +39,8 @@ class NtkFn:
     self.options = options
     self.jit = jit
     self._planner = planner
-    self._executables: dict[Any, Callable] = {}
+    self._calls: dict[Any, Callable[[list[Any]], PyTree]] = {}
+    self._programs: dict[Any, _compiled.CallProgram] = {}
 
   def __repr__(self) -> str:
     o = self.options
@@ -75,6 +73,7 @@ class NtkFn:
     impl = self.options.implementation
     if impl is not Implementation.AUTO:
       return Plan(impl)
+    _problem.check_inputs_are_arrays(x1, x2)
     return self._require_planner().plan(self, x1, x2, params, kwargs)
 
   def report(self, x1: PyTree, x2: PyTree | None, params: PyTree,
@@ -84,6 +83,7 @@ class NtkFn:
     For an explicit implementation the report covers that method (and its
     memory variants) only.
     """
+    _problem.check_inputs_are_arrays(x1, x2)
     return self._require_planner().report(self, x1, x2, params, kwargs)
 
   @property
@@ -99,13 +99,20 @@ class NtkFn:
 
   def lower(self, plan: Plan, x1: PyTree, x2: PyTree | None, params: PyTree,
             kwargs: dict[str, Any]) -> Any:
-    """``jax.stages.Lowered`` of the executable that runs ``plan`` on
-    arguments shaped like these (what the cost model analyses; compiling
-    it lands in the caches the call then hits)."""
-    dynamic, static_key = _kwargs.split_static(kwargs)
-    run = self._executable(plan, x2 is None, static_key)
-    return run.lower(_abstract(params), _abstract(x1), _abstract(x2),
-                     _abstract(dynamic))
+    """``jax.stages.Lowered`` of the program that runs ``plan`` on
+    arguments shaped like these: what the cost model analyses. It is the
+    very program a call then runs, so a compile made while planning is
+    reused by the call."""
+    leaves, treedef = _compiled.flatten(x1, x2, params, kwargs)
+    return self._program(plan, treedef, leaves).lower(leaves)
+
+  def compile(self, plan: Plan, x1: PyTree, x2: PyTree | None,
+              params: PyTree, kwargs: dict[str, Any]) -> Any:
+    """``jax.stages.Compiled`` of the program that runs ``plan`` on these
+    arguments; calls with arguments like these then run it (a plan
+    compiled while planning is not compiled again by the call)."""
+    leaves, treedef = _compiled.flatten(x1, x2, params, kwargs)
+    return self._program(plan, treedef, leaves).compile(leaves)
 
   # Execution ----------------------------------------------------------------
 
@@ -131,88 +138,49 @@ class NtkFn:
       the default ``trace_axes=(-1,)``); a pytree of kernels for pytree
       outputs.
     """
-    plan = self.plan(x1, x2, params, **kwargs)
-    return self.execute(plan, x1, x2, params, **kwargs)
+    # The fast path: one flatten, one key, one dict lookup, then the
+    # compiled program. Everything else (validation, planning, splitting
+    # constants from traced leaves) happened on the signature's first call.
+    leaves, treedef = _compiled.flatten(x1, x2, params, kwargs)
+    key = _compiled.call_key(treedef, leaves)
+    try:
+      program = self._calls.get(key)
+    except TypeError:  # an unhashable constant: no fast path
+      key = program = None
+    if program is None:
+      plan = self.plan(x1, x2, params, **kwargs)
+      program = self._program(plan, treedef, leaves).runner(leaves)
+      if key is not None and not _compiled.is_traced(leaves):
+        self._calls[key] = program
+    return program(leaves)
 
   def execute(self, plan: Plan, x1: PyTree, x2: PyTree | None,
               params: PyTree, **kwargs: Any) -> PyTree:
-    """Runs a given plan (compiled once per plan and static arguments)."""
-    dynamic, static_key = _kwargs.split_static(kwargs)
-    run = self._executable(plan, x2 is None, static_key)
-    return run(params, x1, x2, dynamic)
+    """Runs a given plan (compiled once per plan and Python constants)."""
+    leaves, treedef = _compiled.flatten(x1, x2, params, kwargs)
+    return self._program(plan, treedef, leaves)(leaves)
 
-  def _executable(self, plan: Plan, x2_none: bool, static_key) -> Callable:
+  def _program(self, plan: Plan, treedef: Any,
+               leaves: list[Any]) -> _compiled.CallProgram:
+    """The program of ``plan`` for calls with this structure and these
+    Python constants (shapes are jit's business)."""
+    traced, constants = _compiled.CallProgram.key(treedef, leaves)
+    key = (plan, treedef, constants)
     try:
-      key = (plan, x2_none, static_key)
-      hash(key)
-    except TypeError:
-      key = None  # unhashable Python kwargs: run without caching or jit
-    if key is not None and key in self._executables:
-      return self._executables[key]
+      program = self._programs.get(key)
+    except TypeError:  # unhashable constants: a program per call
+      key = program = None
+    if program is None:
+      jit = (self.jit and key is not None and
+             not getattr(plan.chunking, "host_loop", False))
+      program = _compiled.CallProgram(self._kernels(plan), treedef, traced,
+                                      constants, jit)
+      if key is not None:
+        self._programs[key] = program
+    return program
 
-    def run(params, x1, x2, dynamic):
-      kwargs = _kwargs.merge_static(dynamic, static_key)
+  def _kernels(self, plan: Plan) -> _compiled.CallFn:
+    def kernels(x1, x2, params, kwargs) -> PyTree:
       problem = _problem.build(self.f, self.options, x1, x2, params, kwargs)
-      kernels = plan.execute(problem)
-      return jax.tree.unflatten(problem.out_treedef, kernels)
-
-    # A host-loop chunking runs its own jitted block kernel per block.
-    host_loop = getattr(plan.chunking, "host_loop", False)
-    fn = _Executable(run, self.jit and key is not None and not host_loop)
-    if key is not None:
-      self._executables[key] = fn
-    return fn
-
-
-class _Executable:
-  """``run(params, x1, x2, dynamic)``, jitted with Python params leaves static.
-
-  Non-array, non-float leaves of ``params`` (an ``int`` or ``bool`` field of
-  an equinox module, a string) are constants ``f`` may branch or loop on:
-  they are closed over, one compiled program per value, instead of being
-  traced by ``jax.jit``. ``lower`` is ``jax.jit(run).lower`` with the same
-  split (the planner analyses what would run).
-  """
-
-  def __init__(self, run: Callable, jit: bool):
-    self._run = run
-    self._jit = jit
-    self._jitted: dict[Any, Callable] = {}
-
-  def _bound(self, static_key) -> Callable:
-    def bound(p_dyn, x1, x2, dynamic):
-      return self._run(_kwargs.merge_static(p_dyn, static_key), x1, x2,
-                       dynamic)
-    return bound
-
-  def _compiled(self, params: PyTree) -> tuple[Callable | None, list[Any]]:
-    """``(jitted, traced leaves)``; ``None`` for unhashable constants."""
-    p_dyn, static_key = _kwargs.split_params(params)
-    try:
-      hash(static_key)
-    except TypeError:
-      return None, p_dyn
-    fn = self._jitted.get(static_key)
-    if fn is None:
-      fn = self._jitted[static_key] = jax.jit(self._bound(static_key))
-    return fn, p_dyn
-
-  def __call__(self, params, x1, x2, dynamic):
-    fn, p_dyn = self._compiled(params) if self._jit else (None, None)
-    if fn is None:  # not jitted (as for unhashable kwargs)
-      return self._run(params, x1, x2, dynamic)
-    return fn(p_dyn, x1, x2, dynamic)
-
-  def lower(self, params, x1, x2, dynamic):
-    """``jax.jit(run).lower`` with the same split of ``params``."""
-    fn, p_dyn = self._compiled(params)
-    if fn is None:
-      p_dyn, static_key = _kwargs.split_params(params)
-      fn = jax.jit(self._bound(static_key))
-    return fn.lower(p_dyn, x1, x2, dynamic)
-
-
-def _abstract(tree: Any) -> Any:
-  return jax.tree.map(
-      lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v))
-      if _kwargs.is_array_leaf(v) else v, tree)
+      return jax.tree.unflatten(problem.out_treedef, plan.execute(problem))
+    return kernels

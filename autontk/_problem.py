@@ -208,6 +208,29 @@ def _eval_out(f: ApplyFn, params: PyTree, x: PyTree, kw: dict[str, Any],
   return leaves, td
 
 
+_NUMBERS = (bool, int, float, complex, np.generic)
+
+
+def check_inputs_are_arrays(x1: PyTree, x2: PyTree | None) -> None:
+  """Raises a ``TypeError`` naming the argument when an input leaf is not
+  an array (cheap: done before planning, which traces ``f``)."""
+  _check_array_leaves(x1, "x1")
+  if x2 is not None:
+    _check_array_leaves(x2, "x2")
+
+
+def _check_array_leaves(x: PyTree, name: str) -> None:
+  """Inputs are pytrees of arrays (Python numbers are accepted as 0-d)."""
+  for i, leaf in enumerate(jax.tree.leaves(x)):
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")) and (
+        not isinstance(leaf, _NUMBERS)):
+      shown = repr(leaf)
+      shown = shown if len(shown) <= 40 else shown[:37] + "..."
+      raise TypeError(
+          f"`{name}` leaf {i} is a {type(leaf).__name__} ({shown}); inputs "
+          f"must be arrays (or pytrees of arrays).")
+
+
 def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
           params: PyTree, kwargs: dict[str, Any]) -> NtkProblem:
   """Validates a call and returns its :class:`NtkProblem`."""
@@ -216,6 +239,7 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
                     f"{type(f).__name__}.")
   same = x2 is None
   mismatch = None
+  check_inputs_are_arrays(x1, x2)
   if same:
     if not jax.tree.leaves(x1):
       raise ValueError("`x1` has no array leaves.")

@@ -124,7 +124,7 @@ def test_compiled_once_per_signature():
   ntk(case.x1, case.x2, case.params)
   ntk(case.x1 + 1, case.x2, case.params)
   ntk(case.x1, None, case.params)
-  assert len(ntk._executables) == 2  # x2 given / x2 None
+  assert len(ntk._programs) == 2  # x2 given / x2 None
 
 
 def test_non_float_params_are_constants():
@@ -248,6 +248,16 @@ def test_error_non_callable_and_int_outputs():
   ntk = autontk.ntk_fn(lambda p, x: (x @ p).astype(jnp.int32), implementation=1)
   with pytest.raises(TypeError, match="floating-point outputs"):
     ntk(jnp.ones((2, 3)), None, jnp.ones((3, 2)))
+
+
+@pytest.mark.parametrize("impl", ["auto", "jacobian_contraction"])
+def test_error_inputs_that_are_not_arrays(impl):
+  ntk = autontk.ntk_fn(lambda p, x: jnp.tanh(x @ p), implementation=impl)
+  p = jnp.ones((3, 2))
+  with pytest.raises(TypeError, match=r"`x1` leaf 0 is a str \('abc'\)"):
+    ntk("abc", None, p)
+  with pytest.raises(TypeError, match="`x2` leaf 1 is a object"):
+    ntk([jnp.ones((2, 3))] * 2, [jnp.ones((2, 3)), object()], p)
 
 
 def test_error_complex_params():

@@ -61,9 +61,9 @@ def test_picks_the_measured_fastest_when_the_cost_model_is_wrong(
   result = tune(f, x, None, params, candidates=wrong, cache=cache, **FAST)
   assert result.plan == NVP
   rows = {e.plan: e for e in result.estimates}
-  # The injected 50 ms is measured (the machine's own noise may be larger
-  # than the two kernels' true difference).
-  assert rows[JC].measured_time > 0.05 and rows[NVP].measured_time < 0.05
+  # The injected 50 ms is measured (on a loaded machine the kernels' own
+  # times vary by more than their true difference).
+  assert rows[JC].measured_time > 0.05
   assert rows[JC].predicted_time == 1e-6  # the prediction is kept, not used
   assert cache.lookup(result.signature) == NVP
   assert cache.source(result.signature) == "tuned"
@@ -183,7 +183,7 @@ def test_time_plan_measures_real_work():
                       TuneOptions(min_time_s=0.01, min_repeats=5))
   assert t.repeats >= 5 and 0 < t.min_s <= t.median_s < 1.0
   assert t.compile_s >= 0 and not t.stopped_early
-  assert not ntk._executables  # timing does not keep executables alive
+  assert not ntk._programs  # timing does not keep programs alive
 
 
 def test_bad_options():

@@ -222,11 +222,14 @@ class PlanningCall:
     self.ntk, self.x1, self.x2 = ntk, x1, x2
     self.params, self.kwargs = params, dict(kwargs)
     self.programs = programs or ProgramCache()
-    self.programs.bind(self._lower)
+    self.programs.bind(self._lower, self._compile)
     self._problem: NtkProblem | None = None
 
   def _lower(self, plan: Plan) -> Any:
     return self.ntk.lower(plan, self.x1, self.x2, self.params, self.kwargs)
+
+  def _compile(self, plan: Plan) -> Any:
+    return self.ntk.compile(plan, self.x1, self.x2, self.params, self.kwargs)
 
   @property
   def problem(self) -> NtkProblem:
@@ -241,7 +244,7 @@ class PlanningCall:
 
   def detach(self) -> ProgramCache:
     """The lowered programs, no longer holding this call's arguments."""
-    self.programs.bind(None)
+    self.programs.bind(None, None)
     return self.programs
 
   def describe(self) -> str:

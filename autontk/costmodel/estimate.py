@@ -19,6 +19,7 @@ everywhere: in cost reports, tuning results and plan-cache rows.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Mapping
 
 from autontk import _plan, methods
@@ -115,12 +116,17 @@ class ProgramCache:
 
   def __init__(self):
     self._lower_plan: Callable[[Plan], Any] | None = None
+    self._compile_plan: Callable[[Plan], Any] | None = None
     self._lowered: dict[Any, tuple[Any, CostFeatures, float]] = {}
     self._compiled: dict[Any, tuple[CostFeatures, float]] = {}
 
-  def bind(self, lower_plan: Callable[[Plan], Any] | None) -> None:
-    """Sets ``plan -> jax.stages.Lowered`` for plans not held yet."""
+  def bind(self, lower_plan: Callable[[Plan], Any] | None,
+           compile_plan: Callable[[Plan], Any] | None = None) -> None:
+    """Sets ``plan -> jax.stages.Lowered`` (and ``-> Compiled``: the
+    executable a call with these arguments will then run) for plans not
+    held yet."""
     self._lower_plan = lower_plan
+    self._compile_plan = compile_plan
 
   def whole(self, plan: Plan) -> tuple[Any, CostFeatures, float]:
     """``(lowered, features, seconds)`` of the executable of ``plan``."""
@@ -142,14 +148,23 @@ class ProgramCache:
     return self._lowered[key]
 
   def compiled(self, key: Any, lowered: Any) -> tuple[CostFeatures, float]:
-    """``(features, seconds)`` of compiling ``lowered`` (memoised by key)."""
-    key = _hashable(("compiled", key))
-    if key is None or key not in self._compiled:
-      _, features, seconds = hlo.compile_and_analyse(lowered)
-      if key is None:
-        return features, seconds
-      self._compiled[key] = (features, seconds)
-    return self._compiled[key]
+    """``(features, seconds)`` of compiling ``lowered`` (memoised by key).
+
+    A whole plan (``key`` a :class:`Plan`) is compiled through the bound
+    ``compile_plan``, so the call reuses the executable.
+    """
+    hashable = _hashable(("compiled", key))
+    if hashable is None or hashable not in self._compiled:
+      t = time.perf_counter()
+      if isinstance(key, Plan) and self._compile_plan is not None:
+        compiled = self._compile_plan(key)
+      else:
+        compiled = lowered.compile()
+      result = hlo.analyse_compiled(compiled), time.perf_counter() - t
+      if hashable is None:
+        return result
+      self._compiled[hashable] = result
+    return self._compiled[hashable]
 
 
 @dataclasses.dataclass(frozen=True)
