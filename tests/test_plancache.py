@@ -150,11 +150,11 @@ def test_corrupt_database_is_moved_aside(tmp_path):
     pathlib.Path(str(cache.path) + suffix).unlink(missing_ok=True)
   cache.path.write_bytes(b"this is not sqlite " * 500)
   fresh = _cache(tmp_path)
-  with pytest.warns(PlanCacheWarning, match="corrupt"):
+  with pytest.warns(PlanCacheWarning, match="corrupt; moved it to") as got:
     assert fresh.lookup(SIG) is None
-  with pytest.warns(PlanCacheWarning, match="moved it to"):
     assert fresh.store(SIG, NVP)
-  assert fresh.lookup(SIG) == NVP
+    assert _cache(tmp_path).lookup(SIG) == NVP  # another object, same dir
+  assert len(got) == 1  # one warning per cause and directory
   aside = list(tmp_path.glob("plans.sqlite.corrupt-*"))
   assert aside and aside[0].read_bytes().startswith(b"this is not sqlite")
 
@@ -177,9 +177,12 @@ def test_unwritable_directory_warns(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
   cache = _cache(blocker / "cache")  # a directory below a regular file
-  with pytest.warns(PlanCacheWarning, match="cannot open"):
+  with pytest.warns(PlanCacheWarning, match="cannot use the directory") as got:
     assert cache.store(SIG, JC) is False
+    assert cache.store(SIG, NVP) is False
+    assert _cache(blocker / "cache").store(SIG, JC) is False
   assert cache.lookup(SIG) is None
+  assert len(got) == 1
 
 
 @pytest.mark.subprocess
@@ -364,3 +367,31 @@ def test_committed_example_export_still_imports(tmp_path):
   assert cache.lookup(entry["signature"]) is not None
   assert entry["source"] == "tuned" and entry["device_kind"] == "cpu"
   assert len(cache.measurements()) >= 3
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "not a directory"])
+def test_one_warning_per_cause_for_a_whole_call(tmp_path, monkeypatch,
+                                                problem):
+  import warnings
+
+  import jax.numpy as jnp
+
+  import autontk
+  if problem == "corrupt":
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    (directory / "plans.sqlite").write_bytes(b"not sqlite " * 500)
+  else:
+    (tmp_path / "file").write_text("")
+    directory = tmp_path / "file" / "cache"
+  monkeypatch.setenv("AUTONTK_CACHE_DIR", str(directory))
+  f = lambda p, x: jnp.tanh(x @ p)  # noqa: E731
+  x, p = jnp.ones((2, 3)), jnp.ones((3, 2))
+  with warnings.catch_warnings(record=True) as got:
+    warnings.simplefilter("always")
+    ntk = autontk.ntk_fn(f)
+    ntk(x, None, p)
+    ntk.report(x, None, p)
+    autontk.ntk_fn(f, memory_budget=0.5)(x, None, p)
+  mine = [w for w in got if issubclass(w.category, PlanCacheWarning)]
+  assert len(mine) == 1, [str(w.message) for w in mine]

@@ -51,6 +51,10 @@ class PlanCacheWarning(UserWarning):
   """The plan cache could not be read or written; computation went on."""
 
 
+_WARNED: set[tuple[str, str]] = set()
+"""(directory, cause) pairs already warned about in this process."""
+
+
 # The cache -------------------------------------------------------------------
 
 _PLANS_COLUMNS = {
@@ -93,7 +97,6 @@ class PlanCache:
     self.path = self.directory / DB_NAME
     self.timeout_s = float(timeout_s)
     self._schema_ready = False
-    self._warned: set[str] = set()
     if jax_compilation_cache is None:
       jax_compilation_cache = os.environ.get(
           "AUTONTK_JAX_CACHE", "1").strip().lower() not in ("0", "false", "no",
@@ -106,10 +109,13 @@ class PlanCache:
 
   # Connections and failure handling -----------------------------------------
 
-  def _warn(self, kind: str, message: str) -> None:
-    if kind in self._warned:
+  def _warn(self, cause: str, message: str) -> None:
+    """One warning per cause and directory in a process, whichever
+    PlanCache object (or action) meets it."""
+    key = (str(self.directory), cause)
+    if key in _WARNED:
       return
-    self._warned.add(kind)
+    _WARNED.add(key)
     warnings.warn(f"autontk plan cache {self.path}: {message}",
                   PlanCacheWarning, stacklevel=4)
 
@@ -184,9 +190,11 @@ class PlanCache:
 
   def _recover(self, error: Exception,
                readonly: bool) -> sqlite3.Connection | None:
-    if _is_corrupt(error) and not readonly:
+    if _is_corrupt(error):
       try:
         self._move_aside()
+        if readonly:
+          return None  # a new, empty cache: nothing to read
         conn = self._connect(readonly=False)
         self._ensure_schema(conn)
         return conn
@@ -197,16 +205,19 @@ class PlanCache:
 
   def _report(self, error: Exception, action: str) -> None:
     if _is_corrupt(error):
-      self._warn("corrupt-" + action, f"the database is corrupt ({error}); "
+      self._warn("corrupt", f"the database is corrupt ({error}); "
                  f"could not {action} it.")
     elif _is_locked(error):
-      self._warn("locked-" + action, f"the database stayed locked for "
+      self._warn("locked", f"the database stayed locked for "
                  f"{self.timeout_s:.0f} s; skipped a {action}.")
-    elif isinstance(error, PermissionError) or _is_readonly(error):
-      self._warn("readonly-" + action, f"cannot {action} (read-only: "
+    elif isinstance(error, OSError):
+      self._warn(_directory_cause(error), f"cannot use the directory "
+                 f"({error}): plans will not be remembered.")
+    elif _is_readonly(error):
+      self._warn("readonly", f"cannot {action} (read-only: "
                  f"{error}); plans will not be remembered.")
     else:
-      self._warn("error-" + action, f"cannot {action}: {error}")
+      self._warn("error", f"cannot {action}: {error}")
 
   def _read(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
     for attempt in range(2):
@@ -497,7 +508,9 @@ class PlanCache:
     try:
       target.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      self._warn("jax-cache", f"JAX compilation cache disabled: {e}")
+      self._warn(_directory_cause(e), f"cannot use the directory ({e}): "
+                 "plans will not be remembered and JAX's compilation cache "
+                 "is off.")
       return
     _compat.enable_compilation_cache(str(target))
 
@@ -599,6 +612,12 @@ def _encode_row(row: dict[str, Any]) -> dict[str, Any]:
     if k in out and not isinstance(out[k], str):
       out[k] = json.dumps(out[k], sort_keys=True)
   return out
+
+
+def _directory_cause(e: OSError) -> str:
+  """The warning cause of a file-system error: one warning for a read-only
+  directory and one for an unusable path, whichever operation meets it."""
+  return "readonly" if isinstance(e, PermissionError) else "directory"
 
 
 def _is_corrupt(e: Exception) -> bool:
