@@ -128,7 +128,7 @@ class CostReport:
 
   # Plot -------------------------------------------------------------------------
 
-  def plot(self, path: str | None = None):
+  def plot(self, path: str | None = None) -> Any:
     """Draws the report; saves to ``path`` if given. Needs matplotlib.
 
     Left: predicted against measured time (candidates with a measurement).

@@ -138,7 +138,7 @@ def environment() -> dict[str, Any]:
   }
 
 
-def model_signature(f, x1: PyTree, x2: PyTree | None, params: PyTree,
+def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
                     kwargs: dict[str, Any] | None = None, *,
                     trace_axes: Any = (-1,), diagonal_axes: Any = (),
                     vmap_axes: Any = None,
