@@ -15,6 +15,8 @@ import pytest
 from jax import lax
 
 import autontk
+from autontk.costmodel import hlo
+from autontk.tiled import storage
 from reference import reference_ntk
 
 RTOL = 1e-5
@@ -219,25 +221,48 @@ def test_torn_manifest_line_means_recompute(tmp_path):
   np.testing.assert_array_equal(again, full)
 
 
+def _compiled_peak(ntk, plan, x1, x2, params):
+  """The tile's program as ntk compiles it, its peak read by the cost model."""
+  compiled = ntk.lower(plan, x1, x2, params, {}).compile()
+  return hlo.read_memory_analysis(compiled.memory_analysis())
+
+
 def test_auto_tile_respects_budget(tmp_path):
+  """On CPU, XLA's peak_memory_in_bytes leaves out temporaries; the tile's
+  compiled peak, read as the cost model reads it, must fit the budget."""
   f, params, x1, _ = mlp_model()
   x = jnp.concatenate([x1] * 6)  # N = 42
   ntk = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0,
                        implementation="jacobian_contraction")
-  from autontk.tiled.autotile import tile_peak_bytes
-  from autontk.tiled import batch
-  side, _ = batch.sides(ntk.problem(x, None, params))
-  budget = tile_peak_bytes(ntk, side, side, params, 8, 8, False)
+  plan = ntk.plan(x[:8], x[8:16], params)
+  budget = int(_compiled_peak(ntk, plan, x[:8], x[8:16], params))
   out = tmp_path / "auto"
   got = autontk.ntk_tiled(ntk, x, None, params, tile="auto", out=out,
                           memory_budget=budget, progress=False)
   grid = json.loads((out / "meta.json").read_text())["grid"]
-  assert 1 <= grid["t1"] <= 8
-  assert tile_peak_bytes(ntk, side, side, params, grid["t1"], grid["t1"],
-                         False) <= budget
+  t = grid["t1"]
+  assert 1 <= t <= 8 < grid["n1"]  # the budget binds
+  plans = storage.DiskStore(out, []).load_plans()
+  assert set(plans) == {True, False}
+  assert _compiled_peak(ntk, plans[False], x[:t], x[t:2 * t], params) <= budget
+  assert _compiled_peak(ntk, plans[True], x[:t], None, params) <= budget
   assert _max_rel(got, ntk(x, None, params)) < RTOL
   small = autontk.ntk_tiled(ntk, x1, None, params, progress=False)
   assert _max_rel(small, ntk(x1, None, params)) < RTOL
+
+
+def test_auto_tile_counts_temporaries_on_cpu():
+  """The reason for the test above: on CPU, a tile's temporaries exceed what
+  peak_memory_in_bytes reports, which a budget check must not miss."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("XLA CPU's memory analysis only")
+  f, params, x1, _ = mlp_model()
+  ntk = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0,
+                       implementation="jacobian_contraction")
+  plan = ntk.plan(x1, x1[::-1], params)
+  analysis = ntk.lower(plan, x1, x1[::-1], params, {}).compile(
+      ).memory_analysis()
+  assert hlo.read_memory_analysis(analysis) > analysis.peak_memory_in_bytes
 
 
 def test_errors():
@@ -292,12 +317,16 @@ def test_each_tile_shape_is_planned_by_the_ntk_planner():
   f, params, x1, _ = mlp_model()
   asked = []
 
-  def planner(ntk, a, b, p, kwargs):
-    asked.append((a.shape, None if b is None else b.shape))
-    return autontk.Plan(autontk.Implementation.JACOBIAN_CONTRACTION)
+  class Planner:
+    def plan(self, ntk, a, b, p, kwargs):
+      asked.append((a.shape, None if b is None else b.shape))
+      return autontk.Plan(autontk.Implementation.JACOBIAN_CONTRACTION)
+
+    def report(self, ntk, a, b, p, kwargs):
+      raise NotImplementedError
 
   options = autontk.ntk_fn(f, implementation="auto").options
-  ntk = autontk.NtkFn(f, options, planner=planner)
+  ntk = autontk.NtkFn(f, options, planner=Planner())
   got = autontk.ntk_tiled(ntk, x1, None, params, tile=3, progress=False)
   # Diagonal tiles reuse x1 (x2=None); the others are 3 × 3 cross tiles,
   # ragged ones padded to the tile shape.
