@@ -6,7 +6,9 @@ Multi-device, multi-process and kill-and-resume runs are in
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -376,3 +378,32 @@ def test_unbatched_input_leaf_and_traced_batch_on_disk(tmp_path):
   per_example = np.load(out / "kernel_0.npy")  # the diagonal it averages
   assert per_example.shape == (5,)
   np.testing.assert_allclose(per_example.mean(), mean, rtol=RTOL)
+
+
+def test_programs_are_reused_and_freed_with_their_ntk(monkeypatch):
+  """A second call with the same NtkFn and tile compiles no new program;
+  nothing is stored on the NtkFn, and the cache does not keep it alive."""
+  from autontk.tiled import distributed
+  built = []
+  spmd_program = distributed.spmd_program
+
+  def counting(body, cluster):
+    built.append(body)
+    return spmd_program(body, cluster)
+
+  monkeypatch.setattr(distributed, "spmd_program", counting)
+  f, params, x1, _ = mlp_model()
+  # A traced batch axis: tiles run with an NtkFn derived from this one.
+  ntk = autontk.ntk_fn(f, trace_axes=(0, -1),
+                       implementation="jacobian_contraction")
+  before = set(vars(ntk))
+  first = autontk.ntk_tiled(ntk, x1, None, params, tile=3, progress=False)
+  assert len(built) == 1  # one kind of tile: diagonal, x2 = x1
+  again = autontk.ntk_tiled(ntk, x1, None, params, tile=3, progress=False)
+  assert len(built) == 1
+  np.testing.assert_array_equal(again, first)
+  assert set(vars(ntk)) == before
+  ref = weakref.ref(ntk)
+  del ntk, built[:]
+  gc.collect()
+  assert ref() is None
