@@ -47,9 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from autontk._axes import LeafAxes
-from autontk._kwargs import (is_array_leaf, merge_leaves, merge_static,
-                             split_params)
-from autontk._problem import NtkProblem
+from autontk._batch_geometry import (TRACED, BatchGrid, BatchLayout, Cell,
+                                     kwargs_leaf_axes, mean_over_batch,
+                                     mirror_perm, take_examples)
+from autontk._kwargs import (merge_leaves, merge_static, split_params,
+                             split_static)
+from autontk._problem import NtkProblem, is_differentiable
 
 SCHEMES = ("scan", "host")
 
@@ -94,12 +97,18 @@ class BatchChunking:
   def __repr__(self) -> str:
     return f"BatchChunking({self.block_size}, {self.scheme!r})"
 
-  def grid(self, problem: NtkProblem) -> "BlockGrid":
-    """The blocks this chunking evaluates for ``problem``."""
+  def grid(self, problem: NtkProblem) -> BatchGrid:
+    """The blocks this chunking evaluates for ``problem``.
+
+    Raises:
+      ValueError: the problem cannot be chunked (:func:`unsupported_reason`).
+    """
     reason = unsupported_reason(problem)
     if reason is not None:
       raise ValueError(f"This problem cannot be chunked: {reason}.")
-    return BlockGrid.make(problem, self.block_size)
+    n1, n2 = problem.batch_size(1), problem.batch_size(2)
+    return BatchGrid.fit(n1, n2, self.block_size, self.block_size,
+                         problem.same_inputs, _layouts(problem)[0].matched)
 
   def block_programs(self, plan: Any,
                      problem: NtkProblem) -> list["BlockProgram"]:
@@ -118,9 +127,9 @@ class BatchChunking:
     args = jax.tree.map(_abstract, _BlockArgs.of(problem))
     start = jax.ShapeDtypeStruct((), jnp.int32)
     out = []
-    for kind, pairs in grid.programs().items():
+    for kind, cells in grid.by_kind().items():
       spec = _block_spec(plan, problem, grid, same=(kind == "diag"))
-      out.append(BlockProgram(kind, len(pairs), _jitted_block(spec),
+      out.append(BlockProgram(kind, len(cells), _jitted_block(spec),
                               (args, start, start), spec))
     return out
 
@@ -132,8 +141,9 @@ class BatchChunking:
     and up to three copies of it are live at once.
     """
     grid = self.grid(problem)
-    pad = (grid.nb1 * grid.b1 / grid.n1) * (
-        1.0 if grid.matched else grid.nb2 * grid.b2 / grid.n2)
+    rows, cols = grid.shape
+    pad = (rows * grid.t1 / grid.n1) * (
+        1.0 if grid.matched else cols * grid.t2 / grid.n2)
     kernel = pad * sum(
         math.prod(problem.kernel_shape(i)) *
         jnp.dtype(problem.kernel_dtype(i)).itemsize
@@ -154,21 +164,13 @@ class BatchChunking:
     grid = self.grid(problem)
     inner = dataclasses.replace(plan, chunking=None)
     args = _BlockArgs.of(problem)
-    results: dict[str, list[Any]] = {}
-    for kind, pairs in grid.programs().items():
+    results: dict[str, Any] = {}
+    for kind, cells in grid.by_kind().items():
       spec = _block_spec(inner, problem, grid, same=(kind == "diag"))
-      if self.scheme == "scan":
-        starts = (jnp.asarray([i * grid.b1 for i, _ in pairs], jnp.int32),
-                  jnp.asarray([j * grid.b2 for _, j in pairs], jnp.int32))
-        results[kind] = jax.lax.map(
-            lambda s, spec=spec: _block_kernels(spec, args, s[0], s[1]),
-            starts)
-      else:
-        run = _jitted_block(spec)
-        outs = [run(args, np.int32(i * grid.b1), np.int32(j * grid.b2))
-                for i, j in pairs]
-        results[kind] = [jnp.stack(ks) for ks in zip(*outs)]
-    return _assemble_jit(grid, results.get("diag"), results.get("pair"))
+      run = _scan_blocks if self.scheme == "scan" else _loop_blocks
+      results[kind] = run(spec, args, cells)
+    return _assemble_jit(grid, _layouts(problem), results.get("diag"),
+                         results.get("pair"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,95 +216,16 @@ def unsupported_reason(problem: NtkProblem) -> str | None:
                                    all(a is None for a in rng_axes)):
     return ("f takes an `rng` kwarg that vmap_axes does not batch, and "
             "per-block random draws could differ from unchunked ones")
-  kinds = {_matched(problem, i) for i in range(len(problem.axes))}
-  if len(kinds) > 1:
+  if len({layout.matched for layout in _layouts(problem)}) > 1:
     return ("some output leaves keep their batch axis and others trace or "
             "take the diagonal of it")
   return None
 
 
-def _matched(problem: NtkProblem, leaf: int) -> bool:
-  """The batch axis of this leaf is traced or diagonal (pairs i with i)."""
-  b = problem.vmap.out_axes[leaf]
-  ax = problem.axes[leaf]
-  return b in ax.trace or b in ax.diagonal
-
-
-def _kernel_position(axes: LeafAxes, axis: int) -> int:
-  """Position in the kernel layout of the first occurrence of ``axis``."""
-  return sum(0 if a in axes.trace else 1 if a in axes.diagonal else 2
-             for a in range(axis))
-
-
-def _block_axes(axes: LeafAxes, batch_axis: int) -> LeafAxes:
-  """A traced batch axis is computed per block as a diagonal one."""
-  if batch_axis not in axes.trace:
-    return axes
-  trace = tuple(a for a in axes.trace if a != batch_axis)
-  return LeafAxes(axes.ndim, trace, tuple(sorted(axes.diagonal +
-                                                 (batch_axis,))))
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockGrid:
-  """Block layout of one chunked evaluation.
-
-  Attributes:
-    n1, n2: batch sizes of x1 and x2.
-    b1, b2: block sizes (``block_size`` clipped to n1, n2).
-    matched: the batch axis is traced or diagonal: only blocks (i, i).
-    symmetric: ``x2 is None`` with a kept batch axis: upper triangle only.
-    out_axes: per output leaf, its batch axis.
-    axes: per output leaf, the problem's axes.
-  """
-
-  n1: int
-  n2: int
-  b1: int
-  b2: int
-  matched: bool
-  symmetric: bool
-  out_axes: tuple[int, ...]
-  axes: tuple[LeafAxes, ...]
-
-  @staticmethod
-  def make(problem: NtkProblem, block_size: int) -> "BlockGrid":
-    n1, n2 = problem.batch_size(1), problem.batch_size(2)
-    matched = _matched(problem, 0)
-    b1, b2 = min(block_size, n1), min(block_size, n2)
-    if matched or problem.same_inputs:
-      b2 = b1
-    return BlockGrid(n1, n2, b1, b2, matched,
-                     problem.same_inputs and not matched,
-                     tuple(problem.vmap.out_axes), tuple(problem.axes))
-
-  @property
-  def nb1(self) -> int:
-    return -(-self.n1 // self.b1)
-
-  @property
-  def nb2(self) -> int:
-    return -(-self.n2 // self.b2)
-
-  def programs(self) -> dict[str, list[tuple[int, int]]]:
-    """Block index pairs per block program.
-
-    ``"diag"`` blocks (i, i) reuse x1 work when the problem does (and are
-    the only ones for a matched batch axis); ``"pair"`` blocks are general.
-    """
-    if self.matched:
-      return {"diag": [(i, i) for i in range(self.nb1)]}
-    if self.symmetric:
-      out = {"diag": [(i, i) for i in range(self.nb1)]}
-      upper = [(i, j) for i in range(self.nb1) for j in range(i + 1, self.nb1)]
-      if upper:
-        out["pair"] = upper
-      return out
-    return {"pair": [(i, j) for i in range(self.nb1) for j in range(self.nb2)]}
-
-  @property
-  def n_blocks(self) -> int:
-    return sum(len(p) for p in self.programs().values())
+def _layouts(problem: NtkProblem) -> tuple[BatchLayout, ...]:
+  """Where each output leaf's batch axis (from ``vmap_axes``) sits."""
+  return tuple(BatchLayout(ax, b)
+               for ax, b in zip(problem.axes, problem.vmap.out_axes))
 
 
 @dataclasses.dataclass
@@ -317,12 +240,13 @@ class _BlockArgs:
 
   @staticmethod
   def of(problem: NtkProblem) -> "_BlockArgs":
-    kw1 = [v for v in jax.tree.leaves(problem.kwargs1) if is_array_leaf(v)]
-    kw2 = [v for v in jax.tree.leaves(problem.kwargs2) if is_array_leaf(v)]
-    # Python constants among the params stay in the (static) block spec.
+    # Python constants among the params and kwargs stay in the (static)
+    # block spec.
     p, _ = split_params(problem.params)
     return _BlockArgs(p, jax.tree.leaves(problem.x1),
-                      jax.tree.leaves(problem.x2), kw1, kw2)
+                      jax.tree.leaves(problem.x2),
+                      split_static(problem.kwargs1)[0],
+                      split_static(problem.kwargs2)[0])
 
 
 jax.tree_util.register_dataclass(
@@ -331,46 +255,70 @@ jax.tree_util.register_dataclass(
 
 
 @dataclasses.dataclass(frozen=True)
-class _KwLayout:
-  """Static part of one side's kwargs: treedef, static leaves, batch axes."""
+class _BlockSide:
+  """How one side's block is cut from its whole batch (static, hashable).
 
-  treedef: Any
-  is_array: tuple[bool, ...]
-  static: tuple[Any, ...]
-  axes: tuple[int | None, ...]  # per array leaf
+  Attributes:
+    n: the side's batch size.
+    size: examples per block.
+    x_treedef: structure of x.
+    x_axes: batch axis of each leaf of x (``None``: every block gets it).
+    kw_key: the static key of the kwargs' split (Python values stay static).
+    kw_axes: batch axis of each array leaf of the kwargs.
+  """
+
+  n: int
+  size: int
+  x_treedef: Any
+  x_axes: tuple[int | None, ...]
+  kw_key: Any
+  kw_axes: tuple[int | None, ...]
 
   @staticmethod
-  def of(kwargs: dict[str, Any], vmap) -> "_KwLayout":
-    kwd = vmap.kw_axes_dict
-    leaf_axes: list[int | None] = []
-    for k in sorted(kwargs):  # jax flattens dicts in sorted key order
-      n = len(jax.tree.leaves(kwargs[k]))
-      leaf_axes.extend(kwd.get(k, (None,) * n))
-    leaves, td = jax.tree.flatten(kwargs)
-    is_arr = tuple(is_array_leaf(v) for v in leaves)
-    return _KwLayout(td, is_arr,
-                     tuple(v for v, a in zip(leaves, is_arr) if not a),
-                     tuple(ax for ax, a in zip(leaf_axes, is_arr) if a))
+  def of(problem: NtkProblem, which: int, size: int) -> "_BlockSide":
+    x, kwargs = problem.side(which)
+    leaf_axes = kwargs_leaf_axes(kwargs, problem.vmap.kw_axes_dict)
+    _, kw_key = split_static(kwargs)
+    is_array = kw_key[1]
+    return _BlockSide(
+        problem.batch_size(which), size, jax.tree.structure(x),
+        tuple(problem.vmap.x_axes), kw_key,
+        tuple(a for a, arr in zip(leaf_axes, is_array) if arr))
 
-  def merge(self, arrays: list[Any]) -> dict[str, Any]:
-    return merge_static(arrays, (self.treedef, self.is_array, self.static))
+  def take(self, x_leaves: list[Any], kw_arrays: list[Any],
+           start: Any) -> tuple[Any, dict[str, Any]]:
+    """``(x, kwargs)`` of the block of examples from ``start``."""
+    x = [take_examples(v, a, start, self.size, self.n)
+         for v, a in zip(x_leaves, self.x_axes)]
+    kw = [take_examples(v, a, start, self.size, self.n)
+          for v, a in zip(kw_arrays, self.kw_axes)]
+    return jax.tree.unflatten(self.x_treedef, x), merge_static(kw, self.kw_key)
 
 
 @dataclasses.dataclass(frozen=True)
 class _BlockSpec:
-  """Everything static about one block program (hashable: keys the jit)."""
+  """Everything static about one block program (hashable: keys the jit).
+
+  Attributes:
+    plan: the plan every block runs (without chunking).
+    f: the network.
+    same_inputs: the block is ``(x1_i, None)``, reusing the work on x1.
+    side1, side2: how each side's block is cut.
+    vmap: the problem's ``vmap_axes``.
+    out_treedef: structure of f's output.
+    out1, out2: ``(shape, dtype)`` of each output leaf of a block.
+    axes: each leaf's axes in a block (a traced batch axis made diagonal).
+    param_treedef: structure of the params.
+    diff_mask: which params leaves are differentiated.
+    param_split: the static key of the params' split (Python constants stay
+      static).
+  """
 
   plan: Any
   f: Callable
   same_inputs: bool
-  n1: int
-  n2: int
-  b1: int
-  b2: int
-  x_treedef: Any
-  x_axes: tuple[int | None, ...]
-  kw1: _KwLayout
-  kw2: _KwLayout
+  side1: _BlockSide
+  side2: _BlockSide
   vmap: Any
   out_treedef: Any
   out1: tuple[tuple[tuple[int, ...], Any], ...]
@@ -378,73 +326,65 @@ class _BlockSpec:
   axes: tuple[LeafAxes, ...]
   param_treedef: Any
   diff_mask: tuple[bool, ...]
-  # The static key of the params' split (Python constants stay static).
   param_split: Any
 
 
-def _block_spec(plan: Any, problem: NtkProblem, grid: BlockGrid,
+def _block_spec(plan: Any, problem: NtkProblem, grid: BatchGrid,
                 same: bool) -> _BlockSpec:
-  vmap = problem.vmap
-  same = same and problem.same_inputs
+  """The spec of ``problem``'s blocks of ``grid`` (``same``: x2 is x1)."""
+  out_axes = problem.vmap.out_axes
 
-  def block_shapes(outs, b):
+  def block_shapes(outs, size):
     return tuple(
-        (tuple(b if a == vmap.out_axes[i] else s
+        (tuple(size if a == out_axes[i] else s
                for a, s in enumerate(o.shape)), o.dtype)
         for i, o in enumerate(outs))
 
-  axes = tuple(_block_axes(ax, b) for ax, b in zip(problem.axes,
-                                                   vmap.out_axes))
+  param_leaves, param_treedef = jax.tree.flatten(problem.params)
   return _BlockSpec(
-      plan=plan, f=problem.f, same_inputs=same, n1=grid.n1, n2=grid.n2,
-      b1=grid.b1, b2=grid.b2,
-      x_treedef=jax.tree.structure(problem.x1), x_axes=tuple(vmap.x_axes),
-      kw1=_KwLayout.of(problem.kwargs1, vmap),
-      kw2=_KwLayout.of(problem.kwargs2, vmap), vmap=vmap,
+      plan=plan, f=problem.f, same_inputs=same and problem.same_inputs,
+      side1=_BlockSide.of(problem, 1, grid.t1),
+      side2=_BlockSide.of(problem, 2, grid.t2), vmap=problem.vmap,
       out_treedef=problem.out_treedef,
-      out1=block_shapes(problem.out1, grid.b1),
-      out2=block_shapes(problem.out2, grid.b2), axes=axes,
-      param_treedef=problem._param_treedef,  # noqa: SLF001
-      diff_mask=problem._diff_mask,  # noqa: SLF001
+      out1=block_shapes(problem.out1, grid.t1),
+      out2=block_shapes(problem.out2, grid.t2),
+      axes=tuple(layout.computed_axes for layout in _layouts(problem)),
+      param_treedef=param_treedef,
+      diff_mask=tuple(is_differentiable(v) for v in param_leaves),
       param_split=split_params(problem.params)[1])
 
 
-def _take(leaf: Any, axis: int | None, start: Any, size: int, n: int) -> Any:
-  """``size`` examples from ``start`` along ``axis``, clamped at ``n - 1``."""
-  if axis is None:
-    return leaf
-  idx = jnp.minimum(start + jnp.arange(size), n - 1)
-  return jnp.take(leaf, idx, axis=axis)
+def _block_problem(spec: _BlockSpec, param_leaves: list[Any], x1: Any,
+                   x2: Any, kw1: dict[str, Any],
+                   kw2: dict[str, Any]) -> NtkProblem:
+  """The :class:`NtkProblem` of one block (already validated as a whole).
 
-
-def _block_kernels(spec: _BlockSpec, args: _BlockArgs, start1: Any,
-                   start2: Any) -> list[jax.Array]:
-  """Kernels of the block (x1[start1:+b1], x2[start2:+b2])."""
-  param_leaves = merge_leaves(args.param_leaves, spec.param_split)
+  ``NtkProblem`` has no public constructor for a problem whose parts are
+  known, so its parameter fields are filled here, as ``_problem.build``
+  fills them.
+  """
   theta = tuple(v for d, v in zip(spec.diff_mask, param_leaves) if d)
-  params = jax.tree.unflatten(spec.param_treedef, param_leaves)
-  x1 = [_take(v, a, start1, spec.b1, spec.n1)
-        for v, a in zip(args.x1, spec.x_axes)]
-  kw1 = spec.kw1.merge([_take(v, a, start1, spec.b1, spec.n1)
-                        for v, a in zip(args.kw1, spec.kw1.axes)])
-  if spec.same_inputs:
-    x2, kw2 = x1, kw1
-  else:
-    x2 = [_take(v, a, start2, spec.b2, spec.n2)
-          for v, a in zip(args.x2, spec.x_axes)]
-    kw2 = spec.kw2.merge([_take(v, a, start2, spec.b2, spec.n2)
-                          for v, a in zip(args.kw2, spec.kw2.axes)])
-  x1t = jax.tree.unflatten(spec.x_treedef, x1)
-  x2t = x1t if spec.same_inputs else jax.tree.unflatten(spec.x_treedef, x2)
-  sub = NtkProblem(
-      f=spec.f, params=params, x1=x1t, x2=x2t, kwargs1=kw1, kwargs2=kw2,
-      same_inputs=spec.same_inputs,
+  return NtkProblem(
+      f=spec.f, params=jax.tree.unflatten(spec.param_treedef, param_leaves),
+      x1=x1, x2=x2, kwargs1=kw1, kwargs2=kw2, same_inputs=spec.same_inputs,
       out1=[jax.ShapeDtypeStruct(s, d) for s, d in spec.out1],
       out2=[jax.ShapeDtypeStruct(s, d) for s, d in spec.out2],
       out_treedef=spec.out_treedef, axes=spec.axes, vmap=spec.vmap,
       theta=theta, _param_leaves=param_leaves,
       _param_treedef=spec.param_treedef, _diff_mask=spec.diff_mask)
-  return list(spec.plan.execute(sub))
+
+
+def _block_kernels(spec: _BlockSpec, args: _BlockArgs, start1: Any,
+                   start2: Any) -> list[jax.Array]:
+  """Kernels of the block (x1[start1:+t1], x2[start2:+t2])."""
+  param_leaves = merge_leaves(args.param_leaves, spec.param_split)
+  x1, kw1 = spec.side1.take(args.x1, args.kw1, start1)
+  if spec.same_inputs:
+    x2, kw2 = x1, kw1
+  else:
+    x2, kw2 = spec.side2.take(args.x2, args.kw2, start2)
+  problem = _block_problem(spec, param_leaves, x1, x2, kw1, kw2)
+  return list(spec.plan.execute(problem))
 
 
 @functools.lru_cache(maxsize=64)
@@ -459,71 +399,83 @@ def _jitted_block(spec: _BlockSpec) -> Callable:
     return jax.jit(functools.partial(_block_kernels, spec))
 
 
-def mirror(k: jax.Array, axes: LeafAxes, lead: int = 0) -> jax.Array:
-  """Θ(x2, x1) from Θ(x1, x2): swaps the two sides of every kept axis pair.
-
-  Args:
-    k: a kernel in the layout of ``axes``, after ``lead`` leading axes.
-    axes: the leaf's axes.
-    lead: number of leading (stacking) axes left in place.
-  """
-  perm = list(range(lead))
-  pos = lead
-  for a in range(axes.ndim):
-    if a in axes.trace:
-      continue
-    if a in axes.diagonal:
-      perm.append(pos)
-      pos += 1
-    else:
-      perm.extend((pos + 1, pos))
-      pos += 2
-  return jnp.transpose(k, perm)
+def _scan_blocks(spec: _BlockSpec, args: _BlockArgs,
+                 cells: list[Cell]) -> list[jax.Array]:
+  """Stacked block kernels (per leaf) of ``cells``, one ``lax.map``."""
+  starts = (jnp.asarray([c.rows[0] for c in cells], jnp.int32),
+            jnp.asarray([c.cols[0] for c in cells], jnp.int32))
+  return jax.lax.map(lambda s: _block_kernels(spec, args, s[0], s[1]),
+                     starts)
 
 
-def _assemble(grid: BlockGrid, diag: list | None,
-              pair: list | None) -> list[jax.Array]:
+def _loop_blocks(spec: _BlockSpec, args: _BlockArgs,
+                 cells: list[Cell]) -> list[jax.Array]:
+  """Stacked block kernels (per leaf) of ``cells``, a host loop."""
+  run = _jitted_block(spec)
+  outs = [run(args, np.int32(c.rows[0]), np.int32(c.cols[0])) for c in cells]
+  return [jnp.stack(ks) for ks in zip(*outs)]
+
+
+def _assemble(grid: BatchGrid, layouts: tuple[BatchLayout, ...],
+              diag: list | None, pair: list | None) -> list[jax.Array]:
   """Stacked block kernels (per leaf) -> whole kernels."""
-  n_leaves = len(grid.axes)
   out = []
-  for leaf in range(n_leaves):
-    axes, b = grid.axes[leaf], grid.out_axes[leaf]
+  for leaf, layout in enumerate(layouts):
     if grid.matched:
-      baxes = _block_axes(axes, b)
-      pos = _kernel_position(baxes, b)
-      k = jnp.moveaxis(diag[leaf], 0, pos)
-      shape = k.shape[:pos] + (k.shape[pos] * k.shape[pos + 1],) + k.shape[
-          pos + 2:]
-      k = jax.lax.slice_in_dim(k.reshape(shape), 0, grid.n1, axis=pos)
-      if b in axes.trace:
-        k = jnp.sum(k, axis=pos) / grid.n1
-      out.append(k)
+      out.append(_merge_matched(diag[leaf], layout, grid.n1))
       continue
-    if grid.symmetric:
-      nb = grid.nb1
-      blocks = diag[leaf]
-      g = jnp.zeros((nb, nb) + blocks.shape[1:], blocks.dtype)
-      idx = jnp.arange(nb)
-      g = g.at[idx, idx].set(blocks)
-      if pair is not None:
-        ij = [(i, j) for i in range(nb) for j in range(i + 1, nb)]
-        ii = jnp.asarray([i for i, _ in ij])
-        jj = jnp.asarray([j for _, j in ij])
-        g = g.at[ii, jj].set(pair[leaf])
-        g = g.at[jj, ii].set(mirror(pair[leaf], axes, lead=1))
-    else:
-      g = pair[leaf].reshape((grid.nb1, grid.nb2) + pair[leaf].shape[1:])
-    pos = _kernel_position(axes, b)
-    k = jnp.moveaxis(g, (0, 1), (pos, pos + 2))
-    s = k.shape
-    k = k.reshape(s[:pos] + (s[pos] * s[pos + 1], s[pos + 2] * s[pos + 3]) +
-                  s[pos + 4:])
-    k = jax.lax.slice_in_dim(k, 0, grid.n1, axis=pos)
-    out.append(jax.lax.slice_in_dim(k, 0, grid.n2, axis=pos + 1))
+    cells = _cell_grid(grid, layout, None if diag is None else diag[leaf],
+                       None if pair is None else pair[leaf])
+    out.append(_merge_pairwise(cells, layout, grid.n1, grid.n2))
   return out
 
 
-_assemble_jit = jax.jit(_assemble, static_argnums=0)
+_assemble_jit = jax.jit(_assemble, static_argnums=(0, 1))
+
+
+def _merge_matched(stack: jax.Array, layout: BatchLayout,
+                   n: int) -> jax.Array:
+  """``(blocks, *block kernel)`` -> the kernel of a matched batch axis."""
+  pos = layout.position
+  k = jnp.moveaxis(stack, 0, pos)
+  s = k.shape
+  k = k.reshape(s[:pos] + (s[pos] * s[pos + 1],) + s[pos + 2:])
+  k = jax.lax.slice_in_dim(k, 0, n, axis=pos)
+  return mean_over_batch(k, pos, n) if layout.kind == TRACED else k
+
+
+def _cell_grid(grid: BatchGrid, layout: BatchLayout, diag: jax.Array | None,
+               pair: jax.Array | None) -> jax.Array:
+  """Stacked block kernels -> ``(rows, cols, *block kernel)``.
+
+  A symmetric grid computed the diagonal and the upper triangle; the lower
+  triangle is the upper one mirrored.
+  """
+  rows, cols = grid.shape
+  if not grid.symmetric:
+    return pair.reshape((rows, cols) + pair.shape[1:])
+  g = jnp.zeros((rows, rows) + diag.shape[1:], diag.dtype)
+  idx = jnp.arange(rows)
+  g = g.at[idx, idx].set(diag)
+  if pair is not None:
+    upper = grid.by_kind()["pair"]
+    ii = jnp.asarray([c.row for c in upper])
+    jj = jnp.asarray([c.col for c in upper])
+    g = g.at[ii, jj].set(pair)
+    g = g.at[jj, ii].set(jnp.transpose(pair, mirror_perm(layout.axes, 1)))
+  return g
+
+
+def _merge_pairwise(cells: jax.Array, layout: BatchLayout, n1: int,
+                    n2: int) -> jax.Array:
+  """``(rows, cols, *block kernel)`` -> the kernel, padding cropped."""
+  pos = layout.position
+  k = jnp.moveaxis(cells, (0, 1), (pos, pos + 2))
+  s = k.shape
+  k = k.reshape(s[:pos] + (s[pos] * s[pos + 1], s[pos + 2] * s[pos + 3]) +
+                s[pos + 4:])
+  k = jax.lax.slice_in_dim(k, 0, n1, axis=pos)
+  return jax.lax.slice_in_dim(k, 0, n2, axis=pos + 1)
 
 
 def block_sizes(n: int, max_blocks: int = 16) -> list[int]:

@@ -12,7 +12,7 @@ import pytest
 
 import autontk
 from autontk import methods
-from autontk.chunking import BatchChunking, BlockGrid, block_sizes, mirror
+from autontk.chunking import BatchChunking, block_sizes
 from reference import reference_ntk
 
 METHODS = methods.available()
@@ -122,24 +122,36 @@ def test_block_sizes_any(kernel_fns, block):
   _check(got, jax.tree.map(np.asarray, want), rtol=1e-5)
 
 
+def _keys(cells):
+  return [c.key for c in cells]
+
+
 def test_symmetric_grid_computes_upper_triangle_only():
   ntk = autontk.ntk_fn(F, vmap_axes=VMAP)
   problem = ntk.problem(X1, None, PARAMS, scale=S1)
   grid = BatchChunking(2).grid(problem)
-  progs = grid.programs()
-  assert progs["diag"] == [(0, 0), (1, 1), (2, 2)]
-  assert progs["pair"] == [(0, 1), (0, 2), (1, 2)]
+  kinds = grid.by_kind()
+  assert _keys(kinds["diag"]) == [(0, 0), (1, 1), (2, 2)]
+  assert _keys(kinds["pair"]) == [(0, 1), (0, 2), (1, 2)]
   problem2 = ntk.problem(X1, X2, PARAMS, scale=(S1, S2))
-  assert BatchChunking(2).grid(problem2).n_blocks == 3 * 2
+  assert len(BatchChunking(2).grid(problem2).cells()) == 3 * 2
   diag_ntk = autontk.ntk_fn(F, diagonal_axes=(0,), vmap_axes=VMAP)
   g = BatchChunking(2).grid(diag_ntk.problem(X1, None, PARAMS, scale=S1))
-  assert g.matched and g.programs() == {"diag": [(0, 0), (1, 1), (2, 2)]}
+  assert g.matched and list(g.by_kind()) == ["diag"]
+  assert _keys(g.by_kind()["diag"]) == [(0, 0), (1, 1), (2, 2)]
 
 
-def test_mirror_swaps_sides():
-  k = jnp.arange(2 * 3 * 4 * 5 * 6.).reshape(2, 3, 4, 5, 6)
-  axes = autontk._axes.LeafAxes(3, (), (1,))  # plain, diagonal, plain
-  np.testing.assert_array_equal(mirror(k, axes), k.transpose(1, 0, 2, 4, 3))
+def test_block_programs_per_kind_of_block():
+  """The cost model's view: one program per kind, with its block count."""
+  ntk = autontk.ntk_fn(F, vmap_axes=VMAP)
+  problem = ntk.problem(X1, None, PARAMS, scale=S1)
+  plan = autontk.Plan(METHODS[0])
+  progs = BatchChunking(2).block_programs(plan, problem)
+  assert [(p.kind, p.count) for p in progs] == [("diag", 3), ("pair", 3)]
+  assert progs[0].key.same_inputs and not progs[1].key.same_inputs
+  hash(progs[0].key)
+  cost = BatchChunking(2).assembly_cost(problem)
+  assert cost.peak_memory > 0 and cost.bytes_accessed == 2 * cost.peak_memory
 
 
 def test_without_vmap_axes_chunking_is_refused():
@@ -182,8 +194,8 @@ def test_block_sizes_candidates():
 def test_grid_clips_block_to_batch():
   ntk = autontk.ntk_fn(F, vmap_axes=VMAP)
   problem = ntk.problem(X1, X2, PARAMS, scale=(S1, S2))
-  g = BlockGrid.make(problem, 4)
-  assert (g.b1, g.b2, g.nb1, g.nb2) == (4, 3, 2, 1)
+  g = BatchChunking(4).grid(problem)
+  assert (g.t1, g.t2, g.shape) == (4, 3, (2, 1))
 
 
 @pytest.mark.parametrize("trace, diag", [((), ()), ((0,), ()), ((), (1,))])

@@ -6,7 +6,9 @@ Multi-device, multi-process and kill-and-resume runs are in
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,8 @@ import pytest
 from jax import lax
 
 import autontk
+from autontk.costmodel import hlo
+from autontk.tiled import storage
 from reference import reference_ntk
 
 RTOL = 1e-5
@@ -219,25 +223,48 @@ def test_torn_manifest_line_means_recompute(tmp_path):
   np.testing.assert_array_equal(again, full)
 
 
+def _compiled_peak(ntk, plan, x1, x2, params):
+  """The tile's program as ntk compiles it, its peak read by the cost model."""
+  compiled = ntk.lower(plan, x1, x2, params, {}).compile()
+  return hlo.read_memory_analysis(compiled.memory_analysis())
+
+
 def test_auto_tile_respects_budget(tmp_path):
+  """On CPU, XLA's peak_memory_in_bytes leaves out temporaries; the tile's
+  compiled peak, read as the cost model reads it, must fit the budget."""
   f, params, x1, _ = mlp_model()
   x = jnp.concatenate([x1] * 6)  # N = 42
   ntk = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0,
                        implementation="jacobian_contraction")
-  from autontk.tiled.autotile import tile_peak_bytes
-  from autontk.tiled import batch
-  side, _ = batch.sides(ntk.problem(x, None, params))
-  budget = tile_peak_bytes(ntk, side, side, params, 8, 8, False)
+  plan = ntk.plan(x[:8], x[8:16], params)
+  budget = int(_compiled_peak(ntk, plan, x[:8], x[8:16], params))
   out = tmp_path / "auto"
   got = autontk.ntk_tiled(ntk, x, None, params, tile="auto", out=out,
                           memory_budget=budget, progress=False)
   grid = json.loads((out / "meta.json").read_text())["grid"]
-  assert 1 <= grid["t1"] <= 8
-  assert tile_peak_bytes(ntk, side, side, params, grid["t1"], grid["t1"],
-                         False) <= budget
+  t = grid["t1"]
+  assert 1 <= t <= 8 < grid["n1"]  # the budget binds
+  plans = storage.DiskStore(out, []).load_plans()
+  assert set(plans) == {True, False}
+  assert _compiled_peak(ntk, plans[False], x[:t], x[t:2 * t], params) <= budget
+  assert _compiled_peak(ntk, plans[True], x[:t], None, params) <= budget
   assert _max_rel(got, ntk(x, None, params)) < RTOL
   small = autontk.ntk_tiled(ntk, x1, None, params, progress=False)
   assert _max_rel(small, ntk(x1, None, params)) < RTOL
+
+
+def test_auto_tile_counts_temporaries_on_cpu():
+  """The reason for the test above: on CPU, a tile's temporaries exceed what
+  peak_memory_in_bytes reports, which a budget check must not miss."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("XLA CPU's memory analysis only")
+  f, params, x1, _ = mlp_model()
+  ntk = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0,
+                       implementation="jacobian_contraction")
+  plan = ntk.plan(x1, x1[::-1], params)
+  analysis = ntk.lower(plan, x1, x1[::-1], params, {}).compile(
+      ).memory_analysis()
+  assert hlo.read_memory_analysis(analysis) > analysis.peak_memory_in_bytes
 
 
 def test_errors():
@@ -292,12 +319,16 @@ def test_each_tile_shape_is_planned_by_the_ntk_planner():
   f, params, x1, _ = mlp_model()
   asked = []
 
-  def planner(ntk, a, b, p, kwargs):
-    asked.append((a.shape, None if b is None else b.shape))
-    return autontk.Plan(autontk.Implementation.JACOBIAN_CONTRACTION)
+  class Planner:
+    def plan(self, ntk, a, b, p, kwargs):
+      asked.append((a.shape, None if b is None else b.shape))
+      return autontk.Plan(autontk.Implementation.JACOBIAN_CONTRACTION)
+
+    def report(self, ntk, a, b, p, kwargs):
+      raise NotImplementedError
 
   options = autontk.ntk_fn(f, implementation="auto").options
-  ntk = autontk.NtkFn(f, options, planner=planner)
+  ntk = autontk.NtkFn(f, options, planner=Planner())
   got = autontk.ntk_tiled(ntk, x1, None, params, tile=3, progress=False)
   # Diagonal tiles reuse x1 (x2=None); the others are 3 × 3 cross tiles,
   # ragged ones padded to the tile shape.
@@ -347,3 +378,32 @@ def test_unbatched_input_leaf_and_traced_batch_on_disk(tmp_path):
   per_example = np.load(out / "kernel_0.npy")  # the diagonal it averages
   assert per_example.shape == (5,)
   np.testing.assert_allclose(per_example.mean(), mean, rtol=RTOL)
+
+
+def test_programs_are_reused_and_freed_with_their_ntk(monkeypatch):
+  """A second call with the same NtkFn and tile compiles no new program;
+  nothing is stored on the NtkFn, and the cache does not keep it alive."""
+  from autontk.tiled import distributed
+  built = []
+  spmd_program = distributed.spmd_program
+
+  def counting(body, cluster):
+    built.append(body)
+    return spmd_program(body, cluster)
+
+  monkeypatch.setattr(distributed, "spmd_program", counting)
+  f, params, x1, _ = mlp_model()
+  # A traced batch axis: tiles run with an NtkFn derived from this one.
+  ntk = autontk.ntk_fn(f, trace_axes=(0, -1),
+                       implementation="jacobian_contraction")
+  before = set(vars(ntk))
+  first = autontk.ntk_tiled(ntk, x1, None, params, tile=3, progress=False)
+  assert len(built) == 1  # one kind of tile: diagonal, x2 = x1
+  again = autontk.ntk_tiled(ntk, x1, None, params, tile=3, progress=False)
+  assert len(built) == 1
+  np.testing.assert_array_equal(again, first)
+  assert set(vars(ntk)) == before
+  ref = weakref.ref(ntk)
+  del ntk, built[:]
+  gc.collect()
+  assert ref() is None

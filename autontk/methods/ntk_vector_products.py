@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from autontk._axes import LeafAxes
+from autontk._batch_geometry import kernel_position, mean_over_batch
 from autontk._options import Implementation
 from autontk._problem import NtkProblem
 from autontk.methods.registry import register
@@ -155,10 +156,8 @@ def _paired_kernel(problem: NtkProblem, i: int, chunk: int | None):
   blocks = jax.vmap(pair, in_axes=(xin1, kwin1, xin2, kwin2))(xl1, kw1, xl2,
                                                             kw2)
   if b in axes.trace:
-    return jnp.mean(blocks, axis=0)
-  pos = sum(0 if a in axes.trace else 1 if a in axes.diagonal else 2
-            for a in range(b))
-  return jnp.moveaxis(blocks, 0, pos)
+    return mean_over_batch(blocks, 0, blocks.shape[0])
+  return jnp.moveaxis(blocks, 0, kernel_position(axes, b))
 
 
 def _per_example_vjp_kernel(problem: NtkProblem, i: int, chunk: int | None):

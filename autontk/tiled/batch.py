@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from autontk._batch_geometry import kwargs_leaf_axes, take_examples
 from autontk._kwargs import is_array_leaf
 from autontk._problem import NtkProblem
 from autontk._types import PyTree
-from autontk.tiled.tiling import take_examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,8 @@ class Side:
 
   def tile_leaf(self, i: int, rows: tuple[int, int], size: int) -> np.ndarray:
     """Leaf ``i`` (batched) for examples ``rows``, padded to ``size``."""
-    return take_examples(self.leaves[i], self.axes[i], rows[0], rows[1], size)
+    return take_examples(self.leaves[i], self.axes[i], rows[0], size,
+                         self.size)
 
   def tile_shape(self, i: int, size: int) -> tuple[int, ...]:
     shape = list(np.shape(self.leaves[i]))
@@ -124,12 +125,8 @@ def sides(problem: NtkProblem) -> tuple[Side, Side]:
               f"`{name}` leaf {i} is a scalar: without `vmap_axes`, axis 0 "
               "of every input leaf is the batch axis. Pass vmap_axes to "
               "ntk_fn to name the batch axes.")
-    kw_axes: list[int | None] = []
-    for k in sorted(kw):
-      n = len(jax.tree.leaves(kw[k]))
-      kw_axes.extend(kwd.get(k, (None,) * n))
     leaves, treedef = jax.tree.flatten((x, kw))
-    axes = x_axes + kw_axes
+    axes = x_axes + kwargs_leaf_axes(kw, kwd)
     for i, (v, a) in enumerate(zip(leaves, axes)):
       if a is not None and not is_array_leaf(v):
         raise TypeError(f"A batched kwarg leaf of {name} must be an array; "
@@ -156,3 +153,15 @@ def output_batch_axes(problem: NtkProblem, n1: int, n2: int) -> list[int]:
           f"size {n1}): without `vmap_axes`, axis 0 of every output leaf must "
           "be the batch axis. Pass vmap_axes to ntk_fn to name it.")
   return [0] * len(problem.out1)
+
+
+def ntk_arguments(x1: PyTree, kw1: dict[str, Any], x2: PyTree,
+                  kw2: dict[str, Any], same: bool
+                  ) -> tuple[PyTree, PyTree | None, dict[str, Any]]:
+  """``(x1, x2, kwargs)`` for ``ntk(x1, x2, params, **kwargs)`` of one tile.
+
+  Each kwarg becomes a 2-tuple (x1's, x2's), which ``ntk`` splits back;
+  ``same`` passes ``x2=None`` (the tile reuses the work on x1).
+  """
+  kwargs = {k: (kw1[k], kw2[k]) for k in kw1}
+  return x1, (None if same else x2), kwargs

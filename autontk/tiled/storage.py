@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import time
 import warnings
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
+from autontk._batch_geometry import BatchLayout, Cell, mirror_perm
 from autontk._plan import plan_from_dict, plan_to_dict
-from autontk.tiled.tiling import LeafLayout, Tile
+from autontk._types import PyTree
 
 MANIFEST = "manifest.jsonl"
 PLANS = "plans.json"
@@ -43,16 +46,28 @@ FORMAT = "autontk-tiled/1"
 
 @dataclasses.dataclass(frozen=True)
 class LeafSpec:
-  """One stored kernel: its shape, dtype and batch-axis layout."""
+  """One stored kernel: its shape, dtype and batch-axis layout.
+
+  Attributes:
+    shape: the stored kernel's shape (a traced batch axis is stored
+      diagonal: the per-example kernel).
+    dtype: its dtype.
+    layout: where its batch axis sits (in the stored kernel's axes).
+  """
 
   shape: tuple[int, ...]
   dtype: np.dtype
-  layout: LeafLayout
+  layout: BatchLayout
 
-  def region(self, tile: Tile, mirrored: bool = False) -> tuple[slice, ...]:
+  def region(self, tile: Cell, mirrored: bool = False) -> tuple[slice, ...]:
+    """Index of ``tile`` (of its mirror image) in the stored kernel."""
     if mirrored:
       return self.layout.index(tile.cols, tile.rows, len(self.shape))
     return self.layout.index(tile.rows, tile.cols, len(self.shape))
+
+  def mirror(self, part: np.ndarray) -> np.ndarray:
+    """A tile's kernel as Θ(x2, x1): what lands at its mirror image."""
+    return part.transpose(mirror_perm(self.layout.axes))
 
 
 class MemoryStore:
@@ -65,13 +80,12 @@ class MemoryStore:
   def done(self) -> set[tuple[int, int]]:
     return set()
 
-  def write(self, items: Sequence[tuple[Tile, Sequence[np.ndarray]]]) -> None:
+  def write(self, items: Sequence[tuple[Cell, Sequence[np.ndarray]]]) -> None:
     for tile, parts in items:
       for spec, arr, part in zip(self.leaves, self.arrays, parts):
         arr[spec.region(tile)] = part
         if tile.mirrored:
-          arr[spec.region(tile, True)] = part.transpose(
-              spec.layout.mirror_perm())
+          arr[spec.region(tile, True)] = spec.mirror(part)
 
   def result(self) -> list[np.ndarray]:
     return self.arrays
@@ -158,7 +172,7 @@ class DiskStore:
         del mm
     return self._offsets
 
-  def write(self, items: Sequence[tuple[Tile, Sequence[np.ndarray]]]) -> None:
+  def write(self, items: Sequence[tuple[Cell, Sequence[np.ndarray]]]) -> None:
     """Writes tiles, syncs them to disk, then records them in the manifest."""
     if not items:
       return
@@ -171,7 +185,7 @@ class DiskStore:
           _pwrite_region(fd, offset, spec.shape, spec.region(tile), part)
           if tile.mirrored:
             _pwrite_region(fd, offset, spec.shape, spec.region(tile, True),
-                           part.transpose(spec.layout.mirror_perm()))
+                           spec.mirror(part))
         os.fsync(fd)
       finally:
         os.close(fd)
@@ -278,3 +292,37 @@ def _fsync_dir(path: str) -> None:
     os.fsync(fd)
   finally:
     os.close(fd)
+
+
+def fingerprint(*trees: PyTree) -> str:
+  """A hash of the shapes, dtypes and values of ``trees`` (guards resumes).
+
+  Arrays are hashed in blocks of rows: a memory-mapped dataset may exceed
+  memory. Typed PRNG keys are hashed by their key data; other leaves by
+  their ``repr``.
+  """
+  h = hashlib.blake2b(digest_size=16)
+  for tree in trees:
+    leaves, td = jax.tree.flatten(tree)
+    h.update(str(td).encode())
+    for v in leaves:
+      if isinstance(v, (jax.Array, np.ndarray, np.generic)):
+        _hash_array(h, v)
+      else:
+        h.update(repr(v).encode())
+  return h.hexdigest()
+
+
+def _hash_array(h: Any, v: Any) -> None:
+  if isinstance(v, jax.Array) and jax.dtypes.issubdtype(
+      v.dtype, jax.dtypes.extended):
+    v = jax.random.key_data(v)
+  a = np.asarray(v)
+  h.update(f"{a.shape}{a.dtype}".encode())
+  if a.size == 0:
+    return
+  flat = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
+  rows = max(1, (64 << 20) // max(1, flat[:1].nbytes))
+  for i in range(0, flat.shape[0], rows):
+    block = np.ascontiguousarray(flat[i:i + rows])
+    h.update(memoryview(block.reshape(-1)).cast("B"))
