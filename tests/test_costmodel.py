@@ -18,6 +18,8 @@ from autontk.costmodel.predict import RooflinePredictor
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
   monkeypatch.setenv("AUTONTK_CACHE_DIR", str(tmp_path))
+  machine = tmp_path / "machine" / "device_constants.json"
+  monkeypatch.setattr(device, "machine_file", lambda: machine)
   device._reset_memo()
   yield
   device._reset_memo()
@@ -70,15 +72,23 @@ def test_matmul_flops_exact_lowered_and_compiled():
   assert ccost.peak_memory_exact and ccost.peak_memory >= (m * n) * 4
 
 
-def test_loop_bodies_counted_once_and_scaled():
-  """XLA counts a lax.map body once: scaling by the trip count fixes it."""
+def test_loop_bodies_counted_as_often_as_they_run():
+  """XLA counts a lax.map body once; the readers add the other iterations,
+  lowered and compiled alike."""
   w = jnp.ones((32, 32))
   xs = jnp.ones((8, 4, 32))
   looped = jax.jit(lambda xs: jax.lax.map(lambda x: x @ w, xs))
-  _, cost, _ = hlo.lower_and_analyse(looped, xs)
+  lowered, cost, _ = hlo.lower_and_analyse(looped, xs)
   one = 2 * 4 * 32 * 32
-  assert cost.flops == pytest.approx(one, rel=0.05)
-  assert cost.scaled(8).flops == pytest.approx(8 * one, rel=0.05)
+  assert hlo.read_cost_analysis(lowered.cost_analysis())["flops"] == (
+      pytest.approx(one, rel=0.05))
+  assert cost.flops == pytest.approx(8 * one, rel=0.05)
+  assert cost.contraction_flops == 8 * one
+  assert cost.scaled(3).flops == pytest.approx(24 * one, rel=0.05)
+  _, ccost, _ = hlo.compile_and_analyse(lowered)
+  assert ccost.flops == pytest.approx(8 * one, rel=0.05)
+  assert cost.inner_loop_iterations == ccost.inner_loop_iterations == 8
+  assert ccost.kernels >= 8
 
 
 def test_features_plus():
