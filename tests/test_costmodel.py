@@ -287,3 +287,67 @@ def test_contraction_flops_counted_from_text():
     _, cost, _ = hlo.lower_and_analyse(jax.jit(fn), *args)
     assert cost.contraction_flops == want
     assert cost.flops == pytest.approx(want)
+
+
+# launch terms ---------------------------------------------------------------
+
+
+FAKE = DeviceConstants(1e11, 1e10, 1e-5, 1e-7, "cpu", "cpu", 1e9, 1e8, 2e-7)
+
+
+def test_entry_without_launch_terms_is_completed(tmp_path, monkeypatch):
+  """A file written before the launch terms existed: only they are
+  measured, the rest is kept."""
+  old = {k: v for k, v in FAKE.to_dict().items() if k != "kernel_s"}
+  (tmp_path / "device_constants.json").write_text(
+      json.dumps({device.device_key(): old}))
+  monkeypatch.setattr(device, "measure", lambda d=None: pytest.fail(
+      "the whole benchmark ran again"))
+  launch = {"call_overhead_s": 3e-6, "kernel_s": 4e-7,
+            "loop_iteration_s": 5e-8}
+  monkeypatch.setattr(device, "measure_launch", lambda d=None: launch)
+  c = device.constants()
+  assert (c.flops_per_s, c.grouped_conv_flops_per_s) == (1e11, 1e9)
+  assert (c.call_overhead_s, c.kernel_s, c.loop_iteration_s) == (
+      3e-6, 4e-7, 5e-8)
+  stored = json.loads((tmp_path / "device_constants.json").read_text())
+  assert stored[device.device_key()]["kernel_s"] == 4e-7
+  assert json.loads(device.machine_file().read_text())[
+      device.device_key()]["kernel_s"] == 4e-7
+
+
+def test_machine_level_copy_spares_a_new_cache_dir(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(device, "measure",
+                      lambda d=None: calls.append(1) or FAKE)
+  assert device.constants() == FAKE
+  fresh = tmp_path / "fresh"
+  monkeypatch.setenv("AUTONTK_CACHE_DIR", str(fresh))
+  device._reset_memo()  # a new process with a new cache directory
+  assert device.constants() == FAKE
+  assert len(calls) == 1
+  assert device.device_key() in json.loads(
+      (fresh / "device_constants.json").read_text())
+
+
+def test_measure_launch_gives_plausible_numbers():
+  launch = device.measure_launch()
+  assert set(launch) == {"call_overhead_s", "kernel_s", "loop_iteration_s"}
+  assert 0 < launch["call_overhead_s"] < 0.1
+  assert 0 < launch["kernel_s"] < 1e-3
+  assert 0 <= launch["loop_iteration_s"] < 1e-3
+  for fn, args in device._launch_programs():
+    kernels, _ = device.count_launches(jax.jit(fn).lower(*args).compile())
+    assert kernels >= 1
+
+
+def test_roofline_charges_kernels_and_inner_iterations():
+  c = DeviceConstants(1e11, 1e10, 1e-5, 1e-6, kernel_s=2e-7)
+  p = RooflinePredictor(c)
+  base = CostFeatures("m", 0.0, 0.0, 0.0)
+  feats = CostFeatures("m", 0.0, 0.0, 0.0, kernels=1000,
+                       inner_loop_iterations=20, loop_iterations=4)
+  assert p.predict(feats) - p.predict(base) == pytest.approx(
+      1000 * 2e-7 + 24 * 1e-6)
+  assert p.launch(feats) == pytest.approx(1e-5 + 2e-4 + 24e-6)
+  assert "kernel 0.2 µs" in p.describe()
