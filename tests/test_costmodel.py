@@ -351,3 +351,39 @@ def test_roofline_charges_kernels_and_inner_iterations():
       1000 * 2e-7 + 24 * 1e-6)
   assert p.launch(feats) == pytest.approx(1e-5 + 2e-4 + 24e-6)
   assert "kernel 0.2 µs" in p.describe()
+
+
+def test_small_kernels_move_bytes_at_the_resident_bandwidth():
+  c = DeviceConstants(1e11, 1e9, 0.0, 0.0, resident_bytes_per_s=1e10)
+  p = RooflinePredictor(c)
+  feats = CostFeatures("m", 0.0, 3e9, 0.0, resident_bytes=2e9)
+  assert p.predict(feats) == pytest.approx(1e9 / 1e9 + 2e9 / 1e10)
+  older = DeviceConstants(1e11, 1e9, 0.0, 0.0)  # no resident bandwidth
+  assert RooflinePredictor(older).predict(feats) == pytest.approx(3.0)
+
+
+def test_resident_share_of_a_small_and_a_large_kernel():
+  small = jax.jit(lambda a: jnp.tanh(a) * 2.0)
+  _, f, _ = hlo.lower_and_analyse(small, jnp.ones((256, 256)))
+  assert f.resident_bytes == pytest.approx(f.bytes_accessed)
+  _, cf, _ = hlo.compile_and_analyse(small.lower(jnp.ones((256, 256))))
+  assert cf.resident_bytes == pytest.approx(cf.bytes_accessed)
+  big = jax.jit(lambda a: a @ a)
+  lowered = big.lower(jax.ShapeDtypeStruct((2048, 2048), jnp.float32))
+  assert hlo.analyse_lowered(lowered).resident_bytes == 0.0
+
+
+def test_entry_without_resident_bandwidth_is_completed(tmp_path,
+                                                       monkeypatch):
+  old = {k: v for k, v in FAKE.to_dict().items()
+         if k != "resident_bytes_per_s"}
+  (tmp_path / "device_constants.json").write_text(
+      json.dumps({device.device_key(): old}))
+  monkeypatch.setattr(device, "measure", lambda d=None: pytest.fail(
+      "the whole benchmark ran again"))
+  monkeypatch.setattr(device, "measure_launch", lambda d=None: pytest.fail(
+      "the launch terms were there"))
+  monkeypatch.setattr(device, "measure_resident_bandwidth",
+                      lambda d=None: 7e10)
+  c = device.constants()
+  assert c.resident_bytes_per_s == 7e10 and c.kernel_s == FAKE.kernel_s

@@ -1,8 +1,9 @@
 """Per-device constants for the time predictor, measured once and stored.
 
 A short micro-benchmark (a few seconds) measures, on the current default
-device: dense matmul throughput (FLOP/s), streaming memory bandwidth
-(bytes/s), grouped and depthwise convolution throughput, and the launch
+device: dense matmul throughput (FLOP/s), streaming and cache-resident
+memory bandwidth (bytes/s), grouped and depthwise convolution throughput,
+and the launch
 terms: the overhead of one jitted call, of one kernel (a fusion, a custom
 call: see :mod:`~autontk.costmodel.ops`) and of one loop iteration beyond
 its kernels. The launch terms come from a least-squares fit over small
@@ -15,8 +16,8 @@ version, in two places: the autontk cache directory
 machine-level user cache directory, so that a fresh cache directory on a
 machine whose device kind was measured before reuses the measurement
 instead of running the benchmark again. An entry written before the launch
-terms existed is completed (only the launch terms are measured), never
-discarded or fatal.
+terms or the resident bandwidth existed is completed (only what it lacks is
+measured), never discarded or fatal.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from autontk.costmodel import loops, ops
 _FILE = "device_constants.json"
 _LAUNCH = ("call_overhead_s", "kernel_s", "loop_iteration_s")
 """The launch terms, measured together (:func:`measure_launch`)."""
+_COMPLETABLE = _LAUNCH + ("resident_bytes_per_s",)
+"""Constants an older stored entry may lack: measured on their own."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,9 @@ class DeviceConstants:
     depthwise_conv_flops_per_s: throughput of a depthwise convolution.
     kernel_s: cost of launching one kernel (thunk dispatch on CPU, kernel
       launch on GPU), beyond its FLOPs and bytes.
+    resident_bytes_per_s: bandwidth of a kernel whose traffic fits in the
+      cache (:data:`~autontk.costmodel.ops.RESIDENT_BYTES`); ``None``:
+      ``bytes_per_s``.
   """
 
   flops_per_s: float
@@ -68,6 +74,7 @@ class DeviceConstants:
   grouped_conv_flops_per_s: float | None = None
   depthwise_conv_flops_per_s: float | None = None
   kernel_s: float = 0.0
+  resident_bytes_per_s: float | None = None
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -135,7 +142,24 @@ def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
   return DeviceConstants(
       flops, bandwidth, launch["call_overhead_s"], launch["loop_iteration_s"],
       device.device_kind, device.platform, grouped, depthwise,
-      launch["kernel_s"])
+      launch["kernel_s"], measure_resident_bandwidth(device))
+
+
+def measure_resident_bandwidth(device: Any = None) -> float:
+  """Bytes/s of an elementwise kernel whose traffic fits in the cache.
+
+  A loop of 16 updates of a 4 MB array in place (8 MB of traffic each, below
+  :data:`ops.RESIDENT_BYTES`): what a loop body accumulating into a
+  buffer does; the loop amortises the call overhead.
+  """
+  device = device or jax.devices()[0]
+  n, steps = 1 << 20, 16
+  with jax.default_device(device):
+    acc = jnp.ones((n,), jnp.float32)
+    update = jax.jit(lambda a: jax.lax.fori_loop(
+        0, steps, lambda i, a: a * 0.999 + 1.0, a))
+    seconds = _best_time(lambda: update(acc), repeats=7)
+  return 2.0 * acc.nbytes * steps / seconds
 
 
 def count_launches(compiled: Any) -> tuple[float, float]:
@@ -261,7 +285,7 @@ def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
       (s[key] for s in stored if not missing(s.get(key))), None)
   if entry is None and not remeasure:
     entry = next((_complete(s[key], device) for s in stored
-                  if set(missing(s.get(key))) <= set(_LAUNCH)), None)
+                  if set(missing(s.get(key))) <= set(_COMPLETABLE)), None)
   try:
     c = DeviceConstants.from_dict(entry) if entry is not None else None
   except (KeyError, TypeError):
@@ -276,8 +300,15 @@ def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
 
 
 def _complete(entry: dict[str, Any], device: Any) -> dict[str, Any]:
-  """A stored entry from before the launch terms, with them measured."""
-  return {**entry, **measure_launch(device)}
+  """A stored entry from before the launch terms or the resident bandwidth,
+  with what it lacks measured."""
+  lacking = set(missing(entry))
+  out = dict(entry)
+  if lacking & set(_LAUNCH):
+    out.update(measure_launch(device))
+  if "resident_bytes_per_s" in lacking:
+    out["resident_bytes_per_s"] = measure_resident_bandwidth(device)
+  return out
 
 
 def _store(path: pathlib.Path, entries: dict[str, Any]) -> None:

@@ -58,6 +58,9 @@ class CostFeatures:
     peak_memory: bytes live at once (arguments + outputs + temporaries).
     peak_memory_exact: ``peak_memory`` comes from XLA's buffer assignment
       (compiled), not from the lowered-program estimate.
+    resident_bytes: the part of ``bytes_accessed`` moved by kernels small
+      enough to work from the cache (at most
+      :data:`~autontk.costmodel.ops.RESIDENT_BYTES` each).
     kernels: kernels the programs launch per evaluation, each loop body
       counted as often as it runs (a fusion, a custom call, a copy: see
       :mod:`~autontk.costmodel.ops`); estimated before fusion for a lowered
@@ -84,6 +87,7 @@ class CostFeatures:
   grouped_conv_flops: float = _field(0.0, _WORK)
   depthwise_conv_flops: float = _field(0.0, _WORK)
   contraction_flops: float = _field(0.0, {"work": True})
+  resident_bytes: float = _field(0.0, _WORK)
   kernels: float = _field(0.0, _WORK)
   inner_loop_iterations: float = _field(0.0, _WORK)
   peak_memory: float | None = _field(None, {"vector": "log", "memory": True})

@@ -219,6 +219,9 @@ class LoopTerms:
     contraction_flops, grouped_conv_flops, depthwise_conv_flops: the
       contraction counts of the text, every loop iteration included.
     unknown_trip_loops: loops counted once for want of a trip count.
+    kernel_bytes: bytes the kernels move, every run included.
+    resident_bytes: the part of ``kernel_bytes`` moved by kernels that
+      move at most :data:`ops.RESIDENT_BYTES` each (cache-resident).
   """
 
   kernels: float = 0.0
@@ -228,17 +231,22 @@ class LoopTerms:
   grouped_conv_flops: float = 0.0
   depthwise_conv_flops: float = 0.0
   unknown_trip_loops: int = 0
+  kernel_bytes: float = 0.0
+  resident_bytes: float = 0.0
+
+  @property
+  def resident_fraction(self) -> float:
+    return self.resident_bytes / self.kernel_bytes if self.kernel_bytes else 0.0
 
 
 def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
   """:class:`LoopTerms` of a lowered (StableHLO) program; kernels are the
   estimate of :func:`ops.is_kernel` before fusion."""
   structure = loops.stablehlo_loops(stablehlo_text)
-  kernels, extra = 0.0, ops.Work()
+  kernels, extra, moved = 0.0, ops.Work(), _Moved()
   contractions = grouped = depthwise = 0.0
   for op in structure.ops:
     kernel = ops.is_kernel(op.opcode, compiled=False)
-    kernels += op.times if kernel else 0.0
     conv = list(_convolutions(op.line)) if "convolution" in op.opcode else []
     dots = _dot_flops(op.line) if "dot_general" in op.opcode else 0.0
     for flops, window, groups in conv:
@@ -248,22 +256,43 @@ def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
       elif groups > 1:
         depthwise += op.times * flops
     contractions += op.times * dots
+    work = _stablehlo_work(op, dots + sum(f for f, _, _ in conv))
+    moved.add(work.bytes, op.times)
+    if not kernel:  # fused into a neighbour: no traffic of its own
+      work = dataclasses.replace(work, bytes=0.0)
+    kernels += op.times if kernel else 0.0
     if op.times > 1:
-      work = _stablehlo_work(op, dots + sum(f for f, _, _ in conv), kernel)
       extra = extra.plus(work.times(op.times - 1))
   # A loop's condition and its counter's update are kernels of their own
   # (scalar ops with nothing to fuse with), once per iteration each.
   kernels += 2 * structure.loop_iterations
   return LoopTerms(kernels, structure.loop_iterations, extra, contractions,
-                   grouped, depthwise, structure.unknown_trip_loops)
+                   grouped, depthwise, structure.unknown_trip_loops,
+                   moved.total, moved.resident)
 
 
-def _stablehlo_work(op: loops.Op, contraction: float,
-                    kernel: bool) -> ops.Work:
-  """Work of one StableHLO op; its bytes only if it starts a kernel: after
-  fusion, the elementwise ops around a kernel move no memory of their own
-  (this estimates a loop body's fused traffic within a factor of about 1.5
-  of the compiled program's, where the unfused count is 2-3× high)."""
+@dataclasses.dataclass
+class _Moved:
+  """Bytes moved by kernels, and the cache-resident part of them."""
+
+  total: float = 0.0
+  resident: float = 0.0
+
+  def add(self, kernel_bytes: float, times: float) -> None:
+    self.total += kernel_bytes * times
+    if kernel_bytes <= ops.RESIDENT_BYTES:
+      self.resident += kernel_bytes * times
+
+
+def _stablehlo_work(op: loops.Op, contraction: float) -> ops.Work:
+  """Work of one StableHLO op, unfused.
+
+  Only the bytes of ops that start a kernel count towards a loop body's
+  traffic: after fusion, the elementwise ops around a kernel move no memory
+  of their own (this estimates a loop body's fused traffic within a factor
+  of about 1.5 of the compiled program's, where the unfused count is 2-3×
+  high). The resident share of the traffic is read from every op.
+  """
   head, _, types = op.line.rpartition(" : ")
   if not head:
     return ops.Work()
@@ -275,8 +304,7 @@ def _stablehlo_work(op: loops.Op, contraction: float,
     operands = results[:1] * max(head.split(op.opcode, 1)[-1].count("%"), 1)
   work = ops.elementwise(op.opcode, results, operands)
   return ops.Work(contraction or work.flops, work.transcendentals,
-                  ops.moved_bytes(op.opcode, results, operands)
-                  if kernel else 0.0)
+                  ops.moved_bytes(op.opcode, results, operands))
 
 
 def compiled_loop_terms(hlo_text: str) -> LoopTerms:
@@ -291,15 +319,20 @@ def compiled_loop_terms(hlo_text: str) -> LoopTerms:
       inst = loops.hlo_instruction(line)
       if inst is not None:
         insts[inst.name] = inst
+  moved = _Moved()
   for op in structure.ops:
     if not ops.is_kernel(op.opcode, compiled=True) or op.opcode == "call":
       continue
     kernels += op.times if op.launched else 0.0
     inst = loops.hlo_instruction(op.line)
-    if op.times > 1 and inst is not None:
+    if inst is None:
+      continue
+    moved.add(_kernel_bytes(inst, insts), op.times)
+    if op.times > 1:
       extra = extra.plus(_kernel_work(inst, insts, comps).times(op.times - 1))
   return LoopTerms(kernels, structure.loop_iterations, extra,
-                   unknown_trip_loops=structure.unknown_trip_loops)
+                   unknown_trip_loops=structure.unknown_trip_loops,
+                   kernel_bytes=moved.total, resident_bytes=moved.resident)
 
 
 _CALLS = re.compile(r"calls=%?([^\s,}]+)")
@@ -309,12 +342,16 @@ _DIM_LABELS = re.compile(r"dim_labels=\w+_(\w+)->")
 
 def _kernel_work(inst: loops.Instruction, insts, comps) -> ops.Work:
   """Work of one kernel: FLOPs of what it fuses, bytes at its boundary."""
+  work = _instruction_flops(inst, insts, comps, 0)
+  return ops.Work(work.flops, work.transcendentals,
+                  _kernel_bytes(inst, insts))
+
+
+def _kernel_bytes(inst: loops.Instruction, insts) -> float:
   results = ops.hlo_tensors(inst.type)
   operands = [t for o in inst.operands if o in insts
               for t in ops.hlo_tensors(insts[o].type)]
-  moved = ops.moved_bytes(inst.opcode, results, operands, root=inst.name)
-  work = _instruction_flops(inst, insts, comps, 0)
-  return ops.Work(work.flops, work.transcendentals, moved)
+  return ops.moved_bytes(inst.opcode, results, operands, root=inst.name)
 
 
 def _instruction_flops(inst, insts, comps, depth: int) -> ops.Work:
@@ -404,7 +441,9 @@ def _with_loops(features: CostFeatures, terms: LoopTerms) -> CostFeatures:
       bytes_accessed=add(features.bytes_accessed, terms.extra.bytes),
       transcendentals=add(features.transcendentals,
                           terms.extra.transcendentals),
-      kernels=terms.kernels, inner_loop_iterations=terms.iterations)
+      kernels=terms.kernels, inner_loop_iterations=terms.iterations,
+      resident_bytes=(add(features.bytes_accessed, terms.extra.bytes) or 0.0)
+      * terms.resident_fraction)
 
 
 def merge_compiled(lowered: CostFeatures,
@@ -436,6 +475,9 @@ def merge_compiled(lowered: CostFeatures,
       contraction_flops=lowered.contraction_flops,
       peak_memory=pick(compiled.peak_memory, lowered.peak_memory),
       peak_memory_exact=compiled.peak_memory is not None,
+      resident_bytes=(compiled.resident_bytes
+                      if read and compiled.bytes_accessed is not None
+                      else lowered.resident_bytes),
       kernels=compiled.kernels if read else lowered.kernels,
       inner_loop_iterations=(compiled.inner_loop_iterations if read else
                              lowered.inner_loop_iterations),

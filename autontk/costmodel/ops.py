@@ -68,6 +68,13 @@ _UNFUSED_KERNELS = frozenset((
 """StableHLO ops that start a kernel of their own after fusion."""
 
 
+RESIDENT_BYTES = 16 * 2**20
+"""A kernel moving at most this many bytes (reads plus writes) works from
+the cache: its traffic is charged at the device's cache-resident bandwidth
+(:attr:`~autontk.costmodel.device.DeviceConstants.resident_bytes_per_s`),
+larger ones at streaming bandwidth."""
+
+
 def normalise(opcode: str) -> str:
   """``"stablehlo.log_plus_one"`` and ``"log-plus-one"`` -> the HLO name."""
   name = opcode.rsplit(".", 1)[-1].replace("_", "-")

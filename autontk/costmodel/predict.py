@@ -1,8 +1,9 @@
 """Predicted run time of a candidate plan from its HLO cost.
 
 The default predictor is a roofline: compute time (FLOPs, with each
-transcendental counted as several FLOPs) and memory time (bytes accessed)
-from the device's measured constants (:mod:`autontk.costmodel.device`), plus
+transcendental counted as several FLOPs) and memory time (bytes accessed;
+what small kernels move at the cache-resident bandwidth) from the device's
+measured constants (:mod:`autontk.costmodel.device`), plus
 the launch terms: a per-call overhead for each compiled call the host
 dispatches, a per-kernel cost for each kernel the programs launch, and a
 per-iteration cost for each sequential loop iteration (the programs' own
@@ -65,7 +66,10 @@ class RooflinePredictor:
     compute = (flops / c.flops_per_s +
                grouped / (c.grouped_conv_flops_per_s or c.flops_per_s) +
                depthwise / (c.depthwise_conv_flops_per_s or c.flops_per_s))
-    memory = (features.bytes_accessed or 0.0) / c.bytes_per_s
+    total = features.bytes_accessed or 0.0
+    resident = min(features.resident_bytes or 0.0, total)
+    memory = ((total - resident) / c.bytes_per_s +
+              resident / (c.resident_bytes_per_s or c.bytes_per_s))
     core = max(compute, memory) if self.overlap else compute + memory
     return core + self.launch(features)
 
