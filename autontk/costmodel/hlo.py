@@ -313,18 +313,13 @@ def compiled_loop_terms(hlo_text: str) -> LoopTerms:
   comps, entry = loops.hlo_computations(hlo_text)
   structure = loops.hlo_loops_of(comps, entry)
   kernels, extra = 0.0, ops.Work()
-  insts: dict[str, loops.Instruction] = {}
-  for lines in comps.values():
-    for line in lines:
-      inst = loops.hlo_instruction(line)
-      if inst is not None:
-        insts[inst.name] = inst
+  insts = {inst.name: inst for body in comps.values() for inst in body}
   moved = _Moved()
   for op in structure.ops:
     if not ops.is_kernel(op.opcode, compiled=True) or op.opcode == "call":
       continue
     kernels += op.times if op.launched else 0.0
-    inst = loops.hlo_instruction(op.line)
+    inst = op.instruction
     if inst is None:
       continue
     moved.add(_kernel_bytes(inst, insts), op.times)
@@ -358,10 +353,8 @@ def _instruction_flops(inst, insts, comps, depth: int) -> ops.Work:
   m = _CALLS.search(inst.attributes)
   if inst.opcode == "fusion" and m and depth < 8:
     total = ops.Work()
-    for line in comps.get(m.group(1), ()):
-      inner = loops.hlo_instruction(line)
-      if inner is not None:
-        total = total.plus(_instruction_flops(inner, insts, comps, depth + 1))
+    for inner in comps.get(m.group(1), ()):
+      total = total.plus(_instruction_flops(inner, insts, comps, depth + 1))
     return total
   results = ops.hlo_tensors(inst.type)
   operands = [t for o in inst.operands if o in insts

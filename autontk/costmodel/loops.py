@@ -48,12 +48,14 @@ class Op:
     times: runs per program run (trip counts of enclosing loops applied).
     launched: the runtime dispatches it on its own; ``False`` inside a
       computation compiled into one kernel (XLA:CPU's small calls).
+    instruction: the parsed HLO instruction (compiled text only).
   """
 
   line: str
   opcode: str
   times: float
   launched: bool = True
+  instruction: "Instruction | None" = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,23 +320,31 @@ _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRUE_FALSE = re.compile(r"(?:true|false)_computation=" + _REF)
 
 
-def hlo_computations(text: str) -> tuple[dict[str, list[str]], str | None]:
-  """``({computation name: instruction lines}, entry name)`` of HLO text."""
-  comps: dict[str, list[str]] = {}
+Computations = dict[str, list["Instruction"]]
+"""Parsed HLO: the instructions of each computation, by its name."""
+
+
+def hlo_computations(text: str) -> tuple[Computations, str | None]:
+  """``({computation name: instructions}, entry name)`` of HLO text."""
+  comps: Computations = {}
   entry, current = None, None
   for raw in text.splitlines():
     line = raw.strip()
+    if not line:
+      continue
+    if line.startswith("}"):
+      current = None
+      continue
+    inst = hlo_instruction(line) if current is not None else None
+    if inst is not None:
+      comps[current].append(inst)
+      continue
     m = _COMPUTATION.match(line)
-    if m and not _INSTRUCTION.match(line):
+    if m and " = " not in line.split("(", 1)[0]:
       current = m.group(2)
       comps[current] = []
       if m.group(1):
         entry = current
-      continue
-    if line.startswith("}"):
-      current = None
-    elif current is not None and line:
-      comps[current].append(line)
   return comps, entry
 
 
@@ -348,6 +358,7 @@ class Instruction:
     opcode: ``fusion``, ``dot``, ``while``...
     operands: the names of its operands, in order.
     attributes: the text after its operand list.
+    line: the whole line.
   """
 
   name: str
@@ -355,6 +366,7 @@ class Instruction:
   opcode: str
   operands: tuple[str, ...]
   attributes: str
+  line: str = ""
 
 
 def hlo_instruction(line: str) -> Instruction | None:
@@ -370,10 +382,15 @@ def hlo_instruction(line: str) -> Instruction | None:
   if op is None:
     return None
   start = type_end + op.end() - 2  # the operand list's "(" in rest
-  end = _closing(rest, start)
-  operands = tuple(re.findall(r"%([^\s,()]+)", rest[start:end]))
+  end = rest.find(")", start)
+  if end < 0 or "(" in rest[start + 1:end]:  # typed tuple operands
+    end = _closing(rest, start)
+  operands = tuple(_OPERAND.findall(rest, start, end))
   return Instruction(m.group(1).lstrip("%"), rest[:type_end].strip(),
-                     op.group(1), operands, rest[end + 1:])
+                     op.group(1), operands, rest[end + 1:], line)
+
+
+_OPERAND = re.compile(r"%([^\s,()]+)")
 
 
 def _closing(text: str, start: int) -> int:
@@ -402,8 +419,7 @@ def hlo_loops(text: str) -> LoopStructure:
   return hlo_loops_of(*hlo_computations(text))
 
 
-def hlo_loops_of(comps: dict[str, list[str]],
-                 entry: str | None) -> LoopStructure:
+def hlo_loops_of(comps: Computations, entry: str | None) -> LoopStructure:
   """:func:`hlo_loops` of text already split by :func:`hlo_computations`."""
   if entry is None:
     return LoopStructure()
@@ -417,14 +433,14 @@ def hlo_loops_of(comps: dict[str, list[str]],
 def _walk_hlo(comps, name, times, launched, ops, counts, depth) -> None:
   if depth > 64:
     return
-  for line in comps.get(name, ()):
-    opcode = hlo_opcode(line)
-    inner = launched and not (opcode == "call" and _SMALL_CALL in line)
-    for callee, factor in _hlo_callees(line, opcode, counts, times, inner):
+  for inst in comps.get(name, ()):
+    opcode, attrs = inst.opcode, inst.attributes
+    inner = launched and not (opcode == "call" and _SMALL_CALL in attrs)
+    for callee, factor in _hlo_callees(attrs, opcode, counts, times, inner):
       _walk_hlo(comps, callee, times * factor, inner, ops, counts, depth + 1)
     if opcode not in ("while", "conditional", "call") or (
         launched and not inner):
-      ops.append(Op(line, opcode, times, launched))
+      ops.append(Op(inst.line, opcode, times, launched, inst))
 
 
 _SMALL_CALL = 'xla_cpu_small_call="true"'
