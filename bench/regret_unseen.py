@@ -108,20 +108,36 @@ def _predictions(ntk, m) -> dict[str, Any]:
 
 
 def _interleave(fns: dict[str, Any], args, budget_s: float,
-                min_rounds: int = 7, max_rounds: int = 400) -> dict:
-  """Median seconds per call of each function, called in turn."""
-  times: dict[str, list[float]] = {k: [] for k in fns}
+                min_rounds: int = 9, max_rounds: int = 400
+                ) -> tuple[dict, dict[str, list[float]]]:
+  """Median seconds per call of each function, called in turn (each round
+  starts one function later, so that none always follows the same one);
+  also every round's times."""
+  keys = list(fns)
+  times: dict[str, list[float]] = {k: [] for k in keys}
   t_end = time.perf_counter() + budget_s
   rounds = 0
   while rounds < max_rounds and (rounds < min_rounds or
                                  time.perf_counter() < t_end):
-    for k, fn in fns.items():
+    for i in range(len(keys)):
+      k = keys[(rounds + i) % len(keys)]
       t0 = time.perf_counter()
-      _block(fn(*args))
+      _block(fns[k](*args))
       times[k].append(time.perf_counter() - t0)
     rounds += 1
-  return {k: {"median_s": statistics.median(ts), "min_s": min(ts),
-              "repeats": len(ts)} for k, ts in times.items()}
+  return ({k: {"median_s": statistics.median(ts), "min_s": min(ts),
+               "repeats": len(ts)} for k, ts in times.items()}, times)
+
+
+def _paired(times: dict[str, list[float]], key: str) -> float | None:
+  """Median over rounds of ``key``'s time over the fastest explicit
+  method's (by median) in the same round: machine load that drifts
+  between rounds cancels."""
+  explicit = [k for k in EXPLICIT if k in times]
+  if key not in times or not explicit:
+    return None
+  best = min(explicit, key=lambda k: statistics.median(times[k]))
+  return statistics.median(a / b for a, b in zip(times[key], times[best]))
 
 
 def steady(name: str, budget_s: float, tune_budget_s: float
@@ -150,8 +166,12 @@ def steady(name: str, budget_s: float, tune_budget_s: float
     recs[k] = {"first_in_process_s": time.perf_counter() - t0}
   ok = {k: fn for k, fn in fns.items() if "error" not in recs[k]}
   load0 = _load()
-  for k, rec in _interleave(ok, args, budget_s).items():
+  stats, rounds = _interleave(ok, args, budget_s)
+  for k, rec in stats.items():
     recs[k].update(rec)
+  for k in ("auto", "auto_tuned"):
+    if k in rounds:
+      recs[k]["paired_regret"] = _paired(rounds, k)
   ref = kernels.get("jacobian_contraction")
   for k, kern in kernels.items():
     if ref is not None and kern.shape == ref.shape:
@@ -174,10 +194,12 @@ def _child(mode: str, name: str, out: str, cfg: dict[str, Any],
   if constants and os.path.exists(constants):
     shutil.copy(constants, os.path.join(cache, CONSTANTS))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # The repository comes after any PYTHONPATH given (which may point at
+  # another autontk to measure).
   env = {**os.environ, "AUTONTK_CACHE_DIR": cache, "AUTONTK_JAX_CACHE": "0",
          "PYTHONPATH": os.pathsep.join(
-             [root] + [p for p in os.environ.get("PYTHONPATH", "").split(
-                 os.pathsep) if p])}
+             [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+              if p] + [root])}
   cmd = [sys.executable, "-m", "bench.regret_unseen", "--child", mode,
          "--model", name, "--out", out, "--config", json.dumps(cfg)]
   try:
@@ -226,6 +248,11 @@ def summarise_case(case: dict[str, Any]) -> None:
     for k, out in (("auto", "regret"), ("auto_tuned", "tuned_regret")):
       if "median_s" in recs.get(k, {}):
         case[out] = recs[k]["median_s"] / explicit[best]
+      # The choice alone: the chosen method's own ntk (when the plan is the
+      # method's default), without auto's per-call overhead.
+      method = recs.get(k, {}).get("plan_method")
+      if recs.get(k, {}).get("plan") == method and method in explicit:
+        case[f"{out}_choice"] = explicit[method] / explicit[best]
   a = case.get("first_auto", {}).get("first_call_s")
   b = case.get("first_method", {}).get("first_call_s")
   if a and b:
@@ -249,7 +276,8 @@ def _geo(xs: list[float]) -> float | None:
 
 def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
   out: dict[str, Any] = {}
-  for key in ("regret", "tuned_regret", "first_call_ratio"):
+  for key in ("regret", "tuned_regret", "first_call_ratio", "regret_choice",
+              "tuned_regret_choice"):
     xs = [c[key] for c in cases if c.get(key)]
     out[key] = {"geomean": _geo(xs), "worst": max(xs) if xs else None,
                 "n": len(xs)}
@@ -264,7 +292,7 @@ def run(cfg_quick: bool = True, models: list[str] | None = None,
   from bench import unseen_models
   device.constants()  # measured once here, copied into every child's cache
   constants = str(_paths.cache_directory() / CONSTANTS)
-  cfg = {"budget_s": 3.0 if cfg_quick else 8.0,
+  cfg = {"budget_s": 5.0 if cfg_quick else 10.0,
          "tune_budget_s": 10.0 if cfg_quick else 40.0}
   work = tempfile.mkdtemp(prefix="autontk-unseen-work-")
   names = models or list(unseen_models.MODELS)

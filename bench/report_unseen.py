@@ -40,7 +40,7 @@ def _predicted(case: dict[str, Any]) -> str:
 
 def table(res: dict[str, Any]) -> str:
   head = ["model", "JC ms", "NTVP ms", "SD ms", "auto ms", "auto plan",
-          "regret", "tuned ms", "tuned plan", "tuned regret",
+          "regret", "paired", "tuned ms", "tuned plan", "tuned regret",
           "auto 1st call s", "method 1st call s", "1st-call ratio",
           "predicted ms (cost model)"]
   lines = ["| " + " | ".join(head) + " |",
@@ -52,6 +52,7 @@ def table(res: dict[str, Any]) -> str:
     r = c.get("results", {})
     row = [c["name"]] + [_ms(r.get(m)) for m in SHORT] + [
         _ms(r.get("auto")), _plan(r.get("auto", {})), _x(c.get("regret")),
+        _x(r.get("auto", {}).get("paired_regret")),
         _ms(r.get("auto_tuned")), _plan(r.get("auto_tuned", {})),
         _x(c.get("tuned_regret")),
         _x(c.get("first_auto", {}).get("first_call_s")),
@@ -68,8 +69,8 @@ def markdown(res: dict[str, Any]) -> str:
   def line(key, what, target):
     d = s.get(key) or {}
     return (f"* {what}: geomean {_x(d.get('geomean'))}, worst "
-            f"{_x(d.get('worst'))} over {d.get('n', 0)} models "
-            f"(target {target})")
+            f"{_x(d.get('worst'))} over {d.get('n', 0)} models" +
+            (f" (target {target})" if target else ""))
 
   load = res.get("load_start")
   return "\n".join([
@@ -80,10 +81,16 @@ def markdown(res: dict[str, Any]) -> str:
       line("first_call_ratio",
            "planning + first call of auto / the chosen method's first call",
            "≤ 2, worst ≤ 3"),
+      line("regret_choice", "the cost model's choice alone (the chosen "
+           "method's own `ntk` / the fastest; no per-call overhead of auto)",
+           ""),
+      line("tuned_regret_choice", "the tuner's choice alone", ""),
       "", f"Machine load (1-minute average) at the start: "
       f"{load[0]:.1f}" if load else "", "",
       "Times are medians of interleaved calls of each `ntk` as returned by "
-      "`ntk_fn` (no outer `jax.jit`); first calls in fresh processes with a "
-      "fresh cache directory and the device constants known. JC, NTVP, SD: "
-      "Jacobian contraction, NTK-vector products, structured derivatives.",
+      "`ntk_fn` (no outer `jax.jit`); regret = median(auto) / median(fastest "
+      "explicit method); `paired` = median over rounds of the same ratio "
+      "within a round. First calls in fresh processes with a fresh cache "
+      "directory and the device constants known. JC, NTVP, SD: Jacobian "
+      "contraction, NTK-vector products, structured derivatives.",
       "", table(res)])

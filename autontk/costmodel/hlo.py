@@ -188,23 +188,14 @@ def contraction_flops(stablehlo_text: str) -> float:
   """
   total = sum(f for f, _, _ in _convolutions(stablehlo_text))
   for m in _ops(stablehlo_text, "stablehlo.dot_general", _DOT):
-    total += _dot_match_flops(m)
+    contracting, lhs, _, out = m.groups()
+    lhs_dims = _dims(lhs or "")
+    axes = [int(a) for a in contracting.split(",") if a.strip()]
+    if any(a >= len(lhs_dims) for a in axes):
+      continue
+    total += 2.0 * math.prod(_dims(out or "")) * math.prod(lhs_dims[a]
+                                                         for a in axes)
   return total
-
-
-def _dot_flops(line: str) -> float:
-  m = _DOT.search(line)
-  return 0.0 if m is None else _dot_match_flops(m)
-
-
-def _dot_match_flops(m: re.Match) -> float:
-  contracting, lhs, _, out = m.groups()
-  lhs_dims = _dims(lhs or "")
-  axes = [int(a) for a in contracting.split(",") if a.strip()]
-  if any(a >= len(lhs_dims) for a in axes):
-    return 0.0
-  return 2.0 * math.prod(_dims(out or "")) * math.prod(lhs_dims[a]
-                                                       for a in axes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,16 +238,13 @@ def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
   contractions = grouped = depthwise = 0.0
   for op in structure.ops:
     kernel = ops.is_kernel(op.opcode, compiled=False)
-    conv = list(_convolutions(op.line)) if "convolution" in op.opcode else []
-    dots = _dot_flops(op.line) if "dot_general" in op.opcode else 0.0
-    for flops, window, groups in conv:
-      contractions += op.times * flops
-      if groups > 1 and window > _LARGE_WINDOW:
-        grouped += op.times * flops
-      elif groups > 1:
-        depthwise += op.times * flops
-    contractions += op.times * dots
-    work = _stablehlo_work(op, dots + sum(f for f, _, _ in conv))
+    contraction = 0.0
+    if "convolution" in op.opcode or "dot_general" in op.opcode:
+      contraction = contraction_flops(op.line)
+      g, d = conv_flops(op.line)
+      contractions += op.times * contraction
+      grouped, depthwise = grouped + op.times * g, depthwise + op.times * d
+    work = _stablehlo_work(op, contraction)
     moved.add(work.bytes, op.times)
     if not kernel:  # fused into a neighbour: no traffic of its own
       work = dataclasses.replace(work, bytes=0.0)
