@@ -195,7 +195,7 @@ def _child(mode: str, name: str, out: str, cfg: dict[str, Any],
     shutil.copy(constants, os.path.join(cache, CONSTANTS))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   # The repository comes after any PYTHONPATH given (which may point at
-  # another autontk to measure).
+  # another autontk to measure), and the process runs outside it.
   env = {**os.environ, "AUTONTK_CACHE_DIR": cache, "AUTONTK_JAX_CACHE": "0",
          "PYTHONPATH": os.pathsep.join(
              [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
@@ -203,7 +203,7 @@ def _child(mode: str, name: str, out: str, cfg: dict[str, Any],
   cmd = [sys.executable, "-m", "bench.regret_unseen", "--child", mode,
          "--model", name, "--out", out, "--config", json.dumps(cfg)]
   try:
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True,
+    proc = subprocess.run(cmd, env=env, cwd=cache, capture_output=True,
                           text=True, timeout=cfg.get("timeout_s", 900))
   except subprocess.TimeoutExpired:
     return {"error": "timed out"}
