@@ -114,8 +114,11 @@ class _Control:
   trips: int | None = None
 
 
+_RESULT = re.compile(r"%[\w#:.$-]+\s*=")
+
+
 def _shlo_opcode(line: str) -> str:
-  body = line.split("=", 1)[1] if re.match(r"%[\w#:.$-]+\s*=", line) else line
+  body = line.split("=", 1)[1] if _RESULT.match(line) else line
   m = _SHLO_OPCODE.search(body)
   return m.group(1) if m else body.split(" ", 1)[0]
 
