@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import report_unseen
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
             "structured_derivatives")
@@ -497,6 +499,7 @@ RENDERERS = {
     "regret": (regret_md, plot_regret),
     "memory": (memory_md, plot_memory),
     "plancache": (plancache_md, None),
+    "regret_unseen": (report_unseen.markdown, None),
 }
 
 
@@ -509,7 +512,7 @@ def render(out_dir: str, readme: str | None = None) -> str:
     if res is None:
       continue
     machine = machine or res.get("machine")
-    if suite != "plancache":
+    if suite not in ("plancache", "regret_unseen"):  # not method records
       write_csv(res, os.path.join(out_dir, f"{suite}.csv"))
     try:
       text = md(res)

@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from bench import autontk_runner, cases as cases_mod, timing
+from bench import autontk_runner, cases as cases_mod, timing, unseen_models
+from bench import regret_unseen as unseen_suite
 from bench.peers import envs
 
-SUITES = ("reference", "scaling", "regret", "memory", "plancache")
+SUITES = ("reference", "scaling", "regret", "memory", "plancache",
+          "regret_unseen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +255,20 @@ def plancache(cfg: RunConfig, log=print) -> dict[str, Any]:
   return plancache_probe.run(cfg, log=log)
 
 
+def regret_unseen(cfg: RunConfig, log=print) -> dict[str, Any]:
+  """Unseen models (loops, small kernels, flax/haiku/equinox), each method,
+  auto and tuned auto called as users call them, in fresh processes."""
+  names = None
+  if cfg.case_filter:
+    names = [n for n in unseen_models.MODELS if re.search(cfg.case_filter, n)]
+  return unseen_suite.run(cfg.quick, names, log=log,
+                          checkpoint=cfg.checkpoint)
+
+
 def run(name: str, cfg: RunConfig, log=print) -> dict[str, Any]:
   fn = {"reference": reference, "scaling": scaling, "regret": regret,
-        "memory": memory, "plancache": plancache}[name]
+        "memory": memory, "plancache": plancache,
+        "regret_unseen": regret_unseen}[name]
   t0 = time.perf_counter()
   res = fn(cfg, log=log)
   res["suite_wall_s"] = time.perf_counter() - t0

@@ -173,3 +173,15 @@ def test_grouped_conv_slowdown_is_counted_once(tmp_path):
   for _, e in _conv_rows(2, seed=9, device=device):
     ratio = p.predict(e.features) / e.measured_time
     assert 0.7 < ratio < 1.4, ratio  # counted twice would be ~20x
+
+
+def test_calibration_sees_the_launch_terms():
+  """Kernels and loop iterations reach the regressor's input."""
+  from autontk.costmodel import features
+  assert {"kernels", "inner_loop_iterations"} <= set(features.VECTOR_FIELDS)
+  a = CostFeatures(method="jacobian_contraction", flops=1e6,
+                   bytes_accessed=1e5, transcendentals=0.0)
+  b = dataclasses.replace(a, kernels=500.0, inner_loop_iterations=40.0)
+  rows = calibration.inputs([a, b], [1e-3, 1e-3])
+  changed = [i for i in range(rows.shape[1]) if rows[0, i] != rows[1, i]]
+  assert len(changed) == 2

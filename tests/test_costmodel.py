@@ -18,6 +18,8 @@ from autontk.costmodel.predict import RooflinePredictor
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
   monkeypatch.setenv("AUTONTK_CACHE_DIR", str(tmp_path))
+  machine = tmp_path / "machine" / "device_constants.json"
+  monkeypatch.setattr(device, "machine_file", lambda: machine)
   device._reset_memo()
   yield
   device._reset_memo()
@@ -70,15 +72,23 @@ def test_matmul_flops_exact_lowered_and_compiled():
   assert ccost.peak_memory_exact and ccost.peak_memory >= (m * n) * 4
 
 
-def test_loop_bodies_counted_once_and_scaled():
-  """XLA counts a lax.map body once: scaling by the trip count fixes it."""
+def test_loop_bodies_counted_as_often_as_they_run():
+  """XLA counts a lax.map body once; the readers add the other iterations,
+  lowered and compiled alike."""
   w = jnp.ones((32, 32))
   xs = jnp.ones((8, 4, 32))
   looped = jax.jit(lambda xs: jax.lax.map(lambda x: x @ w, xs))
-  _, cost, _ = hlo.lower_and_analyse(looped, xs)
+  lowered, cost, _ = hlo.lower_and_analyse(looped, xs)
   one = 2 * 4 * 32 * 32
-  assert cost.flops == pytest.approx(one, rel=0.05)
-  assert cost.scaled(8).flops == pytest.approx(8 * one, rel=0.05)
+  assert hlo.read_cost_analysis(lowered.cost_analysis())["flops"] == (
+      pytest.approx(one, rel=0.05))
+  assert cost.flops == pytest.approx(8 * one, rel=0.05)
+  assert cost.contraction_flops == 8 * one
+  assert cost.scaled(3).flops == pytest.approx(24 * one, rel=0.05)
+  _, ccost, _ = hlo.compile_and_analyse(lowered)
+  assert ccost.flops == pytest.approx(8 * one, rel=0.05)
+  assert cost.inner_loop_iterations == ccost.inner_loop_iterations == 8
+  assert ccost.kernels >= 8
 
 
 def test_features_plus():
@@ -277,3 +287,103 @@ def test_contraction_flops_counted_from_text():
     _, cost, _ = hlo.lower_and_analyse(jax.jit(fn), *args)
     assert cost.contraction_flops == want
     assert cost.flops == pytest.approx(want)
+
+
+# launch terms ---------------------------------------------------------------
+
+
+FAKE = DeviceConstants(1e11, 1e10, 1e-5, 1e-7, "cpu", "cpu", 1e9, 1e8, 2e-7)
+
+
+def test_entry_without_launch_terms_is_completed(tmp_path, monkeypatch):
+  """A file written before the launch terms existed: only they are
+  measured, the rest is kept."""
+  old = {k: v for k, v in FAKE.to_dict().items() if k != "kernel_s"}
+  (tmp_path / "device_constants.json").write_text(
+      json.dumps({device.device_key(): old}))
+  monkeypatch.setattr(device, "measure", lambda d=None: pytest.fail(
+      "the whole benchmark ran again"))
+  launch = {"call_overhead_s": 3e-6, "kernel_s": 4e-7,
+            "loop_iteration_s": 5e-8}
+  monkeypatch.setattr(device, "measure_launch", lambda d=None: launch)
+  c = device.constants()
+  assert (c.flops_per_s, c.grouped_conv_flops_per_s) == (1e11, 1e9)
+  assert (c.call_overhead_s, c.kernel_s, c.loop_iteration_s) == (
+      3e-6, 4e-7, 5e-8)
+  stored = json.loads((tmp_path / "device_constants.json").read_text())
+  assert stored[device.device_key()]["kernel_s"] == 4e-7
+  assert json.loads(device.machine_file().read_text())[
+      device.device_key()]["kernel_s"] == 4e-7
+
+
+def test_machine_level_copy_spares_a_new_cache_dir(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(device, "measure",
+                      lambda d=None: calls.append(1) or FAKE)
+  assert device.constants() == FAKE
+  fresh = tmp_path / "fresh"
+  monkeypatch.setenv("AUTONTK_CACHE_DIR", str(fresh))
+  device._reset_memo()  # a new process with a new cache directory
+  assert device.constants() == FAKE
+  assert len(calls) == 1
+  assert device.device_key() in json.loads(
+      (fresh / "device_constants.json").read_text())
+
+
+def test_measure_launch_gives_plausible_numbers():
+  launch = device.measure_launch()
+  assert set(launch) == {"call_overhead_s", "kernel_s", "loop_iteration_s"}
+  assert 0 < launch["call_overhead_s"] < 0.1
+  assert 0 < launch["kernel_s"] < 1e-3
+  assert 0 <= launch["loop_iteration_s"] < 1e-3
+  for fn, args in device._launch_programs():
+    kernels, _ = device.count_launches(jax.jit(fn).lower(*args).compile())
+    assert kernels >= 1
+
+
+def test_roofline_charges_kernels_and_inner_iterations():
+  c = DeviceConstants(1e11, 1e10, 1e-5, 1e-6, kernel_s=2e-7)
+  p = RooflinePredictor(c)
+  base = CostFeatures("m", 0.0, 0.0, 0.0)
+  feats = CostFeatures("m", 0.0, 0.0, 0.0, kernels=1000,
+                       inner_loop_iterations=20, loop_iterations=4)
+  assert p.predict(feats) - p.predict(base) == pytest.approx(
+      1000 * 2e-7 + 24 * 1e-6)
+  assert p.launch(feats) == pytest.approx(1e-5 + 2e-4 + 24e-6)
+  assert "kernel 0.2 µs" in p.describe()
+
+
+def test_small_kernels_move_bytes_at_the_resident_bandwidth():
+  c = DeviceConstants(1e11, 1e9, 0.0, 0.0, resident_bytes_per_s=1e10)
+  p = RooflinePredictor(c)
+  feats = CostFeatures("m", 0.0, 3e9, 0.0, resident_bytes=2e9)
+  assert p.predict(feats) == pytest.approx(1e9 / 1e9 + 2e9 / 1e10)
+  older = DeviceConstants(1e11, 1e9, 0.0, 0.0)  # no resident bandwidth
+  assert RooflinePredictor(older).predict(feats) == pytest.approx(3.0)
+
+
+def test_resident_share_of_a_small_and_a_large_kernel():
+  small = jax.jit(lambda a: jnp.tanh(a) * 2.0)
+  _, f, _ = hlo.lower_and_analyse(small, jnp.ones((256, 256)))
+  assert f.resident_bytes == pytest.approx(f.bytes_accessed)
+  _, cf, _ = hlo.compile_and_analyse(small.lower(jnp.ones((256, 256))))
+  assert cf.resident_bytes == pytest.approx(cf.bytes_accessed)
+  big = jax.jit(lambda a: a @ a)
+  lowered = big.lower(jax.ShapeDtypeStruct((2048, 2048), jnp.float32))
+  assert hlo.analyse_lowered(lowered).resident_bytes == 0.0
+
+
+def test_entry_without_resident_bandwidth_is_completed(tmp_path,
+                                                       monkeypatch):
+  old = {k: v for k, v in FAKE.to_dict().items()
+         if k != "resident_bytes_per_s"}
+  (tmp_path / "device_constants.json").write_text(
+      json.dumps({device.device_key(): old}))
+  monkeypatch.setattr(device, "measure", lambda d=None: pytest.fail(
+      "the whole benchmark ran again"))
+  monkeypatch.setattr(device, "measure_launch", lambda d=None: pytest.fail(
+      "the launch terms were there"))
+  monkeypatch.setattr(device, "measure_resident_bandwidth",
+                      lambda d=None: 7e10)
+  c = device.constants()
+  assert c.resident_bytes_per_s == 7e10 and c.kernel_s == FAKE.kernel_s

@@ -213,6 +213,8 @@ def _row(e: CostEstimate, chosen: bool) -> dict[str, str]:
       "blocks": str(f.blocks) if e.source != "skipped" else "-",
       "GFLOP": _num(f.flops, 1e9),
       "MB moved": _num(f.bytes_accessed, 1e6),
+      "kernels": _count(f.kernels, e),
+      "loop iters": _count(f.inner_loop_iterations + f.loop_iterations, e),
       "peak MB": _num(f.peak_memory, 1e6) + (
           "" if f.peak_memory is None or f.peak_memory_exact else "~"),
       "predicted ms": _num(e.predicted_time, 1e-3),
@@ -237,6 +239,10 @@ def _config(config: Any) -> str:
   except TypeError:
     return repr(config)
   return ",".join(f"{k}={v}" for k, v in fields.items())
+
+
+def _count(v: float, e: CostEstimate) -> str:
+  return "-" if e.source == "skipped" else f"{v:.4g}"
 
 
 def _num(v: float | None, unit: float) -> str:

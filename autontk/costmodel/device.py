@@ -1,12 +1,23 @@
 """Per-device constants for the time predictor, measured once and stored.
 
-A short micro-benchmark (about a second) measures, on the current default
-device: dense matmul throughput (FLOP/s), streaming memory bandwidth
-(bytes/s), the overhead of one jitted call, and of one iteration of a
-``lax.map`` loop. The result is stored as JSON in the autontk cache
-directory (``$AUTONTK_CACHE_DIR``, else ``platformdirs.user_cache_dir``),
-keyed by platform, device kind and jax version, and reused by every later
-process.
+A short micro-benchmark (a few seconds) measures, on the current default
+device: dense matmul throughput (FLOP/s), streaming and cache-resident
+memory bandwidth (bytes/s), grouped and depthwise convolution throughput,
+and the launch
+terms: the overhead of one jitted call, of one kernel (a fusion, a custom
+call: see :mod:`~autontk.costmodel.ops`) and of one loop iteration beyond
+its kernels. The launch terms come from a least-squares fit over small
+programs whose kernels and loop iterations are counted from their compiled
+text, exactly as the cost model counts them in real programs.
+
+The result is stored as JSON, keyed by platform, device kind and jax
+version, in two places: the autontk cache directory
+(``$AUTONTK_CACHE_DIR``, else ``platformdirs.user_cache_dir``) and the
+machine-level user cache directory, so that a fresh cache directory on a
+machine whose device kind was measured before reuses the measurement
+instead of running the benchmark again. An entry written before the launch
+terms or the resident bandwidth existed is completed (only what it lacks is
+measured), never discarded or fatal.
 """
 
 from __future__ import annotations
@@ -20,10 +31,17 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import platformdirs
 
 from autontk import _paths
+from autontk.costmodel import loops, ops
 
 _FILE = "device_constants.json"
+_LAUNCH = ("call_overhead_s", "kernel_s", "loop_iteration_s")
+"""The launch terms, measured together (:func:`measure_launch`)."""
+_COMPLETABLE = _LAUNCH + ("resident_bytes_per_s",)
+"""Constants an older stored entry may lack: measured on their own."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +58,11 @@ class DeviceConstants:
     grouped_conv_flops_per_s: throughput of a grouped convolution of the
       kind per-example weight gradients produce (``None``: dense speed).
     depthwise_conv_flops_per_s: throughput of a depthwise convolution.
+    kernel_s: cost of launching one kernel (thunk dispatch on CPU, kernel
+      launch on GPU), beyond its FLOPs and bytes.
+    resident_bytes_per_s: bandwidth of a kernel whose traffic fits in the
+      cache (:data:`~autontk.costmodel.ops.RESIDENT_BYTES`); ``None``:
+      ``bytes_per_s``.
   """
 
   flops_per_s: float
@@ -50,18 +73,29 @@ class DeviceConstants:
   platform: str = ""
   grouped_conv_flops_per_s: float | None = None
   depthwise_conv_flops_per_s: float | None = None
+  kernel_s: float = 0.0
+  resident_bytes_per_s: float | None = None
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   @staticmethod
   def from_dict(d: dict[str, Any]) -> "DeviceConstants":
-    """Inverse of :meth:`to_dict`; raises ``KeyError`` on a stale entry."""
+    """Inverse of :meth:`to_dict`; raises ``KeyError`` on a stale entry
+    (:func:`missing` names what is missing)."""
+    lacking = missing(d)
+    if lacking:
+      raise KeyError(f"device constants lack {lacking}")
     fields = [f.name for f in dataclasses.fields(DeviceConstants)]
-    missing = [k for k in fields if k not in d]
-    if missing:
-      raise KeyError(f"device constants lack {missing}")
     return DeviceConstants(**{k: d[k] for k in fields})
+
+
+def missing(d: Any) -> list[str]:
+  """Fields a stored entry lacks (all of them if it is not a dict)."""
+  fields = [f.name for f in dataclasses.fields(DeviceConstants)]
+  if not isinstance(d, dict):
+    return fields
+  return [k for k in fields if k not in d]
 
 
 def device_key(device: Any = None) -> str:
@@ -80,7 +114,7 @@ def _best_time(fn: Callable[[], Any], repeats: int = 5) -> float:
 
 
 def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
-  """Runs the micro-benchmark on ``device`` (about two seconds on a CPU).
+  """Runs the micro-benchmark on ``device`` (a few seconds on a CPU).
 
   Best-of-several timings, so that a busy machine reads closer to the
   device's real speed. Accelerators get larger problems (a 4096² matmul, a
@@ -103,18 +137,88 @@ def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
     axpy = jax.jit(lambda x: 2.0 * x + 1.0)
     bandwidth = 2.0 * v.nbytes / _best_time(lambda: axpy(v))
 
-    s = jnp.ones((4,), jnp.float32)
-    tiny = jax.jit(lambda x: x + 1.0)
-    call = _best_time(lambda: tiny(s), repeats=20)
-
-    iters = 256
-    looped = jax.jit(lambda x: jax.lax.map(lambda r: r * 2.0 + 1.0, x))
-    rows = jnp.ones((iters, 4), jnp.float32)
-    loop = max(_best_time(lambda: looped(rows)) - call, 0.0) / iters
-
     grouped, depthwise = _conv_rates()
-  return DeviceConstants(flops, bandwidth, call, loop, device.device_kind,
-                         device.platform, grouped, depthwise)
+  launch = measure_launch(device)
+  return DeviceConstants(
+      flops, bandwidth, launch["call_overhead_s"], launch["loop_iteration_s"],
+      device.device_kind, device.platform, grouped, depthwise,
+      launch["kernel_s"], measure_resident_bandwidth(device))
+
+
+def measure_resident_bandwidth(device: Any = None) -> float:
+  """Bytes/s of an elementwise kernel whose traffic fits in the cache.
+
+  A loop of 16 updates of a 4 MB array in place (8 MB of traffic each, below
+  :data:`ops.RESIDENT_BYTES`): what a loop body accumulating into a
+  buffer does; the loop amortises the call overhead.
+  """
+  device = device or jax.devices()[0]
+  n, steps = 1 << 20, 16
+  with jax.default_device(device):
+    acc = jnp.ones((n,), jnp.float32)
+    update = jax.jit(lambda a: jax.lax.fori_loop(
+        0, steps, lambda i, a: a * 0.999 + 1.0, a))
+    seconds = _best_time(lambda: update(acc), repeats=7)
+  return 2.0 * acc.nbytes * steps / seconds
+
+
+def count_launches(compiled: Any) -> tuple[float, float]:
+  """``(kernels, loop iterations)`` of one run of a compiled program, as
+  :func:`autontk.costmodel.hlo.compiled_loop_terms` counts them."""
+  structure = loops.hlo_loops(compiled.as_text())
+  kernels = sum(op.times for op in structure.ops
+                if op.launched and ops.is_kernel(op.opcode, compiled=True))
+  return kernels, structure.loop_iterations
+
+
+def _launch_programs() -> list[tuple[Callable, tuple]]:
+  """Tiny programs that differ in kernels and loop iterations.
+
+  Each step is an 8×8 matmul and a ``tanh``: too small for FLOPs or bytes
+  to matter, not fusable into one kernel, and (unlike 4×4 steps) not
+  compiled by XLA:CPU into one function per loop.
+  """
+  w = jnp.full((8, 8), 0.1, jnp.float32)
+  x = jnp.ones((8, 8), jnp.float32)
+
+  def chain(k):
+    def f(x, w):
+      for _ in range(k):
+        x = jnp.tanh(x @ w)
+      return x
+    return f
+
+  def loop(trips, k):
+    def f(x, w):
+      return jax.lax.fori_loop(0, trips, lambda i, x: chain(k)(x, w), x)
+    return f
+
+  return [(fn, (x, w)) for fn in (chain(1), chain(16), chain(64),
+                                  loop(256, 1), loop(128, 4), loop(32, 16))]
+
+
+def measure_launch(device: Any = None) -> dict[str, float]:
+  """The launch terms: ``call_overhead_s``, ``kernel_s``, ``loop_iteration_s``.
+
+  Each program of :func:`_launch_programs` is compiled, its kernels and
+  loop iterations counted from its text, and timed (best of several);
+  ``time = call + kernels × kernel + iterations × iteration`` is fitted by
+  least squares over them (negative terms clamped to zero).
+  """
+  device = device or jax.devices()[0]
+  rows, times = [], []
+  with jax.default_device(device):
+    for fn, args in _launch_programs():
+      compiled = jax.jit(fn).lower(*args).compile()
+      kernels, iterations = count_launches(compiled)
+      rows.append([1.0, kernels, iterations])
+      times.append(_best_time(lambda: compiled(*args), repeats=30))
+  coef = np.linalg.lstsq(np.asarray(rows), np.asarray(times), rcond=None)[0]
+  call, kernel, iteration = (max(float(c), 0.0) for c in coef)
+  if call == 0.0:  # a fit that sent the fixed cost below zero: the least
+    call = float(min(times))  # time of any program bounds it
+  return {"call_overhead_s": call, "kernel_s": kernel,
+          "loop_iteration_s": iteration}
 
 
 def _conv_rates() -> tuple[float, float]:
@@ -150,33 +254,71 @@ def _load_all(path: pathlib.Path) -> dict[str, Any]:
     return {}
 
 
-def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
-  """The device's constants: from the cache file, else measured and stored.
+def machine_file() -> pathlib.Path:
+  """The machine-level copy: the user cache directory's constants file
+  (whatever ``$AUTONTK_CACHE_DIR`` says)."""
+  return pathlib.Path(platformdirs.user_cache_dir("autontk")) / _FILE
 
-  In-process results are memoised, so the file is read at most once.
+
+def _files() -> list[pathlib.Path]:
+  """Where constants are read, first hit wins, and all are written."""
+  here = _paths.cache_directory() / _FILE
+  machine = machine_file()
+  return [here] if machine == here else [here, machine]
+
+
+def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
+  """The device's constants: stored, completed, or measured and stored.
+
+  Looked up in the cache directory, then in the machine-level copy
+  (:func:`machine_file`); an entry that lacks only the launch terms is
+  completed by :func:`measure_launch`, anything else unreadable is measured
+  again. The result is written to both files. In-process results are
+  memoised, so the files are read at most once.
   """
   key = device_key(device)
   if not remeasure and key in _MEMO:
     return _MEMO[key]
-  path = _paths.cache_directory() / _FILE
-  stored = _load_all(path)
-  if not remeasure and key in stored:
-    try:
-      _MEMO[key] = DeviceConstants.from_dict(stored[key])
-      return _MEMO[key]
-    except (KeyError, TypeError):
-      pass  # an older file format: measure again
-  c = measure(device)
+  files = _files()
+  stored = [_load_all(path) for path in files]
+  entry = None if remeasure else next(
+      (s[key] for s in stored if not missing(s.get(key))), None)
+  if entry is None and not remeasure:
+    entry = next((_complete(s[key], device) for s in stored
+                  if set(missing(s.get(key))) <= set(_COMPLETABLE)), None)
+  try:
+    c = DeviceConstants.from_dict(entry) if entry is not None else None
+  except (KeyError, TypeError):
+    c = None
+  if c is None:
+    c = measure(device)
   _MEMO[key] = c
-  stored[key] = c.to_dict()
+  for path, all_entries in zip(files, stored):
+    if all_entries.get(key) != c.to_dict():
+      _store(path, {**all_entries, key: c.to_dict()})
+  return c
+
+
+def _complete(entry: dict[str, Any], device: Any) -> dict[str, Any]:
+  """A stored entry from before the launch terms or the resident bandwidth,
+  with what it lacks measured."""
+  lacking = set(missing(entry))
+  out = dict(entry)
+  if lacking & set(_LAUNCH):
+    out.update(measure_launch(device))
+  if "resident_bytes_per_s" in lacking:
+    out["resident_bytes_per_s"] = measure_resident_bandwidth(device)
+  return out
+
+
+def _store(path: pathlib.Path, entries: dict[str, Any]) -> None:
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
     os.replace(tmp, path)  # atomic: concurrent writers never corrupt it
   except OSError:
     pass  # read-only cache: keep the in-process value
-  return c
 
 
 _MEMO: dict[str, DeviceConstants] = {}
@@ -184,4 +326,3 @@ _MEMO: dict[str, DeviceConstants] = {}
 
 def _reset_memo() -> None:
   _MEMO.clear()
-

@@ -5,9 +5,11 @@
 * an unchunked plan is its NtkFn executable, lowered (and, when asked,
   compiled) and read by :mod:`~autontk.costmodel.hlo`;
 * a method's memory variant (e.g. column-chunked NTK-vector products) loops
-  over the default config's work: XLA counts a loop body once, so the work
-  is read from the default config's program and the method's record says
-  how many loop iterations the variant adds;
+  over the default config's work: the work is read from the default
+  config's program, the kernels from the variant's own, and the method's
+  record says how many loop iterations the variant adds (as
+  ``loop_iterations``, apart from the programs' own
+  ``inner_loop_iterations``);
 * a batch-chunked plan is the sum of its block programs, each times the
   number of blocks that run it, plus what assembling the kernel costs (both
   supplied by the chunking itself).
@@ -234,10 +236,12 @@ def _whole(plan: Plan, problem: Any, programs: ProgramCache,
   iterations = methods.get(plan.implementation).loop_iterations(problem,
                                                                 plan.config)
   if iterations:
-    # XLA counts the variant's loop body once: take the work of the default
-    # config (same arithmetic, vectorised) and charge the iterations.
+    # Take the work of the default config (same arithmetic, vectorised) and
+    # charge the variant's loop iterations as the plan's; its kernels are
+    # its own (each column chunk launches the body's kernels again).
     base = programs.whole(dataclasses.replace(plan, config=None))[1]
-    features = features.with_work_of(base)
+    features = dataclasses.replace(features.with_work_of(base),
+                                   kernels=features.kernels)
   features = dataclasses.replace(
       features, method=plan.implementation.name.lower(),
       loop_iterations=iterations)

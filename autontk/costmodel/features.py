@@ -58,11 +58,26 @@ class CostFeatures:
     peak_memory: bytes live at once (arguments + outputs + temporaries).
     peak_memory_exact: ``peak_memory`` comes from XLA's buffer assignment
       (compiled), not from the lowered-program estimate.
+    resident_bytes: the part of ``bytes_accessed`` moved by kernels small
+      enough to work from the cache (at most
+      :data:`~autontk.costmodel.ops.RESIDENT_BYTES` each).
+    kernels: kernels the programs launch per evaluation, each loop body
+      counted as often as it runs (a fusion, a custom call, a copy: see
+      :mod:`~autontk.costmodel.ops`); estimated before fusion for a lowered
+      program, counted for a compiled one.
+    inner_loop_iterations: sequential iterations of the loops inside the
+      programs (a ``lax.scan`` of 20 steps: 20; nested loops multiply),
+      read from their text (:mod:`~autontk.costmodel.loops`).
     calls: compiled calls the host dispatches per evaluation (the blocks of
       a host loop, plus the assembly).
-    loop_iterations: iterations of compiled loops the plan adds (blocks of
-      a scanned chunking, column chunks).
+    loop_iterations: iterations of compiled loops the plan adds around its
+      programs (blocks of a scanned chunking, column chunks); not part of
+      ``inner_loop_iterations``.
     blocks: batch blocks evaluated (1 when unchunked).
+
+  ``flops``, ``bytes_accessed`` and ``transcendentals`` include every
+  iteration of the programs' own loops (XLA's analysis counts a loop body
+  once; the readers add the rest).
   """
 
   method: str = _field("", {})
@@ -72,6 +87,9 @@ class CostFeatures:
   grouped_conv_flops: float = _field(0.0, _WORK)
   depthwise_conv_flops: float = _field(0.0, _WORK)
   contraction_flops: float = _field(0.0, {"work": True})
+  resident_bytes: float = _field(0.0, _WORK)
+  kernels: float = _field(0.0, _WORK)
+  inner_loop_iterations: float = _field(0.0, _WORK)
   peak_memory: float | None = _field(None, {"vector": "log", "memory": True})
   peak_memory_exact: bool = _field(False, {"memory": True})
   calls: int = _field(1, _COUNT)

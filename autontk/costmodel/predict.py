@@ -1,10 +1,15 @@
 """Predicted run time of a candidate plan from its HLO cost.
 
 The default predictor is a roofline: compute time (FLOPs, with each
-transcendental counted as several FLOPs) and memory time (bytes accessed)
-from the device's measured constants (:mod:`autontk.costmodel.device`), plus
-a per-call overhead for each compiled call the host dispatches and a
-per-iteration overhead for compiled loops. On accelerators compute and
+transcendental counted as several FLOPs) and memory time (bytes accessed;
+what small kernels move at the cache-resident bandwidth) from the device's
+measured constants (:mod:`autontk.costmodel.device`), plus
+the launch terms: a per-call overhead for each compiled call the host
+dispatches, a per-kernel cost for each kernel the programs launch, and a
+per-iteration cost for each sequential loop iteration (the programs' own
+loops and those the plan adds). On small kernels and long loops the launch
+terms dominate: a 20-step scanned RNN steps through its loop body
+sequentially whatever its FLOPs. On accelerators compute and
 memory traffic overlap (``max``); on CPUs they mostly do not (``sum``).
 
 Anything with a ``predict(features) -> seconds`` method is a
@@ -61,16 +66,29 @@ class RooflinePredictor:
     compute = (flops / c.flops_per_s +
                grouped / (c.grouped_conv_flops_per_s or c.flops_per_s) +
                depthwise / (c.depthwise_conv_flops_per_s or c.flops_per_s))
-    memory = (features.bytes_accessed or 0.0) / c.bytes_per_s
+    total = features.bytes_accessed or 0.0
+    resident = min(features.resident_bytes or 0.0, total)
+    memory = ((total - resident) / c.bytes_per_s +
+              resident / (c.resident_bytes_per_s or c.bytes_per_s))
     core = max(compute, memory) if self.overlap else compute + memory
-    return (core + features.calls * c.call_overhead_s +
-            features.loop_iterations * c.loop_iteration_s)
+    return core + self.launch(features)
+
+  def launch(self, features: CostFeatures) -> float:
+    """The launch terms of the prediction: calls, kernels, iterations."""
+    c = self.constants
+    iterations = features.loop_iterations + (
+        features.inner_loop_iterations or 0.0)
+    return (features.calls * c.call_overhead_s +
+            (features.kernels or 0.0) * c.kernel_s +
+            iterations * c.loop_iteration_s)
 
   def describe(self) -> str:
     c = self.constants
     return (f"roofline ({'max' if self.overlap else 'sum'}; "
             f"{c.flops_per_s / 1e9:.3g} GFLOP/s, {c.bytes_per_s / 1e9:.3g} "
-            f"GB/s, call {c.call_overhead_s * 1e6:.3g} µs) on "
+            f"GB/s, call {c.call_overhead_s * 1e6:.3g} µs, kernel "
+            f"{c.kernel_s * 1e6:.3g} µs, iteration "
+            f"{c.loop_iteration_s * 1e6:.3g} µs) on "
             f"{c.platform}:{c.device_kind}")
 
 
