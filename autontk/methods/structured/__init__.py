@@ -19,7 +19,8 @@ from autontk._options import Implementation
 from autontk._problem import NtkProblem
 from autontk.methods import register
 from autontk.methods.structured import rules  # noqa: F401  (registers rules)
-from autontk.methods.structured.contraction import pair_kernel
+from autontk.methods.structured.contraction import (PairLayout, PairSide,
+                                                    pair_kernel)
 from autontk.methods.structured.interpreter import SideSpec, analyse
 from autontk.methods.structured.rule_table import MissingRuleError
 
@@ -78,6 +79,33 @@ def _reaches(use, cots, leaf: int) -> bool:
       bool(use.identity) and use.identity[leaf] is not None)
 
 
+def _leaf_kernel(problem: NtkProblem, leaf: int, sides,
+                 config: StructuredConfig) -> jax.Array:
+  """Σ over pairs of uses of the same parameter, one output leaf."""
+  (spec1, arrays1), (spec2, arrays2) = sides
+  dtype = problem.kernel_dtype(leaf)
+  shape1 = tuple(problem.out1[leaf].shape)
+  shape2 = tuple(problem.out2[leaf].shape)
+  layouts = {}
+  total = jnp.zeros(problem.kernel_shape(leaf), dtype)
+  for u1, (cots1, f1) in zip(spec1.uses, arrays1):
+    if not _reaches(u1, cots1, leaf):
+      continue
+    side1 = PairSide(u1, cots1[leaf], f1, shape1)
+    for u2, (cots2, f2) in zip(spec2.uses, arrays2):
+      if u2.param != u1.param or not _reaches(u2, cots2, leaf):
+        continue
+      if u1.param not in layouts:
+        layouts[u1.param] = PairLayout(
+            problem.axes[leaf],
+            None if problem.vmap is None else problem.vmap.out_axes[leaf],
+            leaf, tuple(problem.theta[u1.param].shape), dtype,
+            config.precision, config.optimize)
+      total = total + pair_kernel(side1, PairSide(u2, cots2[leaf], f2, shape2),
+                                  layouts[u1.param])
+  return total / problem.axes[leaf].trace_size(shape1)
+
+
 @register(Implementation.STRUCTURED_DERIVATIVES, StructuredConfig)
 def compute(problem: NtkProblem,
             config: StructuredConfig | None = None) -> list[jax.Array]:
@@ -92,31 +120,10 @@ def compute(problem: NtkProblem,
     traced axes' size.
   """
   config = config or StructuredConfig()
-  spec1, arrays1 = _side(problem, 1, config)
-  if problem.same_inputs:
-    spec2, arrays2 = spec1, arrays1
-  else:
-    spec2, arrays2 = _side(problem, 2, config)
-
-  kernels = []
-  for leaf, axes in enumerate(problem.axes):
-    dtype = problem.kernel_dtype(leaf)
-    batch_axis = (None if problem.vmap is None else
-                  problem.vmap.out_axes[leaf])
-    total = jnp.zeros(problem.kernel_shape(leaf), dtype)
-    for u1, (cots1, f1) in zip(spec1.uses, arrays1):
-      if not _reaches(u1, cots1, leaf):
-        continue
-      for u2, (cots2, f2) in zip(spec2.uses, arrays2):
-        if u2.param != u1.param or not _reaches(u2, cots2, leaf):
-          continue
-        total = total + pair_kernel(
-            u1, (cots1[leaf], f1), u2, (cots2[leaf], f2), axes, batch_axis,
-            problem.theta[u1.param].shape, dtype, config.precision,
-            config.optimize, leaf, problem.out1[leaf].shape,
-            problem.out2[leaf].shape)
-    kernels.append(total / axes.trace_size(problem.out1[leaf].shape))
-  return kernels
+  side1 = _side(problem, 1, config)
+  side2 = side1 if problem.same_inputs else _side(problem, 2, config)
+  return [_leaf_kernel(problem, leaf, (side1, side2), config)
+          for leaf in range(len(problem.axes))]
 
 
 __all__ = ["StructuredConfig", "MissingRuleError", "compute"]

@@ -82,33 +82,23 @@ def _summed(lineages: Sequence[Lineage], signs: Sequence[float]) -> Lineage:
                        if k not in other), frozenset(other))
 
 
-# Primitives through which a tangent passes unchanged (up to sign), keyed by
-# object: sign of each input.
-_ADDITIVE = {
-    p: signs for p, signs in (
-        (_compat.primitives.add_p, (1.0, 1.0)),
-        (_compat.ADD_ANY, (1.0, 1.0)),
-        (_compat.primitives.sub_p, (1.0, -1.0)),
-        (_compat.primitives.neg_p, (-1.0,)),
-        (_compat.primitives.convert_element_type_p, (1.0,)),
-        (_compat.primitives.copy_p, (1.0,)),
-    ) if p is not None
-}
-
-
-# Primitives that only add or drop size-1 axes when their input and output
-# have the same non-unit shape: entries pass through unchanged.
-_UNIT_AXES = {p for p in (_compat.primitives.squeeze_p,
-                          _compat.primitives.reshape_p,
-                          _compat.primitives.broadcast_in_dim_p)}
-
-
-_PARAM_PASS_THROUGH = _compat.PASS_THROUGH | {
-    _compat.primitives.convert_element_type_p}
-
-
 def _non_unit(shape) -> tuple[int, ...]:
   return tuple(d for d in shape if d != 1)
+
+
+def _passes_signed(eqn) -> tuple[float, ...] | None:
+  """Per input, its sign if the output is a signed sum of the inputs with
+  unchanged entries (see :class:`rule_table.PrimitiveFacts`), else ``None``."""
+  facts = rule_table.facts(eqn.primitive)
+  out_shape = _non_unit(eqn.outvars[0].aval.shape)
+  if facts.additive is not None:
+    if all(_non_unit(v.aval.shape) == out_shape for v in eqn.invars):
+      return facts.additive
+    return None
+  if facts.unit_axes and eqn.invars:
+    if _non_unit(eqn.invars[0].aval.shape) == out_shape:
+      return (1.0,) + (0.0,) * (len(eqn.invars) - 1)
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +163,7 @@ class _Walk:
     if body is not None:
       jaxpr, consts = body
       return self.run(jaxpr, consts, ins)
-    if (eqn.primitive in _PARAM_PASS_THROUGH and len(ins) == 1 and
+    if (rule_table.facts(eqn.primitive).passes_param and len(ins) == 1 and
         isinstance(ins[0], _Param) and _inexact(eqn.outvars[0].aval)):
       # y = θ (placed or cast, e.g. mixed precision): y's uses are θ's uses,
       # so the layer that consumes it keeps its structure.
@@ -196,14 +186,8 @@ class _Walk:
 
   def _lineage(self, eqn, ins: list, probe_index: int | None) -> Lineage:
     lins = [x.lineage for x in ins if isinstance(x, _Lin)]
-    signs = _ADDITIVE.get(eqn.primitive)
-    same_shape = all(_non_unit(v.aval.shape) ==
-                     _non_unit(eqn.outvars[0].aval.shape) for v in eqn.invars)
-    if signs is None and eqn.primitive in _UNIT_AXES and len(ins) >= 1:
-      if _non_unit(eqn.invars[0].aval.shape) == _non_unit(
-          eqn.outvars[0].aval.shape):
-        signs, same_shape = (1.0,) + (0.0,) * (len(ins) - 1), True
-    if signs is not None and same_shape and len(eqn.outvars) == 1:
+    signs = _passes_signed(eqn) if len(eqn.outvars) == 1 else None
+    if signs is not None:
       pairs = [(x.lineage, sg) for x, sg in zip(ins, signs)
                if isinstance(x, _Lin)]
       out = _summed([l for l, _ in pairs], [sg for _, sg in pairs])
@@ -337,6 +321,152 @@ def _factor_array(f: Factor | IndexFactor) -> jax.Array:
   return f.indices if isinstance(f, IndexFactor) else f.array
 
 
+@dataclasses.dataclass(frozen=True)
+class _OutputLayout:
+  """The output leaves that depend on θ, flattened into one cotangent basis.
+
+  Attributes:
+    avals: every output leaf's abstract value.
+    live: indices of the leaves that depend on θ.
+  """
+
+  avals: tuple[Any, ...]
+  live: tuple[int, ...]
+
+  @property
+  def sizes(self) -> list[int]:
+    return [math.prod(self.avals[i].shape) for i in self.live]
+
+  def basis(self) -> list[jax.Array]:
+    """Per live leaf, the identity rows of that leaf: ``(total,) + shape``."""
+    total = sum(self.sizes)
+    dtype = jnp.result_type(*[self.avals[i].dtype for i in self.live])
+    eye = jnp.eye(total, dtype=dtype)
+    basis, off = [], 0
+    for i, n in zip(self.live, self.sizes):
+      aval = self.avals[i]
+      basis.append(eye[:, off:off + n].reshape((total,) + aval.shape)
+                   .astype(aval.dtype))
+      off += n
+    return basis
+
+  def per_leaf(self, mapped: jax.Array, skip=()) -> list:
+    """Splits rows of ``mapped`` (one per basis entry) into output leaves;
+    leaves in ``skip`` and dead leaves are ``None``."""
+    out, off = [None] * len(self.avals), 0
+    for i, n in zip(self.live, self.sizes):
+      if i not in skip:
+        out[i] = mapped[off:off + n].reshape(self.avals[i].shape +
+                                             mapped.shape[1:])
+      off += n
+    return out
+
+
+def _probe_cotangents(closed, walk: _Walk, params: list, theta_avals,
+                      layout: _OutputLayout) -> list[list[jax.Array]]:
+  """Per probe, ``∂out/∂probe`` (one row per live output entry)."""
+  probe_avals = walk.probe_avals
+  flat_avals = [jax.ShapeDtypeStruct(a.shape, a.dtype)
+                for avals in probe_avals for a in avals]
+  splits = [len(avals) for avals in probe_avals]
+
+  def probed(*flat):
+    it = iter(flat)
+    probes = [[next(it) for _ in range(n)] for n in splits]
+    w = _Walk(probes, walk.constants)
+    res = w.outputs(w.run(closed.jaxpr, closed.consts, params), theta_avals)
+    return [res[i].value for i in layout.live]
+
+  try:
+    transpose = jax.linear_transpose(probed, *flat_avals)
+    cots_flat = jax.vmap(transpose)(layout.basis())
+  except rule_table._NOT_TRANSPOSABLE:  # noqa: SLF001
+    # A loop JAX cannot transpose (``while``): forward mode, one JVP per
+    # probe entry, is exact too.
+    cots_flat = _forward_cotangents(probed, flat_avals, layout)
+  cots, pos = [], 0
+  for n in splits:
+    cots.append(cots_flat[pos:pos + n])
+    pos += n
+  return cots
+
+
+def _reach(outs: list, layout: _OutputLayout,
+           k: int) -> tuple[set[int], dict[int, float]]:
+  """Leaves probe ``k`` does not reach, and those it reaches as identity."""
+  absent, ident = set(), {}
+  for i in layout.live:
+    lineage = outs[i].lineage
+    if k not in lineage.keys():
+      absent.add(i)
+    elif k not in lineage.other:
+      ident[i] = dict(lineage.ident)[k]
+  return absent, ident
+
+
+def _structure(use: Use, theta_avals, config) -> tuple[Structure, str]:
+  if use.ctx is None:
+    return dense(len(theta_avals[use.param].shape)), "identity"
+  s = rule_table.resolve(use.ctx, config.structure_rules,
+                         config.jacobian_rules, config.strict)
+  return s, str(use.ctx.primitive)
+
+
+@dataclasses.dataclass
+class _Collected:
+  """Uses resolved to arrays: dense ones summed per parameter."""
+
+  dense: dict[int, jax.Array] = dataclasses.field(default_factory=dict)
+  dense_names: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+  structured: list[tuple[UseSpec, list, Any, set]] = dataclasses.field(
+      default_factory=list)
+
+  def add_dense(self, param: int, mapped: jax.Array, name: str) -> None:
+    # Uses whose Jacobian is materialised anyway are summed first: their
+    # pairs then cost one contraction per parameter.
+    self.dense[param] = (mapped if param not in self.dense else
+                         self.dense[param] + mapped)
+    self.dense_names.setdefault(param, []).append(name)
+
+
+def _collect_use(use: Use, c: list, outs: list, layout: _OutputLayout,
+                 theta_avals, config, into: _Collected) -> None:
+  s, name = _structure(use, theta_avals, config)
+  single = c[0] if len(c) == 1 and (use.ctx is None or
+                                    not use.ctx.primitive.multiple_results
+                                    ) else tuple(c)
+  absent, ident = _reach(outs, layout, use.probe)
+  factors = [_factor_array(f) for f in s.factors]
+  if ident and s.cot_map is None and len(c) == 1:
+    identity = tuple(ident.get(i) for i in range(len(outs)))
+    out_shape = (tuple(theta_avals[use.param].shape) if use.ctx is None
+                 else tuple(use.ctx.out_aval.shape))
+    u = dataclasses.replace(_spec_of(s, use.param, name), identity=identity,
+                            out_shape=out_shape)
+    into.structured.append((u, factors, single, absent | set(ident)))
+    return
+  mapped = single if s.cot_map is None else jax.vmap(s.cot_map)(single)
+  if s.is_dense:
+    into.add_dense(use.param, mapped, name)
+  else:
+    into.structured.append((_spec_of(s, use.param, name), factors, mapped,
+                            absent))
+
+
+def _assemble(collected: _Collected, layout: _OutputLayout, theta_avals,
+              spec: SideSpec) -> list[tuple[list, list]]:
+  result = []
+  for p, mapped in sorted(collected.dense.items()):
+    labels = tuple(range(len(theta_avals[p].shape)))
+    spec.uses.append(UseSpec(p, labels, labels, (),
+                             "+".join(collected.dense_names[p])))
+    result.append((layout.per_leaf(mapped), []))
+  for u, factors, mapped, skip in collected.structured:
+    spec.uses.append(u)
+    result.append((layout.per_leaf(mapped, skip), factors))
+  return result
+
+
 def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
             config: Any, spec: SideSpec) -> list[tuple[list, list]]:
   """Structured Jacobian pieces of ``fun(*theta)`` (a list of output leaves).
@@ -359,125 +489,32 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
   spec.live.clear()
   theta = tuple(theta)
   closed = _compat.linear_jaxpr(fun, theta)
-  jaxpr = closed.jaxpr
-  theta_avals = [v.aval for v in jaxpr.invars]
+  theta_avals = [v.aval for v in closed.jaxpr.invars]
   params = [_Param(i) for i in range(len(theta))]
 
   walk = _Walk()
-  outs = walk.outputs(walk.run(jaxpr, closed.consts, params), theta_avals)
+  outs = walk.outputs(walk.run(closed.jaxpr, closed.consts, params),
+                      theta_avals)
   live = [isinstance(o, _Lin) and o.value is _LIVE for o in outs]
   spec.live.extend(live)
-  out_avals = [v.aval for v in jaxpr.outvars]
   if not walk.uses or not any(live):
     return []
-
-  probe_avals = walk.probe_avals
-  flat_avals = [jax.ShapeDtypeStruct(a.shape, a.dtype)
-                for avals in probe_avals for a in avals]
-  splits = [len(avals) for avals in probe_avals]
-
-  def probed(*flat):
-    it = iter(flat)
-    probes = [[next(it) for _ in range(n)] for n in splits]
-    w = _Walk(probes, walk.constants)
-    res = w.outputs(w.run(jaxpr, closed.consts, params), theta_avals)
-    return [res[i].value for i in range(len(res)) if live[i]]
-
-  live_idx = [i for i in range(len(outs)) if live[i]]
-  sizes = [math.prod(out_avals[i].shape) for i in live_idx]
-  total = sum(sizes)
-  dtype = jnp.result_type(*[out_avals[i].dtype for i in live_idx])
-  eye = jnp.eye(total, dtype=dtype)
-  basis, off = [], 0
-  for i, n in zip(live_idx, sizes):
-    basis.append(eye[:, off:off + n].reshape((total,) + out_avals[i].shape)
-                 .astype(out_avals[i].dtype))
-    off += n
-  try:
-    transpose = jax.linear_transpose(probed, *flat_avals)
-    cots_flat = jax.vmap(lambda b: transpose(b))(basis)
-  except rule_table._NOT_TRANSPOSABLE:  # noqa: SLF001
-    # A loop JAX cannot transpose (``while``): forward mode, one JVP per
-    # probe entry, is exact too.
-    cots_flat = _forward_cotangents(probed, flat_avals, live_idx, out_avals)
-  cots, pos = [], 0
-  for n in splits:
-    cots.append(cots_flat[pos:pos + n])
-    pos += n
-
-  def per_leaf(mapped: jax.Array, skip=()) -> list:
-    out, off = [None] * len(outs), 0
-    for i, n in zip(live_idx, sizes):
-      if i not in skip:
-        out[i] = mapped[off:off + n].reshape(out_avals[i].shape +
-                                             mapped.shape[1:])
-      off += n
-    return out
-
-  def reach(k: int) -> tuple[set[int], dict[int, float]]:
-    """Leaves probe ``k`` does not reach, and those it reaches as identity."""
-    absent, ident = set(), {}
-    for i in live_idx:
-      lineage = outs[i].lineage
-      if k not in lineage.keys():
-        absent.add(i)
-      elif k not in lineage.other:
-        ident[i] = dict(lineage.ident)[k]
-    return absent, ident
-
-  merged: dict[int, jax.Array] = {}
-  merged_names: dict[int, list[str]] = {}
-  structured: list[tuple[UseSpec, list]] = []
+  layout = _OutputLayout(tuple(v.aval for v in closed.jaxpr.outvars),
+                         tuple(i for i, l in enumerate(live) if l))
+  cots = _probe_cotangents(closed, walk, params, theta_avals, layout)
+  collected = _Collected()
   for use in walk.uses:
-    c = cots[use.probe]
-    if use.ctx is None:
-      s, name = dense(len(theta_avals[use.param].shape)), "identity"
-    else:
-      s = rule_table.resolve(use.ctx, config.structure_rules,
-                             config.jacobian_rules, config.strict)
-      name = str(use.ctx.primitive)
-    single = c[0] if len(c) == 1 and (use.ctx is None or
-                                      not use.ctx.primitive.multiple_results
-                                      ) else tuple(c)
-    absent, ident = reach(use.probe)
-    if ident and s.cot_map is None and len(c) == 1:
-      identity = tuple(ident.get(i) for i in range(len(outs)))
-      out_shape = (tuple(theta_avals[use.param].shape) if use.ctx is None
-                   else tuple(use.ctx.out_aval.shape))
-      u = dataclasses.replace(_spec_of(s, use.param, name), identity=identity,
-                              out_shape=out_shape)
-      structured.append((u, [_factor_array(f) for f in s.factors], single,
-                         absent | set(ident)))
-      continue
-    mapped = single if s.cot_map is None else jax.vmap(s.cot_map)(single)
-    if s.is_dense:
-      # Uses whose Jacobian is materialised anyway are summed first: their
-      # pairs then cost one contraction per parameter.
-      merged[use.param] = (mapped if use.param not in merged else
-                           merged[use.param] + mapped)
-      merged_names.setdefault(use.param, []).append(name)
-      continue
-    structured.append((_spec_of(s, use.param, name),
-                       [_factor_array(f) for f in s.factors], mapped, absent))
-
-  result = []
-  for p, mapped in sorted(merged.items()):
-    labels = tuple(range(len(theta_avals[p].shape)))
-    spec.uses.append(UseSpec(p, labels, labels, (),
-                             "+".join(merged_names[p])))
-    result.append((per_leaf(mapped), []))
-  for u, factors, mapped, skip in structured:
-    spec.uses.append(u)
-    result.append((per_leaf(mapped, skip), factors))
-  return result
+    _collect_use(use, cots[use.probe], outs, layout, theta_avals, config,
+                 collected)
+  return _assemble(collected, layout, theta_avals, spec)
 
 
-def _forward_cotangents(probed, flat_avals, live_idx, out_avals) -> list:
+def _forward_cotangents(probed, flat_avals, layout: _OutputLayout) -> list:
   zeros = [jnp.zeros(a.shape, a.dtype) for a in flat_avals]
   jac = jax.jacfwd(probed, argnums=tuple(range(len(zeros))))(*zeros)
   cots = []
   for k, a in enumerate(flat_avals):
-    rows = [jac[j][k].reshape((math.prod(out_avals[i].shape),) + a.shape)
-            for j, i in enumerate(live_idx)]
+    rows = [jac[j][k].reshape((n,) + a.shape)
+            for j, n in enumerate(layout.sizes)]
     cots.append(jnp.concatenate(rows, axis=0))
   return cots

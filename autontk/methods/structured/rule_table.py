@@ -1,13 +1,21 @@
 """The rule table: one record per primitive, keyed by the primitive object.
 
-A record holds an optional *structure rule* (``UseContext -> Structure`` or
-``None`` when the rule does not cover these parameters) and an optional
-*Jacobian rule* (``UseContext -> cotangent map`` giving the materialised
-Jacobian of the use, cheaper than the generic transpose). Rules are
-registered right below their definitions in :mod:`.rules`. Any primitive
-without an applicable rule takes :func:`generic`: the exact Jacobian of the
-use through ``jax.linear_transpose`` of the primitive, logged once per
-primitive (``strict=True`` raises instead).
+A record holds everything the method knows about one primitive:
+
+* an optional *structure rule* (``UseContext -> Structure`` or ``None`` when
+  the rule does not cover these parameters);
+* an optional *Jacobian rule* (``UseContext -> cotangent map`` giving the
+  materialised Jacobian of the use, cheaper than the generic transpose);
+* facts the interpreter uses while walking the linearised network
+  (:class:`PrimitiveFacts`): whether tangents pass through it as a signed
+  sum, whether it only adds or drops size-1 axes, whether a parameter
+  passes through it as itself.
+
+Rules and facts are registered right below their definitions in
+:mod:`.rules`. Any primitive without an applicable rule takes
+:func:`generic`: the exact Jacobian of the use through
+``jax.linear_transpose`` of the primitive, logged once per primitive
+(``strict=True`` raises instead).
 """
 
 from __future__ import annotations
@@ -81,14 +89,44 @@ class UseContext:
     return outs if self.primitive.multiple_results else outs[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class PrimitiveFacts:
+  """What the interpreter may assume about a primitive's tangents.
+
+  Attributes:
+    additive: per input, the sign with which it enters the output when the
+      output is a signed sum of its inputs (``add``: ``(1, 1)``, ``sub``:
+      ``(1, -1)``, ``neg``: ``(-1,)``, casts and copies: ``(1,)``);
+      ``None`` otherwise. Used to tell when a network output *is* a use's
+      output (its cotangent is then the identity and is never stored).
+    unit_axes: the primitive only adds or drops size-1 axes when its first
+      input and its output have the same non-unit shape (``squeeze``,
+      ``reshape``, ``broadcast_in_dim``): entries pass through unchanged.
+    passes_param: ``y = prim(θ)`` is θ itself (placed or cast), so the uses
+      of ``y`` are uses of θ and keep their structure.
+  """
+
+  additive: tuple[float, ...] | None = None
+  unit_axes: bool = False
+  passes_param: bool = False
+
+
 @dataclasses.dataclass
 class RuleRecord:
+  """Everything known about one primitive (see the module docstring)."""
+
   primitive: Any
   structure: StructureRule | None = None
   jacobian: JacobianRule | None = None
+  facts: PrimitiveFacts = PrimitiveFacts()
+
+  @property
+  def has_rule(self) -> bool:
+    return self.structure is not None or self.jacobian is not None
 
 
 RULES: dict[Any, RuleRecord] = {}
+_NO_FACTS = PrimitiveFacts()
 
 
 def _record(primitive) -> RuleRecord:
@@ -113,6 +151,21 @@ def jacobian_rule(*primitives):
       _record(p).jacobian = rule
     return rule
   return wrap
+
+
+def register_facts(*primitives, additive: tuple[float, ...] | None = None,
+                   unit_axes: bool = False,
+                   passes_param: bool = False) -> None:
+  """Records :class:`PrimitiveFacts` for primitives (``None`` ones skipped)."""
+  facts = PrimitiveFacts(additive, unit_axes, passes_param)
+  for p in primitives:
+    _record(p).facts = facts
+
+
+def facts(primitive) -> PrimitiveFacts:
+  """The facts registered for ``primitive`` (none known: all off)."""
+  record = RULES.get(primitive)
+  return _NO_FACTS if record is None else record.facts
 
 
 class MissingRuleError(NotImplementedError):
@@ -171,7 +224,7 @@ def resolve(ctx: UseContext, structure_rules: bool = True,
       if cot_map is not None:
         return dense(len(ctx.theta_aval.shape), cot_map)
   if structure_rules or jacobian_rules:
-    what = ("has no rule" if record is None else
+    what = ("has no rule" if record is None or not record.has_rule else
             "has no rule for these parameters")
     if strict:
       raise MissingRuleError(
@@ -187,6 +240,7 @@ def resolve(ctx: UseContext, structure_rules: bool = True,
 
 
 def registered() -> dict[Any, RuleRecord]:
-  """All records, after loading every rule module."""
-  from autontk.methods.structured import rules  # noqa: F401
-  return dict(RULES)
+  """Records with a structure or Jacobian rule (importing this package
+  loads every rule module; records holding only facts are in
+  :data:`RULES`)."""
+  return {p: r for p, r in RULES.items() if r.has_rule}

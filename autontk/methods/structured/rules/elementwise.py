@@ -12,9 +12,10 @@ import jax.numpy as jnp
 
 from autontk import _compat
 from autontk._compat import primitives as P
-from autontk.methods.structured.rule_table import UseContext, structure_rule
+from autontk.methods.structured.rule_table import (UseContext,
+                                                   register_facts,
+                                                   structure_rule)
 from autontk.methods.structured.structure import Structure, dense
-
 
 
 def _identity(ctx: UseContext, sign: float = 1.0) -> Structure:
@@ -33,6 +34,15 @@ def identity_structure(ctx: UseContext) -> Structure | None:
   return _identity(ctx) if _same_shape(ctx) else None
 
 
+register_facts(P.add_p, _compat.ADD_ANY, additive=(1.0, 1.0))
+register_facts(P.copy_p, additive=(1.0,))
+# A cast parameter (mixed precision) is the parameter: its uses keep their
+# structure.
+register_facts(P.convert_element_type_p, additive=(1.0,), passes_param=True)
+# Placement hints return their input unchanged.
+register_facts(*_compat.PASS_THROUGH, passes_param=True)
+
+
 @structure_rule(P.sub_p)
 def sub_structure(ctx: UseContext) -> Structure | None:
   if not _same_shape(ctx):
@@ -40,9 +50,15 @@ def sub_structure(ctx: UseContext) -> Structure | None:
   return _identity(ctx, -1.0 if ctx.position == 1 else 1.0)
 
 
+register_facts(P.sub_p, additive=(1.0, -1.0))
+
+
 @structure_rule(P.neg_p)
 def neg_structure(ctx: UseContext) -> Structure | None:
   return _identity(ctx, -1.0)
+
+
+register_facts(P.neg_p, additive=(-1.0,))
 
 
 def _scaled(ctx: UseContext, scale) -> Structure | None:

@@ -17,10 +17,10 @@ from jax import lax
 
 from autontk._compat import primitives as P
 from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
+                                                   register_facts,
                                                    structure_rule)
 from autontk.methods.structured.structure import (IndexFactor, Structure,
                                                   dropping_axes)
-
 
 
 @structure_rule(P.broadcast_in_dim_p)
@@ -39,6 +39,9 @@ def broadcast_in_dim_structure(ctx: UseContext) -> Structure:
   return Structure(tuple(range(len(t_shape))), tuple(y_labels))
 
 
+register_facts(P.broadcast_in_dim_p, unit_axes=True)
+
+
 @structure_rule(P.transpose_p)
 def transpose_structure(ctx: UseContext) -> Structure:
   perm = tuple(ctx.params["permutation"])
@@ -50,10 +53,16 @@ def squeeze_structure(ctx: UseContext) -> Structure:
   return dropping_axes(len(ctx.theta_aval.shape), ctx.params["dimensions"])
 
 
+register_facts(P.squeeze_p, unit_axes=True)
+
+
 @jacobian_rule(P.reshape_p)
 def reshape_jacobian(ctx: UseContext):
   shape = ctx.theta_aval.shape
   return lambda c: c.reshape(shape)
+
+
+register_facts(P.reshape_p, unit_axes=True)
 
 
 @jacobian_rule(P.rev_p)
