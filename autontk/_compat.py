@@ -12,6 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
+# Dead-code elimination of jaxprs (to find loop counters and indices known at
+# trace time) has no public home.
+from jax._src.interpreters import partial_eval as _pe
 from jax.extend import core as jex_core
 from jax.extend.core import primitives as jex_primitives
 
@@ -98,10 +102,75 @@ def linear_jaxpr(fun, primals) -> ClosedJaxpr:
   """The jaxpr of ``fun``'s linearisation at ``primals`` (a tuple).
 
   Its invars are the tangents of ``primals``; its consts are the residuals
-  (tracers when called under an outer transformation such as ``vmap``).
+  (tracers when called under an outer transformation such as ``vmap``),
+  except integer and boolean residuals that do not depend on ``primals`` or
+  on anything traced (loop counters, constant indices): those are concrete
+  NumPy arrays, so the interpreter can read them at trace time.
   """
-  _, lin = jax.linearize(fun, *primals)
-  return jax.make_jaxpr(lin)(*primals)
+  box = []
+
+  def residuals(*p):
+    _, lin = jax.linearize(fun, *p)
+    closed = jax.make_jaxpr(lin)(*p)
+    box.append(closed.jaxpr)
+    return list(closed.consts)
+
+  res = jax.make_jaxpr(residuals)(*primals)
+  values = jax.core.eval_jaxpr(res.jaxpr, res.consts, *primals)
+  for i, known in _known_outputs(res).items():
+    values[i] = known
+  return ClosedJaxpr(box[-1], values)
+
+
+def _known_outputs(closed: ClosedJaxpr) -> dict[int, np.ndarray]:
+  """Integer/boolean outputs of ``closed`` computable at trace time: from
+  literals and from consts that are concrete arrays only."""
+  jaxpr = closed.jaxpr
+  ints = [i for i, v in enumerate(jaxpr.outvars)
+          if not isinstance(v, Literal) and
+          not np.issubdtype(v.aval.dtype, np.inexact)]
+  if not ints:
+    return {}
+  known_consts = [concrete(c) for c in closed.consts]
+  as_inputs = _pe.convert_constvars_jaxpr(jaxpr)
+  n_consts, n = len(jaxpr.constvars), len(jaxpr.outvars)
+
+  def known(outputs: list[int]) -> list[np.ndarray] | None:
+    used = [i in outputs for i in range(n)]
+    dced, used_inputs = _pe.dce_jaxpr(as_inputs, used)
+    args = []
+    for i, u in enumerate(used_inputs):
+      if not u:
+        continue
+      if i >= n_consts or known_consts[i] is None:
+        return None
+      args.append(known_consts[i])
+    with jax.ensure_compile_time_eval():
+      return [np.asarray(v) for v in jax.core.eval_jaxpr(dced, [], *args)]
+
+  together = known(ints)
+  if together is not None:
+    return dict(zip(ints, together))
+  out = {}
+  for i in ints:
+    one = known([i])
+    if one is not None:
+      out[i] = one[0]
+  return out
+
+
+def concrete(value: Any) -> np.ndarray | None:
+  """``value`` as a NumPy array if it is known at trace time, else None."""
+  if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+    return np.asarray(value)
+  if isinstance(value, jax.Array) and not is_tracer(value):
+    return np.asarray(value)
+  return None
+
+
+def compile_time_eval():
+  """Evaluates JAX operations on known values now, even under ``jit``."""
+  return jax.ensure_compile_time_eval()
 
 
 def is_tracer(v: Any) -> bool:

@@ -20,7 +20,8 @@ from autontk._problem import NtkProblem
 from autontk.methods import register
 from autontk.methods.structured import rules  # noqa: F401  (registers rules)
 from autontk.methods.structured.contraction import (PairLayout, PairSide,
-                                                    pair_kernel)
+                                                    pair_kernel, restrict)
+from autontk.methods.structured.regions import align
 from autontk.methods.structured.interpreter import SideSpec, analyse
 from autontk.methods.structured.rule_table import MissingRuleError
 
@@ -39,6 +40,14 @@ class StructuredConfig:
     precision: ``jax.lax.Precision`` of the contractions (``None``: backend
       default).
     optimize: ``jnp.einsum``'s contraction-path strategy.
+    views: treat a parameter seen through static slices, known indices or
+      transposes as sub-parameters, so the layer consuming a slice keeps
+      its structure and uses of disjoint slices are never paired (off:
+      such a view is a use with a materialised Jacobian).
+    loops: walk ``scan`` bodies and ``cond`` branches that use parameters
+      with the rules, a parameter stacked along a scan being one
+      sub-parameter per iteration (off: the loop is one use with the
+      generic Jacobian).
 
   >>> import jax.numpy as jnp, autontk
   >>> from autontk._plan import Plan
@@ -56,6 +65,8 @@ class StructuredConfig:
   strict: bool = False
   precision: str | None = None
   optimize: str = "auto"
+  views: bool = True
+  loops: bool = True
 
 
 def _side(problem: NtkProblem, which: int, config: StructuredConfig):
@@ -81,12 +92,19 @@ def _reaches(use, cots, leaf: int) -> bool:
 
 def _leaf_kernel(problem: NtkProblem, leaf: int, sides,
                  config: StructuredConfig) -> jax.Array:
-  """Σ over pairs of uses of the same parameter, one output leaf."""
+  """Σ over pairs of uses of the same parameter, one output leaf.
+
+  Uses of disjoint regions of a leaf (different slices) are never paired;
+  uses of overlapping ones are restricted to their common entries.
+  """
   (spec1, arrays1), (spec2, arrays2) = sides
   dtype = problem.kernel_dtype(leaf)
   shape1 = tuple(problem.out1[leaf].shape)
   shape2 = tuple(problem.out2[leaf].shape)
-  layouts = {}
+  base = PairLayout(
+      problem.axes[leaf],
+      None if problem.vmap is None else problem.vmap.out_axes[leaf], leaf,
+      (), dtype, config.precision, config.optimize)
   total = jnp.zeros(problem.kernel_shape(leaf), dtype)
   for u1, (cots1, f1) in zip(spec1.uses, arrays1):
     if not _reaches(u1, cots1, leaf):
@@ -95,14 +113,14 @@ def _leaf_kernel(problem: NtkProblem, leaf: int, sides,
     for u2, (cots2, f2) in zip(spec2.uses, arrays2):
       if u2.param != u1.param or not _reaches(u2, cots2, leaf):
         continue
-      if u1.param not in layouts:
-        layouts[u1.param] = PairLayout(
-            problem.axes[leaf],
-            None if problem.vmap is None else problem.vmap.out_axes[leaf],
-            leaf, tuple(problem.theta[u1.param].shape), dtype,
-            config.precision, config.optimize)
-      total = total + pair_kernel(side1, PairSide(u2, cots2[leaf], f2, shape2),
-                                  layouts[u1.param])
+      common = align(u1.region, u2.region)
+      if common is None:
+        continue  # disjoint slices of the leaf
+      layout = dataclasses.replace(base, theta_shape=common.sizes)
+      side2 = PairSide(u2, cots2[leaf], f2, shape2)
+      total = total + pair_kernel(restrict(side1, common.positions1, layout),
+                                  restrict(side2, common.positions2, layout),
+                                  layout)
   return total / problem.axes[leaf].trace_size(shape1)
 
 

@@ -7,19 +7,26 @@ label on both sides, so it is folded into the contraction rather than
 applied afterwards. Under ``vmap_axes`` every operand carries the example
 axis first, labelled as the output's batch axis. ``jnp.einsum`` picks the
 contraction order for cost (``optimize``).
+
+Two uses of different regions of one leaf (:mod:`.regions`) meet only on
+their common entries: :func:`restrict` cuts each side down to them first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import string
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from autontk._axes import LeafAxes
 from autontk.methods.structured.interpreter import UseSpec
+from autontk.methods.structured.regions import Indices
 
 _LETTERS = string.ascii_letters
 
@@ -233,6 +240,67 @@ def pair_kernel(side1: PairSide, side2: PairSide,
   if len(unique) < len(out):
     result = _spread_merged(result, reps, unique, labels, layout)
   return result if ops.sign == 1.0 else ops.sign * result
+
+
+def _take(arr: jax.Array, axis: int, positions: Indices) -> jax.Array:
+  if isinstance(positions, range) and positions.step > 0:
+    return lax.slice_in_dim(arr, positions.start, positions.stop,
+                            positions.step, axis)
+  return jnp.take(arr, np.asarray(positions, np.int32), axis=axis)
+
+
+def _identity_cot(side: PairSide, layout: PairLayout) -> PairSide:
+  """An identity cotangent, materialised (only needed to restrict it)."""
+  u = side.use
+  b = layout.batch_axis
+  a_shape = [side.shape[i] for i in range(layout.axes.ndim) if i != b]
+  eye = u.identity[layout.leaf] * jnp.eye(math.prod(a_shape),
+                                          dtype=layout.dtype)
+  cot = eye.reshape(tuple(a_shape) + tuple(u.out_shape))
+  if b is not None:
+    cot = jnp.broadcast_to(cot, (side.shape[b],) + cot.shape)
+  return PairSide(dataclasses.replace(u, identity=()), cot, side.factors,
+                  side.shape)
+
+
+def restrict(side: PairSide, positions: Sequence[Indices | None],
+             layout: PairLayout) -> PairSide:
+  """The side cut down to ``positions`` (per leaf axis, ``None``: all)."""
+  if all(p is None for p in positions):
+    return side
+  u = side.use
+  if u.identity and u.identity[layout.leaf] is not None:
+    side = _identity_cot(side, layout)
+  batched = layout.batch_axis is not None
+  cot, factors = side.cot, list(side.factors)
+  for k, pos in enumerate(positions):
+    if pos is None:
+      continue
+    label = u.theta_labels[k]
+    for i, l in enumerate(u.cot_labels):
+      if l == label:
+        cot = _take(cot, layout.axes.ndim + i, pos)
+    for j, f in enumerate(u.factors):
+      if f.index_label == label:
+        factors[j] = _renumber(factors[j], pos, f.index_size)
+      for i, l in enumerate(f.labels):
+        if l == label:
+          factors[j] = _take(factors[j], int(batched) + i, pos)
+  sizes = {l: len(p) for l, p in zip(u.theta_labels, positions)
+           if p is not None}
+  fs = tuple(dataclasses.replace(f, index_size=sizes[f.index_label])
+             if f.index_label in sizes else f for f in u.factors)
+  return PairSide(dataclasses.replace(u, factors=fs), cot, factors,
+                  side.shape)
+
+
+def _renumber(indices: jax.Array, positions: Indices, size: int):
+  """Index-factor entries as positions among ``positions`` (-1: gone)."""
+  table = np.full((size,), -1, np.int32)
+  table[np.asarray(positions)] = np.arange(len(positions), dtype=np.int32)
+  ok = (indices >= 0) & (indices < size)
+  return jnp.where(ok, jnp.asarray(table)[jnp.clip(indices, 0, size - 1)],
+                   -1)
 
 
 def _einsum(operands, out_labels, dtype, precision, optimize) -> jax.Array:

@@ -6,6 +6,11 @@ A record holds everything the method knows about one primitive:
   the rule does not cover these parameters);
 * an optional *Jacobian rule* (``UseContext -> cotangent map`` giving the
   materialised Jacobian of the use, cheaper than the generic transpose);
+* an optional *view rule* (``UseContext -> ViewMap`` or ``None``): the
+  primitive applied to θ only selects or rearranges θ's entries (a slice,
+  an index, a transpose), so its output is a view of θ
+  (:mod:`.regions`) rather than a use; the rule sees the other inputs as
+  NumPy arrays when they are known at trace time (else ``None``);
 * facts the interpreter uses while walking the linearised network
   (:class:`PrimitiveFacts`): whether tangents pass through it as a signed
   sum, whether it only adds or drops size-1 axes, whether a parameter
@@ -28,12 +33,14 @@ import jax
 import jax.numpy as jnp
 
 from autontk import _compat
+from autontk.methods.structured.regions import ViewMap
 from autontk.methods.structured.structure import Structure, dense
 
 log = logging.getLogger("autontk.structured")
 
 StructureRule = Callable[["UseContext"], "Structure | None"]
 JacobianRule = Callable[["UseContext"], "Callable[[Any], jax.Array] | None"]
+ViewRule = Callable[["UseContext"], "ViewMap | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +125,13 @@ class RuleRecord:
   primitive: Any
   structure: StructureRule | None = None
   jacobian: JacobianRule | None = None
+  view: ViewRule | None = None
   facts: PrimitiveFacts = PrimitiveFacts()
 
   @property
   def has_rule(self) -> bool:
-    return self.structure is not None or self.jacobian is not None
+    return (self.structure is not None or self.jacobian is not None or
+            self.view is not None)
 
 
 RULES: dict[Any, RuleRecord] = {}
@@ -151,6 +160,23 @@ def jacobian_rule(*primitives):
       _record(p).jacobian = rule
     return rule
   return wrap
+
+
+def view_rule(*primitives):
+  """Registers a view rule (θ's entries selected or rearranged)."""
+  def wrap(rule: ViewRule) -> ViewRule:
+    for p in primitives:
+      _record(p).view = rule
+    return rule
+  return wrap
+
+
+def view_of(ctx: UseContext) -> ViewMap | None:
+  """The view ``ctx``'s equation makes of θ, if its primitive has one."""
+  record = RULES.get(ctx.primitive)
+  if record is None or record.view is None:
+    return None
+  return record.view(ctx)
 
 
 def register_facts(*primitives, additive: tuple[float, ...] | None = None,
