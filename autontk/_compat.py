@@ -159,6 +159,55 @@ def _known_outputs(closed: ClosedJaxpr) -> dict[int, np.ndarray]:
   return out
 
 
+def _pruned(closed: ClosedJaxpr, used_outputs: list[bool]):
+  """``closed`` reduced to the used outputs: ``(fn, used input indices)``
+  with ``fn(*used inputs)`` evaluating it."""
+  jaxpr = _pe.convert_constvars_jaxpr(closed.jaxpr)
+  dced, used = _pe.dce_jaxpr(jaxpr, used_outputs)
+  n_consts = len(closed.consts)
+  consts = [c for c, u in zip(closed.consts, used[:n_consts]) if u]
+  inputs = [i - n_consts for i, u in enumerate(used) if u and i >= n_consts]
+  return (lambda *args: jax.core.eval_jaxpr(dced, [], *consts, *args)), inputs
+
+
+def while_trip_count(eqn: JaxprEqn, inputs: list[Any],
+                     limit: int = 100_000) -> int | None:
+  """Iterations of a ``while`` equation, when known at trace time.
+
+  The carries the condition depends on (and those they depend on, through
+  the body) must start from known values and be computed from known
+  values; the loop is then run on them alone.
+  """
+  p = eqn.params
+  nc, nb = p["cond_nconsts"], p["body_nconsts"]
+  cond_consts, body_consts, init = inputs[:nc], inputs[nc:nc + nb], inputs[
+      nc + nb:]
+  cond, used_c = _pruned(p["cond_jaxpr"], [True])
+  carries = {i - nc for i in used_c if i >= nc}
+  while True:
+    used_out = [i in carries for i in range(len(init))]
+    body, used_b = _pruned(p["body_jaxpr"], used_out)
+    more = {i - nb for i in used_b if i >= nb} - carries
+    if not more:
+      break
+    carries |= more
+  known = [concrete(v) for v in cond_consts + body_consts + init]
+  if any(known[i] is None for i in used_c if i < nc) or any(
+      known[nc + i] is None for i in used_b if i < nb) or any(
+          known[nc + nb + j] is None for j in carries):
+    return None
+  order = sorted(carries)
+  state = {j: known[nc + nb + j] for j in order}
+  with jax.ensure_compile_time_eval():
+    for count in range(limit + 1):
+      args = [known[i] if i < nc else state[i - nc] for i in used_c]
+      if not bool(np.asarray(cond(*args)[0])):
+        return count
+      args = [known[nc + i] if i < nb else state[i - nb] for i in used_b]
+      state = dict(zip(order, body(*args)))
+  return None
+
+
 def concrete(value: Any) -> np.ndarray | None:
   """``value`` as a NumPy array if it is known at trace time, else None."""
   if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
@@ -171,6 +220,86 @@ def concrete(value: Any) -> np.ndarray | None:
 def compile_time_eval():
   """Evaluates JAX operations on known values now, even under ``jit``."""
   return jax.ensure_compile_time_eval()
+
+
+_CUSTOM_VJP_CALL = _optional("custom_vjp_call_p")
+_JITS = tuple(p for p in (_optional("jit_p"), _optional("pjit_p"),
+                          _optional("closed_call_p")) if p is not None)
+
+
+def inline_custom_vjp(fun):
+  """``fun`` with every ``custom_vjp`` function replaced by its primal
+  computation (its custom backward rule ignored), at any depth: in line,
+  inside ``jit``, and inside ``scan`` / ``while`` / ``cond`` bodies."""
+  def inlined(*args):
+    closed = jax.make_jaxpr(fun)(*args)
+    return _eval_inlined(closed.jaxpr, closed.consts, args)
+  return inlined
+
+
+def _contains_custom_vjp(jaxpr: Jaxpr) -> bool:
+  for eqn in jaxpr.eqns:
+    if eqn.primitive is _CUSTOM_VJP_CALL:
+      return True
+    for sub in _sub_jaxprs(eqn):
+      if _contains_custom_vjp(sub.jaxpr if isinstance(sub, ClosedJaxpr)
+                              else sub):
+        return True
+  return False
+
+
+def _sub_jaxprs(eqn: JaxprEqn) -> list[Any]:
+  subs = []
+  for v in eqn.params.values():
+    items = v if isinstance(v, (tuple, list)) else (v,)
+    subs += [x for x in items if isinstance(x, (ClosedJaxpr, Jaxpr))]
+  return subs
+
+
+def _inlined_closed(closed: ClosedJaxpr) -> ClosedJaxpr:
+  avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
+  return jax.make_jaxpr(lambda *a: _eval_inlined(closed.jaxpr, closed.consts,
+                                                 a))(*avals)
+
+
+def _eval_inlined(jaxpr: Jaxpr, consts, args) -> list[Any]:
+  env = dict(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+  for eqn in jaxpr.eqns:
+    ins = [read(v) for v in eqn.invars]
+    if eqn.primitive is _CUSTOM_VJP_CALL:
+      body = eqn.params["call_jaxpr"]
+      outs = _eval_inlined(body.jaxpr, body.consts, ins)
+    elif eqn.primitive in _JITS and _contains_custom_vjp(
+        eqn.params["jaxpr"].jaxpr):
+      body = eqn.params["jaxpr"]
+      outs = _eval_inlined(body.jaxpr, body.consts, ins)
+    elif any(isinstance(sub, ClosedJaxpr) and _contains_custom_vjp(sub.jaxpr)
+             for sub in _sub_jaxprs(eqn)):
+      outs = bind(_with_inlined_bodies(eqn), *ins)
+    else:
+      outs = bind(eqn, *ins)
+    for v, o in zip(eqn.outvars, outs):
+      env[v] = o
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _with_inlined_bodies(eqn: JaxprEqn) -> JaxprEqn:
+  params = {}
+  for k, v in eqn.params.items():
+    if isinstance(v, ClosedJaxpr):
+      v = _inlined_closed(v)
+    elif isinstance(v, tuple) and v and all(isinstance(x, ClosedJaxpr)
+                                            for x in v):
+      v = tuple(_inlined_closed(x) for x in v)
+    params[k] = v
+  return eqn.replace(params=params)
+
+
+def eval_closed(closed: ClosedJaxpr, *args: Any) -> list[Any]:
+  """Evaluates a closed jaxpr (binding its equations under any trace)."""
+  return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *args)
 
 
 def is_tracer(v: Any) -> bool:

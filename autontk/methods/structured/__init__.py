@@ -44,10 +44,18 @@ class StructuredConfig:
       transposes as sub-parameters, so the layer consuming a slice keeps
       its structure and uses of disjoint slices are never paired (off:
       such a view is a use with a materialised Jacobian).
-    loops: walk ``scan`` bodies and ``cond`` branches that use parameters
-      with the rules, a parameter stacked along a scan being one
-      sub-parameter per iteration (off: the loop is one use with the
-      generic Jacobian).
+    loops: walk ``scan`` bodies, ``cond`` branches and ``while`` loops
+      with a trip count known at trace time that use parameters with the
+      rules, a parameter stacked along a scan being one sub-parameter per
+      iteration (off: the loop is one use with the generic Jacobian).
+    custom_vjp: ``"rule"`` (default) honours every ``custom_vjp``
+      function's backward rule, exactly as ``jax.grad`` does: one applied to
+      activations costs nothing extra, one applied to a parameter directly
+      takes the generic fallback for that use. ``"primal"`` differentiates
+      the primal computation instead (the backward rule is ignored), so its
+      layers keep their structure: exact when the rule is a numerically
+      stable rewrite of the primal's derivative, wrong for rules that change
+      the gradient (clipping, straight-through estimators).
 
   >>> import jax.numpy as jnp, autontk
   >>> from autontk._plan import Plan
@@ -67,6 +75,12 @@ class StructuredConfig:
   optimize: str = "auto"
   views: bool = True
   loops: bool = True
+  custom_vjp: str = "rule"
+
+  def __post_init__(self):
+    if self.custom_vjp not in ("rule", "primal"):
+      raise ValueError(f"StructuredConfig.custom_vjp must be 'rule' or "
+                       f"'primal'; got {self.custom_vjp!r}.")
 
 
 def _side(problem: NtkProblem, which: int, config: StructuredConfig):

@@ -369,6 +369,8 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
   spec.uses.clear()
   spec.live.clear()
   theta = tuple(theta)
+  if config.custom_vjp == "primal":
+    fun = _compat.inline_custom_vjp(fun)
   closed = _compat.linear_jaxpr(fun, theta)
   theta_avals = [v.aval for v in closed.jaxpr.invars]
   params = [Param(i, Region.full(a.shape)) for i, a in enumerate(theta_avals)]

@@ -14,6 +14,14 @@ summed. Probing rebuilds the ``scan`` with each body use's probe as an
 extra ``xs`` (same ``length``, ``reverse`` and ``unroll``); JAX's transpose
 of it gives every iteration's cotangent at once.
 
+``while`` with a trip count known at trace time (the carries its condition
+reads start from known values and evolve from known values, as in
+``fori_loop`` with traced bounds that are in fact constants): linearisation
+keeps such a loop whole, primal and tangent parts together, and JAX cannot
+transpose it. It is rewritten as a ``scan`` of that length and linearised
+again, which splits the primal part off as per-iteration residuals; the
+resulting linear ``scan`` is walked in line.
+
 ``cond`` / ``switch``: with a branch index known at trace time the branch
 is walked in line; otherwise every branch is walked and probing rebuilds the
 ``switch`` with the probes as extra operands (a branch not taken gives its
@@ -31,7 +39,7 @@ from jax import lax
 from autontk import _compat
 from autontk.methods.structured.values import (LIVE, BranchStep, CondStep,
                                                Const, Lin, LoopStep, Param,
-                                               inexact, mixed)
+                                               WhileStep, inexact, mixed)
 
 _P = _compat.primitives
 
@@ -42,6 +50,8 @@ def discover(walk, eqn, ins: list) -> tuple[Any, list] | None:
     return _discover_scan(walk, eqn, ins)
   if eqn.primitive is _P.cond_p:
     return _discover_cond(walk, eqn, ins)
+  if eqn.primitive is _P.while_p:
+    return _discover_while(walk, eqn, ins)
   return None
 
 
@@ -51,6 +61,8 @@ def replay(walk, step, eqn, ins: list) -> list:
     return _probe_scan(walk, step, eqn, ins)
   if isinstance(step, CondStep):
     return _probe_cond(walk, step, eqn, ins)
+  if isinstance(step, WhileStep):
+    return _walk_while(walk, step, eqn, ins)
   if isinstance(step, BranchStep):
     branch = eqn.params["branches"][step.branch]
     return walk.run(branch.jaxpr, branch.consts, ins[1:])
@@ -213,3 +225,63 @@ def _probe_cond(walk, step: CondStep, eqn, ins: list) -> list:
   outs = lax.switch(index.value, [make(b) for b in range(len(branches))],
                     values, probes)
   return [Lin(v) for v in outs]
+
+
+# while ----------------------------------------------------------------------
+
+
+def _while_as_scan(eqn, fixed: list, trips: int):
+  """``f(*floats)``: the loop's outputs, as a ``scan`` of ``trips`` steps,
+  from its float inputs (the others are ``fixed``)."""
+  p = eqn.params
+  nc, nb = p["cond_nconsts"], p["body_nconsts"]
+  body = p["body_jaxpr"]
+  floats_at = [i for i, v in enumerate(eqn.invars) if inexact(v.aval)]
+
+  def f(*floats):
+    full = list(fixed)
+    for i, x in zip(floats_at, floats):
+      full[i] = x
+    consts, init = full[nc:nc + nb], full[nc + nb:]
+
+    def step(carry, _):
+      return _compat.eval_closed(body, *consts, *carry), None
+
+    out, _ = lax.scan(step, init, None, length=trips)
+    return list(out)
+
+  return f, floats_at
+
+
+def _discover_while(walk, eqn, ins: list) -> tuple[WhileStep, list] | None:
+  if walk.lengths or any(isinstance(x, Param) and x.region.loops
+                         for x in ins):
+    return None
+  values = [x.value if isinstance(x, Const) else None for x in ins]
+  trips = _compat.while_trip_count(eqn, values)
+  if trips is None:
+    return None
+  point = [_array(x, v.aval) if isinstance(x, Const) else
+           jnp.zeros(v.aval.shape, v.aval.dtype)
+           for x, v in zip(ins, eqn.invars)]
+  f, floats_at = _while_as_scan(eqn, point, trips)
+  float_outs = [j for j, v in enumerate(eqn.outvars) if inexact(v.aval)]
+  linear = _compat.linear_jaxpr(
+      lambda *a: [f(*a)[j] for j in float_outs],
+      tuple(point[i] for i in floats_at))
+  step = WhileStep(linear, tuple(f(*[point[i] for i in floats_at])))
+  return step, _walk_while(walk, step, eqn, ins)
+
+
+def _walk_while(walk, step: WhileStep, eqn, ins: list) -> list:
+  args = [x if isinstance(x, (Param, Lin)) else
+          Const(jnp.zeros(v.aval.shape, v.aval.dtype))
+          for x, v in zip(ins, eqn.invars) if inexact(v.aval)]
+  tangents = iter(walk.run(step.linear.jaxpr, step.linear.consts, args))
+  outs = []
+  for primal, v in zip(step.primal, eqn.outvars):
+    o = next(tangents) if inexact(v.aval) else None
+    # No dependence on θ: the output's value is the primal loop's (a
+    # zero tangent, or a primal carry the linear jaxpr still holds).
+    outs.append(Const(primal) if o is None or isinstance(o, Const) else o)
+  return outs

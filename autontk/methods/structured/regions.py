@@ -132,8 +132,12 @@ class Region:
     ``positions`` is given (``dynamic_slice``), and loses it otherwise.
     """
     a = self.axes[axis]
-    if a is None:
-      return None
+    if a is None:  # a size-1 axis of the value alone: one iteration
+      if positions is not None and tuple(positions) != (0,):
+        return None
+      axes = self.axes if positions is not None else (
+          self.axes[:axis] + self.axes[axis + 1:])
+      return Region(self.index, axes, self.loops)
     entries = self.index[a]
     if positions is not None:
       if len(set(positions)) != len(positions):

@@ -148,6 +148,16 @@ class BranchStep:
   branch: int
 
 
+@dataclasses.dataclass(frozen=True)
+class WhileStep:
+  """A ``while`` with a trip count known at trace time, rewritten as a
+  ``scan`` of that length and linearised again (``linear``, walked in
+  line); ``primal`` holds the loop's outputs at zero tangents."""
+
+  linear: Any
+  primal: tuple[Any, ...]
+
+
 @dataclasses.dataclass
 class Registry:
   """Uses and probes of one discovery, shared by every walk within it."""
