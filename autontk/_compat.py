@@ -152,11 +152,28 @@ def _known_outputs(closed: ClosedJaxpr) -> dict[int, np.ndarray]:
   if together is not None:
     return dict(zip(ints, together))
   out = {}
-  for i in ints:
+  for i in _candidates(jaxpr, ints, known_consts):
     one = known([i])
     if one is not None:
       out[i] = one[0]
   return out
+
+
+def _candidates(jaxpr: Jaxpr, outputs: list[int],
+                known_consts: list[Any]) -> list[int]:
+  """Outputs that may be known: those not reached by an unknown input,
+  or reached only through a loop or call, which dead-code elimination may
+  split (a loop counter carried next to data)."""
+  unknown = {v for v, c in zip(jaxpr.constvars, known_consts) if c is None}
+  unknown |= set(jaxpr.invars)
+  maybe = set()
+  for eqn in jaxpr.eqns:
+    ins = {v for v in eqn.invars if not isinstance(v, Literal)}
+    if ins & unknown:
+      (maybe if _sub_jaxprs(eqn) else unknown).update(eqn.outvars)
+    elif ins & maybe:
+      maybe.update(eqn.outvars)
+  return [i for i in outputs if jaxpr.outvars[i] not in unknown]
 
 
 def _pruned(closed: ClosedJaxpr, used_outputs: list[bool]):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import stacked
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
             "structured_derivatives")
@@ -497,6 +499,7 @@ RENDERERS = {
     "regret": (regret_md, plot_regret),
     "memory": (memory_md, plot_memory),
     "plancache": (plancache_md, None),
+    "stacked": (stacked.stacked_md, None),
 }
 
 

@@ -161,6 +161,20 @@ def test_idiom_strict_matches_reference(name):
   _check(IDIOMS[name])
 
 
+ROLLED = StructuredConfig(strict=True, unroll_loops_up_to=0)
+
+
+@pytest.mark.parametrize("name", [
+    "scan_reverse_unroll2", "rnn",
+    pytest.param("scan_state", marks=pytest.mark.slow),
+    pytest.param("fori", marks=pytest.mark.slow),
+    pytest.param("while_known", marks=pytest.mark.slow)])
+def test_idiom_with_loops_kept_rolled(name):
+  # Short loops are unrolled when the cotangents are computed, by default;
+  # this is the path of long ones.
+  _check(IDIOMS[name], config=ROLLED)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(IDIOMS))
 def test_idiom_full_batch_and_same_inputs(name):
@@ -464,3 +478,27 @@ def test_custom_vjp_on_a_parameter():
 def test_structure_off_is_exact(config):
   _check(scanned_state, config=config)
   _check(indexed, config=config)
+
+
+# The benchmark's models -------------------------------------------------------
+
+
+def test_bench_stacked_variants_agree():
+  """bench/stacked.py: every way of holding the stack is the same network."""
+  import os
+  import sys
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+  from bench import stacked
+  for build in stacked.MODELS.values():
+    model = build(True)
+    x = model["x"][:2]
+    outs = [jax.jit(f)(stacked._params(v, model["rest"], model["stack"]), x)  # noqa: SLF001
+            for v, f in model["fns"].items()]
+    for o in outs[1:]:
+      np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-5)
+  rec = {"variant": "scan", "method": "structured_derivatives",
+         "median_s": 0.002, "rel_err": 1e-7}
+  md = stacked.stacked_md({"cases": [{"name": "mlp", "note": "n",
+                                      "records": [rec]}]})
+  assert "| scan |" in md

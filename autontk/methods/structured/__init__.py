@@ -48,6 +48,13 @@ class StructuredConfig:
       with a trip count known at trace time that use parameters with the
       rules, a parameter stacked along a scan being one sub-parameter per
       iteration (off: the loop is one use with the generic Jacobian).
+    unroll_loops_up_to: a ``scan`` walked structurally with at most this
+      many iterations (loops nested in it share the budget) is unrolled in
+      the program that computes the cotangents; longer ones keep the
+      model's own ``unroll``. No value changes: a short loop then runs and
+      compiles like the same layers held separately (XLA:CPU runs
+      transposed convolutions several times slower inside a loop), a long
+      one keeps its flat compile time. ``0``: never unroll.
     custom_vjp: ``"rule"`` (default) honours every ``custom_vjp``
       function's backward rule, exactly as ``jax.grad`` does: one applied to
       activations costs nothing extra, one applied to a parameter directly
@@ -76,6 +83,7 @@ class StructuredConfig:
   views: bool = True
   loops: bool = True
   custom_vjp: str = "rule"
+  unroll_loops_up_to: int = 8
 
   def __post_init__(self):
     if self.custom_vjp not in ("rule", "primal"):

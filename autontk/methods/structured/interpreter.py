@@ -375,7 +375,8 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
   theta_avals = [v.aval for v in closed.jaxpr.invars]
   params = [Param(i, Region.full(a.shape)) for i, a in enumerate(theta_avals)]
   options = WalkOptions(views=config.views and config.structure_rules,
-                        loops=config.loops)
+                        loops=config.loops,
+                        unroll_up_to=config.unroll_loops_up_to)
   walk = Walk(options, registry=Registry(theta_avals), constants=[])
   outs = walk.tangents(walk.run(closed.jaxpr, closed.consts, params))
   live = [isinstance(o, Lin) and o.value is LIVE for o in outs]

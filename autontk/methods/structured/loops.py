@@ -30,6 +30,7 @@ uses zero cotangents).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
@@ -160,13 +161,23 @@ def _probe_scan(walk, step: LoopStep, eqn, ins: list) -> list:
         v = next(xs_it)
         body_in.append(Const(v) if isinstance(x, Const) else Lin(v))
     child = walk.child(plan=step.plan,
-                       probes=dict(zip(step.probes, probes_t)))
+                       probes=dict(zip(step.probes, probes_t)),
+                       options=inner)
     outs = child.tangents(child.run(body.jaxpr, body.consts, body_in))
     arrays = [_array(o, v.aval) for o, v in zip(outs, body.jaxpr.outvars)]
     return arrays[:n_carry], arrays[n_carry:]
 
-  carry, ys = lax.scan(one, init, (xs, probes), length=p["length"],
-                       reverse=p["reverse"], unroll=p["unroll"])
+  # Unrolling changes no value; a short loop unrolled compiles to the
+  # straight-line program of separate layers (XLA:CPU runs some transposed
+  # operations, convolutions above all, several times slower inside a
+  # loop). Loops nested in it share the budget.
+  length, budget = p["length"], walk.options.unroll_up_to
+  unrolled = length <= budget
+  inner = (dataclasses.replace(walk.options, unroll_up_to=budget // length)
+           if unrolled else walk.options)
+  carry, ys = lax.scan(one, init, (xs, probes), length=length,
+                       reverse=p["reverse"],
+                       unroll=True if unrolled else p["unroll"])
   return [Lin(v) for v in list(carry) + list(ys)]
 
 

@@ -177,6 +177,7 @@ class WalkOptions:
 
   views: bool = True
   loops: bool = True
+  unroll_up_to: int = 0
 
 
 def inexact(aval) -> bool:

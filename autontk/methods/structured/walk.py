@@ -67,12 +67,14 @@ class Walk:
 
   def child(self, lengths: tuple[int, ...] | None = None,
             plan: Sequence[Any] | None = None,
-            probes: dict[int, list] | None = None) -> "Walk":
+            probes: dict[int, list] | None = None,
+            options: WalkOptions | None = None) -> "Walk":
     """A walk of a loop body or branch (its own plan, no constant cache)."""
+    options = options or self.options
     if self.discovering:
-      return Walk(self.options, registry=self.registry,
+      return Walk(options, registry=self.registry,
                   lengths=self.lengths if lengths is None else lengths)
-    return Walk(self.options, probes=probes, plan=plan)
+    return Walk(options, probes=probes, plan=plan)
 
   def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
     env: dict[Any, Any] = {}

@@ -260,20 +260,13 @@ def gather_structure(ctx: UseContext) -> Structure | None:
   """Row lookups ``θ[idx]`` along one axis (embeddings, ``jnp.take``)."""
   if ctx.position != 0 or ctx.inputs[1] is None:
     return None
-  dn = ctx.params["dimension_numbers"]
   indices = ctx.inputs[1]
+  axis = _gather_axis(ctx)
+  if axis is None or indices.shape[-1] != 1:
+    return None
   t_shape = tuple(ctx.theta_aval.shape)
-  slice_sizes = tuple(ctx.params["slice_sizes"])
-  if (len(dn.start_index_map) != 1 or
-      tuple(dn.collapsed_slice_dims) != tuple(dn.start_index_map) or
-      getattr(dn, "operand_batching_dims", ()) or
-      indices.shape[-1] != 1):
-    return None
-  axis = dn.start_index_map[0]
   kept = [i for i in range(len(t_shape)) if i != axis]
-  if slice_sizes[axis] != 1 or any(slice_sizes[i] != t_shape[i] for i in kept):
-    return None
-  offset_dims = tuple(dn.offset_dims)
+  offset_dims = tuple(ctx.params["dimension_numbers"].offset_dims)
   y_nd = len(ctx.out_aval.shape)
   batch_labels = []
   y_labels = []
