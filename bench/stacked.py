@@ -189,11 +189,14 @@ def _interleaved(calls: dict, budget_s: float, min_rounds: int,
   return times
 
 
-def _auto_pick(fn, x, params) -> str | None:
+def _auto_pick(fn, x, params) -> tuple[str | None, bool]:
+  """The method auto chose, and whether its plan is that method's plain
+  (unchunked) plan."""
   try:
-    return fn.plan(x, None, params).implementation.name.lower()
+    plan = fn.plan(x, None, params)
   except Exception:  # noqa: BLE001 - older versions
-    return None
+    return None, False
+  return plan.implementation.name.lower(), plan.chunking is None
 
 
 def run_model(model: dict, quick: bool, log=print) -> dict[str, Any]:
@@ -219,7 +222,7 @@ def run_model(model: dict, quick: bool, log=print) -> dict[str, Any]:
       ref = k if ref is None else ref
       rec["rel_err"] = float(np.max(np.abs(k - ref)) / np.max(np.abs(ref)))
       if method == "auto":
-        rec["auto_pick"] = _auto_pick(fn, x, params)
+        rec["auto_pick"], rec["auto_plain"] = _auto_pick(fn, x, params)
       fns[(variant, method)] = (lambda fn=fn, p=params: fn(x, None, p))
   times = _interleaved(fns, budget_s=4.0 if quick else 15.0,
                        min_rounds=5 if quick else 9, max_call_s=0.5)
@@ -279,13 +282,80 @@ def stacked_md(res: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _medians(res: dict) -> dict[tuple, dict]:
+  return {(c["name"], r["variant"], r["method"]): r
+          for c in res["cases"] for r in c["records"] if "median_s" in r}
+
+
+def regret(res: dict) -> list[tuple[str, str, float]]:
+  """Per model and variant, the time of auto's plan over the fastest
+  explicit method's (1.0: auto chose the best). A plain plan is timed as
+  the method it names (the same program); a chunked one by its own runs."""
+  med = _medians(res)
+  out = []
+  for (model, variant, method), r in sorted(med.items()):
+    if method != "auto":
+      continue
+    best = min((med[(model, variant, m)]["median_s"] for m in METHODS[:3]
+                if (model, variant, m) in med), default=None)
+    picked = med.get((model, variant, r.get("auto_pick")))
+    t = (picked["median_s"] if picked and r.get("auto_plain") else
+         r["median_s"])
+    if best:
+      out.append((model, variant, t / best))
+  return out
+
+
+def compare_md(before: dict, after: dict) -> str:
+  """Before / after: every method per model and variant, SD against the
+  same model with separate leaves, and auto's regret."""
+  b, a = _medians(before), _medians(after)
+  lines = ["| model | held as | JC | NTVP | SD before | SD after | "
+           "SD / separate, before | after | auto pick, before | after | "
+           "auto regret, after |", "|---" * 11 + "|"]
+  regrets = {(m, v): x for m, v, x in regret(after)}
+  for case in after["cases"]:
+    name = case["name"]
+    for variant in VARIANTS:
+      key = (name, variant, "structured_derivatives")
+      if key not in a:
+        continue
+      sep_b = b.get((name, "separate", "structured_derivatives"), {})
+      sep_a = a[(name, "separate", "structured_derivatives")]
+      ms = lambda d, k: (f"{1e3 * d[k]['median_s']:.1f}" if k in d  # noqa: E731
+                         else "n/a")
+      ratio_b = (f"{b[key]['median_s'] / sep_b['median_s']:.0f}x"
+                 if key in b and sep_b else "n/a")
+      pick = lambda d: SHORT.get(d.get((name, variant, "auto"), {}).get(  # noqa: E731
+          "auto_pick") or "", "n/a")
+      lines.append(
+          f"| {name} | {variant} | {ms(a, (name, variant, METHODS[0]))} | "
+          f"{ms(a, (name, variant, METHODS[1]))} | {ms(b, key)} | "
+          f"{ms(a, key)} | {ratio_b} | "
+          f"{a[key]['median_s'] / sep_a['median_s']:.2f}x | {pick(b)} | "
+          f"{pick(a)} | {regrets.get((name, variant), float('nan')):.2f} |")
+  values = [x for _, _, x in regret(after)]
+  if values:
+    geo = float(np.exp(np.mean(np.log(values))))
+    lines += ["", f"auto regret after (auto / fastest explicit method), "
+              f"geomean {geo:.2f}, worst {max(values):.2f} over "
+              f"{len(values)} model variants."]
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m bench.stacked")
   p.add_argument("--quick", action="store_true")
   p.add_argument("--tag", default="cpu-2core")
   p.add_argument("--models", nargs="+", choices=list(MODELS))
   p.add_argument("--out", default=None, help="JSON path (default: results)")
+  p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                 help="print the before/after table of two saved runs")
   args = p.parse_args(argv)
+  if args.compare:
+    with open(args.compare[0]) as fb, open(args.compare[1]) as fa:
+      print(compare_md(json.load(fb), json.load(fa)))
+    return 0
   res = run(models=args.models, quick=args.quick)
   res.update(quick=args.quick, jax=jax.__version__,
              date_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
