@@ -169,6 +169,18 @@ def _first_call(fn, x, params) -> tuple[Any, float]:
   return k, time.perf_counter() - t0
 
 
+def _compiled_cost(fn, x, params) -> dict[str, float]:
+  """FLOPs and bytes XLA counts in the compiled program (a steadier
+  comparison than times on a shared machine; loop bodies count once)."""
+  try:
+    cost = jax.jit(lambda p, x: fn(x, None, p)).lower(
+        params, x).compile().cost_analysis()
+    return {"flops": float(cost["flops"]),
+            "bytes": float(cost["bytes accessed"])}
+  except Exception:  # noqa: BLE001 - optional
+    return {}
+
+
 def _interleaved(calls: dict, budget_s: float, min_rounds: int,
                  max_call_s: float) -> dict[Any, list[float]]:
   """Round-robin timings of the warm calls (slow ones fewer times)."""
@@ -223,6 +235,8 @@ def run_model(model: dict, quick: bool, log=print) -> dict[str, Any]:
       rec["rel_err"] = float(np.max(np.abs(k - ref)) / np.max(np.abs(ref)))
       if method == "auto":
         rec["auto_pick"], rec["auto_plain"] = _auto_pick(fn, x, params)
+      if method == "structured_derivatives":
+        rec.update(_compiled_cost(fn, x, params))
       fns[(variant, method)] = (lambda fn=fn, p=params: fn(x, None, p))
   times = _interleaved(fns, budget_s=4.0 if quick else 15.0,
                        min_rounds=5 if quick else 9, max_call_s=0.5)
@@ -311,8 +325,9 @@ def compare_md(before: dict, after: dict) -> str:
   same model with separate leaves, and auto's regret."""
   b, a = _medians(before), _medians(after)
   lines = ["| model | held as | JC | NTVP | SD before | SD after | "
-           "SD / separate, before | after | auto pick, before | after | "
-           "auto regret, after |", "|---" * 11 + "|"]
+           "SD / separate, before | after | after (min times) | "
+           "SD GFLOP before | after | auto pick, before | after | "
+           "auto regret, after |", "|---" * 14 + "|"]
   regrets = {(m, v): x for m, v, x in regret(after)}
   for case in after["cases"]:
     name = case["name"]
@@ -326,13 +341,17 @@ def compare_md(before: dict, after: dict) -> str:
                          else "n/a")
       ratio_b = (f"{b[key]['median_s'] / sep_b['median_s']:.0f}x"
                  if key in b and sep_b else "n/a")
+      gflop = lambda d, k: (f"{d[k]['flops'] / 1e9:.3f}"  # noqa: E731
+                            if "flops" in d.get(k, {}) else "n/a")
       pick = lambda d: SHORT.get(d.get((name, variant, "auto"), {}).get(  # noqa: E731
           "auto_pick") or "", "n/a")
       lines.append(
           f"| {name} | {variant} | {ms(a, (name, variant, METHODS[0]))} | "
           f"{ms(a, (name, variant, METHODS[1]))} | {ms(b, key)} | "
           f"{ms(a, key)} | {ratio_b} | "
-          f"{a[key]['median_s'] / sep_a['median_s']:.2f}x | {pick(b)} | "
+          f"{a[key]['median_s'] / sep_a['median_s']:.2f}x | "
+          f"{a[key]['min_s'] / sep_a['min_s']:.2f}x | {gflop(b, key)} | "
+          f"{gflop(a, key)} | {pick(b)} | "
           f"{pick(a)} | {regrets.get((name, variant), float('nan')):.2f} |")
   values = [x for _, _, x in regret(after)]
   if values:

@@ -5,7 +5,11 @@ cotangents ``∂f/∂y`` (:mod:`.interpreter`), describe each use's ``∂y/∂θ
 its structure from the rule table (:mod:`.rule_table`, rules in
 :mod:`.rules`), and sum, over every pair of uses of every parameter, the
 matrix-Jacobian-Jacobian-matrix product as one einsum (:mod:`.contraction`).
-Time N·O·[FP] + Σ MJJMP (Novak et al., 2022, sec. 3.3).
+Slices of a parameter count as sub-parameters (:mod:`.regions`), so layers
+stacked in one leaf cost what separate leaves cost, and ``scan`` / ``cond``
+/ ``while`` bodies are walked with the rules too (:mod:`.loops`). Time
+N·O·[FP] + Σ MJJMP (Novak et al., 2022, sec. 3.3). docs/structured.md says
+what is structured and when the exact generic fallback is taken.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ class PairLayout:
     axes: the leaf's trace/diagonal axes.
     batch_axis: the leaf's batch axis under ``vmap_axes``, else ``None``.
     leaf: the output leaf's index (for the uses' identity cotangents).
-    theta_shape: shape of the parameter leaf.
+    theta_shape: per axis of the parameter leaf, the entries both uses
+      cover (the leaf's shape when both cover all of it).
     dtype: the kernel dtype.
     precision: ``jax.lax.Precision`` of the einsum (``None``: default).
     optimize: ``jnp.einsum``'s contraction-path strategy.

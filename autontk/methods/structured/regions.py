@@ -101,10 +101,6 @@ class Region:
   def value_shape(self) -> tuple[int, ...]:
     return tuple(1 if a is None else len(self.index[a]) for a in self.axes)
 
-  def is_full(self, shape: Sequence[int]) -> bool:
-    return (not self.loops and self.axes == tuple(range(len(shape))) and
-            all(ix == range(n) for ix, n in zip(self.index, shape)))
-
   def view(self, vm: ViewMap) -> "Region | None":
     """The region of ``y`` when ``y`` is this value viewed through ``vm``."""
     index = list(self.index)
