@@ -12,6 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
+# Dead-code elimination of jaxprs (to find loop counters and indices known at
+# trace time) has no public home.
+from jax._src.interpreters import partial_eval as _pe
 from jax.extend import core as jex_core
 from jax.extend.core import primitives as jex_primitives
 
@@ -98,10 +102,221 @@ def linear_jaxpr(fun, primals) -> ClosedJaxpr:
   """The jaxpr of ``fun``'s linearisation at ``primals`` (a tuple).
 
   Its invars are the tangents of ``primals``; its consts are the residuals
-  (tracers when called under an outer transformation such as ``vmap``).
+  (tracers when called under an outer transformation such as ``vmap``),
+  except integer and boolean residuals that do not depend on ``primals`` or
+  on anything traced (loop counters, constant indices): those are concrete
+  NumPy arrays, so the interpreter can read them at trace time.
   """
-  _, lin = jax.linearize(fun, *primals)
-  return jax.make_jaxpr(lin)(*primals)
+  box = []
+
+  def residuals(*p):
+    _, lin = jax.linearize(fun, *p)
+    closed = jax.make_jaxpr(lin)(*p)
+    box.append(closed.jaxpr)
+    return list(closed.consts)
+
+  res = jax.make_jaxpr(residuals)(*primals)
+  values = jax.core.eval_jaxpr(res.jaxpr, res.consts, *primals)
+  for i, known in _known_outputs(res).items():
+    values[i] = known
+  return ClosedJaxpr(box[-1], values)
+
+
+def _known_outputs(closed: ClosedJaxpr) -> dict[int, np.ndarray]:
+  """Integer/boolean outputs of ``closed`` computable at trace time: from
+  literals and from consts that are concrete arrays only."""
+  jaxpr = closed.jaxpr
+  ints = [i for i, v in enumerate(jaxpr.outvars)
+          if not isinstance(v, Literal) and
+          not np.issubdtype(v.aval.dtype, np.inexact)]
+  if not ints:
+    return {}
+  known_consts = [concrete(c) for c in closed.consts]
+  as_inputs = _pe.convert_constvars_jaxpr(jaxpr)
+  n_consts, n = len(jaxpr.constvars), len(jaxpr.outvars)
+
+  def known(outputs: list[int]) -> list[np.ndarray] | None:
+    used = [i in outputs for i in range(n)]
+    dced, used_inputs = _pe.dce_jaxpr(as_inputs, used)
+    args = []
+    for i, u in enumerate(used_inputs):
+      if not u:
+        continue
+      if i >= n_consts or known_consts[i] is None:
+        return None
+      args.append(known_consts[i])
+    with jax.ensure_compile_time_eval():
+      return [np.asarray(v) for v in jax.core.eval_jaxpr(dced, [], *args)]
+
+  together = known(ints)
+  if together is not None:
+    return dict(zip(ints, together))
+  out = {}
+  for i in _candidates(jaxpr, ints, known_consts):
+    one = known([i])
+    if one is not None:
+      out[i] = one[0]
+  return out
+
+
+def _candidates(jaxpr: Jaxpr, outputs: list[int],
+                known_consts: list[Any]) -> list[int]:
+  """Outputs that may be known: those not reached by an unknown input,
+  or reached only through a loop or call, which dead-code elimination may
+  split (a loop counter carried next to data)."""
+  unknown = {v for v, c in zip(jaxpr.constvars, known_consts) if c is None}
+  unknown |= set(jaxpr.invars)
+  maybe = set()
+  for eqn in jaxpr.eqns:
+    ins = {v for v in eqn.invars if not isinstance(v, Literal)}
+    if ins & unknown:
+      (maybe if _sub_jaxprs(eqn) else unknown).update(eqn.outvars)
+    elif ins & maybe:
+      maybe.update(eqn.outvars)
+  return [i for i in outputs if jaxpr.outvars[i] not in unknown]
+
+
+def _pruned(closed: ClosedJaxpr, used_outputs: list[bool]):
+  """``closed`` reduced to the used outputs: ``(fn, used input indices)``
+  with ``fn(*used inputs)`` evaluating it."""
+  jaxpr = _pe.convert_constvars_jaxpr(closed.jaxpr)
+  dced, used = _pe.dce_jaxpr(jaxpr, used_outputs)
+  n_consts = len(closed.consts)
+  consts = [c for c, u in zip(closed.consts, used[:n_consts]) if u]
+  inputs = [i - n_consts for i, u in enumerate(used) if u and i >= n_consts]
+  return (lambda *args: jax.core.eval_jaxpr(dced, [], *consts, *args)), inputs
+
+
+def while_trip_count(eqn: JaxprEqn, inputs: list[Any],
+                     limit: int = 100_000) -> int | None:
+  """Iterations of a ``while`` equation, when known at trace time.
+
+  The carries the condition depends on (and those they depend on, through
+  the body) must start from known values and be computed from known
+  values; the loop is then run on them alone.
+  """
+  p = eqn.params
+  nc, nb = p["cond_nconsts"], p["body_nconsts"]
+  cond_consts, body_consts, init = inputs[:nc], inputs[nc:nc + nb], inputs[
+      nc + nb:]
+  cond, used_c = _pruned(p["cond_jaxpr"], [True])
+  carries = {i - nc for i in used_c if i >= nc}
+  while True:
+    used_out = [i in carries for i in range(len(init))]
+    body, used_b = _pruned(p["body_jaxpr"], used_out)
+    more = {i - nb for i in used_b if i >= nb} - carries
+    if not more:
+      break
+    carries |= more
+  known = [concrete(v) for v in cond_consts + body_consts + init]
+  if any(known[i] is None for i in used_c if i < nc) or any(
+      known[nc + i] is None for i in used_b if i < nb) or any(
+          known[nc + nb + j] is None for j in carries):
+    return None
+  order = sorted(carries)
+  state = {j: known[nc + nb + j] for j in order}
+  with jax.ensure_compile_time_eval():
+    for count in range(limit + 1):
+      args = [known[i] if i < nc else state[i - nc] for i in used_c]
+      if not bool(np.asarray(cond(*args)[0])):
+        return count
+      args = [known[nc + i] if i < nb else state[i - nb] for i in used_b]
+      state = dict(zip(order, body(*args)))
+  return None
+
+
+def concrete(value: Any) -> np.ndarray | None:
+  """``value`` as a NumPy array if it is known at trace time, else None."""
+  if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+    return np.asarray(value)
+  if isinstance(value, jax.Array) and not is_tracer(value):
+    return np.asarray(value)
+  return None
+
+
+def compile_time_eval():
+  """Evaluates JAX operations on known values now, even under ``jit``."""
+  return jax.ensure_compile_time_eval()
+
+
+_CUSTOM_VJP_CALL = _optional("custom_vjp_call_p")
+_JITS = tuple(p for p in (_optional("jit_p"), _optional("pjit_p"),
+                          _optional("closed_call_p")) if p is not None)
+
+
+def inline_custom_vjp(fun):
+  """``fun`` with every ``custom_vjp`` function replaced by its primal
+  computation (its custom backward rule ignored), at any depth: in line,
+  inside ``jit``, and inside ``scan`` / ``while`` / ``cond`` bodies."""
+  def inlined(*args):
+    closed = jax.make_jaxpr(fun)(*args)
+    return _eval_inlined(closed.jaxpr, closed.consts, args)
+  return inlined
+
+
+def _contains_custom_vjp(jaxpr: Jaxpr) -> bool:
+  for eqn in jaxpr.eqns:
+    if eqn.primitive is _CUSTOM_VJP_CALL:
+      return True
+    for sub in _sub_jaxprs(eqn):
+      if _contains_custom_vjp(sub.jaxpr if isinstance(sub, ClosedJaxpr)
+                              else sub):
+        return True
+  return False
+
+
+def _sub_jaxprs(eqn: JaxprEqn) -> list[Any]:
+  subs = []
+  for v in eqn.params.values():
+    items = v if isinstance(v, (tuple, list)) else (v,)
+    subs += [x for x in items if isinstance(x, (ClosedJaxpr, Jaxpr))]
+  return subs
+
+
+def _inlined_closed(closed: ClosedJaxpr) -> ClosedJaxpr:
+  avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
+  return jax.make_jaxpr(lambda *a: _eval_inlined(closed.jaxpr, closed.consts,
+                                                 a))(*avals)
+
+
+def _eval_inlined(jaxpr: Jaxpr, consts, args) -> list[Any]:
+  env = dict(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+  for eqn in jaxpr.eqns:
+    ins = [read(v) for v in eqn.invars]
+    if eqn.primitive is _CUSTOM_VJP_CALL:
+      body = eqn.params["call_jaxpr"]
+      outs = _eval_inlined(body.jaxpr, body.consts, ins)
+    elif eqn.primitive in _JITS and _contains_custom_vjp(
+        eqn.params["jaxpr"].jaxpr):
+      body = eqn.params["jaxpr"]
+      outs = _eval_inlined(body.jaxpr, body.consts, ins)
+    elif any(isinstance(sub, ClosedJaxpr) and _contains_custom_vjp(sub.jaxpr)
+             for sub in _sub_jaxprs(eqn)):
+      outs = bind(_with_inlined_bodies(eqn), *ins)
+    else:
+      outs = bind(eqn, *ins)
+    for v, o in zip(eqn.outvars, outs):
+      env[v] = o
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _with_inlined_bodies(eqn: JaxprEqn) -> JaxprEqn:
+  params = {}
+  for k, v in eqn.params.items():
+    if isinstance(v, ClosedJaxpr):
+      v = _inlined_closed(v)
+    elif isinstance(v, tuple) and v and all(isinstance(x, ClosedJaxpr)
+                                            for x in v):
+      v = tuple(_inlined_closed(x) for x in v)
+    params[k] = v
+  return eqn.replace(params=params)
+
+
+def eval_closed(closed: ClosedJaxpr, *args: Any) -> list[Any]:
+  """Evaluates a closed jaxpr (binding its equations under any trace)."""
+  return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *args)
 
 
 def is_tracer(v: Any) -> bool:

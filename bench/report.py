@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import report_unseen
+from bench import report_unseen, stacked
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
@@ -500,6 +500,7 @@ RENDERERS = {
     "memory": (memory_md, plot_memory),
     "plancache": (plancache_md, None),
     "regret_unseen": (report_unseen.markdown, None),
+    "stacked": (stacked.stacked_md, None),
 }
 
 

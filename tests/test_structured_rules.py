@@ -4,7 +4,10 @@ Every registered primitive has a tiny case below that feeds a parameter
 straight into it. Each case is checked three ways: the rules (with
 ``strict=True``, so the primitive must be handled by its rule, and the
 rule must really be the one used), the generic path (all rules off), and the
-independent reference.
+independent reference. A primitive whose view rule applies (a slice, an
+index known at trace time) is no use at all: the layer consuming the view
+is; those cases are checked once more with views off, through the
+primitive's own structure or Jacobian rule.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from reference import reference_ntk
 
 P = jax.extend.core.primitives
 RULES = StructuredConfig(strict=True)
+RULES_NO_VIEWS = StructuredConfig(strict=True, views=False)
 GENERIC = StructuredConfig(structure_rules=False, jacobian_rules=False)
 NO_STRUCTURE = StructuredConfig(structure_rules=False)
 
@@ -78,6 +82,12 @@ CASES = {
     "neg": (P.neg_p, lambda p, x: -p * x, _rand(13, (N, 3)), X, None, None),
     "mul": (P.mul_p, lambda p, x: (p * x) * 2.0, _rand(14, (N, 3)), X, None,
             None),
+    # θ broadcast along a size-1 axis inside the primitive itself
+    "mul_broadcast": (P.mul_p, lambda p, x: jnp.tanh(x) * p, _rand(14, (3,)),
+                      X, X2, None),
+    "sub_broadcast": (P.sub_p, lambda p, x: x * p["a"] - p["b"],
+                      {"a": _rand(11, (3,)), "b": _rand(12, (3,))}, X, X2,
+                      None),
     "div": (P.div_p, lambda p, x: p / (1 + x ** 2), _rand(15, (N, 3)), X,
             None, None),
     "copy": (P.copy_p, lambda p, x: jnp.array(p, copy=True) * x,
@@ -107,6 +117,14 @@ CASES = {
     "dynamic_slice": (P.dynamic_slice_p,
                       lambda p, x: x @ lax.dynamic_slice(p, (1, 0), (3, 4)),
                       _rand(27, (5, 4)), X, X2, 0),
+    "dynamic_slice_traced": (
+        P.dynamic_slice_p,
+        lambda p, x: x @ lax.dynamic_slice(
+            p, (jnp.argmax(x.sum(0)).astype(jnp.int32), 0), (3, 4)),
+        _rand(27, (5, 4)), X, X2, None),
+    "gather_known_rows": (P.gather_p,
+                          lambda p, x: x @ p[jnp.array([3, 0, 1])],
+                          _rand(28, (5, 4)), X, X2, 0),
     "gather_take": (P.gather_p,
                     lambda p, x: jnp.take(p, jnp.abs(x * 3).astype(jnp.int32),
                                           axis=0).sum(1),
@@ -124,6 +142,10 @@ CASES = {
                                            "VALID"),
         _rand(32, (4, 3)), X, X2, 0),
 }
+
+# Cases whose primitive is a view of the parameter (see the module docstring).
+VIEWS = {"squeeze", "transpose", "rev", "slice", "dynamic_slice",
+         "gather_known_rows", "expand_dims"}
 
 # Registered primitives that a parameter cannot feed directly in a plain
 # function, with the reason; each is still covered through its twin.
@@ -153,11 +175,14 @@ def _run(case, config, trace_axes=(-1,), diagonal_axes=(), same=False):
 
 def _used_primitives(case, config) -> set[str]:
   _, f, p, x1, _, vmap_axes = case
-  problem = autontk.ntk_fn(f, vmap_axes=vmap_axes).problem(x1, None, p)
   specs = []
-  jax.eval_shape(lambda: specs.append(_side(problem, 1, config)[0]))
-  spec = specs[0]
-  return {n for u in spec.uses for n in u.primitive.split("+")}
+
+  def trace(x, p):  # traced, as in a real call: x is not known
+    problem = autontk.ntk_fn(f, vmap_axes=vmap_axes).problem(x, None, p)
+    specs.append(_side(problem, 1, config)[0])
+
+  jax.eval_shape(trace, x1, p)
+  return {n for u in specs[0].uses for n in u.primitive.split("+")}
 
 
 def test_every_rule_has_a_case():
@@ -175,12 +200,19 @@ def test_rule_matches_generic_and_reference(name):
   k_generic = _kernel(case, GENERIC)
   np.testing.assert_allclose(k_generic, ref, atol=1e-5 * scale, rtol=1e-4)
   record = rule_table.registered()[case[0]]
-  if record.structure is not None and record.jacobian is not None:
+  if record.jacobian is not None and (record.structure is not None or
+                                      record.view is not None):
     # Only here does "structure rules off" take a third path.
     k_jac = _kernel(case, NO_STRUCTURE)
     np.testing.assert_allclose(k_jac, ref, atol=1e-5 * scale, rtol=1e-4)
+  used = _used_primitives(case, RULES)
+  if name in VIEWS:
+    assert str(case[0]) not in used, used
+    k_own = _kernel(case, RULES_NO_VIEWS)
+    np.testing.assert_allclose(k_own, ref, atol=1e-5 * scale, rtol=1e-4)
+    used = _used_primitives(case, RULES_NO_VIEWS)
   if name != "conv_input":  # its rule is a Jacobian rule
-    assert str(case[0]) in _used_primitives(case, RULES)
+    assert str(case[0]) in used, used
 
 
 @pytest.mark.parametrize("name", [

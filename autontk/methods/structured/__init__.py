@@ -5,7 +5,11 @@ cotangents ``∂f/∂y`` (:mod:`.interpreter`), describe each use's ``∂y/∂θ
 its structure from the rule table (:mod:`.rule_table`, rules in
 :mod:`.rules`), and sum, over every pair of uses of every parameter, the
 matrix-Jacobian-Jacobian-matrix product as one einsum (:mod:`.contraction`).
-Time N·O·[FP] + Σ MJJMP (Novak et al., 2022, sec. 3.3).
+Slices of a parameter count as sub-parameters (:mod:`.regions`), so layers
+stacked in one leaf cost what separate leaves cost, and ``scan`` / ``cond``
+/ ``while`` bodies are walked with the rules too (:mod:`.loops`). Time
+N·O·[FP] + Σ MJJMP (Novak et al., 2022, sec. 3.3). docs/structured.md says
+what is structured and when the exact generic fallback is taken.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from autontk._options import Implementation
 from autontk._problem import NtkProblem
 from autontk.methods.registry import register
 from autontk.methods.structured import rules  # noqa: F401  (registers rules)
-from autontk.methods.structured.contraction import pair_kernel
+from autontk.methods.structured.contraction import (PairLayout, PairSide,
+                                                    pair_kernel, restrict)
+from autontk.methods.structured.regions import align
 from autontk.methods.structured.interpreter import SideSpec, analyse
 from autontk.methods.structured.rule_table import MissingRuleError
 
@@ -38,6 +44,29 @@ class StructuredConfig:
     precision: ``jax.lax.Precision`` of the contractions (``None``: backend
       default).
     optimize: ``jnp.einsum``'s contraction-path strategy.
+    views: treat a parameter seen through static slices, known indices or
+      transposes as sub-parameters, so the layer consuming a slice keeps
+      its structure and uses of disjoint slices are never paired (off:
+      such a view is a use with a materialised Jacobian).
+    loops: walk ``scan`` bodies, ``cond`` branches and ``while`` loops
+      with a trip count known at trace time that use parameters with the
+      rules, a parameter stacked along a scan being one sub-parameter per
+      iteration (off: the loop is one use with the generic Jacobian).
+    unroll_loops_up_to: a ``scan`` walked structurally with at most this
+      many iterations (loops nested in it share the budget) is unrolled in
+      the program that computes the cotangents; longer ones keep the
+      model's own ``unroll``. No value changes: a short loop then runs and
+      compiles like the same layers held separately (XLA:CPU runs
+      transposed convolutions several times slower inside a loop), a long
+      one keeps its flat compile time. ``0``: never unroll.
+    custom_vjp: ``"rule"`` (default) honours every ``custom_vjp``
+      function's backward rule, exactly as ``jax.grad`` does: one applied to
+      activations costs nothing extra, one applied to a parameter directly
+      takes the generic fallback for that use. ``"primal"`` differentiates
+      the primal computation instead (the backward rule is ignored), so its
+      layers keep their structure: exact when the rule is a numerically
+      stable rewrite of the primal's derivative, wrong for rules that change
+      the gradient (clipping, straight-through estimators).
 
   >>> import jax.numpy as jnp, autontk
   >>> from autontk._plan import Plan
@@ -55,6 +84,15 @@ class StructuredConfig:
   strict: bool = False
   precision: str | None = None
   optimize: str = "auto"
+  views: bool = True
+  loops: bool = True
+  custom_vjp: str = "rule"
+  unroll_loops_up_to: int = 8
+
+  def __post_init__(self):
+    if self.custom_vjp not in ("rule", "primal"):
+      raise ValueError(f"StructuredConfig.custom_vjp must be 'rule' or "
+                       f"'primal'; got {self.custom_vjp!r}.")
 
 
 def _side(problem: NtkProblem, which: int, config: StructuredConfig):
@@ -78,6 +116,40 @@ def _reaches(use, cots, leaf: int) -> bool:
       bool(use.identity) and use.identity[leaf] is not None)
 
 
+def _leaf_kernel(problem: NtkProblem, leaf: int, sides,
+                 config: StructuredConfig) -> jax.Array:
+  """Σ over pairs of uses of the same parameter, one output leaf.
+
+  Uses of disjoint regions of a leaf (different slices) are never paired;
+  uses of overlapping ones are restricted to their common entries.
+  """
+  (spec1, arrays1), (spec2, arrays2) = sides
+  dtype = problem.kernel_dtype(leaf)
+  shape1 = tuple(problem.out1[leaf].shape)
+  shape2 = tuple(problem.out2[leaf].shape)
+  base = PairLayout(
+      problem.axes[leaf],
+      None if problem.vmap is None else problem.vmap.out_axes[leaf], leaf,
+      (), dtype, config.precision, config.optimize)
+  total = jnp.zeros(problem.kernel_shape(leaf), dtype)
+  for u1, (cots1, f1) in zip(spec1.uses, arrays1):
+    if not _reaches(u1, cots1, leaf):
+      continue
+    side1 = PairSide(u1, cots1[leaf], f1, shape1)
+    for u2, (cots2, f2) in zip(spec2.uses, arrays2):
+      if u2.param != u1.param or not _reaches(u2, cots2, leaf):
+        continue
+      common = align(u1.region, u2.region)
+      if common is None:
+        continue  # disjoint slices of the leaf
+      layout = dataclasses.replace(base, theta_shape=common.sizes)
+      side2 = PairSide(u2, cots2[leaf], f2, shape2)
+      total = total + pair_kernel(restrict(side1, common.positions1, layout),
+                                  restrict(side2, common.positions2, layout),
+                                  layout)
+  return total / problem.axes[leaf].trace_size(shape1)
+
+
 @register(Implementation.STRUCTURED_DERIVATIVES, StructuredConfig)
 def compute(problem: NtkProblem,
             config: StructuredConfig | None = None) -> list[jax.Array]:
@@ -92,31 +164,10 @@ def compute(problem: NtkProblem,
     traced axes' size.
   """
   config = config or StructuredConfig()
-  spec1, arrays1 = _side(problem, 1, config)
-  if problem.same_inputs:
-    spec2, arrays2 = spec1, arrays1
-  else:
-    spec2, arrays2 = _side(problem, 2, config)
-
-  kernels = []
-  for leaf, axes in enumerate(problem.axes):
-    dtype = problem.kernel_dtype(leaf)
-    batch_axis = (None if problem.vmap is None else
-                  problem.vmap.out_axes[leaf])
-    total = jnp.zeros(problem.kernel_shape(leaf), dtype)
-    for u1, (cots1, f1) in zip(spec1.uses, arrays1):
-      if not _reaches(u1, cots1, leaf):
-        continue
-      for u2, (cots2, f2) in zip(spec2.uses, arrays2):
-        if u2.param != u1.param or not _reaches(u2, cots2, leaf):
-          continue
-        total = total + pair_kernel(
-            u1, (cots1[leaf], f1), u2, (cots2[leaf], f2), axes, batch_axis,
-            problem.theta[u1.param].shape, dtype, config.precision,
-            config.optimize, leaf, problem.out1[leaf].shape,
-            problem.out2[leaf].shape)
-    kernels.append(total / axes.trace_size(problem.out1[leaf].shape))
-  return kernels
+  side1 = _side(problem, 1, config)
+  side2 = side1 if problem.same_inputs else _side(problem, 2, config)
+  return [_leaf_kernel(problem, leaf, (side1, side2), config)
+          for leaf in range(len(problem.axes))]
 
 
 __all__ = ["StructuredConfig", "MissingRuleError", "compute"]

@@ -7,18 +7,26 @@ label on both sides, so it is folded into the contraction rather than
 applied afterwards. Under ``vmap_axes`` every operand carries the example
 axis first, labelled as the output's batch axis. ``jnp.einsum`` picks the
 contraction order for cost (``optimize``).
+
+Two uses of different regions of one leaf (:mod:`.regions`) meet only on
+their common entries: :func:`restrict` cuts each side down to them first.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import string
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from autontk._axes import LeafAxes
 from autontk.methods.structured.interpreter import UseSpec
+from autontk.methods.structured.regions import Indices
 
 _LETTERS = string.ascii_letters
 
@@ -35,140 +43,265 @@ def _index_pair(i1: jax.Array, i2: jax.Array, batched: bool,
   return a == b
 
 
-def pair_kernel(u1: UseSpec, arrays1: tuple[jax.Array, list],
-                u2: UseSpec, arrays2: tuple[jax.Array, list],
-                axes: LeafAxes, batch_axis: int | None,
-                theta_shape: Sequence[int], dtype: Any,
-                precision: Any = None, optimize: Any = "auto",
-                leaf: int = 0, shape1: Sequence[int] = (),
-                shape2: Sequence[int] = ()) -> jax.Array:
-  """``Σ_θ J1[a1, θ] J2[a2, θ]`` for one output leaf, kernel layout.
+@dataclasses.dataclass(frozen=True)
+class PairSide:
+  """One use's side of a pair product, for one output leaf.
 
-  Args:
-    u1, u2: the static descriptions of the two uses (same parameter).
-    arrays1, arrays2: ``(cot, factors)`` of each use for this leaf; with a
-      ``batch_axis`` every array has the example axis first.
+  Attributes:
+    use: the use's static description.
+    cot: ``cot_map(C)`` for this leaf (``None`` for an identity cotangent);
+      with a batch axis, the example axis comes first.
+    factors: the use's factor arrays (indices for index factors).
+    shape: the output leaf's shape on this side (x1 or x2).
+  """
+
+  use: UseSpec
+  cot: jax.Array | None
+  factors: Sequence[jax.Array]
+  shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLayout:
+  """What both sides of every pair of one output leaf share.
+
+  Attributes:
     axes: the leaf's trace/diagonal axes.
     batch_axis: the leaf's batch axis under ``vmap_axes``, else ``None``.
     leaf: the output leaf's index (for the uses' identity cotangents).
-    shape1, shape2: the leaf's shapes for x1 and x2.
-    theta_shape: shape of the parameter leaf.
+    theta_shape: per axis of the parameter leaf, the entries both uses
+      cover (the leaf's shape when both cover all of it).
     dtype: the kernel dtype.
+    precision: ``jax.lax.Precision`` of the einsum (``None``: default).
+    optimize: ``jnp.einsum``'s contraction-path strategy.
+  """
+
+  axes: LeafAxes
+  batch_axis: int | None
+  leaf: int
+  theta_shape: tuple[int, ...]
+  dtype: Any
+  precision: Any = None
+  optimize: Any = "auto"
+
+
+class _Labels:
+  """Einsum labels: fresh ints, merged by union-find where an identity
+  cotangent makes a use's output axes the kernel's output axes."""
+
+  def __init__(self, first: int):
+    self._next = first
+    self._parent: dict[int, int] = {}
+
+  def fresh(self) -> int:
+    self._next += 1
+    return self._next - 1
+
+  def find(self, label: int) -> int:
+    while self._parent.get(label, label) != label:
+      label = self._parent[label]
+    return label
+
+  def union(self, a: int, b: int) -> None:
+    ra, rb = self.find(a), self.find(b)
+    if ra != rb:
+      self._parent[max(ra, rb)] = min(ra, rb)
+
+
+@dataclasses.dataclass
+class _Operands:
+  """The einsum being built: dense operands and the sides' index factors."""
+
+  dense: list[tuple[jax.Array, list[int]]] = dataclasses.field(
+      default_factory=list)
+  # (θ axis, θ axis size, indices, labels of the indices)
+  index: list[tuple[int, int, jax.Array, list[int]]] = dataclasses.field(
+      default_factory=list)
+  consumed: set[int] = dataclasses.field(default_factory=set)
+  sign: float = 1.0
+
+
+def _add_side(side: PairSide, sub: list[int], layout: PairLayout,
+              labels: _Labels, theta_ids: list[int], ops: _Operands) -> None:
+  """Appends one side's cotangent and factors, labelled for the pair."""
+  u = side.use
+  local = {l: theta_ids[k] for k, l in enumerate(u.theta_labels)}
+
+  def g(l):
+    if l not in local:
+      local[l] = labels.fresh()
+    return local[l]
+
+  b = layout.batch_axis
+  batch = [] if b is None else [sub[b]]
+  a = [sub[i] for i in range(layout.axes.ndim) if i != b]
+  ident = u.identity[layout.leaf] if u.identity else None
+  if ident is None:
+    ops.dense.append((side.cot, batch + a + [g(l) for l in u.cot_labels]))
+  else:
+    # The cotangent is the identity: the use's output axes *are* the
+    # kernel's output axes on this side (only size-1 axes may differ).
+    ops.sign *= ident
+    a_sizes = [side.shape[i] for i in range(layout.axes.ndim) if i != b]
+    a_big = [l for l, n in zip(a, a_sizes) if n != 1]
+    y_big = [l for l, n in zip(u.cot_labels, u.out_shape) if n != 1]
+    for out_label, l in zip(a_big, y_big):
+      labels.union(out_label, g(l))
+  for f, arr in zip(u.factors, side.factors):
+    if f.index_label is not None:
+      k = u.theta_labels.index(f.index_label)
+      ops.index.append((k, f.index_size, arr,
+                        batch + [g(l) for l in f.labels]))
+    else:
+      ops.dense.append((arr, batch + [g(l) for l in f.labels]))
+
+
+def _add_index_factors(ops: _Operands, layout: PairLayout, labels: _Labels,
+                       theta_ids: list[int]) -> None:
+  """Index factors paired on the same θ axis become an equality mask; any
+  other one becomes an explicit one-hot operand."""
+  by_axis: dict[int, list] = {}
+  for entry in ops.index:
+    by_axis.setdefault(entry[0], []).append(entry)
+  for k, entries in by_axis.items():
+    if (len(entries) == 2 and _only_in_index(ops.dense, theta_ids[k]) and
+        labels.find(theta_ids[k]) == theta_ids[k] and
+        all(labels.find(l) == l for _, _, _, ls in entries for l in ls)):
+      (_, _, i1, l1), (_, _, i2, l2) = entries
+      batched = layout.batch_axis is not None
+      shared = batched and l1[0] == l2[0]
+      eq = _index_pair(i1, i2, batched, shared).astype(layout.dtype)
+      ops.dense.append((eq, l1 + (l2[1:] if shared else l2)))
+      ops.consumed.add(theta_ids[k])  # summed inside the equality mask
+    else:
+      for _, size, idx, ls in entries:
+        ops.dense.append((jax.nn.one_hot(idx, size, dtype=layout.dtype),
+                          ls + [theta_ids[k]]))
+
+
+def _add_constant_axes(ops: _Operands, sizes: dict[int, int],
+                       labels: _Labels, dtype) -> None:
+  """A label no operand carries means J is constant along it (a θ axis that
+  was summed or broadcast, an output axis of an identity cotangent): it
+  enters as ones, i.e. as a factor of its size when summed."""
+  carried = {l for _, ls in ops.dense for l in ls} | ops.consumed
+  for l, n in sizes.items():
+    r = labels.find(l)
+    if r not in carried:
+      carried.add(r)
+      ops.dense.append((jnp.ones((n,), dtype), [r]))
+
+
+def _spread_merged(result: jax.Array, reps: list[int], unique: list[int],
+                   labels: _Labels, layout: PairLayout) -> jax.Array:
+  """Output labels merged by identity cotangents: spreads the result onto
+  the diagonal they imply (e.g. δ_ab for a last layer's outputs)."""
+  out_sizes = dict(zip(unique, result.shape))
+  ops, final, seen = [(result, unique)], [], set()
+  for r in reps:
+    if r in seen:
+      l = labels.fresh()
+      ops.append((jnp.eye(out_sizes[r], dtype=layout.dtype), [r, l]))
+      final.append(l)
+    else:
+      seen.add(r)
+      final.append(r)
+  return _einsum(ops, final, layout.dtype, layout.precision, "auto")
+
+
+def pair_kernel(side1: PairSide, side2: PairSide,
+                layout: PairLayout) -> jax.Array:
+  """``Σ_θ J1[a1, θ] J2[a2, θ]`` for one output leaf, kernel layout.
+
+  Args:
+    side1, side2: the two uses (same parameter) with their arrays.
+    layout: what the sides share (axes, batch axis, θ shape, dtype...).
 
   Returns:
     The (not yet trace-normalised) kernel block of this pair.
   """
+  axes = layout.axes
   s1, s2, out = axes.sublists()
-  counter = [2 * axes.ndim]
-
-  def fresh() -> int:
-    counter[0] += 1
-    return counter[0] - 1
-
-  theta_ids = [fresh() for _ in theta_shape]
-  operands: list[tuple[jax.Array, list[int]]] = []
-  index_sides: list[tuple[int, int, jax.Array, list[int]]] = []
-  parent: dict[int, int] = {}  # union-find over labels (identity cotangents)
-  sign = 1.0
-
-  def find(l: int) -> int:
-    while parent.get(l, l) != l:
-      l = parent[l]
-    return l
-
-  def union(a: int, b: int) -> None:
-    ra, rb = find(a), find(b)
-    if ra != rb:
-      parent[max(ra, rb)] = min(ra, rb)
-
-  for u, (cot, factors), s, shape in ((u1, arrays1, s1, shape1),
-                                      (u2, arrays2, s2, shape2)):
-    local = {l: theta_ids[k] for k, l in enumerate(u.theta_labels)}
-
-    def g(l, local=local):
-      if l not in local:
-        local[l] = fresh()
-      return local[l]
-
-    if batch_axis is None:
-      batch, a = [], list(s)
-    else:
-      batch = [s[batch_axis]]
-      a = [s[i] for i in range(axes.ndim) if i != batch_axis]
-    ident = u.identity[leaf] if u.identity else None
-    if ident is None:
-      operands.append((cot, batch + a + [g(l) for l in u.cot_labels]))
-    else:
-      # The cotangent is the identity: the use's output axes *are* the
-      # kernel's output axes on this side.
-      # Only size-1 axes may differ between them.
-      sign *= ident
-      a_sizes = [shape[i] for i in range(axes.ndim) if i != batch_axis]
-      a_big = [l for l, n in zip(a, a_sizes) if n != 1]
-      y_big = [l for l, n in zip(u.cot_labels, u.out_shape) if n != 1]
-      for out_label, l in zip(a_big, y_big):
-        union(out_label, g(l))
-    for f, arr in zip(u.factors, factors):
-      if f.index_label is not None:
-        k = u.theta_labels.index(f.index_label)
-        index_sides.append((k, f.index_size, arr,
-                            batch + [g(l) for l in f.labels]))
-      else:
-        operands.append((arr, batch + [g(l) for l in f.labels]))
-
-  # Index factors: paired on the same θ axis they become an equality mask;
-  # any other one becomes an explicit one-hot operand.
-  by_axis: dict[int, list] = {}
-  consumed: set[int] = set()
-  for entry in index_sides:
-    by_axis.setdefault(entry[0], []).append(entry)
-  for k, entries in by_axis.items():
-    if (len(entries) == 2 and _only_in_index(operands, theta_ids[k]) and
-        find(theta_ids[k]) == theta_ids[k] and
-        all(find(l) == l for _, _, _, ls in entries for l in ls)):
-      (_, _, i1, l1), (_, _, i2, l2) = entries
-      batched = batch_axis is not None
-      shared = batched and l1[0] == l2[0]
-      eq = _index_pair(i1, i2, batched, shared).astype(dtype)
-      labels = l1 + (l2[1:] if shared else l2)
-      operands.append((eq, labels))
-      consumed.add(theta_ids[k])  # summed inside the equality mask
-    else:
-      for _, size, idx, labels in entries:
-        operands.append((jax.nn.one_hot(idx, size, dtype=dtype),
-                         labels + [theta_ids[k]]))
-
-  operands = [(arr, [find(l) for l in ls]) for arr, ls in operands]
-  # A label no operand carries means J is constant along it (a θ axis that
-  # was summed or broadcast, an output axis of an identity cotangent): it
-  # enters as ones, i.e. as a factor of its size when summed.
-  sizes = dict(zip(theta_ids, theta_shape))
-  sizes.update(zip(s1, shape1))
-  sizes.update(zip(s2, shape2))
-  carried = {l for _, ls in operands for l in ls} | consumed
-  for l, n in sizes.items():
-    r = find(l)
-    if r not in carried:
-      carried.add(r)
-      operands.append((jnp.ones((n,), dtype), [r]))
-  reps = [find(l) for l in out]
+  labels = _Labels(2 * axes.ndim)
+  theta_ids = [labels.fresh() for _ in layout.theta_shape]
+  ops = _Operands()
+  _add_side(side1, s1, layout, labels, theta_ids, ops)
+  _add_side(side2, s2, layout, labels, theta_ids, ops)
+  _add_index_factors(ops, layout, labels, theta_ids)
+  dense = [(arr, [labels.find(l) for l in ls]) for arr, ls in ops.dense]
+  ops.dense = dense
+  sizes = dict(zip(theta_ids, layout.theta_shape))
+  sizes.update(zip(s1, side1.shape))
+  sizes.update(zip(s2, side2.shape))
+  _add_constant_axes(ops, sizes, labels, layout.dtype)
+  reps = [labels.find(l) for l in out]
   unique = list(dict.fromkeys(reps))
-  result = _einsum(operands, unique, dtype, precision, optimize)
+  result = _einsum(ops.dense, unique, layout.dtype, layout.precision,
+                   layout.optimize)
   if len(unique) < len(out):
-    # Output labels merged by identity cotangents: spread the result onto
-    # the diagonal they imply (e.g. δ_ab for a last layer's outputs).
-    out_sizes = dict(zip(unique, result.shape))
-    ops, final, seen = [(result, unique)], [], set()
-    for r in reps:
-      if r in seen:
-        l = fresh()
-        ops.append((jnp.eye(out_sizes[r], dtype=dtype), [r, l]))
-        final.append(l)
-      else:
-        seen.add(r)
-        final.append(r)
-    result = _einsum(ops, final, dtype, precision, "auto")
-  return result if sign == 1.0 else sign * result
+    result = _spread_merged(result, reps, unique, labels, layout)
+  return result if ops.sign == 1.0 else ops.sign * result
+
+
+def _take(arr: jax.Array, axis: int, positions: Indices) -> jax.Array:
+  if isinstance(positions, range) and positions.step > 0:
+    return lax.slice_in_dim(arr, positions.start, positions.stop,
+                            positions.step, axis)
+  return jnp.take(arr, np.asarray(positions, np.int32), axis=axis)
+
+
+def _identity_cot(side: PairSide, layout: PairLayout) -> PairSide:
+  """An identity cotangent, materialised (only needed to restrict it)."""
+  u = side.use
+  b = layout.batch_axis
+  a_shape = [side.shape[i] for i in range(layout.axes.ndim) if i != b]
+  eye = u.identity[layout.leaf] * jnp.eye(math.prod(a_shape),
+                                          dtype=layout.dtype)
+  cot = eye.reshape(tuple(a_shape) + tuple(u.out_shape))
+  if b is not None:
+    cot = jnp.broadcast_to(cot, (side.shape[b],) + cot.shape)
+  return PairSide(dataclasses.replace(u, identity=()), cot, side.factors,
+                  side.shape)
+
+
+def restrict(side: PairSide, positions: Sequence[Indices | None],
+             layout: PairLayout) -> PairSide:
+  """The side cut down to ``positions`` (per leaf axis, ``None``: all)."""
+  if all(p is None for p in positions):
+    return side
+  u = side.use
+  if u.identity and u.identity[layout.leaf] is not None:
+    side = _identity_cot(side, layout)
+  batched = layout.batch_axis is not None
+  cot, factors = side.cot, list(side.factors)
+  for k, pos in enumerate(positions):
+    if pos is None:
+      continue
+    label = u.theta_labels[k]
+    for i, l in enumerate(u.cot_labels):
+      if l == label:
+        cot = _take(cot, layout.axes.ndim + i, pos)
+    for j, f in enumerate(u.factors):
+      if f.index_label == label:
+        factors[j] = _renumber(factors[j], pos, f.index_size)
+      for i, l in enumerate(f.labels):
+        if l == label:
+          factors[j] = _take(factors[j], int(batched) + i, pos)
+  sizes = {l: len(p) for l, p in zip(u.theta_labels, positions)
+           if p is not None}
+  fs = tuple(dataclasses.replace(f, index_size=sizes[f.index_label])
+             if f.index_label in sizes else f for f in u.factors)
+  return PairSide(dataclasses.replace(u, factors=fs), cot, factors,
+                  side.shape)
+
+
+def _renumber(indices: jax.Array, positions: Indices, size: int):
+  """Index-factor entries as positions among ``positions`` (-1: gone)."""
+  table = np.full((size,), -1, np.int32)
+  table[np.asarray(positions)] = np.arange(len(positions), dtype=np.int32)
+  ok = (indices >= 0) & (indices < size)
+  return jnp.where(ok, jnp.asarray(table)[jnp.clip(indices, 0, size - 1)],
+                   -1)
 
 
 def _einsum(operands, out_labels, dtype, precision, optimize) -> jax.Array:

@@ -3,10 +3,13 @@
 :func:`analyse` linearises ``fun`` with ``jax.linearize``, takes the jaxpr of
 the linear map and interprets it twice:
 
-1. *discovery*: every equation that consumes a parameter leaf θ directly is a
+1. *discovery* (:mod:`.walk`): every equation that consumes a parameter
+   leaf θ, or a view of it (a slice, an index: :mod:`.regions`), is a
    *use*; its constant inputs (residuals, literals) are kept for the rules.
    Call-like equations (``jit``, ``remat``, ``custom_jvp_call``...) are
-   walked in line, so uses inside them are found too.
+   walked in line, so uses inside them are found too; ``scan`` bodies and
+   ``cond`` branches are walked too (:mod:`.loops`), a use inside a loop
+   being the stack of its per-iteration uses.
 2. *probing*: the same walk as a function of one *probe* per use output,
    with θ set to zero and each use's output replaced by (its other
    tangents' contribution +) its probe. The network's output is linear in the
@@ -15,9 +18,12 @@ the linear map and interprets it twice:
    ``C_u = ∂f/∂y_u`` at once (one reverse pass per output entry), for any
    primitive JAX can transpose (scan, cond, while, custom_lin included).
 
-Each use's :class:`Structure` comes from the rule table; the result is the
-rule-mapped cotangents and factors as arrays, plus a static description in a
-:class:`SideSpec`. Everything works under an outer ``jax.vmap`` (per-example
+Each use's :class:`Structure` comes from the rule table (mapped over the
+iterations for a use inside a loop, whose iteration becomes one more label);
+its θ labels are then laid out per axis of the parameter *leaf*, with the
+region of the leaf it covers, so uses of different slices of one leaf can be
+paired (or skipped when disjoint). The result is the rule-mapped cotangents
+and factors as arrays, plus a static description in a :class:`SideSpec`. Everything works under an outer ``jax.vmap`` (per-example
 evaluation): the static description is recorded while tracing.
 """
 
@@ -32,257 +38,12 @@ import jax.numpy as jnp
 
 from autontk import _compat
 from autontk.methods.structured import rule_table
+from autontk.methods.structured.regions import Indices, Region
 from autontk.methods.structured.structure import (Factor, IndexFactor,
                                                   Structure, dense)
-
-_LIVE = object()  # discovery-time value of a tangent that depends on θ
-
-
-@dataclasses.dataclass(frozen=True)
-class _Const:
-  value: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class _Param:
-  index: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Lineage:
-  """Which probes a tangent holds, during discovery.
-
-  ``ident`` maps a probe to ±1 where the tangent *is* ``±probe + (terms
-  without it)``: reached through sums, negations and casts only. ``other``
-  holds the probes that reach it any other way.
-  """
-
-  ident: tuple[tuple[int, float], ...] = ()
-  other: frozenset[int] = frozenset()
-
-  def keys(self) -> set[int]:
-    return {k for k, _ in self.ident} | set(self.other)
-
-
-def _mixed(lineages: Sequence[Lineage]) -> Lineage:
-  return Lineage((), frozenset().union(*[l.keys() for l in lineages]))
-
-
-def _summed(lineages: Sequence[Lineage], signs: Sequence[float]) -> Lineage:
-  ident: dict[int, float] = {}
-  other: set[int] = set()
-  for l, sign in zip(lineages, signs):
-    other |= l.other
-    for k, s in l.ident:
-      if k in ident:
-        other.add(k)
-      else:
-        ident[k] = s * sign
-  return Lineage(tuple((k, s) for k, s in sorted(ident.items())
-                       if k not in other), frozenset(other))
-
-
-# Primitives through which a tangent passes unchanged (up to sign), keyed by
-# object: sign of each input.
-_ADDITIVE = {
-    p: signs for p, signs in (
-        (_compat.primitives.add_p, (1.0, 1.0)),
-        (_compat.ADD_ANY, (1.0, 1.0)),
-        (_compat.primitives.sub_p, (1.0, -1.0)),
-        (_compat.primitives.neg_p, (-1.0,)),
-        (_compat.primitives.convert_element_type_p, (1.0,)),
-        (_compat.primitives.copy_p, (1.0,)),
-    ) if p is not None
-}
-
-
-# Primitives that only add or drop size-1 axes when their input and output
-# have the same non-unit shape: entries pass through unchanged.
-_UNIT_AXES = {p for p in (_compat.primitives.squeeze_p,
-                          _compat.primitives.reshape_p,
-                          _compat.primitives.broadcast_in_dim_p)}
-
-
-_PARAM_PASS_THROUGH = _compat.PASS_THROUGH | {
-    _compat.primitives.convert_element_type_p}
-
-
-def _non_unit(shape) -> tuple[int, ...]:
-  return tuple(d for d in shape if d != 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Lin:
-  value: Any  # an array, None (a zero tangent), or _LIVE during discovery
-  lineage: Lineage = Lineage()
-
-
-@dataclasses.dataclass(frozen=True)
-class Use:
-  """Parameter ``param`` consumed by the equation behind probe ``probe``."""
-
-  probe: int
-  param: int
-  ctx: rule_table.UseContext | None  # None: θ is itself an output
-
-
-class _Walk:
-  """One interpretation of a linear jaxpr (discovery, or with probes)."""
-
-  def __init__(self, probes: Sequence[Sequence[jax.Array]] | None = None,
-               constants: list[list[Any]] | None = None):
-    self.probes = probes
-    self.uses: list[Use] = []
-    self.probe_avals: list[tuple[Any, ...]] = []
-    # Outputs of constant equations, in walk order: computed once during
-    # discovery and reused when probing (a smaller program to compile).
-    self.constants = [] if constants is None else constants
-    self._n_const = 0
-
-  @property
-  def discovering(self) -> bool:
-    return self.probes is None
-
-  def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
-    env: dict[Any, Any] = {}
-
-    def read(v):
-      if _compat.is_literal(v):
-        return _Const(v.val)
-      return env[v]
-
-    for v, c in zip(jaxpr.constvars, consts):
-      env[v] = c if isinstance(c, (_Const, _Param, _Lin)) else _Const(c)
-    for v, a in zip(jaxpr.invars, args):
-      env[v] = a
-    for eqn in jaxpr.eqns:
-      outs = self._eqn(eqn, [read(v) for v in eqn.invars])
-      for v, o in zip(eqn.outvars, outs):
-        if not _compat.is_drop_var(v):
-          env[v] = o
-    return [read(v) for v in jaxpr.outvars]
-
-  def _eqn(self, eqn, ins: list) -> list:
-    if all(isinstance(x, _Const) for x in ins):
-      k = self._n_const
-      self._n_const += 1
-      if k == len(self.constants):
-        self.constants.append(_compat.bind(eqn, *[x.value for x in ins]))
-      return [_Const(o) for o in self.constants[k]]
-    body = _compat.inline_body(eqn)
-    if body is not None:
-      jaxpr, consts = body
-      return self.run(jaxpr, consts, ins)
-    if (eqn.primitive in _PARAM_PASS_THROUGH and len(ins) == 1 and
-        isinstance(ins[0], _Param) and _inexact(eqn.outvars[0].aval)):
-      # y = θ (placed or cast, e.g. mixed precision): y's uses are θ's uses,
-      # so the layer that consumes it keeps its structure.
-      return ins
-    if any(isinstance(x, _Param) for x in ins):
-      return self._use(eqn, ins)
-    return self._linear(eqn, ins)
-
-  def _bind_zeros(self, eqn, ins: list) -> list:
-    """Binds with θ, unknown and zero tangents as zeros."""
-    args = []
-    for x, v in zip(ins, eqn.invars):
-      if isinstance(x, _Const):
-        args.append(x.value)
-      elif isinstance(x, _Lin) and x.value is not None and x.value is not _LIVE:
-        args.append(x.value)
-      else:
-        args.append(jnp.zeros(v.aval.shape, v.aval.dtype))
-    return _compat.bind(eqn, *args)
-
-  def _lineage(self, eqn, ins: list, probe_index: int | None) -> Lineage:
-    lins = [x.lineage for x in ins if isinstance(x, _Lin)]
-    signs = _ADDITIVE.get(eqn.primitive)
-    same_shape = all(_non_unit(v.aval.shape) ==
-                     _non_unit(eqn.outvars[0].aval.shape) for v in eqn.invars)
-    if signs is None and eqn.primitive in _UNIT_AXES and len(ins) >= 1:
-      if _non_unit(eqn.invars[0].aval.shape) == _non_unit(
-          eqn.outvars[0].aval.shape):
-        signs, same_shape = (1.0,) + (0.0,) * (len(ins) - 1), True
-    if signs is not None and same_shape and len(eqn.outvars) == 1:
-      pairs = [(x.lineage, sg) for x, sg in zip(ins, signs)
-               if isinstance(x, _Lin)]
-      out = _summed([l for l, _ in pairs], [sg for _, sg in pairs])
-    else:
-      out = _mixed(lins)
-    if probe_index is not None:
-      if len(eqn.outvars) == 1:
-        out = _summed([out, Lineage(((probe_index, 1.0),))], [1.0, 1.0])
-      else:
-        out = _mixed([out, Lineage(((probe_index, 1.0),))])
-    return out
-
-  def _outputs(self, eqn, ins: list, probe: Sequence[Any] | None,
-               probe_index: int | None = None) -> list:
-    """Outputs of an equation with tangent inputs (plus its probes, if any).
-
-    Non-float outputs (a loop counter of a ``while`` that linearisation
-    kept whole) do not depend on tangents: they are constants.
-    """
-    floats = [_inexact(v.aval) for v in eqn.outvars]
-    lineage = (self._lineage(eqn, ins, probe_index) if self.discovering
-               else None)
-    live = not all(isinstance(x, _Const) or isinstance(x, _Param) or
-                   x.value is None for x in ins)
-    need_bind = (not all(floats) or
-                 (not self.discovering and live))
-    outs = self._bind_zeros(eqn, ins) if need_bind else [None] * len(floats)
-    result, probes = [], iter(probe or ())
-    for is_float, o in zip(floats, outs):
-      if not is_float:
-        result.append(_Const(o))
-      elif self.discovering:
-        result.append(_Lin(_LIVE, lineage))
-      else:
-        p = next(probes) if probe is not None else None
-        if p is None:
-          result.append(_Lin(o if live else None))
-        else:
-          result.append(_Lin(p if not live else o + p))
-    return result
-
-  def _linear(self, eqn, ins: list) -> list:
-    return self._outputs(eqn, ins, None)
-
-  def _new_probe(self, avals: tuple[Any, ...]) -> int:
-    self.probe_avals.append(avals)
-    return len(self.probe_avals) - 1
-
-  def _use(self, eqn, ins: list) -> list:
-    k = self._new_probe(tuple(v.aval for v in eqn.outvars
-                              if _inexact(v.aval)))
-    if self.discovering:
-      inputs = tuple(x.value if isinstance(x, _Const) else None for x in ins)
-      in_avals = tuple(v.aval for v in eqn.invars)
-      out_avals = tuple(v.aval for v in eqn.outvars)
-      for pos, x in enumerate(ins):
-        if isinstance(x, _Param):
-          ctx = rule_table.UseContext(eqn, pos, inputs, in_avals, out_avals)
-          self.uses.append(Use(k, x.index, ctx))
-      return self._outputs(eqn, ins, None, k)
-    return self._outputs(eqn, ins, self.probes[k])
-
-  def outputs(self, outs: list, theta_avals: Sequence[Any]) -> list:
-    """Top-level outputs; an output that *is* a parameter gets its probe."""
-    result = []
-    for o in outs:
-      if isinstance(o, _Param):
-        k = self._new_probe((theta_avals[o.index],))
-        if self.discovering:
-          self.uses.append(Use(k, o.index, None))
-          o = _Lin(_LIVE, Lineage(((k, 1.0),)))
-        else:
-          o = _Lin(self.probes[k][0])
-      result.append(o)
-    return result
-
-
-def _inexact(aval) -> bool:
-  return jnp.issubdtype(aval.dtype, jnp.inexact)
+from autontk.methods.structured.values import (LIVE, Lin, Param, Registry,
+                                               Use, WalkOptions, over_levels)
+from autontk.methods.structured.walk import Walk
 
 
 # Static description of one side --------------------------------------------
@@ -297,7 +58,11 @@ class FactorSpec:
 
 @dataclasses.dataclass(frozen=True)
 class UseSpec:
-  """Static part of one (possibly merged) use: labels and factor kinds."""
+  """Static part of one (possibly merged) use: labels and factor kinds.
+
+  ``theta_labels`` has one label per axis of the parameter *leaf*; the
+  use covers the entries ``region`` of it (per leaf axis, in order).
+  """
 
   param: int
   theta_labels: tuple[int, ...]
@@ -308,6 +73,11 @@ class UseSpec:
   # terms without it), so its cotangent is the identity and is not stored.
   identity: tuple[float | None, ...] = ()
   out_shape: tuple[int, ...] = ()  # the use's output shape (for identity)
+  region: tuple[Indices, ...] = ()
+
+  @property
+  def theta_sizes(self) -> tuple[int, ...]:
+    return tuple(len(ix) for ix in self.region)
 
 
 @dataclasses.dataclass
@@ -323,18 +93,259 @@ class SideSpec:
   live: list[bool] = dataclasses.field(default_factory=list)
 
 
-def _spec_of(s: Structure, param: int, name: str) -> UseSpec:
-  fs = []
-  for f in s.factors:
-    if isinstance(f, IndexFactor):
-      fs.append(FactorSpec(f.labels, f.label, f.size))
-    else:
-      fs.append(FactorSpec(f.labels))
-  return UseSpec(param, s.theta_labels, s.cot_labels, tuple(fs), name)
-
-
 def _factor_array(f: Factor | IndexFactor) -> jax.Array:
   return f.indices if isinstance(f, IndexFactor) else f.array
+
+
+@dataclasses.dataclass(frozen=True)
+class _OutputLayout:
+  """The output leaves that depend on θ, flattened into one cotangent basis.
+
+  Attributes:
+    avals: every output leaf's abstract value.
+    live: indices of the leaves that depend on θ.
+  """
+
+  avals: tuple[Any, ...]
+  live: tuple[int, ...]
+
+  @property
+  def sizes(self) -> list[int]:
+    return [math.prod(self.avals[i].shape) for i in self.live]
+
+  def basis(self) -> list[jax.Array]:
+    """Per live leaf, the identity rows of that leaf: ``(total,) + shape``."""
+    total = sum(self.sizes)
+    dtype = jnp.result_type(*[self.avals[i].dtype for i in self.live])
+    eye = jnp.eye(total, dtype=dtype)
+    basis, off = [], 0
+    for i, n in zip(self.live, self.sizes):
+      aval = self.avals[i]
+      basis.append(eye[:, off:off + n].reshape((total,) + aval.shape)
+                   .astype(aval.dtype))
+      off += n
+    return basis
+
+  def per_leaf(self, mapped: jax.Array, skip=()) -> list:
+    """Splits rows of ``mapped`` (one per basis entry) into output leaves;
+    leaves in ``skip`` and dead leaves are ``None``."""
+    out, off = [None] * len(self.avals), 0
+    for i, n in zip(self.live, self.sizes):
+      if i not in skip:
+        out[i] = mapped[off:off + n].reshape(self.avals[i].shape +
+                                             mapped.shape[1:])
+      off += n
+    return out
+
+
+# Probing ----------------------------------------------------------------------
+
+
+def _probe_cotangents(closed, walk: Walk, params: list,
+                      layout: _OutputLayout) -> list[list[jax.Array]]:
+  """Per probe, ``∂out/∂probe`` (one row per live output entry)."""
+  probe_avals = walk.registry.probe_avals
+  flat_avals = [a for avals in probe_avals for a in avals]
+  splits = [len(avals) for avals in probe_avals]
+
+  def probed(*flat):
+    it = iter(flat)
+    probes = {k: [next(it) for _ in range(n)] for k, n in enumerate(splits)}
+    w = Walk(walk.options, probes=probes, plan=walk.plan,
+             constants=walk.constants)
+    res = w.tangents(w.run(closed.jaxpr, closed.consts, params))
+    return [res[i].value for i in layout.live]
+
+  try:
+    transpose = jax.linear_transpose(probed, *flat_avals)
+    cots_flat = jax.vmap(transpose)(layout.basis())
+  except rule_table._NOT_TRANSPOSABLE:  # noqa: SLF001
+    # A loop JAX cannot transpose (``while``): forward mode, one JVP per
+    # probe entry, is exact too.
+    cots_flat = _forward_cotangents(probed, flat_avals, layout)
+  cots, pos = [], 0
+  for n in splits:
+    cots.append(cots_flat[pos:pos + n])
+    pos += n
+  return cots
+
+
+def _forward_cotangents(probed, flat_avals, layout: _OutputLayout) -> list:
+  zeros = [jnp.zeros(a.shape, a.dtype) for a in flat_avals]
+  jac = jax.jacfwd(probed, argnums=tuple(range(len(zeros))))(*zeros)
+  cots = []
+  for k, a in enumerate(flat_avals):
+    rows = [jac[j][k].reshape((n,) + a.shape)
+            for j, n in enumerate(layout.sizes)]
+    cots.append(jnp.concatenate(rows, axis=0))
+  return cots
+
+
+def _reach(outs: list, layout: _OutputLayout,
+           k: int) -> tuple[set[int], dict[int, float]]:
+  """Leaves probe ``k`` does not reach, and those it reaches as identity."""
+  absent, ident = set(), {}
+  for i in layout.live:
+    lineage = outs[i].lineage
+    if k not in lineage.keys():
+      absent.add(i)
+    elif k not in lineage.other:
+      ident[i] = dict(lineage.ident)[k]
+  return absent, ident
+
+
+# Resolution: rules, over the loops' iterations --------------------------------
+
+
+def _structure(use: Use, ctx, config) -> tuple[Structure, str]:
+  if ctx is None:
+    return dense(len(use.region.value_shape)), "identity"
+  s = rule_table.resolve(ctx, config.structure_rules, config.jacobian_rules,
+                         config.strict)
+  return s, str(ctx.primitive)
+
+
+def _single(use: Use, c: Sequence[Any]):
+  """The cotangent as the rule expects it: an array, or a tuple for
+  multi-output primitives."""
+  multi = use.ctx is not None and use.ctx.primitive.multiple_results
+  return c[0] if len(c) == 1 and not multi else tuple(c)
+
+
+def _resolve(use: Use, c: list, config) -> tuple[Structure, str, Any, list]:
+  """The use's structure, ``cot_map(C)`` and factor arrays.
+
+  Inside loops the rule runs on one iteration, mapped over the loops'
+  leading axes: ``cot_map(C)`` then has shape ``(A, T..., cot dims)`` and
+  each factor ``(T or 1..., factor dims)``.
+  """
+  box = {}
+  depth = len(use.lengths)
+
+  def one(*args):
+    cots, inputs = args[:len(c)], args[len(c):]
+    ctx = (None if use.ctx is None else
+           dataclasses.replace(use.ctx, inputs=tuple(inputs)))
+    s, name = _structure(use, ctx, config)
+    box["s"], box["name"] = s, name
+    single = _single(use, cots)
+    mapped = single if s.cot_map is None else jax.vmap(s.cot_map)(single)
+    return mapped, [_factor_array(f) for f in s.factors]
+
+  inputs = () if use.ctx is None else use.ctx.inputs
+  if depth == 0:
+    mapped, factors = one(*c, *inputs)
+  else:
+    cots = [jnp.moveaxis(ci, 0, depth) for ci in c]
+    mapped, factors = over_levels(one, [*cots, *inputs], use.lengths)
+    mapped = jnp.moveaxis(mapped, depth, 0)
+  return box["s"], box["name"], mapped, factors
+
+
+def _leaf_spec(s: Structure, use: Use, name: str, factors: list
+               ) -> tuple[UseSpec, list]:
+  """Relabels a (stacked) structure per axis of the parameter leaf."""
+  depth = len(use.lengths)
+  used = set(s.theta_labels) | set(s.cot_labels)
+  for f in s.factors:
+    used |= set(f.labels) | ({f.label} if isinstance(f, IndexFactor) else set())
+  top = max(used, default=-1) + 1
+  loop = [top + l for l in range(depth)]
+  fresh = iter(range(top + depth, top + depth + len(use.region.index)))
+  looped = dict(use.region.loops)
+  theta = []
+  for a in range(len(use.region.index)):
+    if a in use.region.axes:
+      theta.append(s.theta_labels[use.region.axes.index(a)])
+    elif a in looped:
+      theta.append(loop[looped[a]])
+    else:
+      theta.append(next(fresh))  # one entry: a label no operand carries
+  specs, arrays = [], []
+  for f, arr in zip(s.factors, factors):
+    keep = [l for l in range(depth)
+            if arr.shape[l] != 1 or use.lengths[l] == 1]
+    squeeze = tuple(l for l in range(depth) if l not in keep)
+    arrays.append(jnp.squeeze(arr, squeeze) if squeeze else arr)
+    labels = tuple(loop[l] for l in keep) + f.labels
+    if isinstance(f, IndexFactor):
+      specs.append(FactorSpec(labels, f.label, f.size))
+    else:
+      specs.append(FactorSpec(labels))
+  spec = UseSpec(use.param, tuple(theta), tuple(loop) + s.cot_labels,
+                 tuple(specs), name, region=use.region.index)
+  return spec, arrays
+
+
+def _as_dense(u: UseSpec, mapped: jax.Array) -> jax.Array | None:
+  """``cot_map(C)`` as the materialised Jacobian ``(A, *region sizes)`` when
+  the use has no factors, else ``None``."""
+  if u.factors or len(set(u.cot_labels)) != len(u.cot_labels):
+    return None
+  summed = tuple(1 + i for i, l in enumerate(u.cot_labels)
+                 if l not in u.theta_labels)
+  if summed:  # a loop the parameter does not vary along: its uses add up
+    mapped = mapped.sum(summed)
+  labels = [l for l in u.cot_labels if l in u.theta_labels]
+  sizes = u.theta_sizes
+  if any(n != 1 for l, n in zip(u.theta_labels, sizes) if l not in labels):
+    return None  # constant along a θ axis: cheaper kept implicit
+  order = [labels.index(l) for l in u.theta_labels if l in labels]
+  mapped = jnp.transpose(mapped, (0,) + tuple(1 + i for i in order))
+  return mapped.reshape(mapped.shape[:1] + sizes)
+
+
+@dataclasses.dataclass
+class _Collected:
+  """Uses resolved to arrays: dense ones summed per parameter region."""
+
+  dense: dict[tuple, jax.Array] = dataclasses.field(default_factory=dict)
+  dense_names: dict[tuple, list[str]] = dataclasses.field(
+      default_factory=dict)
+  structured: list[tuple[UseSpec, list, Any, set]] = dataclasses.field(
+      default_factory=list)
+
+  def add_dense(self, u: UseSpec, mapped: jax.Array) -> None:
+    # Uses whose Jacobian is materialised anyway are summed first: their
+    # pairs then cost one contraction per parameter region.
+    key = (u.param, u.region)
+    self.dense[key] = (mapped if key not in self.dense else
+                       self.dense[key] + mapped)
+    self.dense_names.setdefault(key, []).append(u.primitive)
+
+
+def _collect_use(use: Use, c: list, outs: list, layout: _OutputLayout,
+                 config, into: _Collected) -> None:
+  s, name, mapped, factors = _resolve(use, c, config)
+  u, factors = _leaf_spec(s, use, name, factors)
+  absent, ident = _reach(outs, layout, use.probe)
+  if ident and not use.lengths and s.cot_map is None and len(c) == 1:
+    identity = tuple(ident.get(i) for i in range(len(outs)))
+    out_shape = (use.region.value_shape if use.ctx is None
+                 else tuple(use.ctx.out_aval.shape))
+    u = dataclasses.replace(u, identity=identity, out_shape=out_shape)
+    into.structured.append((u, factors, c[0], absent | set(ident)))
+    return
+  as_dense = _as_dense(u, mapped)
+  if as_dense is not None:
+    into.add_dense(u, as_dense)
+  else:
+    into.structured.append((u, factors, mapped, absent))
+
+
+def _assemble(collected: _Collected, layout: _OutputLayout,
+              spec: SideSpec) -> list[tuple[list, list]]:
+  result = []
+  for (p, region), mapped in collected.dense.items():
+    labels = tuple(range(len(region)))
+    spec.uses.append(UseSpec(p, labels, labels, (),
+                             "+".join(collected.dense_names[(p, region)]),
+                             region=region))
+    result.append((layout.per_leaf(mapped), []))
+  for u, factors, mapped, skip in collected.structured:
+    spec.uses.append(u)
+    result.append((layout.per_leaf(mapped, skip), factors))
+  return result
 
 
 def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
@@ -348,136 +359,34 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
     spec: filled with the static description (reset first).
 
   Returns:
-    Per use (merged dense uses first, per parameter), ``(cots, factors)``:
-    ``cots[L]`` is ``cot_map(C)`` for output leaf ``L``, shape
-    ``o_L + cot dims``, or ``None`` where the use does not reach leaf ``L``
-    or reaches it as the identity (then ``spec.uses[i].identity[L]`` holds
-    the sign); ``factors`` are the factor arrays (indices for index
-    factors).
+    Per use (merged dense uses first, per parameter region),
+    ``(cots, factors)``: ``cots[L]`` is ``cot_map(C)`` for output leaf
+    ``L``, shape ``o_L + cot dims``, or ``None`` where the use does not
+    reach leaf ``L`` or reaches it as the identity (then
+    ``spec.uses[i].identity[L]`` holds the sign); ``factors`` are the
+    factor arrays (indices for index factors).
   """
   spec.uses.clear()
   spec.live.clear()
   theta = tuple(theta)
+  if config.custom_vjp == "primal":
+    fun = _compat.inline_custom_vjp(fun)
   closed = _compat.linear_jaxpr(fun, theta)
-  jaxpr = closed.jaxpr
-  theta_avals = [v.aval for v in jaxpr.invars]
-  params = [_Param(i) for i in range(len(theta))]
-
-  walk = _Walk()
-  outs = walk.outputs(walk.run(jaxpr, closed.consts, params), theta_avals)
-  live = [isinstance(o, _Lin) and o.value is _LIVE for o in outs]
+  theta_avals = [v.aval for v in closed.jaxpr.invars]
+  params = [Param(i, Region.full(a.shape)) for i, a in enumerate(theta_avals)]
+  options = WalkOptions(views=config.views and config.structure_rules,
+                        loops=config.loops,
+                        unroll_up_to=config.unroll_loops_up_to)
+  walk = Walk(options, registry=Registry(theta_avals), constants=[])
+  outs = walk.tangents(walk.run(closed.jaxpr, closed.consts, params))
+  live = [isinstance(o, Lin) and o.value is LIVE for o in outs]
   spec.live.extend(live)
-  out_avals = [v.aval for v in jaxpr.outvars]
-  if not walk.uses or not any(live):
+  if not walk.registry.uses or not any(live):
     return []
-
-  probe_avals = walk.probe_avals
-  flat_avals = [jax.ShapeDtypeStruct(a.shape, a.dtype)
-                for avals in probe_avals for a in avals]
-  splits = [len(avals) for avals in probe_avals]
-
-  def probed(*flat):
-    it = iter(flat)
-    probes = [[next(it) for _ in range(n)] for n in splits]
-    w = _Walk(probes, walk.constants)
-    res = w.outputs(w.run(jaxpr, closed.consts, params), theta_avals)
-    return [res[i].value for i in range(len(res)) if live[i]]
-
-  live_idx = [i for i in range(len(outs)) if live[i]]
-  sizes = [math.prod(out_avals[i].shape) for i in live_idx]
-  total = sum(sizes)
-  dtype = jnp.result_type(*[out_avals[i].dtype for i in live_idx])
-  eye = jnp.eye(total, dtype=dtype)
-  basis, off = [], 0
-  for i, n in zip(live_idx, sizes):
-    basis.append(eye[:, off:off + n].reshape((total,) + out_avals[i].shape)
-                 .astype(out_avals[i].dtype))
-    off += n
-  try:
-    transpose = jax.linear_transpose(probed, *flat_avals)
-    cots_flat = jax.vmap(lambda b: transpose(b))(basis)
-  except rule_table._NOT_TRANSPOSABLE:  # noqa: SLF001
-    # A loop JAX cannot transpose (``while``): forward mode, one JVP per
-    # probe entry, is exact too.
-    cots_flat = _forward_cotangents(probed, flat_avals, live_idx, out_avals)
-  cots, pos = [], 0
-  for n in splits:
-    cots.append(cots_flat[pos:pos + n])
-    pos += n
-
-  def per_leaf(mapped: jax.Array, skip=()) -> list:
-    out, off = [None] * len(outs), 0
-    for i, n in zip(live_idx, sizes):
-      if i not in skip:
-        out[i] = mapped[off:off + n].reshape(out_avals[i].shape +
-                                             mapped.shape[1:])
-      off += n
-    return out
-
-  def reach(k: int) -> tuple[set[int], dict[int, float]]:
-    """Leaves probe ``k`` does not reach, and those it reaches as identity."""
-    absent, ident = set(), {}
-    for i in live_idx:
-      lineage = outs[i].lineage
-      if k not in lineage.keys():
-        absent.add(i)
-      elif k not in lineage.other:
-        ident[i] = dict(lineage.ident)[k]
-    return absent, ident
-
-  merged: dict[int, jax.Array] = {}
-  merged_names: dict[int, list[str]] = {}
-  structured: list[tuple[UseSpec, list]] = []
-  for use in walk.uses:
-    c = cots[use.probe]
-    if use.ctx is None:
-      s, name = dense(len(theta_avals[use.param].shape)), "identity"
-    else:
-      s = rule_table.resolve(use.ctx, config.structure_rules,
-                             config.jacobian_rules, config.strict)
-      name = str(use.ctx.primitive)
-    single = c[0] if len(c) == 1 and (use.ctx is None or
-                                      not use.ctx.primitive.multiple_results
-                                      ) else tuple(c)
-    absent, ident = reach(use.probe)
-    if ident and s.cot_map is None and len(c) == 1:
-      identity = tuple(ident.get(i) for i in range(len(outs)))
-      out_shape = (tuple(theta_avals[use.param].shape) if use.ctx is None
-                   else tuple(use.ctx.out_aval.shape))
-      u = dataclasses.replace(_spec_of(s, use.param, name), identity=identity,
-                              out_shape=out_shape)
-      structured.append((u, [_factor_array(f) for f in s.factors], single,
-                         absent | set(ident)))
-      continue
-    mapped = single if s.cot_map is None else jax.vmap(s.cot_map)(single)
-    if s.is_dense:
-      # Uses whose Jacobian is materialised anyway are summed first: their
-      # pairs then cost one contraction per parameter.
-      merged[use.param] = (mapped if use.param not in merged else
-                           merged[use.param] + mapped)
-      merged_names.setdefault(use.param, []).append(name)
-      continue
-    structured.append((_spec_of(s, use.param, name),
-                       [_factor_array(f) for f in s.factors], mapped, absent))
-
-  result = []
-  for p, mapped in sorted(merged.items()):
-    labels = tuple(range(len(theta_avals[p].shape)))
-    spec.uses.append(UseSpec(p, labels, labels, (),
-                             "+".join(merged_names[p])))
-    result.append((per_leaf(mapped), []))
-  for u, factors, mapped, skip in structured:
-    spec.uses.append(u)
-    result.append((per_leaf(mapped, skip), factors))
-  return result
-
-
-def _forward_cotangents(probed, flat_avals, live_idx, out_avals) -> list:
-  zeros = [jnp.zeros(a.shape, a.dtype) for a in flat_avals]
-  jac = jax.jacfwd(probed, argnums=tuple(range(len(zeros))))(*zeros)
-  cots = []
-  for k, a in enumerate(flat_avals):
-    rows = [jac[j][k].reshape((math.prod(out_avals[i].shape),) + a.shape)
-            for j, i in enumerate(live_idx)]
-    cots.append(jnp.concatenate(rows, axis=0))
-  return cots
+  layout = _OutputLayout(tuple(v.aval for v in closed.jaxpr.outvars),
+                         tuple(i for i, l in enumerate(live) if l))
+  cots = _probe_cotangents(closed, walk, params, layout)
+  collected = _Collected()
+  for use in walk.registry.uses:
+    _collect_use(use, cots[use.probe], outs, layout, config, collected)
+  return _assemble(collected, layout, spec)

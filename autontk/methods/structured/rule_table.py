@@ -1,13 +1,26 @@
 """The rule table: one record per primitive, keyed by the primitive object.
 
-A record holds an optional *structure rule* (``UseContext -> Structure`` or
-``None`` when the rule does not cover these parameters) and an optional
-*Jacobian rule* (``UseContext -> cotangent map`` giving the materialised
-Jacobian of the use, cheaper than the generic transpose). Rules are
-registered right below their definitions in :mod:`.rules`. Any primitive
-without an applicable rule takes :func:`generic`: the exact Jacobian of the
-use through ``jax.linear_transpose`` of the primitive, logged once per
-primitive (``strict=True`` raises instead).
+A record holds everything the method knows about one primitive:
+
+* an optional *structure rule* (``UseContext -> Structure`` or ``None`` when
+  the rule does not cover these parameters);
+* an optional *Jacobian rule* (``UseContext -> cotangent map`` giving the
+  materialised Jacobian of the use, cheaper than the generic transpose);
+* an optional *view rule* (``UseContext -> ViewMap`` or ``None``): the
+  primitive applied to θ only selects or rearranges θ's entries (a slice,
+  an index, a transpose), so its output is a view of θ
+  (:mod:`.regions`) rather than a use; the rule sees the other inputs as
+  NumPy arrays when they are known at trace time (else ``None``);
+* facts the interpreter uses while walking the linearised network
+  (:class:`PrimitiveFacts`): whether tangents pass through it as a signed
+  sum, whether it only adds or drops size-1 axes, whether a parameter
+  passes through it as itself.
+
+Rules and facts are registered right below their definitions in
+:mod:`.rules`. Any primitive without an applicable rule takes
+:func:`generic`: the exact Jacobian of the use through
+``jax.linear_transpose`` of the primitive, logged once per primitive
+(``strict=True`` raises instead).
 """
 
 from __future__ import annotations
@@ -20,12 +33,14 @@ import jax
 import jax.numpy as jnp
 
 from autontk import _compat
+from autontk.methods.structured.regions import ViewMap
 from autontk.methods.structured.structure import Structure, dense
 
 log = logging.getLogger("autontk.structured")
 
 StructureRule = Callable[["UseContext"], "Structure | None"]
 JacobianRule = Callable[["UseContext"], "Callable[[Any], jax.Array] | None"]
+ViewRule = Callable[["UseContext"], "ViewMap | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +96,46 @@ class UseContext:
     return outs if self.primitive.multiple_results else outs[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class PrimitiveFacts:
+  """What the interpreter may assume about a primitive's tangents.
+
+  Attributes:
+    additive: per input, the sign with which it enters the output when the
+      output is a signed sum of its inputs (``add``: ``(1, 1)``, ``sub``:
+      ``(1, -1)``, ``neg``: ``(-1,)``, casts and copies: ``(1,)``);
+      ``None`` otherwise. Used to tell when a network output *is* a use's
+      output (its cotangent is then the identity and is never stored).
+    unit_axes: the primitive only adds or drops size-1 axes when its first
+      input and its output have the same non-unit shape (``squeeze``,
+      ``reshape``, ``broadcast_in_dim``): entries pass through unchanged.
+    passes_param: ``y = prim(θ)`` is θ itself (placed or cast), so the uses
+      of ``y`` are uses of θ and keep their structure.
+  """
+
+  additive: tuple[float, ...] | None = None
+  unit_axes: bool = False
+  passes_param: bool = False
+
+
 @dataclasses.dataclass
 class RuleRecord:
+  """Everything known about one primitive (see the module docstring)."""
+
   primitive: Any
   structure: StructureRule | None = None
   jacobian: JacobianRule | None = None
+  view: ViewRule | None = None
+  facts: PrimitiveFacts = PrimitiveFacts()
+
+  @property
+  def has_rule(self) -> bool:
+    return (self.structure is not None or self.jacobian is not None or
+            self.view is not None)
 
 
 RULES: dict[Any, RuleRecord] = {}
+_NO_FACTS = PrimitiveFacts()
 
 
 def _record(primitive) -> RuleRecord:
@@ -113,6 +160,38 @@ def jacobian_rule(*primitives):
       _record(p).jacobian = rule
     return rule
   return wrap
+
+
+def view_rule(*primitives):
+  """Registers a view rule (θ's entries selected or rearranged)."""
+  def wrap(rule: ViewRule) -> ViewRule:
+    for p in primitives:
+      _record(p).view = rule
+    return rule
+  return wrap
+
+
+def view_of(ctx: UseContext) -> ViewMap | None:
+  """The view ``ctx``'s equation makes of θ, if its primitive has one."""
+  record = RULES.get(ctx.primitive)
+  if record is None or record.view is None:
+    return None
+  return record.view(ctx)
+
+
+def register_facts(*primitives, additive: tuple[float, ...] | None = None,
+                   unit_axes: bool = False,
+                   passes_param: bool = False) -> None:
+  """Records :class:`PrimitiveFacts` for primitives (``None`` ones skipped)."""
+  facts = PrimitiveFacts(additive, unit_axes, passes_param)
+  for p in primitives:
+    _record(p).facts = facts
+
+
+def facts(primitive) -> PrimitiveFacts:
+  """The facts registered for ``primitive`` (none known: all off)."""
+  record = RULES.get(primitive)
+  return _NO_FACTS if record is None else record.facts
 
 
 class MissingRuleError(NotImplementedError):
@@ -171,7 +250,7 @@ def resolve(ctx: UseContext, structure_rules: bool = True,
       if cot_map is not None:
         return dense(len(ctx.theta_aval.shape), cot_map)
   if structure_rules or jacobian_rules:
-    what = ("has no rule" if record is None else
+    what = ("has no rule" if record is None or not record.has_rule else
             "has no rule for these parameters")
     if strict:
       raise MissingRuleError(
@@ -187,6 +266,7 @@ def resolve(ctx: UseContext, structure_rules: bool = True,
 
 
 def registered() -> dict[Any, RuleRecord]:
-  """All records (the rule modules register when the structured package
-  is imported, which importing this module implies)."""
-  return dict(RULES)
+  """Records with a structure or Jacobian rule (importing this package
+  loads every rule module; records holding only facts are in
+  :data:`RULES`)."""
+  return {p: r for p, r in RULES.items() if r.has_rule}

@@ -22,7 +22,6 @@ from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
 from autontk.methods.structured.structure import Factor, Structure
 
 
-
 @structure_rule(P.dot_general_p)
 def dot_general_structure(ctx: UseContext) -> Structure | None:
   other = ctx.other()

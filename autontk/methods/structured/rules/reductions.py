@@ -16,7 +16,6 @@ from autontk.methods.structured.rule_table import (UseContext, jacobian_rule,
 from autontk.methods.structured.structure import Structure, dropping_axes
 
 
-
 @structure_rule(P.reduce_sum_p)
 def reduce_sum_structure(ctx: UseContext) -> Structure:
   return dropping_axes(len(ctx.theta_aval.shape), ctx.params["axes"])
