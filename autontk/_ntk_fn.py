@@ -49,7 +49,8 @@ class NtkFn:
     return (f"NtkFn(f={getattr(self.f, '__name__', self.f)!r}, "
             f"trace_axes={o.trace_axes}, diagonal_axes={o.diagonal_axes}, "
             f"vmap_axes={o.vmap_axes!r}, "
-            f"implementation={o.implementation.name.lower()!r})")
+            f"implementation={o.implementation.name.lower()!r}, "
+            f"{o.describe()})")
 
   def replace(self, **changes: Any) -> "NtkFn":
     """A new :class:`NtkFn` of the same ``f`` and planner, options changed.
@@ -57,7 +58,8 @@ class NtkFn:
     Args:
       **changes: fields of :class:`autontk._options.NtkOptions`
         (``trace_axes``, ``diagonal_axes``, ``vmap_axes``,
-        ``implementation``), in their canonical (tuple / enum) form.
+        ``implementation``, ``selection``, ``pseudo_axes``,
+        ``precision``), in their canonical (tuple / enum / record) form.
     """
     return NtkFn(self.f, dataclasses.replace(self.options, **changes),
                  jit=self.jit, planner=self._planner)
@@ -152,9 +154,10 @@ class NtkFn:
 
     def run(params, x1, x2, dynamic):
       kwargs = _kwargs.merge_static(dynamic, static_key)
-      problem = _problem.build(self.f, self.options, x1, x2, params, kwargs)
-      kernels = plan.execute(problem)
-      return jax.tree.unflatten(problem.out_treedef, kernels)
+      with self.options.precision_scope():
+        problem = _problem.build(self.f, self.options, x1, x2, params, kwargs)
+        kernels = plan.execute(problem)
+      return problem.unflatten_kernels(kernels)
 
     # A host-loop chunking runs its own jitted block kernel per block.
     host_loop = getattr(plan.chunking, "host_loop", False)

@@ -137,7 +137,7 @@ class BatchChunking:
     kernel = pad * sum(
         math.prod(problem.kernel_shape(i)) *
         jnp.dtype(problem.kernel_dtype(i)).itemsize
-        for i in range(len(problem.out1)))
+        for _, i in problem.kernel_slots())
     return AssemblyCost(bytes_accessed=6 * kernel, peak_memory=3 * kernel)
 
   def execute(self, plan: Any, problem: NtkProblem) -> list[jax.Array]:
@@ -380,6 +380,7 @@ class _BlockSpec:
   diff_mask: tuple[bool, ...]
   # The static key of the params' split (Python constants stay static).
   param_split: Any
+  selection: Any = None  # wrt/groups, resolved
 
 
 def _block_spec(plan: Any, problem: NtkProblem, grid: BlockGrid,
@@ -406,7 +407,8 @@ def _block_spec(plan: Any, problem: NtkProblem, grid: BlockGrid,
       out2=block_shapes(problem.out2, grid.b2), axes=axes,
       param_treedef=problem._param_treedef,  # noqa: SLF001
       diff_mask=problem._diff_mask,  # noqa: SLF001
-      param_split=split_params(problem.params)[1])
+      param_split=split_params(problem.params)[1],
+      selection=problem.selection)
 
 
 def _take(leaf: Any, axis: int | None, start: Any, size: int, n: int) -> Any:
@@ -443,7 +445,8 @@ def _block_kernels(spec: _BlockSpec, args: _BlockArgs, start1: Any,
       out2=[jax.ShapeDtypeStruct(s, d) for s, d in spec.out2],
       out_treedef=spec.out_treedef, axes=spec.axes, vmap=spec.vmap,
       theta=theta, _param_leaves=param_leaves,
-      _param_treedef=spec.param_treedef, _diff_mask=spec.diff_mask)
+      _param_treedef=spec.param_treedef, _diff_mask=spec.diff_mask,
+      selection=spec.selection)
   return list(spec.plan.execute(sub))
 
 
@@ -483,15 +486,17 @@ def mirror(k: jax.Array, axes: LeafAxes, lead: int = 0) -> jax.Array:
 
 def _assemble(grid: BlockGrid, diag: list | None,
               pair: list | None) -> list[jax.Array]:
-  """Stacked block kernels (per leaf) -> whole kernels."""
+  """Stacked block kernels (per kernel: output leaf, or group and output
+  leaf, group-major) -> whole kernels."""
   n_leaves = len(grid.axes)
   out = []
-  for leaf in range(n_leaves):
+  for kernel in range(len(diag if diag is not None else pair)):
+    leaf = kernel % n_leaves
     axes, b = grid.axes[leaf], grid.out_axes[leaf]
     if grid.matched:
       baxes = _block_axes(axes, b)
       pos = _kernel_position(baxes, b)
-      k = jnp.moveaxis(diag[leaf], 0, pos)
+      k = jnp.moveaxis(diag[kernel], 0, pos)
       shape = k.shape[:pos] + (k.shape[pos] * k.shape[pos + 1],) + k.shape[
           pos + 2:]
       k = jax.lax.slice_in_dim(k.reshape(shape), 0, grid.n1, axis=pos)
@@ -501,7 +506,7 @@ def _assemble(grid: BlockGrid, diag: list | None,
       continue
     if grid.symmetric:
       nb = grid.nb1
-      blocks = diag[leaf]
+      blocks = diag[kernel]
       g = jnp.zeros((nb, nb) + blocks.shape[1:], blocks.dtype)
       idx = jnp.arange(nb)
       g = g.at[idx, idx].set(blocks)
@@ -509,10 +514,10 @@ def _assemble(grid: BlockGrid, diag: list | None,
         ij = [(i, j) for i in range(nb) for j in range(i + 1, nb)]
         ii = jnp.asarray([i for i, _ in ij])
         jj = jnp.asarray([j for _, j in ij])
-        g = g.at[ii, jj].set(pair[leaf])
-        g = g.at[jj, ii].set(mirror(pair[leaf], axes, lead=1))
+        g = g.at[ii, jj].set(pair[kernel])
+        g = g.at[jj, ii].set(mirror(pair[kernel], axes, lead=1))
     else:
-      g = pair[leaf].reshape((grid.nb1, grid.nb2) + pair[leaf].shape[1:])
+      g = pair[kernel].reshape((grid.nb1, grid.nb2) + pair[kernel].shape[1:])
     pos = _kernel_position(axes, b)
     k = jnp.moveaxis(g, (0, 1), (pos, pos + 2))
     s = k.shape

@@ -88,8 +88,8 @@ def compute(problem: NtkProblem,
     config: options; ``None`` for the defaults.
 
   Returns:
-    One kernel per output leaf, in the kernel layout, divided by the
-    traced axes' size.
+    One kernel per output leaf (per group and output leaf with ``groups``,
+    group-major), in the kernel layout, divided by the traced axes' size.
   """
   config = config or StructuredConfig()
   spec1, arrays1 = _side(problem, 1, config)
@@ -98,24 +98,32 @@ def compute(problem: NtkProblem,
   else:
     spec2, arrays2 = _side(problem, 2, config)
 
-  kernels = []
+  # With groups, each pair of uses adds to the kernel of its parameter's
+  # group: one pass serves every group.
+  group_of = {j: g for g, members in enumerate(problem.group_members())
+              for j in members}
+  kernels = [None] * len(problem.kernel_slots())
   for leaf, axes in enumerate(problem.axes):
     dtype = problem.kernel_dtype(leaf)
     batch_axis = (None if problem.vmap is None else
                   problem.vmap.out_axes[leaf])
-    total = jnp.zeros(problem.kernel_shape(leaf), dtype)
+    totals = [jnp.zeros(problem.kernel_shape(leaf), dtype)
+              for _ in range(problem.n_groups)]
     for u1, (cots1, f1) in zip(spec1.uses, arrays1):
       if not _reaches(u1, cots1, leaf):
         continue
       for u2, (cots2, f2) in zip(spec2.uses, arrays2):
         if u2.param != u1.param or not _reaches(u2, cots2, leaf):
           continue
-        total = total + pair_kernel(
+        g = group_of[u1.param]
+        totals[g] = totals[g] + pair_kernel(
             u1, (cots1[leaf], f1), u2, (cots2[leaf], f2), axes, batch_axis,
             problem.theta[u1.param].shape, dtype, config.precision,
             config.optimize, leaf, problem.out1[leaf].shape,
             problem.out2[leaf].shape)
-    kernels.append(total / axes.trace_size(problem.out1[leaf].shape))
+    size = axes.trace_size(problem.out1[leaf].shape)
+    for g, total in enumerate(totals):
+      kernels[g * len(problem.axes) + leaf] = total / size
   return kernels
 
 
