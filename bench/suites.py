@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from bench import autontk_runner, cases as cases_mod, timing
+from bench import autontk_runner, cases as cases_mod, kernels, timing
 from bench.peers import envs
 
-SUITES = ("reference", "scaling", "regret", "memory", "plancache")
+SUITES = ("reference", "scaling", "regret", "memory", "plancache", "kernels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +255,8 @@ def plancache(cfg: RunConfig, log=print) -> dict[str, Any]:
 
 def run(name: str, cfg: RunConfig, log=print) -> dict[str, Any]:
   fn = {"reference": reference, "scaling": scaling, "regret": regret,
-        "memory": memory, "plancache": plancache}[name]
+        "memory": memory, "plancache": plancache,
+        "kernels": lambda cfg, log: kernels.run(cfg.quick, log=log)}[name]
   t0 = time.perf_counter()
   res = fn(cfg, log=log)
   res["suite_wall_s"] = time.perf_counter() - t0
