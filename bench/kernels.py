@@ -10,9 +10,10 @@ params)``, no outer ``jax.jit``), first call excluded, the candidates of a
 case timed interleaved (round robin), so a busy moment of a shared machine
 hits all of them alike:
 
-* ``subset``: the NTK with respect to the last layer of a deep MLP and of a
-  CNN (``wrt=``) against the full NTK: median time and compiled FLOPs of
-  auto's plan and of each explicit method, and their ratios.
+* ``subset``: the NTK with respect to the last layer (``wrt=``) of a deep
+  MLP, a CNN and an attention block against the full NTK: median time and
+  compiled FLOPs of auto's plan and of each explicit method, and their
+  ratios (from the ``regret`` part's measurements).
 * ``regret``: on full, subset (``wrt``) and grouped (``groups="layer"``)
   kernels of several models, every explicit method and ``auto`` with the
   cost model alone (no tuning, empty plan cache); regret = time(auto) /
@@ -189,16 +190,19 @@ def measure(f: Callable, params, x, budget_s: float,
 
 # Parts --------------------------------------------------------------------------
 
-def subset_part(quick: bool, budget_s: float, log) -> list[dict[str, Any]]:
+def subset_part(regret_rows: list[dict[str, Any]],
+                log) -> list[dict[str, Any]]:
+  """Last layer against full kernel, from the regret part's measurements."""
   rows = []
-  for name, (f, params, x, last) in list(models(quick).items())[:2]:
-    full = measure(f, params, x, budget_s)
-    sub = measure(f, params, x, budget_s, wrt=last)
+  by = {(r["model"], r["kernel"]): r for r in regret_rows}
+  for model in dict.fromkeys(r["model"] for r in regret_rows):
+    full, sub = by[(model, "full")], by[(model, "subset_last")]
     ratio = {k: _ratio(sub["results"].get(k), full["results"].get(k))
              for k in EXPLICIT + ("auto",)}
-    rows.append({"model": name, "wrt": last, "full": full, "subset": sub,
-                 "ratio": ratio})
-    log(f"subset {name}: auto time ratio {ratio['auto']}")
+    rows.append({"model": model, "wrt": sub["wrt"], "ratio": ratio,
+                 "full_auto": full["results"].get("auto"),
+                 "subset_auto": sub["results"].get("auto")})
+    log(f"subset {model}: auto time ratio {ratio['auto']}")
   return rows
 
 
@@ -217,7 +221,7 @@ def regret_part(quick: bool, budget_s: float, log) -> list[dict[str, Any]]:
                 "grouped_layer": {"groups": "layer"}}
     for variant, options in variants.items():
       res = measure(f, params, x, budget_s, **options)
-      rows.append({"model": name, "kernel": variant, **res})
+      rows.append({"model": name, "kernel": variant, "wrt": last, **res})
       log(f"regret {name} {variant}: {res.get('regret')}")
   return rows
 
@@ -253,9 +257,9 @@ def run(quick: bool = True, log=print) -> dict[str, Any]:
   budget = 1.0 if quick else 3.0
   t0 = time.perf_counter()
   out = {"suite": "kernels", "quick": quick,
-         "subset": subset_part(quick, budget, log),
          "regret": regret_part(quick, budget, log),
          "pseudo": pseudo_part(quick, budget, log)}
+  out["subset"] = subset_part(out["regret"], log)
   regrets = [r["regret"] for r in out["regret"] if r.get("regret")]
   out["regret_summary"] = {
       "geomean": math.exp(sum(map(math.log, regrets)) / len(regrets)),
@@ -288,8 +292,8 @@ def markdown(res: dict[str, Any]) -> str:
     a = r["ratio"]
     lines.append(
         f"| {r['model']} | `{r['wrt']}` | "
-        f"{_ms(r['full']['results']['auto'].get('median_s'))} | "
-        f"{_ms(r['subset']['results']['auto'].get('median_s'))} | "
+        f"{_ms((r['full_auto'] or {}).get('median_s'))} | "
+        f"{_ms((r['subset_auto'] or {}).get('median_s'))} | "
         f"{_x(a['auto']['median_s'])} | {_x(a['auto']['flops'])} | "
         + " / ".join(_x(a[k]['median_s']) for k in EXPLICIT) + " |")
   s = res["regret_summary"]

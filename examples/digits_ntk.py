@@ -7,8 +7,9 @@ scikit-learn's bundled digits (1797 8x8 images, 10 classes; no download):
    kernel per layer (``groups="top"``; the layers' kernels sum to the NTK);
 3. kernel regression with each NTK (and with the pseudo-NTK) against the
    network's own test accuracy;
-4. which layers' kernels moved during training, and how well each layer's
-   kernel aligns with the labels;
+4. which layers' kernels moved during training (kernel distance, Fort et
+   al. 2020), and how well each layer's kernel aligns with the labels
+   (centred kernel-target alignment);
 5. a plot of all of it.
 
     python examples/digits_ntk.py [--out digits_ntk.png] [--steps 300]
@@ -66,7 +67,7 @@ def cnn(params, x):
   return h @ params["dense"]["w"] + params["dense"]["b"]
 
 
-def train(params, x, y, steps, lr=3e-3):
+def train(params, x, y, steps, lr=1e-3):
   """Full-batch Adam on the cross-entropy."""
   def loss(p):
     logp = jax.nn.log_softmax(cnn(p, x))
@@ -98,12 +99,19 @@ def kernel_regression(k_train, k_test, y_train, ridge=1e-3):
   return np.argmax(np.asarray(k_test, np.float64) @ alpha, axis=1)
 
 
+def cosine(a, b):
+  """<A, B>_F / (|A|_F |B|_F)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 def alignment(k, y):
-  """Kernel-target alignment <K, YYᵀ>_F / (|K|_F |YYᵀ|_F), centred labels."""
-  t = np.eye(10)[y] - 0.1
-  yy = t @ t.T
-  k = np.asarray(k, np.float64)
-  return float(np.sum(k * yy) / (np.linalg.norm(k) * np.linalg.norm(yy)))
+  """Centred kernel-target alignment: cos(HKH, YYᵀ), H the centring matrix
+  (the constant part of K says nothing about the labels)."""
+  n = len(y)
+  h = np.eye(n) - 1.0 / n
+  t = np.eye(10)[y]
+  return cosine(h @ np.asarray(k, np.float64) @ h, t @ t.T)
 
 
 def kernels(params, x_all):
@@ -141,7 +149,7 @@ def plot(path, results, moved):
               title="kernel regression vs the trained network")
   axes[0].tick_params(axis="x", rotation=25)
   axes[1].bar(LAYERS, [moved[g] for g in LAYERS], color="tab:red")
-  axes[1].set(ylabel="‖Θ_l(trained) − Θ_l(init)‖ / ‖Θ_l(init)‖",
+  axes[1].set(ylabel="kernel distance 1 − cos(Θ_l(init), Θ_l(trained))",
               title="how far each layer's kernel moved")
   width = 0.38
   pos = np.arange(len(LAYERS))
@@ -150,7 +158,7 @@ def plot(path, results, moved):
     axes[2].bar(pos + shift, [results[when]["align"][g] for g in LAYERS],
                 width, label=when, color=color)
   axes[2].set(xticks=pos, xticklabels=LAYERS,
-              ylabel="alignment with the labels",
+              ylabel="centred alignment with the labels",
               title="per-layer kernel-target alignment")
   axes[2].legend()
   fig.suptitle(f"Empirical NTK of a small CNN on digits ({N_TRAIN} train, "
@@ -185,12 +193,13 @@ def main():
           f"{acc['pNTK']:.3f}; alignment per layer "
           + ", ".join(f"{g} {a:.3f}" for g, a in align.items())
           + f" ({time.perf_counter() - t1:.1f} s)")
-  moved = {g: float(np.linalg.norm(layer_kernels["trained"][g] -
-                                   layer_kernels["init"][g]) /
-                    np.linalg.norm(layer_kernels["init"][g]))
-           for g in LAYERS}
-  print("relative change of each layer's kernel: "
-        + ", ".join(f"{g} {m:.2f}" for g, m in moved.items()))
+  k0, k1 = layer_kernels["init"], layer_kernels["trained"]
+  moved = {g: 1.0 - cosine(k0[g], k1[g]) for g in LAYERS}
+  print("kernel distance (1 - cosine) per layer: "
+        + ", ".join(f"{g} {m:.3f}" for g, m in moved.items())
+        + "; norm ratio trained/init: "
+        + ", ".join(f"{g} {np.linalg.norm(k1[g]) / np.linalg.norm(k0[g]):.1f}"
+                    for g in LAYERS))
   plot(args.out, results, moved)
   print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s in all)")
 
