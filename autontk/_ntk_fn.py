@@ -131,7 +131,8 @@ class NtkFn:
       The kernel, shape ``zip(f(x1).shape, f(x2).shape)`` with traced axes
       removed and diagonal axes kept once (e.g. ``(N1, N2)`` for logits with
       the default ``trace_axes=(-1,)``); a pytree of kernels for pytree
-      outputs.
+      outputs; with ``groups``, ``{group: kernel}``. With ``wrt``, only
+      the selected leaves are differentiated.
     """
     plan = self.plan(x1, x2, params, **kwargs)
     return self.execute(plan, x1, x2, params, **kwargs)

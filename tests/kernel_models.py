@@ -200,11 +200,12 @@ def layer_of(path: str) -> str:
 
 
 def reference_kernels(apply, params, x1, x2, picks, trace_axes=(-1,),
-                      diagonal_axes=(), kwargs=None):
+                      diagonal_axes=(), kwargs=None, kwargs2=None):
   """For each list of leaf indices in ``picks``, the reference kernel with
   respect to those leaves (every other leaf fixed), as a pytree of float64
-  arrays."""
+  arrays. ``kwargs`` go to f on x1, ``kwargs2`` (default the same) on x2."""
   kwargs = kwargs or {}
+  kwargs2 = kwargs if kwargs2 is None else kwargs2
   leaves, td = jax.tree.flatten(params)
   union = sorted(set().union(*map(set, picks)))
 
@@ -215,7 +216,7 @@ def reference_kernels(apply, params, x1, x2, picks, trace_axes=(-1,),
 
   sub = [leaves[i] for i in union]
   j1 = jacobians(g, sub, x1, kwargs, jit=True)
-  j2 = j1 if x2 is None else jacobians(g, sub, x2, kwargs, jit=True)
+  j2 = j1 if x2 is None else jacobians(g, sub, x2, kwargs2, jit=True)
   sizes = [math.prod(np.shape(leaves[i])) for i in union]
   start = dict(zip(union, np.cumsum([0] + sizes[:-1])))
   out_td = jax.tree.structure(apply(params, x1, **kwargs))

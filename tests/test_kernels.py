@@ -38,19 +38,20 @@ RUNS = {
     "chunked_scan": ("auto", 0, Plan(SD, chunking=BatchChunking(2, "scan"))),
     "chunked_host": ("auto", 0, Plan(VP, chunking=BatchChunking(2, "host"))),
 }
-# The fast sweep: every run on the plain model; two per library model (the
+# The fast sweep: every run on the plain model; one per library model (the
 # rest with -m slow).
-FAST = {"mlp": tuple(RUNS), "linen": ("structured_derivatives", "chunked_host"),
-        "nnx": ("ntk_vector_products", "chunked_scan"),
-        "haiku": ("jacobian_contraction", "auto"),
-        "equinox": ("structured_derivatives", "ntk_vector_products")}
+FAST = {"mlp": tuple(RUNS), "linen": ("structured_derivatives",),
+        "nnx": ("chunked_scan",), "haiku": ("jacobian_contraction",),
+        "equinox": ("ntk_vector_products",)}
+FAST_PSEUDO = {"mlp": ("structured_derivatives", "ntk_vector_products"),
+               "linen": ("auto",), "equinox": ("chunked_scan",)}
 
 
-def _params(names):
+def _params(names, fast=FAST):
   out = []
   for case in names:
     for run in RUNS:
-      marks = () if run in FAST[case] else (pytest.mark.slow,)
+      marks = () if run in fast.get(case, ()) else (pytest.mark.slow,)
       out.append(pytest.param(case, run, marks=marks, id=f"{case}-{run}"))
   return out
 
@@ -88,19 +89,18 @@ def test_subset_groups_against_the_reference(case, run):
                        refs[-1])
 
 
-@pytest.mark.parametrize("run", RUNS)
-def test_subset_kernel_against_the_reference(run):
-  c = mlp_case()
+@pytest.mark.parametrize("case,run", _params(
+    ["mlp"], {"mlp": ("structured_derivatives", "chunked_host")}))
+def test_subset_kernel_against_the_reference(case, run):
+  c = CASES[case]()
   (ref,) = reference_kernels(c.apply, c.params, c.x1, c.x2, [_selected(c)],
                              trace_axes=())
-  k = _kernel(c.f, run, c.x1, c.x2, c.params, wrt="?/*", trace_axes=())
-  assert_kernels_close(k, reference_kernels(
-      c.apply, c.params, c.x1, c.x2, [list(range(6))], trace_axes=())[0])
   k = _kernel(c.f, run, c.x1, c.x2, c.params, wrt=c.wrt, trace_axes=())
   assert_kernels_close(k, ref)
 
 
-@pytest.mark.parametrize("case,run", _params(["mlp", "linen", "equinox"]))
+@pytest.mark.parametrize("case,run", _params(["mlp", "linen", "equinox"],
+                                             FAST_PSEUDO))
 def test_pseudo_ntk_against_the_reference(case, run):
   c = CASES[case]()
   leaves = jax.tree.leaves(c.params)
@@ -138,12 +138,21 @@ def _sequence_model():
   return f, params, rand(33, (3, 2, 2)), rand(34, (2, 2, 2))
 
 
-@pytest.mark.parametrize("run", ["jacobian_contraction", "ntk_vector_products",
-                                 "structured_derivatives", "chunked_scan"])
-@pytest.mark.parametrize("axes", AXES)
-def test_every_axes_option_grouped_and_pseudo(axes, run):
-  if run != "structured_derivatives" and axes not in ("full", "diag_batch"):
-    pytest.skip("fast sweep: every axes option with structured derivatives")
+FAST_AXES = {("structured_derivatives", "full"),
+             ("structured_derivatives", "trace_t_diag_o"),
+             ("structured_derivatives", "trace_batch"),
+             ("ntk_vector_products", "diag_batch"),
+             ("jacobian_contraction", "diag_last"),
+             ("chunked_scan", "diag_batch")}
+
+
+@pytest.mark.parametrize("run,axes", [
+    pytest.param(run, axes, id=f"{run}-{axes}",
+                 marks=() if (run, axes) in FAST_AXES else pytest.mark.slow)
+    for run in ("jacobian_contraction", "ntk_vector_products",
+                "structured_derivatives", "chunked_scan", "chunked_host")
+    for axes in AXES])
+def test_every_axes_option_grouped_and_pseudo(run, axes):
   trace, diag, use_x2 = AXES[axes]
   f, params, x1, x2 = _sequence_model()
   x2 = x2 if use_x2 else None
@@ -170,8 +179,7 @@ def test_pytree_outputs_give_a_pytree_per_group():
             "c": rand(42, (4, 1))}
   x1, x2 = rand(43, (2, 3)), rand(44, (3, 3))
   refs = reference_kernels(f, params, x1, x2, [[0], [1], [2]])
-  for run in ("jacobian_contraction", "structured_derivatives",
-              "chunked_scan"):
+  for run in ("structured_derivatives", "chunked_scan"):
     k = _kernel(f, run, x1, x2, params, groups=lambda path: path)
     for name, ref in zip("abc", refs):
       assert_kernels_close(k[name], ref)
@@ -311,14 +319,18 @@ def test_selections_key_the_plan_cache(tmp_path):
                      "pseudo": dict(pseudo_axes=-1),
                      "highest": dict(precision="highest")}.items():
     ntk = autontk.ntk_fn(f, plan_cache=cache, vmap_axes=0, **opts)
-    ntk(x, None, params)
+    if name in ("last", "last_callable", "first"):
+      ntk(x, None, params)
     sig[name] = autontk.plancache.model_signature(ntk, x, None, params)
   digests = {k: s.digest for k, s in sig.items()}
   assert digests["last"] == digests["last_callable"]
   assert len(set(digests.values())) == len(digests) - 1
   assert sig["grouped"].parts["selection"]["groups"] == ["0", "1", "2"]
   assert sig["highest"].parts["precision"] == "highest"
-  assert len(cache.entries()) == len(digests) - 1
+  assert "selection" not in sig["all"].parts
+  # Two entries: "last" planned once, reused by "last_callable".
+  assert {e["signature"] for e in cache.entries()} == {
+      digests["last"], digests["first"]}
 
 
 def test_report_names_selection_groups_pseudo_and_precision():
@@ -398,3 +410,82 @@ def test_tiled_writes_one_kernel_per_group(tmp_path):
   assert sorted(k) == ["0", "1", "2"]
   for g, ref in zip("012", refs):
     assert_kernels_close(k[g], ref)
+
+
+# The unseen-models sweep --------------------------------------------------------
+
+def _unseen():
+  return pytest.importorskip("test_unseen_models")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(_unseen().MODELS))
+def test_unseen_models_subset_groups_and_pseudo(name):
+  """Every model of the unseen-models sweep, every method, auto and a
+  chunked plan: half the float leaves in two groups against the reference,
+  and the pseudo-NTK of the summed last axis where every output leaf has
+  one besides the batch axis."""
+  from helpers import split_kwargs_by_hand
+  unseen = _unseen()
+  m = unseen._built(name)  # noqa: SLF001
+  leaves = jax.tree.leaves(m.params)
+  names = paths(m.params)
+  floats = [i for i, v in enumerate(leaves)
+            if float_leaf(v) or isinstance(v, float)]
+  sel = floats[::2] if len(floats) >= 4 else floats
+  group = {names[i]: f"g{k % 2}" for k, i in enumerate(sel)}
+  picks = [sel[0::2], sel[1::2], sel]
+  groups = ("g0", "g1") if len(sel) > 1 else ("g0",)
+  # The pseudo-NTK sums the last axis: where it is not the batch axis.
+  problem = autontk.ntk_fn(m.f, vmap_axes=m.vmap_axes).problem(
+      m.x1, None, m.params, **m.kwargs)
+  batch = (problem.vmap.out_axes if problem.vmap is not None else
+           [0] * len(problem.out1))
+  pseudo = all(len(o.shape) >= 2 and b != len(o.shape) - 1
+               for o, b in zip(problem.out1, batch))
+  failures = []
+  k = sorted(unseen.MODELS).index(name)
+  for impl in unseen.IMPLS + ["chunked"]:
+    for trace, diag, use_x2, vmap in unseen._runs(  # noqa: SLF001
+        m, "auto" if impl == "chunked" else impl, False, k)[:1]:
+      if impl == "chunked" and m.vmap_axes is None:
+        continue
+      x2 = m.x2 if use_x2 else None
+      kw1, kw2 = split_kwargs_by_hand(m.kwargs, m.x1, x2)
+      try:
+        refs = reference_kernels(m.f, m.params, m.x1, x2, picks, trace, diag,
+                                 kw1, kw2)
+        got = _sweep_kernel(m, impl, trace, diag, x2, vmap,
+                            wrt=lambda p, v: p in group,
+                            groups=lambda p: group[p])
+        assert sorted(got) == list(groups)
+        for g, ref in zip(groups, refs):
+          assert_kernels_close(got[g], ref)
+        if pseudo:
+          (ref,) = reference_kernels(summed_logits(m.f), m.params, m.x1, x2,
+                                     [floats], trace, diag, kw1, kw2)
+          assert_kernels_close(
+              _sweep_kernel(m, impl, trace, diag, x2, vmap, pseudo_axes=-1),
+              ref)
+      except Exception as e:  # noqa: BLE001 - collected and reported below
+        failures.append(f"{impl} trace_axes={trace} diagonal_axes={diag} "
+                        f"vmap_axes={vmap} x2={use_x2}: "
+                        f"{type(e).__name__}: {e}")
+  assert not failures, f"{name}:\n" + "\n".join(failures)
+
+
+def _sweep_kernel(m, impl, trace, diag, x2, vmap, **options):
+  import warnings
+  chunked = impl == "chunked"
+  ntk = autontk.ntk_fn(m.f, trace_axes=trace, diagonal_axes=diag,
+                       vmap_axes=m.vmap_axes if chunked else vmap,
+                       implementation="auto" if chunked else impl,
+                       plan_cache=False, **options)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    if chunked:
+      reason = autontk.chunking.unsupported_reason(
+          ntk.problem(m.x1, x2, m.params, **m.kwargs))
+      plan = Plan(JC, chunking=None if reason else BatchChunking(2, "scan"))
+      return ntk.execute(plan, m.x1, x2, m.params, **m.kwargs)
+    return ntk(m.x1, x2, m.params, **m.kwargs)
