@@ -12,6 +12,7 @@ of the summed logits.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -65,6 +66,23 @@ def _kernel(f, run, x1, x2, params, kwargs=None, **options):
   return ntk(x1, x2, params, **(kwargs or {}))
 
 
+@functools.lru_cache(maxsize=None)
+def _case(name):
+  return CASES[name]()
+
+
+@functools.lru_cache(maxsize=None)
+def _group_references(name):
+  """(groups, their references, the whole selection's reference)."""
+  c = _case(name)
+  sel = _selected(c)
+  names = paths(c.params)
+  groups = sorted({layer_of(names[i]) for i in sel})
+  picks = [[i for i in sel if layer_of(names[i]) == g] for g in groups]
+  refs = reference_kernels(c.apply, c.params, c.x1, c.x2, picks + [sel])
+  return groups, refs[:-1], refs[-1]
+
+
 def _selected(case):
   leaves = jax.tree.leaves(case.params)
   return [i for i, (p, v) in enumerate(zip(paths(case.params), leaves))
@@ -75,18 +93,13 @@ def _selected(case):
 def test_subset_groups_against_the_reference(case, run):
   """wrt + groups="layer": each group equals the reference restricted to
   it, and the groups sum to the reference of the whole selection."""
-  c = CASES[case]()
-  sel = _selected(c)
-  names = paths(c.params)
-  groups = sorted({layer_of(names[i]) for i in sel})
-  picks = [[i for i in sel if layer_of(names[i]) == g] for g in groups]
-  refs = reference_kernels(c.apply, c.params, c.x1, c.x2, picks + [sel])
+  c = _case(case)
+  groups, refs, whole = _group_references(case)
   k = _kernel(c.f, run, c.x1, c.x2, c.params, wrt=c.wrt, groups="layer")
   assert sorted(k) == groups
   for g, ref in zip(groups, refs):
     assert_kernels_close(k[g], ref)
-  assert_kernels_close(jax.tree.map(lambda *a: sum(a), *k.values()),
-                       refs[-1])
+  assert_kernels_close(jax.tree.map(lambda *a: sum(a), *k.values()), whole)
 
 
 @pytest.mark.parametrize("case,run", _params(
@@ -102,14 +115,19 @@ def test_subset_kernel_against_the_reference(case, run):
 @pytest.mark.parametrize("case,run", _params(["mlp", "linen", "equinox"],
                                              FAST_PSEUDO))
 def test_pseudo_ntk_against_the_reference(case, run):
-  c = CASES[case]()
+  c = _case(case)
+  k = _kernel(c.f, run, c.x1, None, c.params, pseudo_axes=(-1,))
+  assert_kernels_close(k, _pseudo_reference(case))
+  assert k.shape == (3, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def _pseudo_reference(name):
+  c = _case(name)
   leaves = jax.tree.leaves(c.params)
   every = [i for i, v in enumerate(leaves) if float_leaf(v)]
-  (ref,) = reference_kernels(summed_logits(c.apply), c.params, c.x1, None,
-                             [every])
-  k = _kernel(c.f, run, c.x1, None, c.params, pseudo_axes=(-1,))
-  assert_kernels_close(k, ref)
-  assert k.shape == (3, 3)
+  return reference_kernels(summed_logits(c.apply), c.params, c.x1, None,
+                           [every])[0]
 
 
 def test_pseudo_ntk_is_the_mean_of_the_full_kernel_over_logit_pairs():
