@@ -160,7 +160,7 @@ def plot(path, results, moved):
   axes[2].set(xticks=pos, xticklabels=LAYERS,
               ylabel="centred alignment with the labels",
               title="per-layer kernel-target alignment")
-  axes[2].legend()
+  axes[2].legend(loc="lower right")
   fig.suptitle(f"Empirical NTK of a small CNN on digits ({N_TRAIN} train, "
                f"{N_TEST} test)")
   fig.tight_layout()
