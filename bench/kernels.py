@@ -107,11 +107,13 @@ def models(quick: bool) -> dict[str, tuple]:
   if quick:
     return {
         "mlp_d8_w256": deep_mlp(8, 256, 64, 10, 32),
+        "mlp_d3_w1024_o1": deep_mlp(3, 1024, 32, 1, 64),
         "cnn_3x32_16px": cnn((16, 32, 32), 16, 10, 16),
         "attention_t8_d32": attention(8, 32, 10, 16),
     }
   return {
       "mlp_d16_w1024": deep_mlp(16, 1024, 256, 10, 64),
+      "mlp_d3_w4096_o1": deep_mlp(3, 4096, 32, 1, 256),
       "cnn_4x64_32px": cnn((32, 64, 64, 64), 32, 10, 32),
       "attention_t32_d128": attention(32, 128, 10, 32),
   }
@@ -134,10 +136,16 @@ def _timed(ntk, args) -> dict[str, Any]:
 
 
 def _interleave(recs: list[dict[str, Any]], budget_s: float) -> None:
-  per_round = sum(statistics.median(r["times"]) for r in recs)
+  """Round robin, the order rotated every round (no candidate always runs
+  right after the same one). Candidates over 10x the fastest are settled by
+  their first timings and left out (a second-long call would disturb the
+  millisecond ones around it)."""
+  fastest = min(statistics.median(r["times"]) for r in recs)
+  close = [r for r in recs if statistics.median(r["times"]) <= 10 * fastest]
+  per_round = sum(statistics.median(r["times"]) for r in close)
   rounds = int(min(max(budget_s / max(per_round, 1e-9), 15), 300))
-  for _ in range(rounds):
-    for r in recs:
+  for i in range(rounds):
+    for r in close[i % len(close):] + close[:i % len(close)]:
       t0 = time.perf_counter()
       r["_call"]()
       r["times"].append(time.perf_counter() - t0)
