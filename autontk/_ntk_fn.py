@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
-
 from autontk import _compiled, _problem
 from autontk._options import Implementation, NtkOptions
 from autontk._plan import Plan
@@ -47,7 +45,8 @@ class NtkFn:
     return (f"NtkFn(f={getattr(self.f, '__name__', self.f)!r}, "
             f"trace_axes={o.trace_axes}, diagonal_axes={o.diagonal_axes}, "
             f"vmap_axes={o.vmap_axes!r}, "
-            f"implementation={o.implementation.name.lower()!r})")
+            f"implementation={o.implementation.name.lower()!r}, "
+            f"{o.describe()})")
 
   def replace(self, **changes: Any) -> "NtkFn":
     """A new :class:`NtkFn` of the same ``f`` and planner, options changed.
@@ -55,7 +54,8 @@ class NtkFn:
     Args:
       **changes: fields of :class:`autontk._options.NtkOptions`
         (``trace_axes``, ``diagonal_axes``, ``vmap_axes``,
-        ``implementation``), in their canonical (tuple / enum) form.
+        ``implementation``, ``selection``, ``pseudo_axes``,
+        ``precision``), in their canonical (tuple / enum / record) form.
     """
     return NtkFn(self.f, dataclasses.replace(self.options, **changes),
                  jit=self.jit, planner=self._planner)
@@ -136,7 +136,8 @@ class NtkFn:
       The kernel, shape ``zip(f(x1).shape, f(x2).shape)`` with traced axes
       removed and diagonal axes kept once (e.g. ``(N1, N2)`` for logits with
       the default ``trace_axes=(-1,)``); a pytree of kernels for pytree
-      outputs.
+      outputs; with ``groups``, ``{group: kernel}``. With ``wrt``, only
+      the selected leaves are differentiated.
     """
     # The fast path: one flatten, one key, one dict lookup, then the
     # compiled program. Everything else (validation, planning, splitting
@@ -181,6 +182,8 @@ class NtkFn:
 
   def _kernels(self, plan: Plan) -> _compiled.CallFn:
     def kernels(x1, x2, params, kwargs) -> PyTree:
-      problem = _problem.build(self.f, self.options, x1, x2, params, kwargs)
-      return jax.tree.unflatten(problem.out_treedef, plan.execute(problem))
+      with self.options.precision_scope():
+        problem = _problem.build(self.f, self.options, x1, x2, params,
+                                 kwargs)
+        return problem.unflatten_kernels(plan.execute(problem))
     return kernels

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 from typing import Any
 
+import jax
 import numpy as np
 
 from autontk._types import Axes, VMapAxes
+from autontk.selection import ParamSelection
+
+PRECISIONS = ("default", "high", "highest")
+"""``precision`` values: ``jax.lax.Precision`` names. ``"default"`` lets the
+backend choose (TF32 passes on recent NVIDIA GPUs, one bfloat16 pass on
+TPUs); ``"highest"`` keeps float32 (several passes where needed). CPUs
+compute float32 matmuls in float32 either way."""
 
 
 class Implementation(enum.Enum):
@@ -66,21 +75,84 @@ class NtkOptions:
 
   Axes are canonicalised per output leaf at call time, since a pytree output
   may hold leaves of different ranks.
+
+  Attributes:
+    trace_axes, diagonal_axes, vmap_axes, implementation: as in
+      :func:`autontk.ntk_fn`.
+    selection: ``wrt`` and ``groups`` (``None``: every floating-point
+      leaf, one kernel).
+    pseudo_axes: output axes the pseudo-NTK sums (``None``: the NTK).
+    precision: matmul precision of every contraction (``None``: JAX's
+      ``jax_default_matmul_precision`` at the time of tracing).
   """
 
   trace_axes: tuple[int, ...] = (-1,)
   diagonal_axes: tuple[int, ...] = ()
   vmap_axes: VMapAxes = None
   implementation: Implementation = Implementation.AUTO
+  selection: ParamSelection | None = None
+  pseudo_axes: tuple[int, ...] | None = None
+  precision: str | None = None
 
   @staticmethod
   def make(trace_axes: Axes, diagonal_axes: Axes, vmap_axes: VMapAxes,
-           implementation: Any) -> "NtkOptions":
+           implementation: Any, *, wrt: Any = None, groups: Any = None,
+           pseudo_axes: Axes | None = None,
+           precision: Any = None) -> "NtkOptions":
+    if pseudo_axes is not None:
+      pseudo_axes = _axes_tuple(pseudo_axes, "pseudo_axes")
+      if not pseudo_axes:
+        raise ValueError("`pseudo_axes` must name at least one output axis.")
     return NtkOptions(
         trace_axes=_axes_tuple(trace_axes, "trace_axes"),
         diagonal_axes=_axes_tuple(diagonal_axes, "diagonal_axes"),
         vmap_axes=vmap_axes,
-        implementation=Implementation.parse(implementation))
+        implementation=Implementation.parse(implementation),
+        selection=ParamSelection.make(wrt, groups),
+        pseudo_axes=pseudo_axes, precision=parse_precision(precision))
+
+  @property
+  def grouped(self) -> bool:
+    return self.selection is not None and self.selection.groups is not None
+
+  def precision_scope(self):
+    """A context in which JAX traces every matmul and convolution with
+    ``precision`` (a no-op for ``None``)."""
+    if self.precision is None:
+      return contextlib.nullcontext()
+    return jax.default_matmul_precision(self.precision)
+
+  def describe(self) -> str:
+    """The kernel options beyond the axes, for reprs and reports."""
+    parts = []
+    if self.selection is not None:
+      parts.append(self.selection.describe())
+    if self.pseudo_axes is not None:
+      parts.append(f"pseudo_axes={self.pseudo_axes}")
+    parts.append(f"precision={effective_precision(self.precision)}")
+    return ", ".join(parts)
+
+
+def parse_precision(value: Any) -> str | None:
+  """``None`` or one of :data:`PRECISIONS` (also from a
+  ``jax.lax.Precision``)."""
+  if value is None:
+    return None
+  if isinstance(value, jax.lax.Precision):
+    value = value.name
+  if isinstance(value, str) and value.lower() in PRECISIONS:
+    return value.lower()
+  raise ValueError(f"`precision` must be None or one of {PRECISIONS}; got "
+                   f"{value!r}.")
+
+
+def effective_precision(precision: str | None) -> str:
+  """The precision a trace uses now: ``precision``, else JAX's default
+  matmul precision setting, else ``"default"``."""
+  if precision is not None:
+    return precision
+  current = jax.config.jax_default_matmul_precision
+  return str(current).lower() if current else "default"
 
 
 def _axes_tuple(axes: Axes, name: str) -> tuple[int, ...]:

@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from autontk import _axes, _kwargs, _vmap
-from autontk._options import NtkOptions
+from autontk._options import NtkOptions, effective_precision
 from autontk._types import ApplyFn, PyTree
+from autontk.pseudo import PseudoOutputs
+from autontk.selection import ResolvedSelection
 
 
 def is_differentiable(leaf: Any) -> bool:
@@ -49,7 +51,15 @@ class NtkProblem:
     out_treedef: the output pytree structure.
     axes: per output leaf, the canonical trace/diagonal axes.
     vmap: the canonical ``vmap_axes``, or ``None``.
-    theta: the differentiable (floating) parameter leaves, flat.
+    theta: the differentiable (floating, selected by ``wrt``) parameter
+      leaves, flat.
+    selection: the resolved ``wrt``/``groups`` (``None``: every floating
+      leaf, one kernel).
+    precision: the ``precision`` option the kernel is traced under.
+
+  With ``groups``, a method returns one kernel per group and output leaf,
+  group-major (:meth:`kernel_slots`), and :meth:`unflatten_kernels` makes
+  them ``{group: kernel pytree}``.
   """
 
   f: ApplyFn
@@ -68,6 +78,8 @@ class NtkProblem:
   _param_leaves: list[Any]
   _param_treedef: Any
   _diff_mask: tuple[bool, ...]
+  selection: ResolvedSelection | None = None
+  precision: str | None = None
 
   # Parameters ---------------------------------------------------------------
 
@@ -81,6 +93,71 @@ class NtkProblem:
   @property
   def n_params(self) -> int:
     return sum(math.prod(t.shape) for t in self.theta)
+
+  def describe(self) -> str:
+    """Parameters, selection, groups, pseudo-NTK and precision, in words
+    (the cost report's call line)."""
+    total = sum(math.prod(np.shape(v)) for v, d in
+                zip(self._param_leaves, self._float_mask()) if d)
+    text = f"{self.n_params} params"
+    if self.n_params != total:
+      text += f" of {total} (wrt {len(self.theta)} leaves)"
+    if self.group_names is not None:
+      text += f"; {len(self.group_names)} groups"
+    if isinstance(self.f, PseudoOutputs):
+      text += f"; pseudo-NTK over output axes {self.f.axes}"
+    return text + f"; precision {effective_precision(self.precision)}"
+
+  def _float_mask(self) -> list[bool]:
+    return [is_differentiable(v) for v in self._param_leaves]
+
+  # Groups -------------------------------------------------------------------
+
+  @property
+  def group_names(self) -> tuple[str, ...] | None:
+    """The groups (sorted), or ``None`` for one ungrouped kernel."""
+    return None if self.selection is None else self.selection.group_names
+
+  @property
+  def n_groups(self) -> int:
+    return 1 if self.group_names is None else len(self.group_names)
+
+  def group_members(self) -> list[list[int]]:
+    """Per group, the indices of its leaves in ``theta``."""
+    if self.group_names is None:
+      return [list(range(len(self.theta)))]
+    out: list[list[int]] = [[] for _ in self.group_names]
+    for j, g in enumerate(self.selection.leaf_groups):
+      out[g].append(j)
+    return out
+
+  def kernel_slots(self) -> list[tuple[int, int]]:
+    """``(group, output leaf)`` of every kernel a method returns, in order."""
+    return [(g, i) for g in range(self.n_groups)
+            for i in range(len(self.out1))]
+
+  def restrict(self, group: int) -> "NtkProblem":
+    """The ungrouped problem of one group: its leaves differentiated, every
+    other leaf constant."""
+    keep = set(self.group_members()[group])
+    it = iter(range(len(self.theta)))
+    mask = tuple(d and next(it) in keep for d in self._diff_mask)
+    theta = tuple(t for j, t in enumerate(self.theta) if j in keep)
+    return dataclasses.replace(self, theta=theta, _diff_mask=mask,
+                               selection=None)
+
+  def unflatten_kernels(self, kernels: Sequence[jax.Array]) -> PyTree:
+    """Method output -> the kernel pytree (``{group: kernels}`` if grouped).
+
+    A grouped result is a dict with sorted keys, so its leaves, as
+    ``jax.tree.leaves`` lists them, are ``kernels`` in order.
+    """
+    if self.group_names is None:
+      return jax.tree.unflatten(self.out_treedef, list(kernels))
+    n = len(self.out1)
+    return {name: jax.tree.unflatten(self.out_treedef,
+                                     list(kernels[g * n:(g + 1) * n]))
+            for g, name in enumerate(self.group_names)}
 
   # Forward functions --------------------------------------------------------
 
@@ -133,7 +210,7 @@ class NtkProblem:
 
   def zeros(self) -> list[jax.Array]:
     return [jnp.zeros(self.kernel_shape(i), self.kernel_dtype(i))
-            for i in range(len(self.out1))]
+            for _, i in self.kernel_slots()]
 
 
 def _check_inputs(x1: PyTree, x2: PyTree, vmap_axes: Any) -> str | None:
@@ -237,6 +314,8 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
   if not callable(f):
     raise TypeError(f"`f` must be callable as f(params, x, **kwargs); got "
                     f"{type(f).__name__}.")
+  if options.pseudo_axes is not None:
+    f = PseudoOutputs(f, options.pseudo_axes)
   same = x2 is None
   mismatch = None
   check_inputs_are_arrays(x1, x2)
@@ -256,6 +335,10 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
     if not _kwargs.is_static_param(leaf) and jnp.iscomplexobj(leaf):
       raise TypeError(f"`params` leaf {i} is complex ({leaf.dtype}); autontk "
                       "supports real floating-point parameters only.")
+  resolved = None
+  if options.selection is not None:
+    resolved = options.selection.resolve(params, mask)
+    mask = resolved.mask
   theta = tuple(jnp.asarray(leaf) for d, leaf in zip(mask, p_leaves) if d)
 
   out1, td1 = _eval_out(f, params, x1, kw1, "x1")
@@ -294,7 +377,7 @@ def build(f: ApplyFn, options: NtkOptions, x1: PyTree, x2: PyTree | None,
       f=f, params=params, x1=x1, x2=x2, kwargs1=kw1, kwargs2=kw2,
       same_inputs=same, out1=out1, out2=out2, out_treedef=td1, axes=axes,
       vmap=vspec, theta=theta, _param_leaves=p_leaves, _param_treedef=p_td,
-      _diff_mask=mask)
+      _diff_mask=mask, selection=resolved, precision=options.precision)
   if vspec is not None:
     _check_per_example(problem)
   return problem

@@ -147,7 +147,7 @@ class BatchChunking:
     kernel = pad * sum(
         math.prod(problem.kernel_shape(i)) *
         jnp.dtype(problem.kernel_dtype(i)).itemsize
-        for i in range(len(problem.out1)))
+        for _, i in problem.kernel_slots())
     return AssemblyCost(bytes_accessed=6 * kernel, peak_memory=3 * kernel)
 
   def execute(self, plan: Any, problem: NtkProblem) -> list[jax.Array]:
@@ -327,6 +327,7 @@ class _BlockSpec:
   param_treedef: Any
   diff_mask: tuple[bool, ...]
   param_split: Any
+  selection: Any = None  # wrt/groups, resolved
 
 
 def _block_spec(plan: Any, problem: NtkProblem, grid: BatchGrid,
@@ -351,7 +352,8 @@ def _block_spec(plan: Any, problem: NtkProblem, grid: BatchGrid,
       axes=tuple(layout.computed_axes for layout in _layouts(problem)),
       param_treedef=param_treedef,
       diff_mask=tuple(is_differentiable(v) for v in param_leaves),
-      param_split=split_params(problem.params)[1])
+      param_split=split_params(problem.params)[1],
+      selection=problem.selection)
 
 
 def _block_problem(spec: _BlockSpec, param_leaves: list[Any], x1: Any,
@@ -371,7 +373,8 @@ def _block_problem(spec: _BlockSpec, param_leaves: list[Any], x1: Any,
       out2=[jax.ShapeDtypeStruct(s, d) for s, d in spec.out2],
       out_treedef=spec.out_treedef, axes=spec.axes, vmap=spec.vmap,
       theta=theta, _param_leaves=param_leaves,
-      _param_treedef=spec.param_treedef, _diff_mask=spec.diff_mask)
+      _param_treedef=spec.param_treedef, _diff_mask=spec.diff_mask,
+      selection=spec.selection)
 
 
 def _block_kernels(spec: _BlockSpec, args: _BlockArgs, start1: Any,
@@ -418,14 +421,16 @@ def _loop_blocks(spec: _BlockSpec, args: _BlockArgs,
 
 def _assemble(grid: BatchGrid, layouts: tuple[BatchLayout, ...],
               diag: list | None, pair: list | None) -> list[jax.Array]:
-  """Stacked block kernels (per leaf) -> whole kernels."""
+  """Stacked block kernels -> whole kernels; one per output leaf, or per
+  group and output leaf (group-major) with ``groups``."""
   out = []
-  for leaf, layout in enumerate(layouts):
+  for kernel in range(len(diag if diag is not None else pair)):
+    layout = layouts[kernel % len(layouts)]
     if grid.matched:
-      out.append(_merge_matched(diag[leaf], layout, grid.n1))
+      out.append(_merge_matched(diag[kernel], layout, grid.n1))
       continue
-    cells = _cell_grid(grid, layout, None if diag is None else diag[leaf],
-                       None if pair is None else pair[leaf])
+    cells = _cell_grid(grid, layout, None if diag is None else diag[kernel],
+                       None if pair is None else pair[kernel])
     out.append(_merge_pairwise(cells, layout, grid.n1, grid.n2))
   return out
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from autontk import adapters
 from autontk._api import ntk_fn
 from autontk._version import __version__
 from autontk.auto.planner import signature_of
@@ -63,12 +64,21 @@ values as keyword arguments and must return either a dict
     {"f": f, "params": params, "x1": x1,            # required
      "x2": None, "kwargs": {},                       # optional
      "trace_axes": (-1,), "diagonal_axes": (),       # optional NTK options
-     "vmap_axes": 0}
+     "vmap_axes": 0,
+     "wrt": None, "groups": None,                    # optional kernel options
+     "pseudo_axes": None, "precision": None}
 
 or a tuple (f, params, x1) or (f, params, x1, x2), where f(params, x,
-**kwargs) is the network. Command-line NTK options override the factory's.
+**kwargs) is the network, or a model object autontk.ntk_fn takes (an
+nnx.Module, an equinox Module, autontk.adapters.linen(module, variables)...;
+params then in that library's form). The kernel options are those of
+autontk.ntk_fn. Command-line NTK options override the factory's.
 The bundled models are examples: `autontk tune autontk.suite:mlp_tanh`.
 """
+
+
+KERNEL_OPTIONS = ("wrt", "groups", "pseudo_axes", "precision")
+"""Factory keys passed to ``autontk.ntk_fn`` as they are."""
 
 
 class CliError(Exception):
@@ -135,15 +145,16 @@ def build_model(factory, settings: dict[str, Any], name: str) -> dict[str, Any]:
     raise CliError(f"{name} returned a dict without {', '.join(missing)}; it "
                    "needs at least f, params and x1.")
   known = {"f", "params", "x1", "x2", "kwargs", "trace_axes", "diagonal_axes",
-           "vmap_axes"}
+           "vmap_axes", *KERNEL_OPTIONS}
   extra = sorted(set(made) - known)
   if extra:
     raise CliError(f"{name} returned unknown keys {extra}; allowed: "
                    f"{sorted(known)}.")
-  if not callable(made["f"]):
-    raise CliError(f"{name}: 'f' must be callable as f(params, x).")
+  if not callable(adapters.apply_fn(made["f"])):
+    raise CliError(f"{name}: 'f' must be callable as f(params, x), or a "
+                   "model object (see autontk.adapters).")
   out = {"x2": None, "kwargs": {}, "trace_axes": (-1,), "diagonal_axes": (),
-         "vmap_axes": None, **made}
+         "vmap_axes": None, **{k: None for k in KERNEL_OPTIONS}, **made}
   out["kwargs"] = dict(out["kwargs"] or {})
   return out
 
@@ -219,7 +230,8 @@ def _ntk_options(model):
   vmap = model["vmap_axes"]
   return {"trace_axes": model["trace_axes"],
           "diagonal_axes": model["diagonal_axes"],
-          "vmap_axes": None if vmap == "none" else vmap}
+          "vmap_axes": None if vmap == "none" else vmap,
+          **{k: model[k] for k in KERNEL_OPTIONS}}
 
 
 def _tune_one(name: str, model: dict[str, Any], args, cache) -> dict[str, Any]:

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from bench import autontk_runner, cases as cases_mod, stacked, timing
+from bench import autontk_runner, cases as cases_mod, kernels, stacked, timing
 from bench import unseen_models
 from bench import regret_unseen as unseen_suite
 from bench.peers import envs
 
 SUITES = ("reference", "scaling", "regret", "memory", "plancache",
-          "regret_unseen", "stacked")
+          "regret_unseen", "stacked", "kernels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +269,8 @@ def regret_unseen(cfg: RunConfig, log=print) -> dict[str, Any]:
 def run(name: str, cfg: RunConfig, log=print) -> dict[str, Any]:
   fn = {"reference": reference, "scaling": scaling, "regret": regret,
         "memory": memory, "plancache": plancache,
-        "regret_unseen": regret_unseen, "stacked": stacked.run}[name]
+        "regret_unseen": regret_unseen, "stacked": stacked.run,
+        "kernels": lambda cfg, log: kernels.run(cfg.quick, log=log)}[name]
   t0 = time.perf_counter()
   res = fn(cfg, log=log)
   res["suite_wall_s"] = time.perf_counter() - t0

@@ -252,7 +252,7 @@ class PlanningCall:
       return ", ".join(str(tuple(np.shape(v))) for v in jax.tree.leaves(tree)
                        if _kwargs.is_array_leaf(v))
     x2 = "None" if self.x2 is None else shapes(self.x2)
-    return f"x1 {shapes(self.x1)}; x2 {x2}; {self.problem.n_params} params"
+    return f"x1 {shapes(self.x1)}; x2 {x2}; {self.problem.describe()}"
 
 
 class Planner:

@@ -50,6 +50,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from autontk import adapters
 from autontk._ntk_fn import NtkFn
 from autontk._options import NtkOptions
 from autontk._plan import Plan, plan_to_json
@@ -301,7 +302,9 @@ def _ranked(cands: list[CostEstimate], problem: Any) -> list[CostEstimate]:
 
 def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
          trace_axes: Any = (-1,), diagonal_axes: Any = (),
-         vmap_axes: Any = None, options: TuneOptions | None = None,
+         vmap_axes: Any = None, wrt: Any = None, groups: Any = None,
+         pseudo_axes: Any = None, precision: Any = None,
+         options: TuneOptions | None = None,
          budget_s: float | None = None, max_trials: int | None = None,
          progress: bool | None = None, cache: PlanCache | None | bool = None,
          candidates: Sequence[Any] | None = None,
@@ -310,14 +313,19 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   """Times the candidate plans of one NTK call and caches the fastest.
 
   Args:
-    f: the network ``f(params, x, **kwargs)``, or an :class:`NtkFn` (whose
-      trace/diagonal/vmap axes and planner are then used).
+    f: the network ``f(params, x, **kwargs)`` (or a model object, see
+      :mod:`autontk.adapters`), or an :class:`NtkFn` (whose options and
+      planner are then used).
     x1: first batch of inputs, e.g. shape ``(N1, ...)``.
     x2: second batch, or ``None`` for ``x2 = x1``.
     params: the parameters.
     trace_axes: as in :func:`autontk.ntk_fn`.
     diagonal_axes: as in :func:`autontk.ntk_fn`.
     vmap_axes: as in :func:`autontk.ntk_fn`.
+    wrt: as in :func:`autontk.ntk_fn`.
+    groups: as in :func:`autontk.ntk_fn`.
+    pseudo_axes: as in :func:`autontk.ntk_fn`.
+    precision: as in :func:`autontk.ntk_fn`.
     options: a :class:`TuneOptions`; ``budget_s``, ``max_trials`` and
       ``progress`` override its fields.
     budget_s: wall-clock budget in seconds (default 60).
@@ -346,8 +354,10 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   options = dataclasses.replace(options or TuneOptions(), **{
       k: v for k, v in dict(budget_s=budget_s, max_trials=max_trials,
                             progress=progress).items() if v is not None})
-  ntk = f if isinstance(f, NtkFn) else NtkFn(f, NtkOptions.make(
-      trace_axes, diagonal_axes, vmap_axes, "auto"))
+  ntk = f if isinstance(f, NtkFn) else NtkFn(
+      adapters.apply_fn(f), NtkOptions.make(
+          trace_axes, diagonal_axes, vmap_axes, "auto", wrt=wrt,
+          groups=groups, pseudo_axes=pseudo_axes, precision=precision))
   problem = ntk.problem(x1, x2, params, **kwargs)  # clear errors first
   planner = _planner_for(ntk, planner, predictor)
   sig = signature_of(ntk, x1, x2, params, kwargs, planner.options)

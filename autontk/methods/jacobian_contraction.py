@@ -90,17 +90,24 @@ def compute(problem: NtkProblem,
 
 def contract_jacobians(j1: list, j2: list, problem: NtkProblem,
                        precision=None) -> list[jax.Array]:
-  """Kernels from given Jacobians (shared with chunked plans)."""
+  """Kernels from given Jacobians (shared with chunked plans).
+
+  One kernel per :meth:`~autontk._problem.NtkProblem.kernel_slots` entry:
+  with ``groups``, each group's kernel sums the terms of its own parameter
+  leaves (one pass of Jacobians serves every group).
+  """
+  members = problem.group_members()
   out = []
-  for i, axes in enumerate(problem.axes):
+  for g, i in problem.kernel_slots():
+    axes = problem.axes[i]
     # In the kernel dtype, as the other methods: low-precision parameters
     # (bfloat16 Jacobians) of a float32 output still give a float32 kernel,
     # accumulated in float32.
     dtype = problem.kernel_dtype(i)
-    terms = [_axes.contract_outer(a, b, axes, precision=precision,
+    terms = [_axes.contract_outer(j1[i][j], j2[i][j], axes,
+                                  precision=precision,
                                   preferred_element_type=dtype)
-             for a, b in zip(j1[i], j2[i])]
+             for j in members[g]]
     k = sum(terms[1:], terms[0]) / axes.trace_size(problem.out1[i].shape)
     out.append(k.astype(dtype))
   return out
-

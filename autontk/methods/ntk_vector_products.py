@@ -194,7 +194,7 @@ COLUMN_CHUNKS = (64, 8)
 
 
 def _columns(problem: NtkProblem) -> int:
-  """Kernel columns this method evaluates (an upper bound)."""
+  """Kernel columns this method evaluates per group (an upper bound)."""
   return sum(math.prod(o.shape) for o in problem.out2)
 
 
@@ -212,7 +212,8 @@ def loop_iterations(problem: NtkProblem,
   columns = _columns(problem)
   if chunk is None or chunk >= columns:
     return 0
-  return -(-columns // chunk)
+  # Grouped: one column loop per group.
+  return problem.n_groups * -(-columns // chunk)
 
 
 @register(Implementation.NTK_VECTOR_PRODUCTS, NtkVectorProductsConfig,
@@ -220,6 +221,11 @@ def loop_iterations(problem: NtkProblem,
 def compute(problem: NtkProblem,
             config: NtkVectorProductsConfig | None = None) -> list[jax.Array]:
   config = config or NtkVectorProductsConfig()
+  if problem.group_names is not None:
+    # One restricted pass per group: a group's columns pull back to, and
+    # push forward from, its own parameters only.
+    return [k for g in range(problem.n_groups)
+            for k in compute(problem.restrict(g), config)]
   kernels = []
   for i, axes in enumerate(problem.axes):
     if problem.vmap is None:

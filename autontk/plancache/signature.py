@@ -11,7 +11,11 @@ SHA-256 hex digest of
   kwargs; non-array kwargs by value (``train=True`` and ``train=False`` are
   different models);
 * the NTK options: ``trace_axes``, ``diagonal_axes`` and ``vmap_axes``
-  (``implementation`` is left out: the cache stores what "auto" chose);
+  (``implementation`` is left out: the cache stores what "auto" chose), and
+  where given the kernel options: the ``wrt``/``groups`` selection resolved
+  against ``params`` (which leaves are differentiated, in which group: two
+  selections that pick different leaves never share a plan), the
+  pseudo-NTK's ``pseudo_axes``, and a ``precision`` other than the default;
 * the backend, the device kind (e.g. ``"NVIDIA H200"``, ``"cpu"``), the
   device count, whether 64-bit mode is on, and the jax, jaxlib and autontk
   versions.
@@ -36,8 +40,11 @@ import numpy as np
 
 from autontk._kwargs import (is_array_leaf, merge_static, partition,
                               split_params)
+from autontk._options import effective_precision, parse_precision
+from autontk._problem import is_differentiable
 from autontk._types import PyTree
 from autontk._version import __version__
+from autontk.selection import ParamSelection
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
 
@@ -141,7 +148,9 @@ def environment() -> dict[str, Any]:
 def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
                     kwargs: dict[str, Any] | None = None, *,
                     trace_axes: Any = (-1,), diagonal_axes: Any = (),
-                    vmap_axes: Any = None,
+                    vmap_axes: Any = None, wrt: Any = None,
+                    groups: Any = None, pseudo_axes: Any = None,
+                    precision: Any = None,
                     extra: dict[str, Any] | None = None) -> Signature:
   """Signature of one NTK call ``ntk(x1, x2, params, **kwargs)``.
 
@@ -156,6 +165,10 @@ def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
     trace_axes: as in :func:`autontk.ntk_fn`.
     diagonal_axes: as in :func:`autontk.ntk_fn`.
     vmap_axes: as in :func:`autontk.ntk_fn`.
+    wrt: as in :func:`autontk.ntk_fn`.
+    groups: as in :func:`autontk.ntk_fn`.
+    pseudo_axes: as in :func:`autontk.ntk_fn`.
+    precision: as in :func:`autontk.ntk_fn`.
     extra: anything else the cached choice depends on, as a JSON-compatible
       dict (e.g. non-default planner options); omitted when ``None``.
 
@@ -174,7 +187,12 @@ def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
   if options is not None and hasattr(f, "f"):
     trace_axes, diagonal_axes = options.trace_axes, options.diagonal_axes
     vmap_axes = options.vmap_axes
+    selection, pseudo_axes = options.selection, options.pseudo_axes
+    precision = options.precision
     f = f.f
+  else:
+    selection = ParamSelection.make(wrt, groups)
+    precision = parse_precision(precision)
   if not callable(f):
     raise TypeError(f"`f` must be callable as f(params, x, **kwargs); got "
                     f"{type(f).__name__}.")
@@ -192,6 +210,7 @@ def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
       "trace_axes": _value_repr(trace_axes),
       "diagonal_axes": _value_repr(diagonal_axes),
       "vmap_axes": _value_repr(vmap_axes),
+      **_kernel_parts(params, selection, pseudo_axes, precision),
       **environment(),
   }
   if extra:
@@ -201,3 +220,19 @@ def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
   payload = json.dumps({"jaxpr": jaxpr, **keyed}, sort_keys=True)
   digest = hashlib.sha256(payload.encode()).hexdigest()
   return Signature(digest=digest, parts=parts)
+
+
+def _kernel_parts(params: PyTree, selection: ParamSelection | None,
+                  pseudo_axes: Any, precision: str | None) -> dict[str, Any]:
+  """The kernel options that change the computation, when not defaults
+  (absent keys keep earlier signatures valid)."""
+  out: dict[str, Any] = {}
+  if selection is not None:
+    mask = tuple(is_differentiable(v) for v in jax.tree.leaves(params))
+    out["selection"] = selection.resolve(params, mask).summary()
+  if pseudo_axes is not None:
+    out["pseudo_axes"] = _value_repr(tuple(pseudo_axes))
+  used = effective_precision(precision)
+  if used != "default":
+    out["precision"] = used
+  return out

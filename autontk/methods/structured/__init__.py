@@ -116,9 +116,10 @@ def _reaches(use, cots, leaf: int) -> bool:
       bool(use.identity) and use.identity[leaf] is not None)
 
 
-def _leaf_kernel(problem: NtkProblem, leaf: int, sides,
-                 config: StructuredConfig) -> jax.Array:
-  """Σ over pairs of uses of the same parameter, one output leaf.
+def _leaf_kernels(problem: NtkProblem, leaf: int, sides,
+                  config: StructuredConfig) -> list[jax.Array]:
+  """Σ over pairs of uses of the same parameter, one output leaf; one sum
+  per group (the group of the pair's parameter) with ``groups``.
 
   Uses of disjoint regions of a leaf (different slices) are never paired;
   uses of overlapping ones are restricted to their common entries.
@@ -131,7 +132,10 @@ def _leaf_kernel(problem: NtkProblem, leaf: int, sides,
       problem.axes[leaf],
       None if problem.vmap is None else problem.vmap.out_axes[leaf], leaf,
       (), dtype, config.precision, config.optimize)
-  total = jnp.zeros(problem.kernel_shape(leaf), dtype)
+  group_of = {j: g for g, members in enumerate(problem.group_members())
+              for j in members}
+  totals = [jnp.zeros(problem.kernel_shape(leaf), dtype)
+            for _ in range(problem.n_groups)]
   for u1, (cots1, f1) in zip(spec1.uses, arrays1):
     if not _reaches(u1, cots1, leaf):
       continue
@@ -144,10 +148,12 @@ def _leaf_kernel(problem: NtkProblem, leaf: int, sides,
         continue  # disjoint slices of the leaf
       layout = dataclasses.replace(base, theta_shape=common.sizes)
       side2 = PairSide(u2, cots2[leaf], f2, shape2)
-      total = total + pair_kernel(restrict(side1, common.positions1, layout),
-                                  restrict(side2, common.positions2, layout),
-                                  layout)
-  return total / problem.axes[leaf].trace_size(shape1)
+      g = group_of[u1.param]
+      totals[g] = totals[g] + pair_kernel(
+          restrict(side1, common.positions1, layout),
+          restrict(side2, common.positions2, layout), layout)
+  size = problem.axes[leaf].trace_size(shape1)
+  return [total / size for total in totals]
 
 
 @register(Implementation.STRUCTURED_DERIVATIVES, StructuredConfig)
@@ -160,14 +166,15 @@ def compute(problem: NtkProblem,
     config: options; ``None`` for the defaults.
 
   Returns:
-    One kernel per output leaf, in the kernel layout, divided by the
-    traced axes' size.
+    One kernel per output leaf (per group and output leaf with ``groups``,
+    group-major), in the kernel layout, divided by the traced axes' size.
   """
   config = config or StructuredConfig()
   side1 = _side(problem, 1, config)
   side2 = side1 if problem.same_inputs else _side(problem, 2, config)
-  return [_leaf_kernel(problem, leaf, (side1, side2), config)
-          for leaf in range(len(problem.axes))]
+  per_leaf = [_leaf_kernels(problem, leaf, (side1, side2), config)
+              for leaf in range(len(problem.axes))]
+  return [per_leaf[leaf][g] for g, leaf in problem.kernel_slots()]
 
 
 __all__ = ["StructuredConfig", "MissingRuleError", "compute"]
