@@ -81,7 +81,29 @@ class NtkProblem:
   selection: ResolvedSelection | None = None
   precision: str | None = None
 
+  @classmethod
+  def from_parts(cls, param_leaves: Sequence[Any], param_treedef: Any,
+                 diff_mask: Sequence[bool], **fields: Any) -> "NtkProblem":
+    """A problem whose parts are already validated (one block of a
+    validated call): ``params`` and ``theta`` come from the params leaves,
+    their structure and the differentiated-leaf mask; ``fields`` are the
+    remaining fields."""
+    leaves = list(param_leaves)
+    theta = tuple(v for d, v in zip(diff_mask, leaves) if d)
+    return cls(params=jax.tree.unflatten(param_treedef, leaves), theta=theta,
+               _param_leaves=leaves, _param_treedef=param_treedef,
+               _diff_mask=tuple(diff_mask), **fields)
+
   # Parameters ---------------------------------------------------------------
+
+  @property
+  def param_treedef(self) -> Any:
+    return self._param_treedef
+
+  @property
+  def diff_mask(self) -> tuple[bool, ...]:
+    """Per params leaf: differentiated (floating and selected by ``wrt``)."""
+    return self._diff_mask
 
   def rebuild(self, theta: Sequence[jax.Array]) -> PyTree:
     """Full params pytree with the differentiable leaves replaced."""

@@ -52,7 +52,7 @@ from autontk._batch_geometry import (TRACED, BatchGrid, BatchLayout, Cell,
                                      mirror_perm, take_examples)
 from autontk._kwargs import (merge_leaves, merge_static, split_params,
                              split_static)
-from autontk._problem import NtkProblem, is_differentiable
+from autontk._problem import NtkProblem
 
 SCHEMES = ("scan", "host")
 
@@ -328,6 +328,7 @@ class _BlockSpec:
   diff_mask: tuple[bool, ...]
   param_split: Any
   selection: Any = None  # wrt/groups, resolved
+  precision: str | None = None
 
 
 def _block_spec(plan: Any, problem: NtkProblem, grid: BatchGrid,
@@ -341,7 +342,6 @@ def _block_spec(plan: Any, problem: NtkProblem, grid: BatchGrid,
                for a, s in enumerate(o.shape)), o.dtype)
         for i, o in enumerate(outs))
 
-  param_leaves, param_treedef = jax.tree.flatten(problem.params)
   return _BlockSpec(
       plan=plan, f=problem.f, same_inputs=same and problem.same_inputs,
       side1=_BlockSide.of(problem, 1, grid.t1),
@@ -350,31 +350,23 @@ def _block_spec(plan: Any, problem: NtkProblem, grid: BatchGrid,
       out1=block_shapes(problem.out1, grid.t1),
       out2=block_shapes(problem.out2, grid.t2),
       axes=tuple(layout.computed_axes for layout in _layouts(problem)),
-      param_treedef=param_treedef,
-      diff_mask=tuple(is_differentiable(v) for v in param_leaves),
+      param_treedef=problem.param_treedef, diff_mask=problem.diff_mask,
       param_split=split_params(problem.params)[1],
-      selection=problem.selection)
+      selection=problem.selection, precision=problem.precision)
 
 
 def _block_problem(spec: _BlockSpec, param_leaves: list[Any], x1: Any,
                    x2: Any, kw1: dict[str, Any],
                    kw2: dict[str, Any]) -> NtkProblem:
-  """The :class:`NtkProblem` of one block (already validated as a whole).
-
-  ``NtkProblem`` has no public constructor for a problem whose parts are
-  known, so its parameter fields are filled here, as ``_problem.build``
-  fills them.
-  """
-  theta = tuple(v for d, v in zip(spec.diff_mask, param_leaves) if d)
-  return NtkProblem(
-      f=spec.f, params=jax.tree.unflatten(spec.param_treedef, param_leaves),
-      x1=x1, x2=x2, kwargs1=kw1, kwargs2=kw2, same_inputs=spec.same_inputs,
+  """The :class:`NtkProblem` of one block (already validated as a whole)."""
+  return NtkProblem.from_parts(
+      param_leaves, spec.param_treedef, spec.diff_mask,
+      f=spec.f, x1=x1, x2=x2, kwargs1=kw1, kwargs2=kw2,
+      same_inputs=spec.same_inputs,
       out1=[jax.ShapeDtypeStruct(s, d) for s, d in spec.out1],
       out2=[jax.ShapeDtypeStruct(s, d) for s, d in spec.out2],
       out_treedef=spec.out_treedef, axes=spec.axes, vmap=spec.vmap,
-      theta=theta, _param_leaves=param_leaves,
-      _param_treedef=spec.param_treedef, _diff_mask=spec.diff_mask,
-      selection=spec.selection)
+      selection=spec.selection, precision=spec.precision)
 
 
 def _block_kernels(spec: _BlockSpec, args: _BlockArgs, start1: Any,
