@@ -416,8 +416,6 @@ def test_tiled_takes_wrt_and_pseudo():
                                          progress=False), ref)
 
 
-@pytest.mark.xfail(strict=True, reason="the tiled driver writes one file per "
-                   "output leaf; per-group files are its next change")
 def test_tiled_writes_one_kernel_per_group(tmp_path):
   c = mlp_case()
   ntk = autontk.ntk_fn(c.f, vmap_axes=0, groups="top", plan_cache=False)
@@ -428,6 +426,29 @@ def test_tiled_writes_one_kernel_per_group(tmp_path):
   assert sorted(k) == ["0", "1", "2"]
   for g, ref in zip("012", refs):
     assert_kernels_close(k[g], ref)
+  assert sorted(p.name for p in (tmp_path / "run").glob("kernel_*.npy")) == [
+      "kernel_0.npy", "kernel_1.npy", "kernel_2.npy"]
+  # Resumed from disk, in memory, with x2 = x1: the same kernels.
+  again = autontk.ntk_tiled(ntk, c.x1, c.x2, c.params, tile=2,
+                            progress=False, out=tmp_path / "run")
+  for g in "012":
+    np.testing.assert_array_equal(np.asarray(again[g]), np.asarray(k[g]))
+  sym = autontk.ntk_tiled(ntk, c.x1, None, c.params, tile=2, progress=False)
+  whole = ntk(c.x1, None, c.params)
+  for g in "012":
+    assert_kernels_close(sym[g], whole[g])
+
+
+def test_tiled_traced_batch_axis_with_wrt(tmp_path):
+  """A traced batch axis (averaged at the end) and a ``wrt`` subset."""
+  c = mlp_case()
+  ntk = autontk.ntk_fn(c.f, vmap_axes=0, trace_axes=(0, -1), wrt=c.wrt,
+                       plan_cache=False)
+  k = autontk.ntk_tiled(ntk, c.x1, None, c.params, tile=2, progress=False,
+                        out=tmp_path / "run")
+  np.testing.assert_allclose(np.asarray(k), np.asarray(ntk(c.x1, None,
+                                                           c.params)),
+                             rtol=1e-5, atol=1e-6)
 
 
 # The unseen-models sweep --------------------------------------------------------

@@ -54,6 +54,7 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
       or the batch axis is diagonal/traced), or ``"auto"``: the largest tile
       whose compiled program fits ``memory_budget`` per device.
     out: a directory for the result (``kernel_<i>.npy`` per output leaf,
+      or per group and output leaf with ``groups``, group-major;
       ``manifest.jsonl``, ``meta.json``, ``plans.json``), or ``None``.
     resume: with ``out``, keep the tiles a previous run of the same
       computation finished; ``False`` starts over.
@@ -66,7 +67,8 @@ def ntk_tiled(ntk: NtkFn, x1: PyTree, x2: PyTree | None, params: PyTree, *,
       the tiles when ``vmap_axes`` batches them. ``rng`` is rejected.
 
   Returns:
-    The kernel, laid out as by ``ntk``: NumPy arrays, or read-only
+    The kernel, laid out as by ``ntk`` (``{group: kernels}`` when ``ntk``
+    has ``groups``): NumPy arrays, or read-only
     ``np.memmap`` views of ``out``'s files (a traced batch axis gives arrays
     in memory; ``out`` holds the per-example kernels they average).
 
@@ -136,15 +138,16 @@ class _Call:
     return self.layouts[0].matched
 
   def leaf_specs(self) -> list[storage.LeafSpec]:
-    """The stored kernels: a traced batch axis is stored diagonal."""
+    """The stored kernels, one per output leaf (per group and output leaf
+    with ``groups``, group-major); a traced batch axis is stored diagonal."""
     specs = []
-    for i, layout in enumerate(self.layouts):
-      axes = layout.computed_axes
+    for _, i in self.problem.kernel_slots():
+      axes = self.layouts[i].computed_axes
       shape = axes.kernel_shape(self.problem.out1[i].shape,
                                 self.problem.out2[i].shape)
       specs.append(storage.LeafSpec(
           shape, np.dtype(self.problem.kernel_dtype(i)),
-          BatchLayout(axes, layout.batch_axis)))
+          BatchLayout(axes, self.layouts[i].batch_axis)))
     return specs
 
 
@@ -242,6 +245,9 @@ def _meta(call: _Call, grid: BatchGrid,
       "function": getattr(ntk.f, "__qualname__", type(ntk.f).__name__),
       "options": repr((ntk.options.trace_axes, ntk.options.diagonal_axes,
                        ntk.options.vmap_axes)),
+      # wrt, groups, pseudo-NTK and precision change the kernel's values.
+      "kernel": call.problem.describe(),
+      "groups": list(call.problem.group_names or ()),
       "leaves": [{"shape": list(s.shape), "dtype": s.dtype.str}
                  for s in specs],
       "grid": grid.to_json(),
@@ -299,13 +305,14 @@ def _compute_missing(run: execution.TileRun, store: Any,
 
 
 def _result(call: _Call, store: Any) -> PyTree:
-  """The stored kernels as ``ntk`` lays them out (a traced batch averaged)."""
+  """The stored kernels as ``ntk`` lays them out (a traced batch averaged;
+  ``{group: kernels}`` with ``groups``)."""
   kernels = store.result()
   if call.layouts[0].kind == TRACED:
-    kernels = [mean_over_batch(np.asarray(k), layout.position,
+    kernels = [mean_over_batch(np.asarray(k), call.layouts[i].position,
                                call.side1.size)
-               for k, layout in zip(kernels, call.layouts)]
-  return jax.tree.unflatten(call.problem.out_treedef, kernels)
+               for k, (_, i) in zip(kernels, call.problem.kernel_slots())]
+  return call.problem.unflatten_kernels(kernels)
 
 
 def run_status(out: str | os.PathLike) -> dict[str, Any]:
