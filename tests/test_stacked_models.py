@@ -483,6 +483,7 @@ def test_structure_off_is_exact(config):
 # The benchmark's models -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_stacked_variants_agree():
   """bench/stacked.py: every way of holding the stack is the same network."""
   import os

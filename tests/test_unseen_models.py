@@ -89,7 +89,7 @@ def model(fn=None, *, slow=False):
 # Libraries ---------------------------------------------------------------------
 
 
-@model
+@model(slow=True)
 def flax_linen_bn_dropout():
   """BatchNorm in inference mode and Dropout off, both driven by a kwarg."""
   nn = pytest.importorskip("flax.linen")
@@ -164,7 +164,7 @@ def haiku_transform_with_state():
   return Model(f, params, x1, x2, kwargs={"is_training": False})
 
 
-@model
+@model(slow=True)
 def haiku_lstm_unroll():
   """hk.LSTM through hk.dynamic_unroll (a scan), time-major inputs."""
   hk = pytest.importorskip("haiku")
@@ -220,7 +220,7 @@ def equinox_mixed_leaves():
   return Model(f, net, _rand(9, (2, 2, 4)), _rand(10, (3, 2, 4)))
 
 
-@model
+@model(slow=True)
 def equinox_partition_attention():
   """eqx.partition/combine around MultiheadAttention with a causal mask."""
   eqx = pytest.importorskip("equinox")
@@ -345,7 +345,7 @@ def _soft_abs_jvp(primals, tangents):
   return y, t * x / y
 
 
-@model
+@model(slow=True)
 def custom_derivatives():
   """custom_jvp (gelu, softplus, silu, logsumexp, own) and a custom_vjp with a
   parameter among its differentiated arguments."""
@@ -378,7 +378,7 @@ def tied_weights_twice():
   return Model(f, p, _rand(32, (3, 4)), _rand(33, (2, 4)))
 
 
-@model
+@model(slow=True)
 def embedding_masked_attention():
   """int32 tokens, embedding lookup, position table, padding-masked attention."""
   p = {"emb": _rand(34, (6, 4)), "pos": _rand(35, (3, 4), 0.1),
