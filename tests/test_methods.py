@@ -41,10 +41,23 @@ def _check(case, impl, trace_axes, diagonal_axes, vmap, use_x2, jit=True):
   assert_kernels_close(got, want)
 
 
+# Every family with the first configuration; the other two (vmap_axes,
+# x2=None, a diagonal batch axis) on a few families in the fast suite, on all
+# of them with -m slow (test_axes_sweep checks every axes option).
+_FAST_VMAP_FAMILIES = ("attention", "cnn_SAME_1", "mlp", "pytree_io")
+
+
+def _family_params():
+  ids = ["trace-x2", "full-vmap-x2none", "diag0-vmap"]
+  for config, cid in zip(FAMILY_CONFIGS, ids):
+    for name in sorted(CASES):
+      slow = cid != "trace-x2" and name not in _FAST_VMAP_FAMILIES
+      yield pytest.param(config, name, id=f"{cid}-{name}",
+                         marks=[pytest.mark.slow] if slow else [])
+
+
 @pytest.mark.parametrize("impl", METHODS, ids=lambda i: i.name.lower())
-@pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("config", FAMILY_CONFIGS,
-                         ids=["trace-x2", "full-vmap-x2none", "diag0-vmap"])
+@pytest.mark.parametrize("config,name", list(_family_params()))
 def test_model_families(name, impl, config):
   case = CASES[name]
   trace_axes, diagonal_axes, vmap, use_x2 = config

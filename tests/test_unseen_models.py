@@ -182,7 +182,7 @@ def haiku_lstm_unroll():
                axes=(TRACE_LAST, FULL, DIAG_BATCH))
 
 
-@model
+@model(slow=True)
 def equinox_mixed_leaves():
   """The whole eqx module as params: int, bool and int-array leaves inside."""
   eqx = pytest.importorskip("equinox")
@@ -240,7 +240,7 @@ def equinox_partition_attention():
 # Control flow, remat, custom derivatives ------------------------------------------
 
 
-@model
+@model(slow=True)
 def cond_switch_per_example():
   """Data-dependent lax.cond and lax.switch (become selects under vmap)."""
   w = {"a": _rand(13, (3, 4)), "b": _rand(14, (4, 2)), "c": _rand(15, (4, 2))}
@@ -260,7 +260,7 @@ def cond_switch_per_example():
   return Model(f, w, x1, x2)
 
 
-@model
+@model(slow=True)
 def fori_loop_static_and_checkpoint():
   """fori_loop with static bounds (a scan) over a checkpointed block."""
   p = {"w": _rand(16, (4, 4), 0.5), "b": _rand(17, (4,)),
@@ -545,7 +545,7 @@ def flax_linen_lifted_transforms():
   return Model(net.apply, net.init(jax.random.PRNGKey(4), x1), x1, x2)
 
 
-@model
+@model(slow=True)
 def scan_over_stacked_params():
   """Per-layer weights stacked on a leading axis and scanned over (the params
   are the scan's xs), as flax nn.scan / equinox filter_vmap stacks build."""
@@ -562,7 +562,7 @@ def scan_over_stacked_params():
   return Model(f, p, _rand(81, (2, 4)), _rand(82, (3, 4)))
 
 
-@model
+@model(slow=True)
 def indexing_params():
   """dynamic_slice of a parameter at a data-dependent offset, scatter-add and
   scatter-set into activations with parameters as updates."""
