@@ -215,20 +215,28 @@ def ntk_vp_fn(f: ApplyFn | Any, x1: PyTree, x2: PyTree | None,
       call = _problem.build(f, options, x1, x2, params, kwargs)
       return jax.tree.unflatten(td, _vector_product(call, cotangents))
 
-  program = _compiled.CallProgram(product, treedef, traced, constants)
+  run = _compiled.CallProgram(product, treedef, traced, constants).bind(
+      leaves)
 
   def vp(cotangents: PyTree) -> PyTree:
     c_leaves, ctd = jax.tree.flatten(cotangents)
     if ctd != td:
       raise ValueError(f"`cotangents` must have the structure of f(params, x2)"
                        f" ({td}); got {ctd}.")
-    for i, (c, shape) in enumerate(zip(c_leaves, out2)):
-      if np.shape(c) != shape:
-        raise ValueError(f"`cotangents` leaf {i} has shape {np.shape(c)}; "
-                         f"f(params, x2) has shape {shape}.")
-    return program(leaves, c_leaves)
+    if [getattr(c, "shape", None) for c in c_leaves] != out2:
+      _check_cotangent_shapes(c_leaves, out2)
+    return run(c_leaves)
 
   return vp
+
+
+def _check_cotangent_shapes(c_leaves: list[Any],
+                            shapes: list[tuple[int, ...]]) -> None:
+  """Raises on a cotangent leaf whose shape is not its output leaf's."""
+  for i, (c, shape) in enumerate(zip(c_leaves, shapes)):
+    if np.shape(c) != shape:
+      raise ValueError(f"`cotangents` leaf {i} has shape {np.shape(c)}; "
+                       f"f(params, x2) has shape {shape}.")
 
 
 def _vector_product(problem: _problem.NtkProblem,

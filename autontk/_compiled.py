@@ -121,6 +121,13 @@ class CallProgram:
     ``fn`` after ``kwargs``."""
     return self._run(self.traced_leaves(leaves), *extra)
 
+  def bind(self, leaves: list[Any]) -> Callable[..., PyTree]:
+    """``run(*extra)``: the program on these very leaves, their traced
+    part taken out once (a function of fixed arguments called many times,
+    as ``ntk_vp_fn``'s product is)."""
+    traced, run = self.traced_leaves(leaves), self._run
+    return lambda *extra: run(traced, *extra)
+
   def lower(self, leaves: list[Any]) -> Any:
     """``jax.stages.Lowered`` of the program for arguments like ``leaves``
     (memoised per shapes: lowering traces ``f``)."""
