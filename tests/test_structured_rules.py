@@ -303,3 +303,26 @@ def test_sharding_constraint_passes_parameter_through():
   k, ref = _run(case, RULES)  # strict: no generic fallback needed
   np.testing.assert_allclose(k, ref, rtol=1e-4, atol=1e-6)
   assert _used_primitives(case, RULES) == {"dot_general"}
+
+
+def test_output_bias_keeps_its_identity_cotangent():
+  """A last layer's bias reaches the output as the identity: its pair costs
+  O(N² O), not the O(N² O²) of a materialised O × O cotangent (compiled
+  FLOPs, not time), and the kernel is exact."""
+  n, o = 8, 512
+  k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+  params = {"w": jax.random.normal(k1, (16, o)) / 4, "b": jnp.zeros(o)}
+
+  def f(p, x):
+    return jnp.tanh(x) @ p["w"] + p["b"]
+
+  x1 = jax.random.normal(k2, (n, 16))
+  ntk = autontk.ntk_fn(f, vmap_axes=0,
+                       implementation="structured_derivatives")
+  cost = jax.jit(lambda x, p: ntk(x, None, p)).lower(
+      x1, params).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert cost["flops"] < 0.1 * 2 * n * n * o * o
+  np.testing.assert_allclose(ntk(x1, None, params),
+                             reference_ntk(f, params, x1, None, (-1,), ()),
+                             rtol=1e-4, atol=1e-6)

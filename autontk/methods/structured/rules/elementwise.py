@@ -44,6 +44,12 @@ def _diagonal(ctx: UseContext, scale=None,
     except ValueError:
       return None
   dtype = ctx.theta_aval.dtype
+  if (scale is None and not axes and sign == 1.0 and
+      dtype == ctx.out_aval.dtype):
+    # J is the identity: no map, so a use that reaches an output as the
+    # identity (a last layer's bias) keeps its cotangent implicit instead of
+    # materialising an O × O one.
+    return dense(len(ctx.theta_aval.shape))
 
   def cot_map(c):
     c = c if scale is None else c * scale
