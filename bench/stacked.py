@@ -183,14 +183,19 @@ def _compiled_cost(fn, x, params) -> dict[str, float]:
 
 def _interleaved(calls: dict, budget_s: float, min_rounds: int,
                  max_call_s: float) -> dict[Any, list[float]]:
-  """Round-robin timings of the warm calls (slow ones fewer times)."""
+  """Round-robin timings of the warm calls. After two rounds a call over
+  ``max_call_s`` or over 10x the fastest one is settled (a second-long call
+  run between millisecond ones disturbs them: caches, allocator), and the
+  rounds go on with the close ones."""
   times = {key: [] for key in calls}
   t_end = time.perf_counter() + budget_s
   rounds = 0
   while rounds < min_rounds or time.perf_counter() < t_end:
+    fastest = min((statistics.median(ts) for ts in times.values() if ts),
+                  default=0.0)
     for key, call in calls.items():
       if rounds >= 2 and times[key] and statistics.median(
-          times[key]) > max_call_s:
+          times[key]) > min(max_call_s, 10 * fastest):
         continue  # enough of a slow call
       t0 = time.perf_counter()
       jax.block_until_ready(call())
