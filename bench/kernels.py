@@ -359,24 +359,30 @@ def main(argv=None) -> int:
   os.environ.setdefault("AUTONTK_CACHE_DIR",
                         tempfile.mkdtemp(prefix="autontk-bench-"))
   os.environ.setdefault("AUTONTK_JAX_CACHE", "0")
+  res = run(args.quick, log=lambda *a: print(*a, flush=True))
+  print(record("kernels", res, markdown, args.tag))
+  return 0
+
+
+def record(name: str, res: dict[str, Any], render, tag: str | None) -> str:
+  """Writes ``<name>.json`` and ``<name>.md`` (``render(res)``) under
+  ``bench/results/<tag>`` (default ``kernels-<backend>[-<n>core]``), with
+  the machine and date; returns the markdown."""
   from bench.__main__ import machine_info
   info = machine_info()
-  tag = args.tag or (f"kernels-{info['backend']}-{info['cpu_count']}core"
-                     if info["backend"] == "cpu" else
-                     f"kernels-{info['backend']}")
+  tag = tag or (f"kernels-{info['backend']}-{info['cpu_count']}core"
+                if info["backend"] == "cpu" else f"kernels-{info['backend']}")
   out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                          "results", tag)
   os.makedirs(out_dir, exist_ok=True)
-  res = run(args.quick, log=lambda *a: print(*a, flush=True))
   res.update(machine=info,
              date_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
-  with open(os.path.join(out_dir, "kernels.json"), "w") as fh:
+  with open(os.path.join(out_dir, f"{name}.json"), "w") as fh:
     json.dump(res, fh, indent=1, default=str)
-  with open(os.path.join(out_dir, "kernels.md"), "w") as fh:
-    fh.write(markdown(res))
-  print(markdown(res))
-  return 0
-
+  text = render(res)
+  with open(os.path.join(out_dir, f"{name}.md"), "w") as fh:
+    fh.write(text)
+  return text
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -12,10 +12,7 @@ cast up, 64-bit mode on): ``rel_err = max |K32 - K64| / max |K64|``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 
 import jax
 
@@ -71,22 +68,7 @@ def main(argv=None) -> int:
                               description=__doc__)
   p.add_argument("--tag")
   args = p.parse_args(argv)
-  from bench.__main__ import machine_info
-  info = machine_info()
-  tag = args.tag or (f"kernels-{info['backend']}-{info['cpu_count']}core"
-                     if info["backend"] == "cpu" else
-                     f"kernels-{info['backend']}")
-  out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                         "results", tag)
-  os.makedirs(out_dir, exist_ok=True)
-  res = run()
-  res.update(machine=info,
-             date_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
-  with open(os.path.join(out_dir, "precision.json"), "w") as fh:
-    json.dump(res, fh, indent=1)
-  with open(os.path.join(out_dir, "precision.md"), "w") as fh:
-    fh.write(markdown(res))
-  print(markdown(res))
+  print(kernels.record("precision", run(), markdown, args.tag))
   return 0
 
 

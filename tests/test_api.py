@@ -268,7 +268,8 @@ def test_error_complex_params():
 
 # Property tests -----------------------------------------------------------------
 
-@settings(max_examples=5, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None)
 @given(n1=st.integers(1, 3), n2=st.integers(1, 3), d=st.integers(1, 4),
        widths=st.lists(st.integers(1, 4), min_size=1, max_size=3),
        axes=st.sampled_from([((-1,), ()), ((), ()), ((), (1,)), ((1,), (0,)),

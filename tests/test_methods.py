@@ -44,7 +44,7 @@ def _check(case, impl, trace_axes, diagonal_axes, vmap, use_x2, jit=True):
 # Every family with the first configuration; the other two (vmap_axes,
 # x2=None, a diagonal batch axis) on a few families in the fast suite, on all
 # of them with -m slow (test_axes_sweep checks every axes option).
-_FAST_VMAP_FAMILIES = ("attention", "cnn_SAME_1", "mlp", "pytree_io")
+_FAST_VMAP_FAMILIES = ("mlp", "pytree_io")
 
 
 def _family_params():
@@ -89,8 +89,19 @@ def _axes_options(ndim):
 AXES = list(_axes_options(3))
 
 
-@pytest.mark.parametrize("impl", METHODS, ids=lambda i: i.name.lower())
-@pytest.mark.parametrize("axes", AXES, ids=lambda a: f"t{a[0]}d{a[1]}")
+def _sweep_params():
+  """Every axes option with structured derivatives (the method with the
+  most machinery); the other methods on every other option in the fast
+  suite, on all of them with -m slow."""
+  for impl in METHODS:
+    for i, axes in enumerate(AXES):
+      slow = impl.name != "STRUCTURED_DERIVATIVES" and i % 2
+      yield pytest.param(impl, axes, id=f"{impl.name.lower()}-t{axes[0]}d"
+                         f"{axes[1]}",
+                         marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("impl,axes", list(_sweep_params()))
 def test_axes_sweep(impl, axes):
   """All 27 trace/diagonal assignments of a rank-3 output, vmap on and off."""
   trace, diag = axes
@@ -107,7 +118,10 @@ def test_negative_axes_and_x2_none(impl):
     _check(case, impl, trace, diag, None, False, jit=False)
 
 
-@pytest.mark.parametrize("impl", METHODS, ids=lambda i: i.name.lower())
+@pytest.mark.parametrize("impl", [
+    pytest.param(i, marks=[pytest.mark.slow] if i.name ==
+                 "JACOBIAN_CONTRACTION" else []) for i in METHODS],
+    ids=lambda i: i.name.lower())
 def test_float64(impl):
   with jax.enable_x64(True):
     case = models.mlp()

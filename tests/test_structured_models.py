@@ -238,8 +238,8 @@ RNN_PARAMS = {"w": _rand(50, (3, 3), 0.5), "u": _rand(51, (2, 3)),
               "b": _rand(52, (3,)), "o": _rand(53, (3, 2))}
 
 
-@pytest.mark.parametrize("vmap_axes", [
-    pytest.param(None, marks=pytest.mark.slow), 0])
+@pytest.mark.slow
+@pytest.mark.parametrize("vmap_axes", [None, 0])
 def test_scan_rnn_pytree_outputs(vmap_axes):
   x1, x2 = _rand(54, (2, 4, 2)), _rand(55, (3, 4, 2))
   k = _check(rnn, RNN_PARAMS, x1, x2, trace_axes=(), vmap_axes=vmap_axes)

@@ -191,7 +191,9 @@ def test_every_rule_has_a_case():
   assert not missing, f"rules without a test case: {missing}"
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.slow] if n == "conv_input" else [])
+    for n in sorted(CASES)])
 def test_rule_matches_generic_and_reference(name):
   case = CASES[name]
   k_rules, ref = _run(case, RULES)
@@ -323,6 +325,7 @@ def test_output_bias_keeps_its_identity_cotangent():
       x1, params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   assert cost["flops"] < 0.1 * 2 * n * n * o * o
-  np.testing.assert_allclose(ntk(x1, None, params),
-                             reference_ntk(f, params, x1, None, (-1,), ()),
+  small = {"w": params["w"][:, :24], "b": params["b"][:24]}
+  np.testing.assert_allclose(ntk(x1, None, small),
+                             reference_ntk(f, small, x1, None, (-1,), ()),
                              rtol=1e-4, atol=1e-6)

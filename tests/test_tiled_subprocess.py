@@ -120,6 +120,7 @@ def test_four_simulated_devices(tmp_path):
     assert err < 1e-5, (name, err)
 
 
+@pytest.mark.slow
 def test_two_processes_jax_distributed(tmp_path):
   out = tmp_path / "run"
   addr = f"localhost:{_free_port()}"

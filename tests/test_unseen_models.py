@@ -142,7 +142,7 @@ def flax_nnx_split_merge():
   return Model(f, state, _rand(3, (3, 3)), _rand(4, (2, 3)))
 
 
-@model
+@model(slow=True)
 def haiku_transform_with_state():
   """hk.transform_with_state with BatchNorm in test mode; state closed over."""
   hk = pytest.importorskip("haiku")
@@ -278,7 +278,7 @@ def fori_loop_static_and_checkpoint():
   return Model(f, p, _rand(19, (2, 4)), _rand(20, (3, 4)))
 
 
-@model
+@model(slow=True)
 def while_loop_dynamic():
   """Per-example while_loop whose trip count depends on the data (4, 4 and
   4, 3, 3 iterations here): no reverse mode."""
@@ -365,7 +365,7 @@ def custom_derivatives():
 # Weights, embeddings, attention ------------------------------------------------
 
 
-@model
+@model(slow=True)
 def tied_weights_twice():
   """One matrix used three times (forward, transposed, squared)."""
   p = {"w": _rand(30, (4, 4), 0.5), "b": _rand(31, (4,))}
@@ -474,7 +474,7 @@ def pytree_inputs_pytree_vmap_axes():
   return Model(f, p, x1, x2, vmap_axes=({"a": 0, "b": -1, "c": None}, 0, {}))
 
 
-@model
+@model(slow=True)
 def pytree_outputs_per_leaf_axes():
   """Tuple/dict output whose leaves carry the batch on different axes."""
   p = {"w": _rand(64, (3, 4)), "v": _rand(65, (4, 2))}

@@ -144,31 +144,26 @@ def _record(primitive) -> RuleRecord:
   return RULES.setdefault(primitive, RuleRecord(primitive))
 
 
-def structure_rule(*primitives):
-  """Registers a structure rule for one or more primitives."""
-  def wrap(rule: StructureRule) -> StructureRule:
-    for p in primitives:
-      _record(p).structure = rule
-    return rule
-  return wrap
+def _registrar(field: str, doc: str) -> Callable:
+  """A decorator factory ``name(*primitives)`` that stores the decorated
+  rule in the ``field`` of each primitive's record."""
+  def register(*primitives):
+    def wrap(rule):
+      for p in primitives:
+        setattr(_record(p), field, rule)
+      return rule
+    return wrap
+  register.__doc__ = doc
+  return register
 
 
-def jacobian_rule(*primitives):
-  """Registers a Jacobian rule (explicit cotangent map) for primitives."""
-  def wrap(rule: JacobianRule) -> JacobianRule:
-    for p in primitives:
-      _record(p).jacobian = rule
-    return rule
-  return wrap
-
-
-def view_rule(*primitives):
-  """Registers a view rule (θ's entries selected or rearranged)."""
-  def wrap(rule: ViewRule) -> ViewRule:
-    for p in primitives:
-      _record(p).view = rule
-    return rule
-  return wrap
+structure_rule = _registrar(
+    "structure", "Registers a structure rule for one or more primitives.")
+jacobian_rule = _registrar(
+    "jacobian", "Registers a Jacobian rule (explicit cotangent map) for "
+    "primitives.")
+view_rule = _registrar(
+    "view", "Registers a view rule (θ's entries selected or rearranged).")
 
 
 def view_of(ctx: UseContext) -> ViewMap | None:
