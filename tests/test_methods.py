@@ -51,7 +51,8 @@ def _family_params():
   ids = ["trace-x2", "full-vmap-x2none", "diag0-vmap"]
   for config, cid in zip(FAMILY_CONFIGS, ids):
     for name in sorted(CASES):
-      slow = cid != "trace-x2" and name not in _FAST_VMAP_FAMILIES
+      slow = ((cid != "trace-x2" and name not in _FAST_VMAP_FAMILIES) or
+              name == "flax_cnn")
       yield pytest.param(config, name, id=f"{cid}-{name}",
                          marks=[pytest.mark.slow] if slow else [])
 
@@ -119,8 +120,8 @@ def test_negative_axes_and_x2_none(impl):
 
 
 @pytest.mark.parametrize("impl", [
-    pytest.param(i, marks=[pytest.mark.slow] if i.name ==
-                 "JACOBIAN_CONTRACTION" else []) for i in METHODS],
+    pytest.param(i, marks=[pytest.mark.slow] if i.name !=
+                 "STRUCTURED_DERIVATIVES" else []) for i in METHODS],
     ids=lambda i: i.name.lower())
 def test_float64(impl):
   with jax.enable_x64(True):

@@ -298,6 +298,7 @@ def test_cond_inside_scan_and_known_switch():
   _check(f, vmap_axes=None)  # the branch depends on the whole batch
 
 
+@pytest.mark.slow
 def test_nested_scans_over_a_two_level_stack():
   p = dict(P, stack=_rand(20, (2, 2, W, W)))
 
@@ -425,8 +426,8 @@ TRANSFORMER = {
                "w1": _rand(37, (2, W, 3)), "w2": _rand(38, (2, 3, W))}}
 
 
-@pytest.mark.parametrize("vmap_axes", [
-    0, pytest.param(None, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("vmap_axes", [0, None])
 def test_transformer_with_scanned_blocks(vmap_axes):
   s1, s2 = _rand(39, (2, 3, D), 1.0), _rand(40, (3, 3, D), 1.0)
   _check(transformer, TRANSFORMER, s1, s2, trace_axes=(-1,),

@@ -246,6 +246,7 @@ def test_scan_rnn_pytree_outputs(vmap_axes):
   assert set(k) == {"last", "all"}
 
 
+@pytest.mark.slow
 def test_checkpoint_jit_custom_jvp_vjp_cond():
   @jax.custom_vjp
   def clipped(x):

@@ -95,8 +95,9 @@ CASES = [
     ("mlp", {"trace_axes": (0, -1)}, True, 2, "jacobian_contraction"),
     pytest.param("cnn", {"vmap_axes": 0}, True, (4, 3),
                  "jacobian_contraction", marks=pytest.mark.slow),
-    ("pytree", {"trace_axes": (), "diagonal_axes": (-1,),
-                "vmap_axes": 0}, False, 3, "ntk_vector_products"),
+    pytest.param("pytree", {"trace_axes": (), "diagonal_axes": (-1,),
+                            "vmap_axes": 0}, False, 3, "ntk_vector_products",
+                 marks=pytest.mark.slow),
     ("pytree", {"trace_axes": (0,), "diagonal_axes": (-1,)}, True, 3,
      "jacobian_contraction"),
 ]

@@ -118,7 +118,7 @@ def flax_linen_bn_dropout():
   return Model(f, variables, x1, x2, kwargs={"train": False})
 
 
-@model
+@model(slow=True)
 def flax_nnx_split_merge():
   """nnx module made functional; its state holds RNG keys and counters."""
   nnx = pytest.importorskip("flax.nnx")
