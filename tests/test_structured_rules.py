@@ -267,8 +267,16 @@ def test_strict_names_the_primitive():
 def test_unknown_primitive_falls_back_exactly(caplog):
   rule_table._LOGGED.discard(P.custom_lin_p)  # noqa: SLF001 - logged once
   jax.clear_caches()  # another test may have traced this model already
-  with caplog.at_level("INFO", logger="autontk.structured"):
-    k, ref = _run(CUSTOM_VJP_CASE, StructuredConfig())
+  # The handler goes on the logger itself, and the logger is enabled: a
+  # logging configuration run by another test's library may have disabled
+  # existing loggers or stopped propagation to the root caplog listens on.
+  rule_table.log.addHandler(caplog.handler)
+  rule_table.log.disabled = False
+  try:
+    with caplog.at_level("INFO", logger="autontk.structured"):
+      k, ref = _run(CUSTOM_VJP_CASE, StructuredConfig())
+  finally:
+    rule_table.log.removeHandler(caplog.handler)
   np.testing.assert_allclose(k, ref, rtol=1e-4, atol=1e-6)
   assert "custom_lin" in caplog.text and "generic fallback" in caplog.text
 
