@@ -211,23 +211,19 @@ def ntk_vp_fn(f: ApplyFn | Any, x1: PyTree, x2: PyTree | None,
   td = problem.out_treedef
 
   def product(x1, x2, params, kwargs, cotangents):
-    with options.precision_scope():
-      call = _problem.build(f, options, x1, x2, params, kwargs)
-      return jax.tree.unflatten(td, _vector_product(call, cotangents))
-
-  run = _compiled.CallProgram(product, treedef, traced, constants).bind(
-      leaves)
-
-  def vp(cotangents: PyTree) -> PyTree:
+    # Runs when jax.jit traces: once per cotangent structure and shapes, so
+    # a product call is jit's own dispatch and nothing more.
     c_leaves, ctd = jax.tree.flatten(cotangents)
     if ctd != td:
       raise ValueError(f"`cotangents` must have the structure of f(params, x2)"
                        f" ({td}); got {ctd}.")
-    if [getattr(c, "shape", None) for c in c_leaves] != out2:
-      _check_cotangent_shapes(c_leaves, out2)
-    return run(c_leaves)
+    _check_cotangent_shapes(c_leaves, out2)
+    with options.precision_scope():
+      call = _problem.build(f, options, x1, x2, params, kwargs)
+      return jax.tree.unflatten(td, _vector_product(call, c_leaves))
 
-  return vp
+  return _compiled.CallProgram(product, treedef, traced, constants).bind(
+      leaves)
 
 
 def _check_cotangent_shapes(c_leaves: list[Any],

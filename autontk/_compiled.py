@@ -14,6 +14,8 @@ one dict lookup on top of ``jax.jit``'s own dispatch.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from typing import Any, Callable, Hashable
 
 import jax
@@ -28,30 +30,49 @@ CallFn = Callable[..., PyTree]
 computes."""
 
 
+_tree_flatten = jax.tree_util.default_registry.flatten
+
+
 def flatten(x1: PyTree, x2: PyTree | None, params: PyTree,
             kwargs: dict[str, Any]) -> tuple[list[Any], Any]:
   """``(leaves, treedef)`` of ``(x1, x2, params, kwargs)``."""
-  return jax.tree.flatten((x1, x2, params, kwargs))
+  return _tree_flatten((x1, x2, params, kwargs))
 
 
 def call_key(treedef: Any, leaves: list[Any]) -> Hashable:
   """What a repeated call is recognised by: the structure, each array's
-  shape and dtype, each Python constant and its type (``1``, ``1.0`` and
-  ``True`` are equal as dict keys, not as constants of ``f``). A key with
-  an unhashable constant raises ``TypeError`` when looked up."""
-  return (treedef, *[(v.shape, v.dtype) if type(v) in _ARRAYS else
-                     _leaf_key(v) for v in leaves])
+  abstract value (shape, dtype, weak type), each Python constant and its
+  type (``1``, ``1.0`` and ``True`` are equal as dict keys, not as
+  constants of ``f``). A key with an unhashable constant raises
+  ``TypeError`` when looked up.
+
+  This runs on every call, so it is kept to the least Python work that
+  still tells signatures apart: for a ``jax.Array``, its interned
+  ``aval``.
+  """
+  return (treedef, *[v.aval if type(v) is _ARRAY else _leaf_key(v)
+                     for v in leaves])
 
 
-_ARRAYS = frozenset({type(jnp.zeros(())), np.ndarray})
-"""The common array types, recognised without a try."""
+_ARRAY = type(jnp.zeros(()))
+"""The concrete ``jax.Array`` type, recognised without an attribute
+lookup (a failed lookup raises, and raising costs microseconds)."""
 
 
 def _leaf_key(v: Any) -> Any:
+  if type(v) in _PYTHON_SCALARS:
+    return type(v), v
+  aval = getattr(v, "aval", None)
+  if aval is not None:
+    return aval
   try:
     return v.shape, v.dtype
   except AttributeError:
     return type(v), v
+
+
+_PYTHON_SCALARS = frozenset({bool, int, float, complex, str, type(None)})
+"""Constants recognised without a failed attribute lookup."""
 
 
 def is_traced(leaves: list[Any]) -> bool:
@@ -111,10 +132,15 @@ class CallProgram:
     x1, x2, params, kwargs = jax.tree.unflatten(self._treedef, leaves)
     return self._fn(x1, x2, params, kwargs, *extra)
 
+  @property
+  def all_traced(self) -> bool:
+    """Every leaf of a call is an argument of the program (no constant)."""
+    return self._all_traced
+
   def traced_leaves(self, leaves: list[Any]) -> list[Any]:
     if self._all_traced:
       return leaves
-    return [v for v, t in zip(leaves, self._traced) if t]
+    return list(itertools.compress(leaves, self._traced))
 
   def __call__(self, leaves: list[Any], *extra: Any) -> PyTree:
     """Runs on a call's leaves; ``extra`` arguments (traced) are passed to
@@ -125,8 +151,7 @@ class CallProgram:
     """``run(*extra)``: the program on these very leaves, their traced
     part taken out once (a function of fixed arguments called many times,
     as ``ntk_vp_fn``'s product is)."""
-    traced, run = self.traced_leaves(leaves), self._run
-    return lambda *extra: run(traced, *extra)
+    return functools.partial(self._run, self.traced_leaves(leaves))
 
   def lower(self, leaves: list[Any]) -> Any:
     """``jax.stages.Lowered`` of the program for arguments like ``leaves``
@@ -149,12 +174,14 @@ class CallProgram:
     return self._executables[key]
 
   def runner(self, leaves: list[Any]) -> Callable[[list[Any]], PyTree]:
-    """``run(leaves)`` for calls like ``leaves``: the executable compiled
-    for them if there is one, else the (jitted) program."""
+    """``run(leaves)`` for calls like ``leaves``, as direct as it can be
+    (it runs on every repeated call): the executable compiled for them if
+    there is one, else the (jitted) program itself when every leaf is
+    traced, else this program."""
     executable = self._executables.get(_avals(self.traced_leaves(leaves)))
-    if executable is None or not self._jit:
-      return self
-    return _Executable(self, executable)
+    if executable is not None and self._jit:
+      return _Executable(self, executable)
+    return self._run if self._all_traced else self
 
 
 class _Executable:
@@ -163,11 +190,12 @@ class _Executable:
   def __init__(self, program: CallProgram, executable: Any):
     self._program = program
     self._executable = executable
+    self._all_traced = program.all_traced
 
   def __call__(self, leaves: list[Any]) -> PyTree:
-    traced = self._program.traced_leaves(leaves)
     try:
-      return self._executable(traced)
+      return self._executable(leaves if self._all_traced else
+                              self._program.traced_leaves(leaves))
     except (TypeError, ValueError):
       # Same shapes and dtypes, other weak types or placement: the jitted
       # program dispatches (and compiles) as jit does.

@@ -141,19 +141,29 @@ class NtkFn:
     """
     # The fast path: one flatten, one key, one dict lookup, then the
     # compiled program. Everything else (validation, planning, splitting
-    # constants from traced leaves) happened on the signature's first call.
+    # constants from traced leaves) happens on a signature's first call.
     leaves, treedef = _compiled.flatten(x1, x2, params, kwargs)
+    try:
+      run = self._calls[_compiled.call_key(treedef, leaves)]
+    except (KeyError, TypeError):  # new signature, unhashable constant
+      run = self._first_call(treedef, leaves, x1, x2, params, kwargs)
+    return run(leaves)
+
+  def _first_call(self, treedef: Any, leaves: list[Any], x1: PyTree,
+                  x2: PyTree | None, params: PyTree,
+                  kwargs: dict[str, Any]) -> Callable[[list[Any]], PyTree]:
+    """Validates and plans a call of a new signature; returns what runs it
+    (remembered for the signature's later calls unless a constant is
+    unhashable or the call is traced)."""
+    plan = self.plan(x1, x2, params, **kwargs)
+    run = self._program(plan, treedef, leaves).runner(leaves)
     key = _compiled.call_key(treedef, leaves)
     try:
-      program = self._calls.get(key)
+      if not _compiled.is_traced(leaves):
+        self._calls[key] = run
     except TypeError:  # an unhashable constant: no fast path
-      key = program = None
-    if program is None:
-      plan = self.plan(x1, x2, params, **kwargs)
-      program = self._program(plan, treedef, leaves).runner(leaves)
-      if key is not None and not _compiled.is_traced(leaves):
-        self._calls[key] = program
-    return program(leaves)
+      pass
+    return run
 
   def execute(self, plan: Plan, x1: PyTree, x2: PyTree | None,
               params: PyTree, **kwargs: Any) -> PyTree:

@@ -62,6 +62,21 @@ def test_what_changes_the_computation_gets_its_own_program():
                              ntk(x, None, params) * 9, rtol=1e-5)
 
 
+def test_one_kwarg_as_array_then_constant_then_numpy():
+  # The same tree, once an array kwarg (traced), once a Python float (a
+  # constant of f), once NumPy inputs: each its own signature, each exact.
+  f, params, x, _ = _counting_model()
+  ntk = autontk.ntk_fn(f, implementation="structured_derivatives")
+  want = reference_ntk(lambda p, xx: f(p, xx, scale=0.5), params, x, None)
+  got = [ntk(x, None, params, scale=jnp.float32(0.5)),
+         ntk(x, None, params, scale=0.5),
+         ntk(np.asarray(x), None, params, scale=np.float32(0.5)),
+         ntk(x, None, params, scale=jnp.float32(0.5))]
+  assert len(ntk._calls) == 3
+  for k in got:
+    np.testing.assert_allclose(k, want, rtol=2e-4, atol=1e-5)
+
+
 def test_unhashable_constants_still_work():
   def f(p, x, opts):
     return jnp.tanh(x @ p) * opts["scale"]
