@@ -12,7 +12,7 @@ median over rounds of the per-call difference within a round.
 the same way. Target (docs/performance.md): at most 20 µs of overhead, and
 products within 1.1× of the jitted function.
 
-Run: ``python -m bench.overhead [--tag TAG] [--rounds 31]``; writes
+Run: ``python -m bench.overhead [--tag TAG] [--rounds 61]``; writes
 ``bench/results/<tag>/overhead.json`` and ``overhead.md``.
 """
 
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m bench.overhead",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--tag", default=f"cpu-{os.cpu_count()}core")
-  parser.add_argument("--rounds", type=int, default=31)
+  parser.add_argument("--rounds", type=int, default=61)
   args = parser.parse_args(argv)
   os.environ.setdefault("AUTONTK_CACHE_DIR",
                         tempfile.mkdtemp(prefix="autontk-overhead-"))

@@ -1,6 +1,8 @@
 """The autotuner: the measured fastest wins, failures are infeasible, runs
 resume."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -294,3 +296,31 @@ def test_close_calls_are_confirmed_interleaved():
   times = tuner.confirm(autontk.ntk_fn(f), [JC, NVP], x, None, params, {},
                         opts)
   assert set(times) == {JC, NVP} and all(0 < t < 1 for t in times.values())
+
+
+def test_confirm_interleaves_call_by_call_and_stops_at_the_deadline(
+    monkeypatch):
+  f, params, x = _model()
+  calls = []
+  real = tuner._runner
+
+  def counting(ntk, plan, *args):
+    once = real(ntk, plan, *args)
+
+    def timed():
+      calls.append(plan)
+      return once()
+    return timed
+
+  monkeypatch.setattr(tuner, "_runner", counting)
+  ntk = autontk.ntk_fn(f)
+  opts = TuneOptions(confirm_rounds=4, confirm_time_s=0.0, progress=False)
+  tuner.confirm(ntk, [JC, NVP], x, None, params, {}, opts)
+  # Compile and warm-up each, then rounds of one call each, the order
+  # rotating by one every round.
+  assert calls[4:] == [JC, NVP, NVP, JC, JC, NVP, NVP, JC]
+  calls.clear()
+  opts = TuneOptions(confirm_rounds=50, confirm_time_s=100.0, progress=False)
+  tuner.confirm(ntk, [JC, NVP], x, None, params, {}, opts,
+                deadline=time.perf_counter())
+  assert len(calls) == 4 + 2  # past the deadline: one round only

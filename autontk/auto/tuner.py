@@ -18,8 +18,10 @@ chunking) ranked by the cost model, then times them with an `optuna`_ study:
 * A candidate that fails to compile or run (including out of memory) is
   marked infeasible with the reason; the run goes on.
 * Candidates within ``confirm_ratio`` of the best are timed again,
-  interleaved over a few rounds, so a close call is not decided by a busy
-  moment of the machine (the study times candidates one after the other).
+  interleaved call by call (each round calls each candidate once, for at
+  least ``confirm_time_s``), and the median over rounds decides: a close
+  call is not decided by a busy moment of the machine (the study times
+  candidates one after the other).
 * ``budget_s`` bounds the whole run (the best predicted candidate is always
   timed; the confirmation runs only within the budget); a tqdm progress
   bar shows it.
@@ -75,10 +77,14 @@ class TuneOptions:
     stop_ratio: stop timing a candidate whose fastest repeat is this many
       times slower than the best median so far.
     confirm_ratio: after the study, candidates within this factor of the
-      best are timed again, interleaved (``confirm_rounds`` rounds), so
-      that a close call is not decided by a moment of machine noise.
+      best are timed again, interleaved (each round calls each once), so
+      that a close call is not decided by a moment of machine noise; the
+      median over rounds decides.
     confirm_top: at most this many candidates are confirmed.
-    confirm_rounds: rounds of interleaved timing (0: no confirmation).
+    confirm_rounds: at least this many rounds of interleaved timing (0: no
+      confirmation).
+    confirm_time_s: and more rounds until this long has passed (within
+      ``budget_s``).
     progress: show a tqdm progress bar.
   """
 
@@ -90,7 +96,8 @@ class TuneOptions:
   stop_ratio: float = 1.5
   confirm_ratio: float = 1.3
   confirm_top: int = 4
-  confirm_rounds: int = 3
+  confirm_rounds: int = 9
+  confirm_time_s: float = 0.5
   progress: bool = True
 
   def __post_init__(self):
@@ -102,6 +109,9 @@ class TuneOptions:
     if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
       raise ValueError("Need 1 <= `min_repeats` <= `max_repeats`; got "
                        f"{self.min_repeats} and {self.max_repeats}.")
+    if self.confirm_time_s < 0:
+      raise ValueError(f"`confirm_time_s` must be >= 0; got "
+                       f"{self.confirm_time_s}.")
     if not self.stop_ratio > 1:
       raise ValueError(f"`stop_ratio` must be > 1; got {self.stop_ratio}.")
 
@@ -243,23 +253,34 @@ def _repeat(once, options: TuneOptions,
 
 
 def confirm(ntk: NtkFn, plans: Sequence[Plan], x1, x2, params, kwargs,
-            options: TuneOptions = TuneOptions()) -> dict[Plan, float]:
-  """Best median per plan over interleaved rounds of timing.
+            options: TuneOptions = TuneOptions(),
+            deadline: float | None = None) -> dict[Plan, float]:
+  """Median seconds per call of each plan, timed interleaved.
 
-  Timing candidates one after the other lets a busy moment of the machine
-  decide a close call; interleaving them exposes all to the same noise.
+  Each round calls every plan once, starting one plan later than the round
+  before, so that machine noise (another process, frequency changes) falls
+  on all plans alike and none always follows the same one; at least
+  ``confirm_rounds`` rounds, more until ``confirm_time_s`` has passed; past
+  ``deadline`` (a ``time.perf_counter()`` value) no new round starts. The
+  median over rounds is what a user calling the function many times gets.
   """
+  plans = list(plans)
   runners = {p: _runner(ntk, p, x1, x2, params, kwargs) for p in plans}
   for once in runners.values():
     once()  # compile
     once()  # warm up
-  best = {p: math.inf for p in plans}
-  for r in range(options.confirm_rounds):
-    order = list(plans)[r % len(plans):] + list(plans)[:r % len(plans)]
-    for p in order:
-      times, _ = _repeat(runners[p], options)
-      best[p] = min(best[p], statistics.median(times))
-  return best
+  times: dict[Plan, list[float]] = {p: [] for p in plans}
+  t_end = time.perf_counter() + options.confirm_time_s
+  for rounds in range(max(options.max_repeats, 1)):
+    now = time.perf_counter()
+    if rounds >= options.confirm_rounds and now >= t_end:
+      break
+    if rounds and deadline is not None and now >= deadline:
+      break
+    k = rounds % len(plans)
+    for p in plans[k:] + plans[:k]:
+      times[p].append(runners[p]())
+  return {p: statistics.median(ts) for p, ts in times.items()}
 
 
 def _measure(ntk, est: CostEstimate, x1, x2, params, kwargs,
@@ -389,7 +410,8 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   run.optimize(t_start)
   ests = run.estimates()
   if time.perf_counter() - t_start < options.budget_s:
-    ests = _confirm_close_calls(ntk, ests, (x1, x2, params, kwargs), options)
+    ests = _confirm_close_calls(ntk, ests, (x1, x2, params, kwargs), options,
+                                deadline=t_start + options.budget_s)
   best = _fastest(ests)
   elapsed = time.perf_counter() - t_start
   if cache is not None:
@@ -488,7 +510,8 @@ class _Study:
 
 
 def _confirm_close_calls(ntk, ests: list[CostEstimate], args: tuple,
-                         options: TuneOptions) -> list[CostEstimate]:
+                         options: TuneOptions,
+                         deadline: float) -> list[CostEstimate]:
   """Re-times, interleaved, the candidates close to the best."""
   measured = sorted((e for e in ests if e.measured_time is not None and
                      e.feasible), key=lambda e: e.measured_time)
@@ -500,7 +523,7 @@ def _confirm_close_calls(ntk, ests: list[CostEstimate], args: tuple,
   if len(close) < 2:
     return ests
   try:
-    best = confirm(ntk, close, *args, options)
+    best = confirm(ntk, close, *args, options, deadline=deadline)
   except Exception:  # noqa: BLE001 - they ran before; keep the study's times
     return ests
   return [dataclasses.replace(
