@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+
+def rand(seed: int, shape, scale: float = 1.0) -> jax.Array:
+  """A float32 standard-normal array (times ``scale``), drawn with NumPy: an
+  eager ``jax.random`` call compiles a program per shape, which made
+  building the test modules' arrays take seconds."""
+  draw = np.random.default_rng(seed).standard_normal(shape)
+  return jnp.asarray((scale * draw).astype(np.float32))
 
 
 def split_kwargs_by_hand(kwargs, x1, x2):

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import helpers
+
 
 @dataclasses.dataclass
 class Case:
@@ -28,12 +30,18 @@ class Case:
   vmap_ok: bool = True  # f treats examples independently along axis 0
 
 
-def _keys(seed: int, n: int):
-  return jax.random.split(jax.random.PRNGKey(seed), n)
+def _keys(seed: int, n: int) -> list[int]:
+  """Seeds of a model's random arrays (see :func:`helpers.rand`)."""
+  return [seed * 1000 + i for i in range(n)]
 
 
-def _normal(key, shape, scale=1.0):
-  return scale * jax.random.normal(key, shape)
+def _normal(key: int, shape, scale=1.0) -> jax.Array:
+  return helpers.rand(key, shape, scale)
+
+
+def _jax_key(key: int) -> jax.Array:
+  """A JAX key for a library's initialiser."""
+  return jax.random.PRNGKey(key)
 
 
 def mlp(n1=3, n2=2, d=4, widths=(5, 3), act=jnp.tanh, seed=0) -> Case:
@@ -224,7 +232,7 @@ def flax_cnn(seed=9) -> Case:
   x1 = _normal(ks[0], (2, 5, 5, 1))
   x2 = _normal(ks[1], (3, 5, 5, 1))
   net = Net()
-  params = net.init(ks[2], x1)
+  params = jax.jit(net.init)(_jax_key(ks[2]), x1)
 
   def f(p, x, **kw):
     return net.apply(p, x, **kw)
@@ -242,7 +250,7 @@ def haiku_mlp(seed=10) -> Case:
   ks = _keys(seed, 3)
   x1 = _normal(ks[0], (3, 4))
   x2 = _normal(ks[1], (2, 4))
-  params = t.init(ks[2], x1)
+  params = jax.jit(t.init)(_jax_key(ks[2]), x1)
   return Case("haiku_mlp", t.apply, params, x1, x2)
 
 
@@ -250,7 +258,8 @@ def equinox_mlp(seed=11) -> Case:
   import equinox as eqx
 
   ks = _keys(seed, 3)
-  model = eqx.nn.MLP(4, 3, 5, 2, activation=jax.nn.relu, key=ks[0])
+  model = eqx.nn.MLP(4, 3, 5, 2, activation=jax.nn.relu,
+                      key=_jax_key(ks[0]))
   params, static = eqx.partition(model, eqx.is_array)
 
   def f(p, x):

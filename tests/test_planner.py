@@ -20,6 +20,7 @@ from autontk.auto.planner import Planner, PlannerOptions, PlanningCall
 from autontk.auto.report import CostReport
 from autontk.costmodel import hlo
 from autontk.costmodel.features import CostFeatures
+import helpers
 from reference import reference_ntk
 
 CONSTANTS = DeviceConstants(1e11, 1e10, 5e-6, 1e-7, "cpu", "cpu")
@@ -37,9 +38,8 @@ def _cache_dir(tmp_path_factory):
 
 
 def _mlp(widths=(8, 64, 64, 1), seed=0):
-  ks = jax.random.split(jax.random.PRNGKey(seed), len(widths))
-  params = [jax.random.normal(k, (a, b)) / np.sqrt(a)
-            for k, a, b in zip(ks, widths[:-1], widths[1:])]
+  params = [helpers.rand(seed * 100 + i, (a, b), 1 / np.sqrt(a))
+            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
 
   def f(p, x):
     for w in p[:-1]:
@@ -50,7 +50,7 @@ def _mlp(widths=(8, 64, 64, 1), seed=0):
 
 
 F, PARAMS = _mlp()
-X = jax.random.normal(jax.random.PRNGKey(1), (6, 8))
+X = helpers.rand(1, (6, 8))
 
 
 def _close(a, b, rtol=2e-4):

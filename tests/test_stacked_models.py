@@ -24,6 +24,7 @@ import pytest
 from jax import lax
 
 import autontk
+import helpers
 import reference
 from autontk._options import Implementation
 from autontk._plan import Plan
@@ -35,7 +36,7 @@ L, D, W, O = 3, 4, 5, 2
 
 
 def _rand(seed, shape, scale=0.5):
-  return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
+  return helpers.rand(seed, shape, scale)
 
 
 P = {"in": _rand(1, (D, W)), "stack": _rand(2, (L, W, W)),

@@ -15,6 +15,7 @@ import pytest
 from jax import lax
 
 import autontk
+import helpers
 import reference
 from autontk._options import Implementation
 from autontk._plan import Plan
@@ -23,8 +24,8 @@ from autontk.methods.structured import StructuredConfig
 IMPL = "structured_derivatives"
 
 
-def _rand(i, shape, scale=1.0):
-  return scale * jax.random.normal(jax.random.PRNGKey(i), shape)
+def _rand(seed, shape, scale=1.0):
+  return helpers.rand(seed, shape, scale)
 
 
 def _close(k, ref, rtol=1e-4):

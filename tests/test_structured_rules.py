@@ -24,6 +24,7 @@ from autontk._plan import Plan
 from autontk.methods.structured import StructuredConfig, rule_table
 from autontk.methods.structured import _side  # noqa: PLC2701
 from reference import reference_ntk
+import helpers
 
 P = jax.extend.core.primitives
 RULES = StructuredConfig(strict=True)
@@ -32,8 +33,8 @@ GENERIC = StructuredConfig(structure_rules=False, jacobian_rules=False)
 NO_STRUCTURE = StructuredConfig(structure_rules=False)
 
 
-def _rand(i, shape, dtype=jnp.float32):
-  return jax.random.normal(jax.random.PRNGKey(i), shape, dtype)
+def _rand(seed, shape, scale=1.0):
+  return helpers.rand(seed, shape, scale)
 
 
 N = 3
@@ -235,8 +236,8 @@ def test_structured_rules_under_axes(name, trace_axes, diagonal_axes):
 
 def test_convert_element_type_float64():
   with jax.enable_x64(True):
-    p = _rand(40, (3, 4), jnp.float64)
-    x = _rand(41, (2, 3), jnp.float32)
+    p = _rand(40, (3, 4)).astype(jnp.float64)
+    x = _rand(41, (2, 3))
     f = lambda p, x: x @ p.astype(jnp.float32)
     case = (P.convert_element_type_p, f, p, x, None, 0)
     k, ref = _run(case, RULES)

@@ -30,6 +30,7 @@ import pytest
 from jax import lax
 
 import autontk
+import helpers
 from helpers import assert_kernels_close, split_kwargs_by_hand
 from reference import contract, jacobians
 
@@ -39,7 +40,7 @@ IMPLS = EXPLICIT + ["auto"]
 
 
 def _rand(seed, shape, scale=1.0):
-  return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
+  return helpers.rand(seed, shape, scale)
 
 
 # Axes options: (trace_axes, diagonal_axes, pass x2). A traced or diagonal
