@@ -179,6 +179,15 @@ def test_ntk_vp_fn_pytree():
   ct = jax.tree.map(jnp.ones_like, case.f(case.params, case.x1))
   out = vp(ct)
   assert jax.tree.structure(out) == jax.tree.structure(ct)
+  # Under an outer jit (as in a jitted solver), and with NumPy cotangents.
+  again = jax.jit(vp)(ct)
+  from_numpy = vp(jax.tree.map(np.asarray, ct))
+  for a, b, c in zip(jax.tree.leaves(out), jax.tree.leaves(again),
+                     jax.tree.leaves(from_numpy)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="structure of f"):
+    vp(jax.tree.leaves(ct))
 
 
 # Errors -----------------------------------------------------------------------

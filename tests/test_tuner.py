@@ -324,3 +324,20 @@ def test_confirm_interleaves_call_by_call_and_stops_at_the_deadline(
   tuner.confirm(ntk, [JC, NVP], x, None, params, {}, opts,
                 deadline=time.perf_counter())
   assert len(calls) == 4 + 2  # past the deadline: one round only
+
+
+def test_confirmation_reuses_the_study_s_compiled_candidates(monkeypatch):
+  f, params, x = _model()
+  made = []
+  real = tuner._runner
+
+  def counting(ntk, plan, *args):
+    made.append(plan)
+    return real(ntk, plan, *args)
+
+  monkeypatch.setattr(tuner, "_runner", counting)
+  opts = TuneOptions(min_time_s=0.005, confirm_ratio=100.0, progress=False)
+  result = tune(f, x, None, params, candidates=[JC, NVP], cache=False,
+                options=opts)
+  assert all(e.timing["confirmed"] for e in result.estimates)
+  assert sorted(made, key=str) == sorted([JC, NVP], key=str)  # one each

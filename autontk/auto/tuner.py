@@ -7,9 +7,10 @@ chunking) ranked by the cost model, then times them with an `optuna`_ study:
   every method's unchunked plan first, so the most promising candidates
   are timed first; a ``BruteForceSampler`` covers the rest of a small
   space, a TPE sampler a large one.
-* Each candidate is compiled (compile time recorded), run once to warm up,
-  then timed with ``block_until_ready`` until at least ``min_time_s`` of
-  measurements and ``min_repeats`` repeats; the score is the median. A
+* Each candidate is compiled (compile time recorded), run for
+  ``warmup_s`` to warm up, then timed with ``block_until_ready`` until at
+  least ``min_time_s`` of measurements and ``min_repeats`` repeats; the
+  score is the median. A
   repeat more than twice the median is re-timed once (a scheduler hiccup is
   not the kernel's fault).
 * A candidate whose fastest repeat is already ``stop_ratio`` times slower
@@ -23,8 +24,10 @@ chunking) ranked by the cost model, then times them with an `optuna`_ study:
   call is not decided by a busy moment of the machine (the study times
   candidates one after the other).
 * ``budget_s`` bounds the whole run (the best predicted candidate is always
-  timed; the confirmation runs only within the budget); a tqdm progress
-  bar shows it.
+  timed). The study stops early enough to leave the confirmation part of
+  the budget (15 % plus ``confirm_time_s``, at most half), and the fastest
+  candidates' compiled runners are kept for it, so it compiles nothing
+  again; a tqdm progress bar shows the study.
 * The study lives in a journal file per signature
   (``<cache>/tuning/<signature>.journal``): an interrupted run resumes, and
   candidates already timed are not timed again.
@@ -76,6 +79,8 @@ class TuneOptions:
     max_repeats: and at most this many.
     stop_ratio: stop timing a candidate whose fastest repeat is this many
       times slower than the best median so far.
+    warmup_s: after its compile, call each candidate for this long before
+      timing it (at least once).
     confirm_ratio: after the study, candidates within this factor of the
       best are timed again, interleaved (each round calls each once), so
       that a close call is not decided by a moment of machine noise; the
@@ -94,7 +99,8 @@ class TuneOptions:
   min_repeats: int = 3
   max_repeats: int = 1000
   stop_ratio: float = 1.5
-  confirm_ratio: float = 1.3
+  warmup_s: float = 0.05
+  confirm_ratio: float = 1.5
   confirm_top: int = 4
   confirm_rounds: int = 9
   confirm_time_s: float = 0.5
@@ -109,6 +115,8 @@ class TuneOptions:
     if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
       raise ValueError("Need 1 <= `min_repeats` <= `max_repeats`; got "
                        f"{self.min_repeats} and {self.max_repeats}.")
+    if self.warmup_s < 0:
+      raise ValueError(f"`warmup_s` must be >= 0; got {self.warmup_s}.")
     if self.confirm_time_s < 0:
       raise ValueError(f"`confirm_time_s` must be >= 0; got "
                        f"{self.confirm_time_s}.")
@@ -173,7 +181,8 @@ class TuneResult:
 def time_plan(ntk: NtkFn, plan: Plan, x1: PyTree, x2: PyTree | None,
               params: PyTree, kwargs: dict[str, Any],
               options: TuneOptions = TuneOptions(),
-              stop_above_s: float | None = None) -> Timing:
+              stop_above_s: float | None = None,
+              runner: Callable[[], float] | None = None) -> Timing:
   """Times ``plan`` on the default device (compile, warm-up, median).
 
   Args:
@@ -186,13 +195,15 @@ def time_plan(ntk: NtkFn, plan: Plan, x1: PyTree, x2: PyTree | None,
     kwargs: ``f``'s keyword arguments.
     options: repeats and minimum time.
     stop_above_s: stop once the fastest repeat exceeds this.
+    runner: the ``once()`` of :func:`_runner` to time (default: a new one),
+      for a caller that keeps it to time the plan again.
 
   Returns:
     A :class:`Timing`. Raises whatever compiling or running raises.
   """
-  once = _runner(ntk, plan, x1, x2, params, kwargs)
+  once = runner or _runner(ntk, plan, x1, x2, params, kwargs)
   compile_s = once()  # compile and first run
-  warm = once()  # warm-up: caches, allocator, frequency scaling
+  warm = _warm_up(once, options.warmup_s)
   if stop_above_s is not None and warm > 2 * stop_above_s:
     # Far slower than the best already: the warm-up run is evidence enough.
     return Timing(median_s=warm, min_s=warm, repeats=1,
@@ -234,6 +245,18 @@ def _runner(ntk: NtkFn, plan: Plan, x1, x2, params,
   return once
 
 
+def _warm_up(once: Callable[[], float], seconds: float) -> float:
+  """Calls ``once`` until ``seconds`` have passed (at least once); returns
+  the last call's time. A program's first calls after its compile run
+  slower (allocator, caches, frequency scaling), some for tens of
+  milliseconds: timed at once, they would rank it below its peers."""
+  spent, last = 0.0, once()
+  while spent + last < seconds:
+    spent += last
+    last = once()
+  return last
+
+
 def _repeat(once, options: TuneOptions,
             stop_above_s: float | None = None) -> tuple[list[float], bool]:
   """Repeats until enough time and repeats; re-times outliers."""
@@ -254,7 +277,9 @@ def _repeat(once, options: TuneOptions,
 
 def confirm(ntk: NtkFn, plans: Sequence[Plan], x1, x2, params, kwargs,
             options: TuneOptions = TuneOptions(),
-            deadline: float | None = None) -> dict[Plan, float]:
+            deadline: float | None = None,
+            runners: dict[Plan, Callable[[], float]] | None = None
+            ) -> dict[Plan, float]:
   """Median seconds per call of each plan, timed interleaved.
 
   Each round calls every plan once, starting one plan later than the round
@@ -263,11 +288,14 @@ def confirm(ntk: NtkFn, plans: Sequence[Plan], x1, x2, params, kwargs,
   ``confirm_rounds`` rounds, more until ``confirm_time_s`` has passed; past
   ``deadline`` (a ``time.perf_counter()`` value) no new round starts. The
   median over rounds is what a user calling the function many times gets.
+  ``runners`` (plan -> ``once()``) are reused instead of compiling again.
   """
   plans = list(plans)
-  runners = {p: _runner(ntk, p, x1, x2, params, kwargs) for p in plans}
+  given = runners or {}
+  runners = {p: given.get(p) or _runner(ntk, p, x1, x2, params, kwargs)
+             for p in plans}
   for once in runners.values():
-    once()  # compile
+    once()  # compile (unless given)
     once()  # warm up
   times: dict[Plan, list[float]] = {p: [] for p in plans}
   t_end = time.perf_counter() + options.confirm_time_s
@@ -284,12 +312,12 @@ def confirm(ntk: NtkFn, plans: Sequence[Plan], x1, x2, params, kwargs,
 
 
 def _measure(ntk, est: CostEstimate, x1, x2, params, kwargs,
-             options: TuneOptions,
-             stop_above_s: float | None) -> CostEstimate:
+             options: TuneOptions, stop_above_s: float | None,
+             runner: Callable[[], float] | None = None) -> CostEstimate:
   """``est`` with its measured time, or infeasible with the error."""
   try:
     t = time_plan(ntk, est.plan, x1, x2, params, kwargs, options,
-                  stop_above_s)
+                  stop_above_s, runner=runner)
   except (KeyboardInterrupt, SystemExit):
     raise
   except Exception as e:  # noqa: BLE001 - compile errors, OOM: infeasible
@@ -411,7 +439,7 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   ests = run.estimates()
   if time.perf_counter() - t_start < options.budget_s:
     ests = _confirm_close_calls(ntk, ests, (x1, x2, params, kwargs), options,
-                                deadline=t_start + options.budget_s)
+                                t_start + options.budget_s, run.runners)
   best = _fastest(ests)
   elapsed = time.perf_counter() - t_start
   if cache is not None:
@@ -459,6 +487,12 @@ class _Study:
     self.todo, self.remaining = todo, set(todo)
     self.timed = 0
     self.bar = _progress(len(todo), options.progress, sig)
+    # The fastest candidates' runners stay alive for the confirmation (no
+    # second compile), and the study leaves it part of the budget.
+    self.runners: dict[Plan, Callable[[], float]] = {}
+    self.reserve_s = 0.0 if options.confirm_rounds < 1 else min(
+        0.15 * options.budget_s + options.confirm_time_s,
+        0.5 * options.budget_s)
 
   def optimize(self, t_start: float) -> None:
     if not self.todo:
@@ -467,7 +501,8 @@ class _Study:
       self.study.enqueue_trial({"candidate": k})
 
     def stop_when_done(study, _):
-      over = time.perf_counter() - t_start > self.options.budget_s
+      over = (time.perf_counter() - t_start >
+              self.options.budget_s - self.reserve_s)
       if not self.remaining or (self.timed and over):
         study.stop()
 
@@ -490,9 +525,12 @@ class _Study:
                 if e.measured_time is not None), default=None)
     stop = None if best is None else best * self.options.stop_ratio
     x1, x2, params, kwargs = self.args
+    plan = self.cands[key].plan
+    runner = _runner(self.ntk, plan, x1, x2, params, kwargs)
     result = _measure(self.ntk, self.cands[key], x1, x2, params, kwargs,
-                      self.options, stop)
+                      self.options, stop, runner)
     self.done[key] = result
+    self._keep(plan, runner, result)
     self.remaining.discard(key)
     self.timed += 1
     if self.bar is not None:
@@ -504,14 +542,26 @@ class _Study:
     trial.set_user_attr("timing", dict(result.timing or {}))
     return result.measured_time
 
+  def _keep(self, plan: Plan, runner: Callable[[], float],
+            result: CostEstimate) -> None:
+    """Keeps the runners of the ``confirm_top`` fastest candidates."""
+    if not result.feasible or result.measured_time is None:
+      return
+    self.runners[plan] = runner
+    times = {e.plan: e.measured_time for e in self.done.values()
+             if e.plan in self.runners}
+    for p in sorted(times, key=times.get)[self.options.confirm_top:]:
+      del self.runners[p]
+
   def estimates(self) -> list[CostEstimate]:
     """Every candidate, measured where timed (now or in an earlier run)."""
     return [self.done.get(k, c) for k, c in self.cands.items()]
 
 
 def _confirm_close_calls(ntk, ests: list[CostEstimate], args: tuple,
-                         options: TuneOptions,
-                         deadline: float) -> list[CostEstimate]:
+                         options: TuneOptions, deadline: float,
+                         runners: dict[Plan, Callable[[], float]]
+                         ) -> list[CostEstimate]:
   """Re-times, interleaved, the candidates close to the best."""
   measured = sorted((e for e in ests if e.measured_time is not None and
                      e.feasible), key=lambda e: e.measured_time)
@@ -523,7 +573,8 @@ def _confirm_close_calls(ntk, ests: list[CostEstimate], args: tuple,
   if len(close) < 2:
     return ests
   try:
-    best = confirm(ntk, close, *args, options, deadline=deadline)
+    best = confirm(ntk, close, *args, options, deadline=deadline,
+                   runners=runners)
   except Exception:  # noqa: BLE001 - they ran before; keep the study's times
     return ests
   return [dataclasses.replace(
