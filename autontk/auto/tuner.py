@@ -24,8 +24,9 @@ chunking) ranked by the cost model, then times them with an `optuna`_ study:
   call is not decided by a busy moment of the machine (the study times
   candidates one after the other).
 * ``budget_s`` bounds the whole run (the best predicted candidate is always
-  timed). The study stops early enough to leave the confirmation part of
-  the budget (15 % plus ``confirm_time_s``, at most half), and the fastest
+  timed). The study starts no trial it expects (from the mean trial so
+  far) to end past its share of the budget, leaving the confirmation 15 %
+  plus ``confirm_time_s`` (at most half), and the fastest
   candidates' compiled runners are kept for it, so it compiles nothing
   again; a tqdm progress bar shows the study.
 * The study lives in a journal file per signature
@@ -285,7 +286,8 @@ def confirm(ntk: NtkFn, plans: Sequence[Plan], x1, x2, params, kwargs,
   Each round calls every plan once, starting one plan later than the round
   before, so that machine noise (another process, frequency changes) falls
   on all plans alike and none always follows the same one; at least
-  ``confirm_rounds`` rounds, more until ``confirm_time_s`` has passed; past
+  ``confirm_rounds`` rounds, more until ``confirm_time_s`` has passed (4×
+  that while the two fastest are within 10 % of each other); past
   ``deadline`` (a ``time.perf_counter()`` value) no new round starts. The
   median over rounds is what a user calling the function many times gets.
   ``runners`` (plan -> ``once()``) are reused instead of compiling again.
@@ -298,17 +300,26 @@ def confirm(ntk: NtkFn, plans: Sequence[Plan], x1, x2, params, kwargs,
     once()  # compile (unless given)
     once()  # warm up
   times: dict[Plan, list[float]] = {p: [] for p in plans}
-  t_end = time.perf_counter() + options.confirm_time_s
+  t_end, extended = time.perf_counter() + options.confirm_time_s, False
   for rounds in range(max(options.max_repeats, 1)):
     now = time.perf_counter()
     if rounds >= options.confirm_rounds and now >= t_end:
-      break
+      if extended or not options.confirm_time_s or not _close_call(times):
+        break
+      t_end, extended = t_end + 3 * options.confirm_time_s, True
     if rounds and deadline is not None and now >= deadline:
       break
     k = rounds % len(plans)
     for p in plans[k:] + plans[:k]:
       times[p].append(runners[p]())
   return {p: statistics.median(ts) for p, ts in times.items()}
+
+
+def _close_call(times: dict[Plan, list[float]]) -> bool:
+  """The two fastest medians are within 10 %: a close call, which needs
+  more rounds to be told from noise."""
+  meds = sorted(statistics.median(t) for t in times.values() if t)
+  return len(meds) >= 2 and meds[1] <= 1.1 * meds[0]
 
 
 def _measure(ntk, est: CostEstimate, x1, x2, params, kwargs,
@@ -333,14 +344,32 @@ def _measure(ntk, est: CostEstimate, x1, x2, params, kwargs,
 
 def default_candidates(ntk: NtkFn, x1: PyTree, x2: PyTree | None,
                        params: PyTree, kwargs: dict[str, Any],
-                       planner: Planner) -> list[CostEstimate]:
+                       planner: Planner,
+                       deadline: float | None = None) -> list[CostEstimate]:
   """The planner's candidates with the cost model's estimates.
 
-  Every candidate (chunked ones included) is estimated from its lowered HLO
-  (no compile).
+  Each is estimated from its lowered HLO (no compile: the tuner compiles
+  what it times). Every method's whole plan is estimated; the memory
+  variants too, unless a whole plan fits and ``deadline`` (a
+  ``time.perf_counter()`` value) has passed: those are listed unestimated
+  (the tuner times them last, in the planner's order), so that a short
+  budget goes to timing rather than to estimating what is rarely faster.
   """
   call = PlanningCall(ntk, x1, x2, params, kwargs)
-  return list(planner.plan_call(call, full=True).estimates)
+  budget = planner.budget()
+  plans = planner.candidates(call)
+  ests = {p: planner.estimate(p, call, budget=budget) for p in plans
+          if not is_memory_variant(p, call.problem)}
+  fits = any(e.feasible for e in ests.values())
+  for p in plans:
+    if p in ests:
+      continue
+    if fits and deadline is not None and time.perf_counter() >= deadline:
+      ests[p] = CostEstimate(p, source="skipped",
+                             reason="not estimated within the tuning budget")
+    else:
+      ests[p] = planner.estimate(p, call, budget=budget)
+  return [ests[p] for p in plans]
 
 
 def _as_estimate(c: Any) -> CostEstimate:
@@ -430,7 +459,9 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   sig = signature_of(ntk, x1, x2, params, kwargs, planner.options)
   cache = shared_cache() if cache is None else (cache or None)
   if candidates is None:
-    candidates = default_candidates(ntk, x1, x2, params, kwargs, planner)
+    candidates = default_candidates(
+        ntk, x1, x2, params, kwargs, planner,
+        deadline=t_start + 0.25 * options.budget_s)
   cands = _ranked([_as_estimate(c) for c in candidates], problem)
   if not cands:
     raise ValueError("`candidates` is empty: nothing to tune.")
@@ -490,6 +521,7 @@ class _Study:
     # The fastest candidates' runners stay alive for the confirmation (no
     # second compile), and the study leaves it part of the budget.
     self.runners: dict[Plan, Callable[[], float]] = {}
+    self.started_s = 0.0  # when the study started, from the tune call's start
     self.reserve_s = 0.0 if options.confirm_rounds < 1 else min(
         0.15 * options.budget_s + options.confirm_time_s,
         0.5 * options.budget_s)
@@ -501,10 +533,16 @@ class _Study:
       self.study.enqueue_trial({"candidate": k})
 
     def stop_when_done(study, _):
-      over = (time.perf_counter() - t_start >
+      # Stop before a trial that would not end within the study's share of
+      # the budget (a trial takes about as long as the mean so far).
+      elapsed = time.perf_counter() - t_start
+      next_trial = (elapsed - self.started_s) / max(self.timed, 1)
+      over = (elapsed + next_trial >
               self.options.budget_s - self.reserve_s)
       if not self.remaining or (self.timed and over):
         study.stop()
+
+    self.started_s = time.perf_counter() - t_start
 
     try:
       self.study.optimize(
