@@ -319,11 +319,19 @@ def test_confirm_interleaves_call_by_call_and_stops_at_the_deadline(
   # Compile and warm-up each, then rounds of one call each, the order
   # rotating by one every round.
   assert calls[4:] == [JC, NVP, NVP, JC, JC, NVP, NVP, JC]
+  # Past the deadline, the minimum rounds still run when they are cheap...
   calls.clear()
-  opts = TuneOptions(confirm_rounds=50, confirm_time_s=100.0, progress=False)
+  opts = TuneOptions(confirm_rounds=5, confirm_time_s=100.0, progress=False)
   tuner.confirm(ntk, [JC, NVP], x, None, params, {}, opts,
                 deadline=time.perf_counter())
-  assert len(calls) == 4 + 2  # past the deadline: one round only
+  assert len(calls) == 4 + 2 * 5
+  # ... and one round only when they would take a tenth of the budget.
+  calls.clear()
+  opts = TuneOptions(budget_s=1e-4, confirm_rounds=50, confirm_time_s=100.0,
+                     progress=False)
+  tuner.confirm(ntk, [JC, NVP], x, None, params, {}, opts,
+                deadline=time.perf_counter())
+  assert len(calls) == 4 + 2
 
 
 def test_confirmation_reuses_the_study_s_compiled_candidates(monkeypatch):

@@ -287,9 +287,11 @@ def confirm(ntk: NtkFn, plans: Sequence[Plan], x1, x2, params, kwargs,
   before, so that machine noise (another process, frequency changes) falls
   on all plans alike and none always follows the same one; at least
   ``confirm_rounds`` rounds, more until ``confirm_time_s`` has passed (4×
-  that while the two fastest are within 10 % of each other); past
-  ``deadline`` (a ``time.perf_counter()`` value) no new round starts. The
-  median over rounds is what a user calling the function many times gets.
+  that while the two fastest are within 10 % of each other). Past
+  ``deadline`` (a ``time.perf_counter()`` value) no new round starts once
+  ``confirm_rounds`` are done, or sooner if they would take more than a
+  tenth of ``budget_s``. The median over rounds is what a user calling
+  the function many times gets.
   ``runners`` (plan -> ``once()``) are reused instead of compiling again.
   """
   plans = list(plans)
@@ -300,14 +302,19 @@ def confirm(ntk: NtkFn, plans: Sequence[Plan], x1, x2, params, kwargs,
     once()  # compile (unless given)
     once()  # warm up
   times: dict[Plan, list[float]] = {p: [] for p in plans}
-  t_end, extended = time.perf_counter() + options.confirm_time_s, False
+  t0 = time.perf_counter()
+  t_end, extended = t0 + options.confirm_time_s, False
   for rounds in range(max(options.max_repeats, 1)):
     now = time.perf_counter()
     if rounds >= options.confirm_rounds and now >= t_end:
       if extended or not options.confirm_time_s or not _close_call(times):
         break
       t_end, extended = t_end + 3 * options.confirm_time_s, True
-    if rounds and deadline is not None and now >= deadline:
+    if rounds and deadline is not None and now >= deadline and (
+        rounds >= options.confirm_rounds or
+        (now - t0) / rounds * options.confirm_rounds > 0.1 * options.budget_s):
+      # Past the deadline: the minimum rounds still run when they are
+      # cheap (a round or two would decide a close call by noise).
       break
     k = rounds % len(plans)
     for p in plans[k:] + plans[:k]:
@@ -447,9 +454,8 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   True
   """
   t_start = time.perf_counter()
-  options = dataclasses.replace(options or TuneOptions(), **{
-      k: v for k, v in dict(budget_s=budget_s, max_trials=max_trials,
-                            progress=progress).items() if v is not None})
+  options = _merged(options, budget_s=budget_s, max_trials=max_trials,
+                    progress=progress)
   ntk = f if isinstance(f, NtkFn) else NtkFn(
       adapters.apply_fn(f), NtkOptions.make(
           trace_axes, diagonal_axes, vmap_axes, "auto", wrt=wrt,
@@ -458,10 +464,9 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   planner = _planner_for(ntk, planner, predictor)
   sig = signature_of(ntk, x1, x2, params, kwargs, planner.options)
   cache = shared_cache() if cache is None else (cache or None)
-  if candidates is None:
-    candidates = default_candidates(
-        ntk, x1, x2, params, kwargs, planner,
-        deadline=t_start + 0.25 * options.budget_s)
+  if candidates is None:  # a quarter of the budget to estimate them
+    candidates = default_candidates(ntk, x1, x2, params, kwargs, planner,
+                                    t_start + 0.25 * options.budget_s)
   cands = _ranked([_as_estimate(c) for c in candidates], problem)
   if not cands:
     raise ValueError("`candidates` is empty: nothing to tune.")
@@ -478,6 +483,12 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
                 planning_s=elapsed)
   return TuneResult(signature=sig, plan=best.plan, estimates=ests,
                     elapsed_s=elapsed, timed=run.timed)
+
+
+def _merged(options: TuneOptions | None, **fields: Any) -> TuneOptions:
+  """``options`` (default: the defaults) with the fields given (not None)."""
+  return dataclasses.replace(options or TuneOptions(), **{
+      k: v for k, v in fields.items() if v is not None})
 
 
 def _planner_for(ntk: NtkFn, planner: Planner | None,
