@@ -143,21 +143,22 @@ class NtkFn:
     # compiled program. Everything else (validation, planning, splitting
     # constants from traced leaves) happens on a signature's first call.
     leaves, treedef = _compiled.flatten(x1, x2, params, kwargs)
+    key = _compiled.call_key(treedef, leaves)
     try:
-      run = self._calls[_compiled.call_key(treedef, leaves)]
+      run = self._calls[key]
     except (KeyError, TypeError):  # new signature, unhashable constant
-      run = self._first_call(treedef, leaves, x1, x2, params, kwargs)
+      run = self._first_call(key, treedef, leaves, x1, x2, params, kwargs)
     return run(leaves)
 
-  def _first_call(self, treedef: Any, leaves: list[Any], x1: PyTree,
-                  x2: PyTree | None, params: PyTree,
+  def _first_call(self, key: Any, treedef: Any, leaves: list[Any],
+                  x1: PyTree, x2: PyTree | None, params: PyTree,
                   kwargs: dict[str, Any]) -> Callable[[list[Any]], PyTree]:
-    """Validates and plans a call of a new signature; returns what runs it
-    (remembered for the signature's later calls unless a constant is
-    unhashable or the call is traced)."""
+    """Validates and plans a call of a new signature (``key``, see
+    :func:`_compiled.call_key`); returns what runs it (remembered for the
+    signature's later calls unless a constant is unhashable or the call is
+    traced)."""
     plan = self.plan(x1, x2, params, **kwargs)
     run = self._program(plan, treedef, leaves).runner(leaves)
-    key = _compiled.call_key(treedef, leaves)
     try:
       if not _compiled.is_traced(leaves):
         self._calls[key] = run

@@ -384,5 +384,6 @@ def record(name: str, res: dict[str, Any], render, tag: str | None) -> str:
     fh.write(text)
   return text
 
+
 if __name__ == "__main__":
   sys.exit(main())

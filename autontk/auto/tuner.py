@@ -530,12 +530,8 @@ class _Study:
     self.timed = 0
     self.bar = _progress(len(todo), options.progress, sig)
     # The fastest candidates' runners stay alive for the confirmation (no
-    # second compile), and the study leaves it part of the budget.
+    # second compile).
     self.runners: dict[Plan, Callable[[], float]] = {}
-    self.started_s = 0.0  # when the study started, from the tune call's start
-    self.reserve_s = 0.0 if options.confirm_rounds < 1 else min(
-        0.15 * options.budget_s + options.confirm_time_s,
-        0.5 * options.budget_s)
 
   def optimize(self, t_start: float) -> None:
     if not self.todo:
@@ -543,17 +539,20 @@ class _Study:
     for k in self.todo:
       self.study.enqueue_trial({"candidate": k})
 
+    opts = self.options
+    # The study leaves the confirmation part of the budget.
+    reserve_s = 0.0 if opts.confirm_rounds < 1 else min(
+        0.15 * opts.budget_s + opts.confirm_time_s, 0.5 * opts.budget_s)
+    started_s = time.perf_counter() - t_start
+
     def stop_when_done(study, _):
       # Stop before a trial that would not end within the study's share of
       # the budget (a trial takes about as long as the mean so far).
       elapsed = time.perf_counter() - t_start
-      next_trial = (elapsed - self.started_s) / max(self.timed, 1)
-      over = (elapsed + next_trial >
-              self.options.budget_s - self.reserve_s)
+      next_trial = (elapsed - started_s) / max(self.timed, 1)
+      over = elapsed + next_trial > opts.budget_s - reserve_s
       if not self.remaining or (self.timed and over):
         study.stop()
-
-    self.started_s = time.perf_counter() - t_start
 
     try:
       self.study.optimize(
