@@ -5,6 +5,7 @@ flax/haiku layers broadcast freely), so JAX's defaults stay on.
 """
 
 import os
+import re
 import sys
 
 import pytest
@@ -22,11 +23,17 @@ def _private_plan_cache(tmp_path_factory, monkeypatch):
                      str(tmp_path_factory.mktemp("autontk-cache")))
 
 
+def pytest_configure(config):
+  """Deselects the ``slow`` set unless the ``-m`` expression names it.
 
-def pytest_collection_modifyitems(config, items):
-  if config.getoption("-m"):
-    return
-  skip = pytest.mark.skip(reason="slow: run with -m slow")
-  for item in items:
-    if "slow" in item.keywords:
-      item.add_marker(skip)
+  ``-m`` is a single option (the last one given wins), so a default of
+  ``-m "not slow"`` in ``addopts`` would be dropped by any other ``-m``:
+  ``-m "not subprocess"`` would then run the slow set too. Instead the
+  expression given is narrowed here: ``pytest`` and ``pytest -m "not
+  subprocess"`` leave the slow set out (reported as deselected, not
+  skipped), ``pytest -m slow`` runs only the slow set and ``pytest -m "slow
+  or not slow"`` runs everything.
+  """
+  expr = config.option.markexpr
+  if not re.search(r"\bslow\b", expr):
+    config.option.markexpr = f"({expr}) and not slow" if expr else "not slow"

@@ -25,6 +25,7 @@ from autontk import BatchChunking, Implementation, Plan
 from helpers import assert_kernels_close
 from kernel_models import (CASES, float_leaf, layer_of, mlp_case, paths,
                            rand, reference_kernels, summed_logits)
+import test_unseen_models
 
 SD = Implementation.STRUCTURED_DERIVATIVES
 VP = Implementation.NTK_VECTOR_PRODUCTS
@@ -453,19 +454,15 @@ def test_tiled_traced_batch_axis_with_wrt(tmp_path):
 
 # The unseen-models sweep --------------------------------------------------------
 
-def _unseen():
-  return pytest.importorskip("test_unseen_models")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(_unseen().MODELS))
+@pytest.mark.parametrize("name", sorted(test_unseen_models.MODELS))
 def test_unseen_models_subset_groups_and_pseudo(name):
   """Every model of the unseen-models sweep, every method, auto and a
   chunked plan: half the float leaves in two groups against the reference,
   and the pseudo-NTK of the summed last axis where every output leaf has
   one besides the batch axis."""
   from helpers import split_kwargs_by_hand
-  unseen = _unseen()
+  unseen = test_unseen_models
   m = unseen._built(name)  # noqa: SLF001
   leaves = jax.tree.leaves(m.params)
   names = paths(m.params)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from autontk import Implementation, Plan, _paths
+from autontk import BatchChunking, Implementation, Plan, _paths
 from autontk._plan import plan_from_json, plan_to_json
 from autontk.costmodel import CostEstimate, CostFeatures
 from autontk.plancache import PlanCache, PlanCacheWarning
@@ -27,9 +27,8 @@ def _cache(tmp_path, **kw):
 
 
 def _chunked_plan():
-  chunking = pytest.importorskip("autontk.chunking")
   return Plan(Implementation.NTK_VECTOR_PRODUCTS,
-              chunking=chunking.BatchChunking(16, "host"))
+              chunking=BatchChunking(16, "host"))
 
 
 def test_plan_json_round_trip():

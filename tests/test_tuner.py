@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import autontk
-from autontk import Implementation, Plan
+from autontk import BatchChunking, Implementation, Plan
 from autontk.auto import tuner
 from autontk.auto.planner import Planner, PlannerOptions, signature_of
 from autontk.auto.tuner import TuneOptions, tune
@@ -101,10 +101,9 @@ def test_planner_candidates_with_injected_wrong_predictor(tmp_path):
 
 def test_infeasible_candidate_does_not_stop_tuning():
   f, params, x = _model()
-  chunking = pytest.importorskip("autontk.chunking")
   # A chunked plan needs vmap_axes; without it, executing raises.
   bad = Plan(Implementation.JACOBIAN_CONTRACTION,
-             chunking=chunking.BatchChunking(2, "scan"))
+             chunking=BatchChunking(2, "scan"))
   result = tune(f, x, None, params, candidates=[bad, NVP], cache=False,
                 **FAST)
   rows = {e.plan: e for e in result.estimates}
@@ -115,9 +114,8 @@ def test_infeasible_candidate_does_not_stop_tuning():
 
 def test_all_candidates_failing_raises_clearly():
   f, params, x = _model()
-  chunking = pytest.importorskip("autontk.chunking")
   bad = Plan(Implementation.JACOBIAN_CONTRACTION,
-             chunking=chunking.BatchChunking(2, "scan"))
+             chunking=BatchChunking(2, "scan"))
   with pytest.raises(RuntimeError, match="No candidate plan could be run"):
     tune(f, x, None, params, candidates=[bad], cache=False, **FAST)
 
