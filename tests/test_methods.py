@@ -11,13 +11,33 @@ import numpy as np
 import pytest
 
 import autontk
-from autontk import methods
+from autontk import Implementation, methods
+from autontk.methods import registry
 from helpers import assert_kernels_close, split_kwargs_by_hand
 import models
 from reference import reference_ntk
 
 METHODS = [i for i in methods.available()]
 CASES = {c.name: c for c in models.ALL()}
+
+
+def test_every_implementation_has_a_registered_method():
+  """The sweeps below are built from ``methods.available()``: a method
+  module that is not imported would shrink them silently."""
+  assert set(METHODS) == set(Implementation) - {Implementation.AUTO}
+  for impl in METHODS:
+    assert methods.get(impl).implementation is impl
+
+
+def test_a_missing_or_doubled_registration_fails_loudly(monkeypatch):
+  monkeypatch.delitem(registry._REGISTRY,  # noqa: SLF001
+                      Implementation.NTK_VECTOR_PRODUCTS)
+  with pytest.raises(ImportError, match="ntk_vector_products"):
+    registry.check_complete()
+  with pytest.raises(ValueError, match="already registered"):
+    registry.register(Implementation.JACOBIAN_CONTRACTION)(lambda p, c: [])
+  with pytest.raises(ValueError, match="not one"):
+    registry.register(Implementation.AUTO)
 
 # (trace_axes, diagonal_axes, vmap, x2 given) per model family.
 FAMILY_CONFIGS = [

@@ -4,7 +4,9 @@ A method is a function ``method(problem: NtkProblem, config) -> list[Array]``
 returning one kernel per output leaf in the kernel layout (see
 :mod:`autontk._axes`), already divided by the traced axes' size. ``config``
 is the method's frozen options dataclass (or ``None`` for its defaults).
-Importing this package registers every method (:mod:`.registry`).
+Importing this package registers every method (:mod:`.registry`): each
+method module is imported below, and the import fails if an
+``Implementation`` is left without one.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from autontk._options import Implementation
 from autontk.methods import jacobian_contraction as _jc
 from autontk.methods import ntk_vector_products  # noqa: F401  (registers)
 from autontk.methods import structured  # noqa: F401  (registers)
-from autontk.methods.registry import MethodRecord, available, get, register
+from autontk.methods.registry import (MethodRecord, available,
+                                     check_complete, get, register)
 
 __all__ = ["MethodRecord", "available", "compute", "get", "register"]
+
+check_complete()
 
 
 def compute(implementation: Implementation, problem: Any,

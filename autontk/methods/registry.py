@@ -7,6 +7,12 @@ options dataclass and, where it has them, its memory variants: configs that
 trade speed for memory (NTK-vector products' column chunks). The planner
 offers those variants as candidates; the cost model asks the record how many
 loop iterations a variant adds.
+
+Every :class:`~autontk._options.Implementation` but ``AUTO`` must have a
+record: :mod:`autontk.methods` imports each method module and then calls
+:func:`check_complete`, so a method module left out of that list fails the
+package's import instead of silently leaving its method out of
+:func:`available` (and out of every test sweep built from it).
 """
 
 from __future__ import annotations
@@ -61,13 +67,30 @@ _REGISTRY: dict[Implementation, MethodRecord] = {}
 def register(implementation: Implementation, config_type: type | None = None,
              *, memory_variants: Callable[[Any], tuple[Any, ...]] | None = None,
              loop_iterations: Callable[[Any, Any], int] | None = None):
-  """Decorator registering ``compute`` as the method for ``implementation``."""
+  """Decorator registering ``compute`` as the method for ``implementation``.
+
+  Raises:
+    ValueError: ``implementation`` is ``AUTO`` (a choice, not a method), or
+      another function is already registered for it.
+  """
+  if implementation is Implementation.AUTO:
+    raise ValueError("AUTO chooses among the methods; it is not one.")
+
   def wrap(fn: MethodFn) -> MethodFn:
+    old = _REGISTRY.get(implementation)
+    if old is not None and _name(old.compute) != _name(fn):
+      raise ValueError(
+          f"{implementation.name.lower()!r} is already registered by "
+          f"{_name(old.compute)}; {_name(fn)} cannot register it again.")
     _REGISTRY[implementation] = MethodRecord(
         implementation, fn, config_type, memory_variants or _no_variants,
         loop_iterations or _no_iterations)
     return fn
   return wrap
+
+
+def _name(fn: Callable) -> str:
+  return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def get(implementation: Implementation) -> MethodRecord:
@@ -83,3 +106,21 @@ def get(implementation: Implementation) -> MethodRecord:
 def available() -> tuple[Implementation, ...]:
   """Registered methods, in enum order."""
   return tuple(i for i in Implementation if i in _REGISTRY)
+
+
+def missing() -> tuple[Implementation, ...]:
+  """Methods (every ``Implementation`` but ``AUTO``) with no record."""
+  return tuple(i for i in Implementation
+               if i is not Implementation.AUTO and i not in _REGISTRY)
+
+
+def check_complete() -> None:
+  """Raises ImportError when an ``Implementation`` has no registered method.
+
+  Called once the method modules are imported (:mod:`autontk.methods`).
+  """
+  if missing():
+    names = ", ".join(i.name.lower() for i in missing())
+    raise ImportError(
+        f"No method is registered for {names}: import its module in "
+        f"autontk/methods/__init__.py (it registers with @register).")
