@@ -378,3 +378,16 @@ def test_the_architecture_page_names_files_that_exist():
     if not any(f == name or f.endswith("/" + name) for f in files):
       missing.append(name)
   assert not missing, f"docs/architecture.md names missing files: {missing}"
+
+
+def test_the_architecture_page_names_every_re_exporting_subpackage():
+  text = " ".join(_PAGE.read_text().split())
+  paragraph = text[text.index("The public API is"):]
+  paragraph = paragraph[:paragraph.index("## ")]
+  re_exporting = sorted(
+      init.parent.name for init in PACKAGE.glob("*/__init__.py")
+      if re.search(r"^from autontk\.\S+ import (\w+) as \1$",
+                   init.read_text(), re.MULTILINE))
+  assert re_exporting, "no subpackage re-exports: update the page"
+  missing = [p for p in re_exporting if f"`autontk.{p}`" not in paragraph]
+  assert not missing, f"the page omits the re-exports of {missing}"
