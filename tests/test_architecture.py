@@ -1,14 +1,19 @@
 """The shape of the package: layers point one way, functions fit on a
-screen, nothing stored is a pickle, the repository stands on its own."""
+screen, nothing stored is a pickle, every method and rule module is
+imported, the repository stands on its own (bench/ included), and the
+architecture page says what the code does."""
 
 from __future__ import annotations
 
 import ast
 import pathlib
 import re
+import sys
 import tomllib
 
 import pytest
+
+import autontk  # noqa: F401  (imports every method and rule)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "autontk"
@@ -392,3 +397,21 @@ def test_the_architecture_page_names_every_re_exporting_subpackage():
   assert re_exporting, "no subpackage re-exports: update the page"
   missing = [p for p in re_exporting if f"`autontk.{p}`" not in paragraph]
   assert not missing, f"the page omits the re-exports of {missing}"
+
+
+EXTENSION_FOLDERS = ("methods", "methods/structured/rules")
+"""Folders whose modules register themselves when imported (methods, rules):
+one left out of its package's imports would be silently missing."""
+
+
+def test_every_registering_module_is_imported_by_the_package():
+  missing = []
+  for folder in EXTENSION_FOLDERS:
+    for path in sorted((PACKAGE / folder).glob("*.py")):
+      if path.stem == "__init__":
+        continue
+      name = "autontk." + ".".join(
+          path.relative_to(PACKAGE).with_suffix("").parts)
+      if name not in sys.modules:
+        missing.append(name)
+  assert not missing, f"not imported by their package: {missing}"
