@@ -57,7 +57,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from autontk import adapters
-from autontk._ntk_fn import NtkFn
+from autontk._kernel_fn import NtkFn
 from autontk._options import Implementation, NtkOptions
 from autontk._plan import Plan, plan_to_json
 from autontk._types import PyTree

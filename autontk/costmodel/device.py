@@ -35,7 +35,7 @@ import numpy as np
 import platformdirs
 
 from autontk import _paths
-from autontk.costmodel import loops, ops
+from autontk.costmodel import loop_counts, ops
 
 _FILE = "device_constants.json"
 _LAUNCH = ("call_overhead_s", "kernel_s", "loop_iteration_s")
@@ -165,7 +165,7 @@ def measure_resident_bandwidth(device: Any = None) -> float:
 def count_launches(compiled: Any) -> tuple[float, float]:
   """``(kernels, loop iterations)`` of one run of a compiled program, as
   :func:`autontk.costmodel.hlo.compiled_loop_terms` counts them."""
-  structure = loops.hlo_loops(compiled.as_text())
+  structure = loop_counts.hlo_loops(compiled.as_text())
   kernels = sum(op.times for op in structure.ops
                 if op.launched and ops.is_kernel(op.opcode, compiled=True))
   return kernels, structure.loop_iterations

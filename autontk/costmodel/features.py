@@ -67,7 +67,7 @@ class CostFeatures:
       program, counted for a compiled one.
     inner_loop_iterations: sequential iterations of the loops inside the
       programs (a ``lax.scan`` of 20 steps: 20; nested loops multiply),
-      read from their text (:mod:`~autontk.costmodel.loops`).
+      read from their text (:mod:`~autontk.costmodel.loop_counts`).
     calls: compiled calls the host dispatches per evaluation (the blocks of
       a host loop, plus the assembly).
     loop_iterations: iterations of compiled loops the plan adds around its

@@ -8,7 +8,7 @@ matmuls). Every number here is ``None`` when unknown, never negative.
 XLA counts a loop body once (``while``, and so ``scan``/``lax.map``): a
 computation looping ``k`` times reports about ``1/k`` of its work. The
 readers here add what the analysis leaves out, from the program's text
-(:mod:`~autontk.costmodel.loops` finds the loops and their trip counts,
+(:mod:`~autontk.costmodel.loop_counts` finds the loops and their trip counts,
 :mod:`~autontk.costmodel.ops` prices one operation): the work of every
 iteration after the first, the kernels the program launches and the
 sequential iterations it steps through (:class:`LoopTerms`). Loops the
@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import jax
 
-from autontk.costmodel import loops, ops
+from autontk.costmodel import loop_counts, ops
 from autontk.costmodel.features import CostFeatures
 
 _FLOPS = "flops"
@@ -233,7 +233,7 @@ class LoopTerms:
 def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
   """:class:`LoopTerms` of a lowered (StableHLO) program; kernels are the
   estimate of :func:`ops.is_kernel` before fusion."""
-  structure = loops.stablehlo_loops(stablehlo_text)
+  structure = loop_counts.stablehlo_loops(stablehlo_text)
   kernels, extra, moved = 0.0, ops.Work(), _Moved()
   contractions = grouped = depthwise = 0.0
   for op in structure.ops:
@@ -272,7 +272,7 @@ class _Moved:
       self.resident += kernel_bytes * times
 
 
-def _stablehlo_work(op: loops.Op, contraction: float) -> ops.Work:
+def _stablehlo_work(op: loop_counts.Op, contraction: float) -> ops.Work:
   """Work of one StableHLO op, unfused.
 
   Only the bytes of ops that start a kernel count towards a loop body's
@@ -298,8 +298,8 @@ def _stablehlo_work(op: loops.Op, contraction: float) -> ops.Work:
 def compiled_loop_terms(hlo_text: str) -> LoopTerms:
   """:class:`LoopTerms` of a compiled program (``Compiled.as_text()``):
   kernels are its fusions, custom calls and other real instructions."""
-  comps, entry = loops.hlo_computations(hlo_text)
-  structure = loops.hlo_loops_of(comps, entry)
+  comps, entry = loop_counts.hlo_computations(hlo_text)
+  structure = loop_counts.hlo_loops_of(comps, entry)
   kernels, extra = 0.0, ops.Work()
   insts = {inst.name: inst for body in comps.values() for inst in body}
   moved = _Moved()
@@ -323,14 +323,14 @@ _LHS_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
 _DIM_LABELS = re.compile(r"dim_labels=\w+_(\w+)->")
 
 
-def _kernel_work(inst: loops.Instruction, insts, comps) -> ops.Work:
+def _kernel_work(inst: loop_counts.Instruction, insts, comps) -> ops.Work:
   """Work of one kernel: FLOPs of what it fuses, bytes at its boundary."""
   work = _instruction_flops(inst, insts, comps, 0)
   return ops.Work(work.flops, work.transcendentals,
                   _kernel_bytes(inst, insts))
 
 
-def _kernel_bytes(inst: loops.Instruction, insts) -> float:
+def _kernel_bytes(inst: loop_counts.Instruction, insts) -> float:
   results = ops.hlo_tensors(inst.type)
   operands = [t for o in inst.operands if o in insts
               for t in ops.hlo_tensors(insts[o].type)]
