@@ -431,7 +431,9 @@ def merge_compiled(lowered: CostFeatures,
                    compiled: CostFeatures) -> CostFeatures:
   """The compiled program's numbers where known (fused bytes, exact memory).
 
-  Off CPU, FLOPs never fall below the contractions counted in the lowered
+  Each field comes from where its ``merge`` metadata says
+  (:data:`~autontk.costmodel.features.MERGE`), the lowered program's value
+  where that one is unknown. Off CPU, FLOPs never fall below the contractions counted in the lowered
   text: GPU backends report custom-call matmuls as -1 (unknown). On CPU the
   compiled count is exact, and may be lower after XLA's simplifications.
   The convolution split comes from the lowered text (the compiled analysis
@@ -439,31 +441,20 @@ def merge_compiled(lowered: CostFeatures,
   its text was read (fusion done; XLA:CPU compiles tiny loops into one
   kernel, whose iterations cost next to nothing).
   """
-  def pick(c, l):
-    return c if c is not None else l
   read = compiled.kernels > 0
-  flops = pick(compiled.flops, lowered.flops)
+  sources = {"lowered": lowered, "compiled": compiled,
+             "compiled_text": compiled if read else lowered}
+  merged = {}
+  for f in dataclasses.fields(CostFeatures):
+    value = getattr(sources[f.metadata["merge"]], f.name)
+    merged[f.name] = getattr(lowered, f.name) if value is None else value
+  if compiled.bytes_accessed is None:
+    # The resident part of the bytes comes from where the bytes do.
+    merged["resident_bytes"] = lowered.resident_bytes
   if lowered.contraction_flops and (compiled.flops is None or
                                     jax.default_backend() != "cpu"):
-    flops = max(flops or 0.0, lowered.contraction_flops)
-  return CostFeatures(
-      method=lowered.method, flops=flops,
-      bytes_accessed=pick(compiled.bytes_accessed, lowered.bytes_accessed),
-      transcendentals=pick(compiled.transcendentals,
-                           lowered.transcendentals),
-      grouped_conv_flops=lowered.grouped_conv_flops,
-      depthwise_conv_flops=lowered.depthwise_conv_flops,
-      contraction_flops=lowered.contraction_flops,
-      peak_memory=pick(compiled.peak_memory, lowered.peak_memory),
-      peak_memory_exact=compiled.peak_memory is not None,
-      resident_bytes=(compiled.resident_bytes
-                      if read and compiled.bytes_accessed is not None
-                      else lowered.resident_bytes),
-      kernels=compiled.kernels if read else lowered.kernels,
-      inner_loop_iterations=(compiled.inner_loop_iterations if read else
-                             lowered.inner_loop_iterations),
-      calls=lowered.calls, loop_iterations=lowered.loop_iterations,
-      blocks=lowered.blocks)
+    merged["flops"] = max(merged["flops"] or 0.0, lowered.contraction_flops)
+  return CostFeatures(**merged)
 
 
 def lower_and_analyse(jitted: Any, *args: Any
