@@ -326,25 +326,14 @@ def test_contraction_flops_counted_from_text():
 FAKE = DeviceConstants(1e11, 1e10, 1e-5, 1e-7, "cpu", "cpu", 1e9, 1e8, 2e-7)
 
 
-def test_entry_without_launch_terms_is_completed(tmp_path, monkeypatch):
-  """A file written before the launch terms existed: only they are
-  measured, the rest is kept."""
-  old = {k: v for k, v in FAKE.to_dict().items() if k != "kernel_s"}
+def test_an_incomplete_entry_is_measured_again(tmp_path, monkeypatch):
+  lacking = {k: v for k, v in FAKE.to_dict().items() if k != "kernel_s"}
   (tmp_path / "device_constants.json").write_text(
-      json.dumps({device.device_key(): old}))
-  monkeypatch.setattr(device, "measure", lambda d=None: pytest.fail(
-      "the whole benchmark ran again"))
-  launch = {"call_overhead_s": 3e-6, "kernel_s": 4e-7,
-            "loop_iteration_s": 5e-8}
-  monkeypatch.setattr(device, "measure_launch", lambda d=None: launch)
-  c = device.constants()
-  assert (c.flops_per_s, c.grouped_conv_flops_per_s) == (1e11, 1e9)
-  assert (c.call_overhead_s, c.kernel_s, c.loop_iteration_s) == (
-      3e-6, 4e-7, 5e-8)
+      json.dumps({device.device_key(): lacking}))
+  monkeypatch.setattr(device, "measure", lambda d=None: FAKE)
+  assert device.constants() == FAKE
   stored = json.loads((tmp_path / "device_constants.json").read_text())
-  assert stored[device.device_key()]["kernel_s"] == 4e-7
-  assert json.loads(device.machine_file().read_text())[
-      device.device_key()]["kernel_s"] == 4e-7
+  assert stored[device.device_key()]["kernel_s"] == FAKE.kernel_s
 
 
 def test_machine_level_copy_spares_a_new_cache_dir(tmp_path, monkeypatch):
@@ -389,8 +378,8 @@ def test_small_kernels_move_bytes_at_the_resident_bandwidth():
   p = RooflinePredictor(c)
   feats = CostFeatures("m", 0.0, 3e9, 0.0, resident_bytes=2e9)
   assert p.predict(feats) == pytest.approx(1e9 / 1e9 + 2e9 / 1e10)
-  older = DeviceConstants(1e11, 1e9, 0.0, 0.0)  # no resident bandwidth
-  assert RooflinePredictor(older).predict(feats) == pytest.approx(3.0)
+  unmeasured = DeviceConstants(1e11, 1e9, 0.0, 0.0)  # no resident bandwidth
+  assert RooflinePredictor(unmeasured).predict(feats) == pytest.approx(3.0)
 
 
 def test_resident_share_of_a_small_and_a_large_kernel():
@@ -402,19 +391,3 @@ def test_resident_share_of_a_small_and_a_large_kernel():
   big = jax.jit(lambda a: a @ a)
   lowered = big.lower(jax.ShapeDtypeStruct((2048, 2048), jnp.float32))
   assert hlo.analyse_lowered(lowered).resident_bytes == 0.0
-
-
-def test_entry_without_resident_bandwidth_is_completed(tmp_path,
-                                                       monkeypatch):
-  old = {k: v for k, v in FAKE.to_dict().items()
-         if k != "resident_bytes_per_s"}
-  (tmp_path / "device_constants.json").write_text(
-      json.dumps({device.device_key(): old}))
-  monkeypatch.setattr(device, "measure", lambda d=None: pytest.fail(
-      "the whole benchmark ran again"))
-  monkeypatch.setattr(device, "measure_launch", lambda d=None: pytest.fail(
-      "the launch terms were there"))
-  monkeypatch.setattr(device, "measure_resident_bandwidth",
-                      lambda d=None: 7e10)
-  c = device.constants()
-  assert c.resident_bytes_per_s == 7e10 and c.kernel_s == FAKE.kernel_s

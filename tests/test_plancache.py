@@ -47,24 +47,6 @@ def test_plan_json_refuses_types_outside_autontk():
     plan_from_json(text)
 
 
-def test_plan_json_of_the_previous_release_is_read():
-  """Plan caches written by 0.1 named types as module:QualName."""
-  old = json.dumps({
-      "implementation": "ntk_vector_products",
-      "config": {"type": "autontk.methods.ntk_vector_products:"
-                         "NtkVectorProductsConfig",
-                 "fields": {"column_chunk": 8}},
-      "chunking": {"type": "autontk.chunking:BatchChunking",
-                   "fields": {"block_size": 16, "scheme": "host"}}})
-  plan = plan_from_json(old)
-  assert plan.config.column_chunk == 8 and plan.chunking == (
-      _chunked_plan().chunking)
-  report_form = {"implementation": "jacobian_contraction", "config": None,
-                 "chunking": {"kind": "batch", "block_size": 4,
-                              "scheme": "scan"}}
-  assert Plan.from_dict(report_form).chunking.block_size == 4
-
-
 def test_store_lookup_candidates_and_clear(tmp_path):
   cache = _cache(tmp_path)
   assert cache.lookup(SIG) is None
