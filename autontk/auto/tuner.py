@@ -42,7 +42,7 @@ import jax
 
 from autontk import adapters
 from autontk._kernel_fn import NtkFn
-from autontk._options import Implementation, NtkOptions
+from autontk._options import Implementation, NtkOptions, split_ntk_options
 from autontk._plan import Plan
 from autontk._types import PyTree
 from autontk.auto import timing
@@ -325,9 +325,6 @@ def _ranked(cands: list[CostEstimate], problem: Any) -> list[CostEstimate]:
 # Tuning ----------------------------------------------------------------------
 
 def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
-         trace_axes: Any = (-1,), diagonal_axes: Any = (),
-         vmap_axes: Any = None, wrt: Any = None, groups: Any = None,
-         pseudo_axes: Any = None, precision: Any = None,
          options: TuneOptions | None = None,
          budget_s: float | None = None, max_trials: int | None = None,
          progress: bool | None = None, cache: PlanCache | None | bool = None,
@@ -343,13 +340,6 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
     x1: first batch of inputs, e.g. shape ``(N1, ...)``.
     x2: second batch, or ``None`` for ``x2 = x1``.
     params: the parameters.
-    trace_axes: as in :func:`autontk.ntk_fn`.
-    diagonal_axes: as in :func:`autontk.ntk_fn`.
-    vmap_axes: as in :func:`autontk.ntk_fn`.
-    wrt: as in :func:`autontk.ntk_fn`.
-    groups: as in :func:`autontk.ntk_fn`.
-    pseudo_axes: as in :func:`autontk.ntk_fn`.
-    precision: as in :func:`autontk.ntk_fn`.
     options: a :class:`TuneOptions`; ``budget_s``, ``max_trials`` and
       ``progress`` override its fields.
     budget_s: wall-clock budget in seconds (default 60).
@@ -362,7 +352,10 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
     planner: the cost-model planner ranking the candidates (default: the
       planner of ``f`` when it is an NtkFn from ``ntk_fn``, else a new one).
     predictor: a time predictor for that planner instead of its own.
-    **kwargs: keyword arguments of ``f``.
+    **kwargs: the NTK options of :func:`autontk.ntk_fn` by name
+      (``trace_axes``, ``diagonal_axes``, ``vmap_axes``, ``wrt``,
+      ``groups``, ``pseudo_axes``, ``precision``; ignored when ``f`` is an
+      NtkFn, which has its own), and the keyword arguments of ``f``.
 
   Returns:
     A :class:`TuneResult`; ``result.plan`` is the fastest plan measured.
@@ -377,10 +370,9 @@ def tune(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree, *,
   t_start = time.perf_counter()
   options = _merged(options, budget_s=budget_s, max_trials=max_trials,
                     progress=progress)
+  ntk_options, kwargs = split_ntk_options(kwargs)
   ntk = f if isinstance(f, NtkFn) else NtkFn(
-      adapters.apply_fn(f), NtkOptions.make(
-          trace_axes, diagonal_axes, vmap_axes, "auto", wrt=wrt,
-          groups=groups, pseudo_axes=pseudo_axes, precision=precision))
+      adapters.apply_fn(f), NtkOptions.of(**ntk_options))
   problem = ntk.problem(x1, x2, params, **kwargs)  # clear errors first
   planner = _planner_for(ntk, planner, predictor)
   sig = signature_of(ntk, x1, x2, params, kwargs, planner.options)
