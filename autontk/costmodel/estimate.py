@@ -154,7 +154,7 @@ class ProgramCache:
 
   def block(self, program: Any) -> tuple[Any, CostFeatures, float]:
     """``(lowered, features, seconds)`` of a chunking's block program."""
-    key = _hashable(("block", program.key))
+    key = _hashable_or_none(("block", program.key))
     if key is None or key not in self._lowered:
       result = hlo.lower_and_analyse(program.fn, *program.args)
       if key is None:
@@ -168,7 +168,7 @@ class ProgramCache:
     A whole plan (``key`` a :class:`Plan`) is compiled through the bound
     ``compile_plan``, so the call reuses the executable.
     """
-    hashable = _hashable(("compiled", key))
+    hashable = _hashable_or_none(("compiled", key))
     if hashable is None or hashable not in self._compiled:
       t = time.perf_counter()
       if isinstance(key, Plan) and self._compile_plan is not None:
@@ -193,7 +193,7 @@ class _Lowerer:
     return self.lower_plan(self.plan)
 
 
-def _hashable(key: Any) -> Any:
+def _hashable_or_none(key: Any) -> Any:
   try:
     hash(key)
   except TypeError:
