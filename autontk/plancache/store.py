@@ -50,7 +50,6 @@ _PLANS_COLUMNS = {
 _CANDIDATE_COLUMNS = {
     "signature": str, "candidate": str, "device_kind": str,
     "predicted_s": float, "measured_s": float, "estimate": str,
-    "updated": float,
 }
 _CANDIDATE_KEY = ("signature", "candidate")
 _SCHEMA = {"plans": (_PLANS_COLUMNS, "signature", ()),
@@ -355,7 +354,6 @@ def _candidate_rows(digest: str, candidates: Sequence[CostEstimate],
                     device_kind: str) -> list[dict[str, Any]]:
   """The ``candidates`` table's rows of some estimates: each estimate in its
   own encoding, keyed by its plan, with the columns queries use."""
-  now = time.time()
   rows = []
   for e in candidates:
     record = e.to_dict()
@@ -365,7 +363,7 @@ def _candidate_rows(digest: str, candidates: Sequence[CostEstimate],
         "device_kind": device_kind,
         "predicted_s": _float_or_none(e.predicted_time),
         "measured_s": _float_or_none(e.measured_time),
-        "estimate": json.dumps(record, sort_keys=True), "updated": now})
+        "estimate": json.dumps(record, sort_keys=True)})
   return rows
 
 
