@@ -40,8 +40,8 @@ from autontk.plancache import PlanCache, Signature
 Runner = Callable[[], float]
 """``once() -> seconds`` of one call running a candidate."""
 
-Measure = Callable[[CostEstimate, "float | None"],
-                   "tuple[CostEstimate, Runner | None]"]
+Measure = Callable[[CostEstimate, float | None],
+                   tuple[CostEstimate, Runner | None]]
 """``measure(candidate, stop_above_s) -> (measured, runner)``: the candidate
 with its measured time (or infeasible with the reason), and the runner that
 timed it, for a later confirmation."""
