@@ -10,7 +10,7 @@ from autontk._api import nngp_fn as nngp_fn
 from autontk._api import ntk_fn as ntk_fn
 from autontk._api import ntk_vp_fn as ntk_vp_fn
 from autontk._api import pntk_fn as pntk_fn
-from autontk._ntk_fn import NtkFn as NtkFn
+from autontk._kernel_fn import NtkFn as NtkFn
 from autontk._options import Implementation as Implementation
 from autontk._plan import Plan as Plan
 from autontk._version import __version__ as __version__

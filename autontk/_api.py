@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autontk import _axes, _compiled, _problem, adapters
-from autontk._ntk_fn import NtkFn
+from autontk._kernel_fn import NtkFn
 from autontk._options import Implementation, NtkOptions
 from autontk._types import ApplyFn, Axes, PyTree, VMapAxes
 from autontk.auto.cached import default_planner, make_planner

@@ -20,6 +20,13 @@ TPUs); ``"highest"`` keeps float32 (several passes where needed). CPUs
 compute float32 matmuls in float32 either way."""
 
 
+NTK_OPTION_NAMES = ("trace_axes", "diagonal_axes", "vmap_axes", "wrt",
+                    "groups", "pseudo_axes", "precision")
+"""The NTK options of :func:`autontk.ntk_fn` beside ``implementation``, by
+keyword name: what :meth:`NtkOptions.of` takes, and what ``tune``,
+``model_signature`` and the CLI's model factories pass through."""
+
+
 class Implementation(enum.Enum):
   """How the empirical NTK is computed.
 
@@ -111,6 +118,26 @@ class NtkOptions:
         selection=ParamSelection.make(wrt, groups),
         pseudo_axes=pseudo_axes, precision=parse_precision(precision))
 
+  @staticmethod
+  def of(implementation: Any = "auto", **options: Any) -> "NtkOptions":
+    """The options named as :func:`autontk.ntk_fn`'s keyword arguments
+    (:data:`NTK_OPTION_NAMES`), its defaults for those not given: the one
+    place a spelling (``trace_axes=-1``) becomes the record
+    (``(-1,)``).
+
+    >>> NtkOptions.of(trace_axes=-1) == NtkOptions.of()
+    True
+    """
+    unknown = sorted(set(options) - set(NTK_OPTION_NAMES))
+    if unknown:
+      raise TypeError(f"Unknown NTK options {unknown}; the options are "
+                      f"{', '.join(NTK_OPTION_NAMES)}.")
+    return NtkOptions.make(
+        options.get("trace_axes", (-1,)), options.get("diagonal_axes", ()),
+        options.get("vmap_axes"), implementation, wrt=options.get("wrt"),
+        groups=options.get("groups"), pseudo_axes=options.get("pseudo_axes"),
+        precision=options.get("precision"))
+
   @property
   def grouped(self) -> bool:
     return self.selection is not None and self.selection.groups is not None
@@ -131,6 +158,13 @@ class NtkOptions:
       parts.append(f"pseudo_axes={self.pseudo_axes}")
     parts.append(f"precision={effective_precision(self.precision)}")
     return ", ".join(parts)
+
+
+def split_ntk_options(kwargs: dict[str, Any]
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """``(NTK options, the rest)`` of keyword arguments, by name."""
+  options = {k: v for k, v in kwargs.items() if k in NTK_OPTION_NAMES}
+  return options, {k: v for k, v in kwargs.items() if k not in options}
 
 
 def parse_precision(value: Any) -> str | None:

@@ -95,9 +95,6 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 def plan_from_dict(d: dict[str, Any]) -> Plan:
   """Inverse of :func:`plan_to_dict`.
 
-  Also reads the forms earlier releases stored (types named
-  ``"module:QualName"``, a chunking as ``{"kind": "batch", ...}``).
-
   Raises:
     ValueError: the dict names a type that is not a plan part of autontk.
   """
@@ -144,9 +141,7 @@ def _decode(value: Any) -> Any:
     return None
   if not isinstance(value, dict):
     raise ValueError(f"Not a plan part: {value!r}.")
-  if value.get("kind") == "batch":  # chunkings of earlier releases
-    return BatchChunking(int(value["block_size"]), str(value["scheme"]))
-  name = str(value.get("type", "")).rpartition(":")[2]
+  name = str(value.get("type", ""))
   cls = _known_types().get(name)
   if cls is None:
     raise ValueError(f"A stored plan names {value.get('type')!r}, which is "

@@ -3,8 +3,8 @@
 Tuning the suite on a new accelerator fills the plan cache with measured
 timings of every method and chunking on varied models (MLPs, CNNs with and
 without pooling, attention, a scanned RNN, large outputs, per-example
-kernels); :mod:`autontk.costmodel.calibration` then learns that device's timing from
-them.
+kernels); :mod:`autontk.costmodel.calibration` then learns that device's
+timing from them.
 
 Each entry is a *model factory*, the same contract as ``autontk tune
 MODULE:FACTORY`` (so ``autontk tune autontk.suite:mlp_tanh`` works too): a

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from autontk.costmodel import device, hlo, memory, predict
+from autontk.costmodel import features as features_lib
 from autontk.costmodel.device import DeviceConstants
 from autontk.costmodel.features import CostFeatures
 from autontk.costmodel.predict import RooflinePredictor
@@ -103,26 +104,56 @@ def test_features_plus():
   assert a.scaled(3).peak_memory == 10.0  # memory does not scale
 
 
-def test_every_feature_has_a_role_and_round_trips():
+def _distinct_features(offset: int) -> CostFeatures:
+  """Every field set away from its default, each to its own value."""
+  import dataclasses
+  values = {}
+  for i, f in enumerate(dataclasses.fields(CostFeatures)):
+    if f.name == "method":
+      values[f.name] = f"m{offset}"
+    elif f.name == "peak_memory_exact":
+      values[f.name] = True
+    else:
+      kind = int if type(f.default) is int else float
+      values[f.name] = kind(10 * offset + i + 2)
+  return CostFeatures(**values)
+
+
+def test_every_feature_has_its_roles_and_round_trips():
   """A new cost feature reaches the cache rows, the calibration's input
   and the combining rules, or this fails."""
   import dataclasses
   from autontk.costmodel import features
   for f in dataclasses.fields(CostFeatures):
-    if f.name == "method":
-      continue
-    roles = {"work", "vector", "memory"} & set(f.metadata)
-    assert roles, f"{f.name} has no role (work / vector / memory)"
-  full = CostFeatures(**{
-      f.name: (True if f.type in ("bool",) else "m" if f.name == "method"
-               else 7) for f in dataclasses.fields(CostFeatures)})
+    assert f.metadata.get("combine") in features.COMBINE, f.name
+    assert f.metadata.get("merge") in features.MERGE, f.name
+    assert isinstance(f.metadata.get("vector"), bool), f.name
+  full = _distinct_features(1)
   assert CostFeatures.from_row(full.to_row()) == full
   assert len(full.vector()) == len(features.VECTOR_FIELDS)
-  legacy = CostFeatures.from_row({"flops": 2.0, "bytes": 3.0,
-                                  "peak_bytes": 4.0, "n_chunks": 5,
-                                  "source": "lowered"}, method="m")
-  assert (legacy.bytes_accessed, legacy.peak_memory, legacy.blocks,
-          legacy.method) == (3.0, 4.0, 5, "m")
+
+
+def test_every_feature_survives_merge_plus_and_scaled():
+  """Each field goes through merging, ``plus`` and ``scaled`` as its
+  metadata says: none is reset to its default."""
+  import dataclasses
+  a, b = _distinct_features(1), _distinct_features(3)
+  assert a.scaled(1) == a and a.plus(dataclasses.replace(
+      b, **{n: 0.0 for n in features_lib.WORK_FIELDS}, peak_memory=0.0)) == a
+  doubled, summed = a.scaled(2), a.plus(b)
+  merged = hlo.merge_compiled(a, b)
+  for f in dataclasses.fields(CostFeatures):
+    mine, other = getattr(a, f.name), getattr(b, f.name)
+    combine, merge = f.metadata["combine"], f.metadata["merge"]
+    want = {"sum": mine + other if combine == "sum" else None,
+            "max": max(mine, other), "all": mine and other,
+            "first": mine}[combine]
+    assert getattr(summed, f.name) == want, f.name
+    assert getattr(doubled, f.name) == (2 * mine if combine == "sum"
+                                        else mine), f.name
+    if f.name != "flops" or jax.default_backend() == "cpu":
+      source = a if merge == "lowered" else b
+      assert getattr(merged, f.name) == getattr(source, f.name), f.name
 
 
 def test_largest_tensor_bytes():
@@ -295,25 +326,14 @@ def test_contraction_flops_counted_from_text():
 FAKE = DeviceConstants(1e11, 1e10, 1e-5, 1e-7, "cpu", "cpu", 1e9, 1e8, 2e-7)
 
 
-def test_entry_without_launch_terms_is_completed(tmp_path, monkeypatch):
-  """A file written before the launch terms existed: only they are
-  measured, the rest is kept."""
-  old = {k: v for k, v in FAKE.to_dict().items() if k != "kernel_s"}
+def test_an_incomplete_entry_is_measured_again(tmp_path, monkeypatch):
+  lacking = {k: v for k, v in FAKE.to_dict().items() if k != "kernel_s"}
   (tmp_path / "device_constants.json").write_text(
-      json.dumps({device.device_key(): old}))
-  monkeypatch.setattr(device, "measure", lambda d=None: pytest.fail(
-      "the whole benchmark ran again"))
-  launch = {"call_overhead_s": 3e-6, "kernel_s": 4e-7,
-            "loop_iteration_s": 5e-8}
-  monkeypatch.setattr(device, "measure_launch", lambda d=None: launch)
-  c = device.constants()
-  assert (c.flops_per_s, c.grouped_conv_flops_per_s) == (1e11, 1e9)
-  assert (c.call_overhead_s, c.kernel_s, c.loop_iteration_s) == (
-      3e-6, 4e-7, 5e-8)
+      json.dumps({device.device_key(): lacking}))
+  monkeypatch.setattr(device, "measure", lambda d=None: FAKE)
+  assert device.constants() == FAKE
   stored = json.loads((tmp_path / "device_constants.json").read_text())
-  assert stored[device.device_key()]["kernel_s"] == 4e-7
-  assert json.loads(device.machine_file().read_text())[
-      device.device_key()]["kernel_s"] == 4e-7
+  assert stored[device.device_key()]["kernel_s"] == FAKE.kernel_s
 
 
 def test_machine_level_copy_spares_a_new_cache_dir(tmp_path, monkeypatch):
@@ -358,8 +378,8 @@ def test_small_kernels_move_bytes_at_the_resident_bandwidth():
   p = RooflinePredictor(c)
   feats = CostFeatures("m", 0.0, 3e9, 0.0, resident_bytes=2e9)
   assert p.predict(feats) == pytest.approx(1e9 / 1e9 + 2e9 / 1e10)
-  older = DeviceConstants(1e11, 1e9, 0.0, 0.0)  # no resident bandwidth
-  assert RooflinePredictor(older).predict(feats) == pytest.approx(3.0)
+  unmeasured = DeviceConstants(1e11, 1e9, 0.0, 0.0)  # no resident bandwidth
+  assert RooflinePredictor(unmeasured).predict(feats) == pytest.approx(3.0)
 
 
 def test_resident_share_of_a_small_and_a_large_kernel():
@@ -371,19 +391,3 @@ def test_resident_share_of_a_small_and_a_large_kernel():
   big = jax.jit(lambda a: a @ a)
   lowered = big.lower(jax.ShapeDtypeStruct((2048, 2048), jnp.float32))
   assert hlo.analyse_lowered(lowered).resident_bytes == 0.0
-
-
-def test_entry_without_resident_bandwidth_is_completed(tmp_path,
-                                                       monkeypatch):
-  old = {k: v for k, v in FAKE.to_dict().items()
-         if k != "resident_bytes_per_s"}
-  (tmp_path / "device_constants.json").write_text(
-      json.dumps({device.device_key(): old}))
-  monkeypatch.setattr(device, "measure", lambda d=None: pytest.fail(
-      "the whole benchmark ran again"))
-  monkeypatch.setattr(device, "measure_launch", lambda d=None: pytest.fail(
-      "the launch terms were there"))
-  monkeypatch.setattr(device, "measure_resident_bandwidth",
-                      lambda d=None: 7e10)
-  c = device.constants()
-  assert c.resident_bytes_per_s == 7e10 and c.kernel_s == FAKE.kernel_s

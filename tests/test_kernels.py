@@ -381,13 +381,12 @@ def test_tune_and_the_cli_contract_pass_the_options_through(tmp_path):
                    cache=autontk.PlanCache(tmp_path), progress=False,
                    max_trials=2, budget_s=30)
   assert r.signature.parts["selection"]["groups"] == ["1"]
-  from autontk import cli
-  model = cli.build_model(lambda: {"f": f, "params": params, "x1": x,
-                                   "wrt": "1", "precision": "highest"},
-                          {}, "factory")
-  options = cli._ntk_options(model)  # noqa: SLF001
-  assert options["wrt"] == "1" and options["precision"] == "highest"
-  assert options["groups"] is None
+  from autontk.cli import models
+  model = models.build_model(lambda: {"f": f, "params": params, "x1": x,
+                                      "wrt": "1", "precision": "highest"},
+                             {}, "factory")
+  options = models.ntk_options(model)
+  assert options == {"wrt": "1", "precision": "highest"}
 
 
 def test_ntk_vp_fn_takes_wrt():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
-from autontk.costmodel import hlo, loops, ops
+from autontk.costmodel import hlo, loop_counts, ops
 
 
 def _texts(fn, *args):
@@ -15,7 +15,7 @@ def _texts(fn, *args):
   return lowered.as_text(), lowered.compile().as_text()
 
 
-def _times(structure: loops.LoopStructure, opcode: str) -> list[float]:
+def _times(structure: loop_counts.LoopStructure, opcode: str) -> list[float]:
   return sorted(o.times for o in structure.ops
                 if ops.normalise(o.opcode) == opcode)
 
@@ -29,14 +29,14 @@ def test_known_trip_count_multiplies_the_body():
   def f(x, w):
     return lax.fori_loop(0, 7, lambda i, x: jnp.tanh(x @ w), x)
   lowered, compiled = _texts(f, X, W)
-  for structure in (loops.stablehlo_loops(lowered),
-                    loops.hlo_loops(compiled)):
+  for structure in (loop_counts.stablehlo_loops(lowered),
+                    loop_counts.hlo_loops(compiled)):
     assert (structure.loops, structure.unknown_trip_loops) == (1, 0)
     assert structure.loop_iterations == 7
-  assert _times(loops.stablehlo_loops(lowered), "dot") == [7.0]
+  assert _times(loop_counts.stablehlo_loops(lowered), "dot") == [7.0]
   analysed = hlo.analyse_compiled(jax.jit(f).lower(X, W).compile())
   assert analysed.flops == pytest.approx(7 * DOT, rel=0.01)
-  straight = loops.hlo_loops(_texts(lambda x, w: jnp.tanh(x @ w), X, W)[1])
+  straight = loop_counts.hlo_loops(_texts(lambda x, w: jnp.tanh(x @ w), X, W)[1])
   body = hlo.compiled_loop_terms(compiled).kernels
   one = hlo.compiled_loop_terms(_texts(lambda x, w: jnp.tanh(x @ w), X,
                                        W)[1]).kernels
@@ -52,11 +52,11 @@ def test_nested_loops_multiply():
       return inner, None
     return lax.scan(outer, x, None, length=3)[0]
   lowered, compiled = _texts(f, X, W)
-  for structure in (loops.stablehlo_loops(lowered),
-                    loops.hlo_loops(compiled)):
+  for structure in (loop_counts.stablehlo_loops(lowered),
+                    loop_counts.hlo_loops(compiled)):
     assert structure.loops == 2
     assert structure.loop_iterations == 3 + 3 * 5
-  assert _times(loops.stablehlo_loops(lowered), "dot") == [15.0]
+  assert _times(loop_counts.stablehlo_loops(lowered), "dot") == [15.0]
   for terms in (hlo.lowered_loop_terms(lowered),
                 hlo.compiled_loop_terms(compiled)):
     assert terms.extra.flops == pytest.approx(14 * DOT, rel=0.01)
@@ -80,8 +80,8 @@ def test_data_dependent_loop_counts_once():
     return lax.while_loop(lambda c: c[0].sum() < 100.0,
                           lambda c: (c[0] * 2.0, c[1] + 1), (x, 0))[0]
   lowered, compiled = _texts(f, X)
-  for structure in (loops.stablehlo_loops(lowered),
-                    loops.hlo_loops(compiled)):
+  for structure in (loop_counts.stablehlo_loops(lowered),
+                    loop_counts.hlo_loops(compiled)):
     assert (structure.loops, structure.unknown_trip_loops) == (1, 1)
     assert structure.loop_iterations == 1
 
@@ -90,10 +90,10 @@ def test_branches_share_one_run():
   def f(x, i):
     return lax.switch(i, [jnp.sin, jnp.cos, jnp.tanh], x)
   lowered, compiled = _texts(f, X, 1)
-  structure = loops.stablehlo_loops(lowered)
+  structure = loop_counts.stablehlo_loops(lowered)
   assert [_times(structure, op) for op in ("sine", "cosine", "tanh")] == [
       [pytest.approx(1 / 3)]] * 3
-  assert loops.hlo_loops(compiled).loops == 0
+  assert loop_counts.hlo_loops(compiled).loops == 0
 
 
 def test_tiny_cpu_loop_is_one_kernel():
@@ -103,7 +103,7 @@ def test_tiny_cpu_loop_is_one_kernel():
   w, x = jnp.full((4, 4), 0.1), jnp.ones((4, 4))
   _, compiled = _texts(
       lambda x, w: lax.fori_loop(0, 50, lambda i, x: jnp.tanh(x @ w), x), x, w)
-  structure = loops.hlo_loops(compiled)
+  structure = loop_counts.hlo_loops(compiled)
   if 'xla_cpu_small_call="true"' not in compiled:
     pytest.skip("this XLA does not compile tiny loops into one function")
   assert structure.loop_iterations == 0
@@ -132,7 +132,7 @@ ENTRY %main (a: f32[4]) -> f32[4] {
   ROOT %c = f32[4]{0} copy(%a)
 }
 """
-  structure = loops.hlo_loops(text)
+  structure = loop_counts.hlo_loops(text)
   assert structure.loop_iterations == 12
   kernels = {o.line.split(" =")[0]: o.times for o in structure.ops
              if ops.is_kernel(o.opcode, compiled=True)}
@@ -155,11 +155,11 @@ def test_kernels_of_a_deep_narrow_mlp_grow_with_depth():
 
 
 def test_instruction_parts():
-  inst = loops.hlo_instruction(
+  inst = loop_counts.hlo_instruction(
       '%w.5 = (s32[], f32[8,64]{1,0}) while(%tuple), condition=%c.1, '
       'body=%b.2, backend_config={"known_trip_count":{"n":"20"}}')
   assert (inst.name, inst.opcode, inst.operands) == ("w.5", "while",
                                                      ("tuple",))
   assert inst.type == "(s32[], f32[8,64]{1,0})"
   assert ops.hlo_tensors(inst.type)[1].bytes == 8 * 64 * 4
-  assert loops.hlo_instruction("}") is None
+  assert loop_counts.hlo_instruction("}") is None

@@ -14,6 +14,7 @@ import pytest
 from autontk import BatchChunking, Implementation, Plan, _paths
 from autontk._plan import plan_from_json, plan_to_json
 from autontk.costmodel import CostEstimate, CostFeatures
+from autontk.costmodel.measurement import Timing
 from autontk.plancache import PlanCache, PlanCacheWarning
 
 JC = Plan(Implementation.JACOBIAN_CONTRACTION)
@@ -46,22 +47,49 @@ def test_plan_json_refuses_types_outside_autontk():
     plan_from_json(text)
 
 
-def test_plan_json_of_the_previous_release_is_read():
-  """Plan caches written by 0.1 named types as module:QualName."""
-  old = json.dumps({
-      "implementation": "ntk_vector_products",
-      "config": {"type": "autontk.methods.ntk_vector_products:"
-                         "NtkVectorProductsConfig",
-                 "fields": {"column_chunk": 8}},
-      "chunking": {"type": "autontk.chunking:BatchChunking",
-                   "fields": {"block_size": 16, "scheme": "host"}}})
-  plan = plan_from_json(old)
-  assert plan.config.column_chunk == 8 and plan.chunking == (
-      _chunked_plan().chunking)
-  report_form = {"implementation": "jacobian_contraction", "config": None,
-                 "chunking": {"kind": "batch", "block_size": 4,
-                              "scheme": "scan"}}
-  assert Plan.from_dict(report_form).chunking.block_size == 4
+def _full_estimate() -> CostEstimate:
+  """A candidate with every field set: features, timing, a chunked plan."""
+  import dataclasses
+  features = CostFeatures(**{
+      f.name: (True if f.name == "peak_memory_exact" else "m"
+               if f.name == "method" else 3 if type(f.default) is int
+               else 3.5) for f in dataclasses.fields(CostFeatures)})
+  timing = Timing(median_s=2e-3, min_s=1e-3, repeats=7, compile_s=0.25,
+                  stopped_early=True, confirmed_s=1.5e-3)
+  return CostEstimate(_chunked_plan(), features, source="compiled",
+                      analysis_time=0.1, compile_time=0.2,
+                      predicted_time=1e-3, measured_time=1.5e-3,
+                      feasible=False, reason="over budget", timing=timing)
+
+
+def test_every_stored_record_round_trips_through_its_one_codec(tmp_path):
+  """A plan, a timing, an estimate: each has one encoding, and the cache's
+  rows are that encoding (only the source says where it was read from)."""
+  import dataclasses
+  est = _full_estimate()
+  assert plan_from_json(plan_to_json(est.plan)) == est.plan
+  assert Timing.from_dict(json.loads(json.dumps(est.timing.to_dict()))) == (
+      est.timing)
+  assert CostEstimate.from_dict(json.loads(json.dumps(est.to_dict()))) == est
+  cache = _cache(tmp_path)
+  cache.record_candidates(SIG, [est])
+  (back,) = cache.candidates(SIG)
+  assert back == dataclasses.replace(est, source="cache")
+  ((sig, measured),) = cache.measurements()
+  assert sig == SIG and measured == back
+
+
+def test_an_unmeasured_row_keeps_the_stored_measurement(tmp_path):
+  import dataclasses
+  cache = _cache(tmp_path)
+  est = dataclasses.replace(_full_estimate(), feasible=True, reason=None)
+  cache.record_candidates(SIG, [est])
+  again = dataclasses.replace(est, predicted_time=5e-3, measured_time=None,
+                              timing=None)
+  cache.record_candidates(SIG, [again])
+  (back,) = cache.candidates(SIG)
+  assert back.predicted_time == 5e-3
+  assert (back.measured_time, back.timing) == (est.measured_time, est.timing)
 
 
 def test_store_lookup_candidates_and_clear(tmp_path):
@@ -131,12 +159,19 @@ def test_default_directory_honours_env(monkeypatch, tmp_path):
 
 def test_jax_compilation_cache_beside_plans(tmp_path):
   import jax
+
+  from autontk.plancache import compilation
   before = jax.config.jax_compilation_cache_dir
   try:
     jax.config.update("jax_compilation_cache_dir", None)
-    PlanCache(tmp_path, jax_compilation_cache=True)
+    cache = PlanCache(tmp_path, jax_compilation_cache=True)
+    assert jax.config.jax_compilation_cache_dir is None  # no side effect
+    compilation.use_beside(_cache(tmp_path / "off"))
+    assert jax.config.jax_compilation_cache_dir is None
+    compilation.use_beside(cache)  # where a plan is compiled
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
-    PlanCache(tmp_path / "other", jax_compilation_cache=True)  # left alone
+    compilation.use_beside(PlanCache(tmp_path / "other",
+                                     jax_compilation_cache=True))
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
   finally:
     jax.config.update("jax_compilation_cache_dir", before)

@@ -118,6 +118,32 @@ def test_signature_of_an_ntk_fn_uses_its_options():
   assert a.short == a.digest[:12] and str(a) == a.digest
 
 
+@pytest.mark.parametrize("spelling", [
+    {"trace_axes": -1}, {"trace_axes": [-1]}, {"diagonal_axes": None},
+    {"diagonal_axes": []}, {"precision": None}, {"wrt": None, "groups": None},
+    {"pseudo_axes": None}])
+def test_equivalent_option_spellings_share_one_digest(spelling):
+  """An option spelled another way, given directly or through an NtkFn
+  (or through tune, which keys by the NtkFn), is one computation: one
+  signature, one plan-cache entry."""
+  f, params, x = _model()
+  base = _sig(f, x, None, params)
+  assert _sig(f, x, None, params, **spelling) == base
+  ntk = autontk.ntk_fn(f, **spelling)
+  assert model_signature(ntk, x, None, params).digest == base
+  assert autontk.tune(f, x, None, params, cache=False, progress=False,
+                      max_trials=1, budget_s=30,
+                      **spelling).signature.digest == base
+
+
+def test_options_beside_an_ntk_fn_or_unknown_ones_raise():
+  f, params, x = _model()
+  with pytest.raises(TypeError, match="given with an NtkFn"):
+    model_signature(autontk.ntk_fn(f), x, None, params, trace_axes=())
+  with pytest.raises(TypeError, match="Unknown NTK options"):
+    model_signature(f, x, None, params, trace_axis=())
+
+
 def test_signature_with_rng_kwarg_and_bad_f():
   def f(p, x, rng=None):
     keep = jax.random.bernoulli(rng, 0.5, x.shape)

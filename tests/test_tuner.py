@@ -1,6 +1,7 @@
 """The autotuner: the measured fastest wins, failures are infeasible, runs
 resume."""
 
+import dataclasses
 import time
 
 import jax
@@ -44,8 +45,8 @@ def _slow(plan_to_slow, seconds):
   def timed(ntk, plan, *args, **kw):
     t = real(ntk, plan, *args, **kw)
     if plan == plan_to_slow:
-      t.median_s += seconds
-      t.min_s += seconds
+      t = dataclasses.replace(t, median_s=t.median_s + seconds,
+                              min_s=t.min_s + seconds)
     return t
 
   return timed
@@ -288,7 +289,7 @@ def test_close_calls_are_confirmed_interleaved():
   result = tune(f, x, None, params, candidates=[JC, NVP], cache=False,
                 options=opts)
   for e in result.estimates:
-    assert e.timing["confirmed"] and e.timing["study_s"] > 0
+    assert e.timing.confirmed_s == e.measured_time and e.timing.median_s > 0
   best = min(result.estimates, key=lambda e: e.measured_time)
   assert result.plan == best.plan
   times = tuner.confirm(autontk.ntk_fn(f), [JC, NVP], x, None, params, {},
@@ -345,5 +346,5 @@ def test_confirmation_reuses_the_study_s_compiled_candidates(monkeypatch):
   opts = TuneOptions(min_time_s=0.005, confirm_ratio=100.0, progress=False)
   result = tune(f, x, None, params, candidates=[JC, NVP], cache=False,
                 options=opts)
-  assert all(e.timing["confirmed"] for e in result.estimates)
+  assert all(e.timing.confirmed_s is not None for e in result.estimates)
   assert sorted(made, key=str) == sorted([JC, NVP], key=str)  # one each

@@ -3,7 +3,9 @@
 * :mod:`~autontk.auto.cached`: :class:`AutoPlanner`, the planner every
   :class:`~autontk.NtkFn` from ``ntk_fn`` is handed: memo, plan cache,
   tuner and cost model, in that order.
-* :mod:`~autontk.auto.tuner`: :func:`tune`, timing candidates on the device.
+* :mod:`~autontk.auto.tuner`: :func:`tune`, timing candidates on the device,
+  through its study (:mod:`~autontk.auto.study`, a resumable queue of
+  candidates) and the timing protocol (:mod:`~autontk.auto.timing`).
 * :mod:`~autontk.auto.planner`: :class:`Planner`, candidates → estimates →
   shortlist → choice, from the cost model alone.
 * :mod:`~autontk.auto.report`: :class:`CostReport`, every candidate of a

@@ -21,15 +21,15 @@ from typing import Any
 
 import jax
 
-from autontk import _compat
+from autontk import _compat, _compiled
 from autontk._options import Implementation
 from autontk._plan import Plan
 from autontk.auto import tuner as tuner_lib
 from autontk.auto.planner import (Planner, PlannerOptions, PlanningCall,
-                                  call_key, signature_of)
+                                  signature_of)
 from autontk.auto.report import CostReport
 from autontk.costmodel.estimate import ProgramCache
-from autontk.plancache import PlanCache, shared_cache
+from autontk.plancache import PlanCache, compilation, shared_cache
 
 
 @dataclasses.dataclass
@@ -109,7 +109,8 @@ class AutoPlanner:
   # Planning ---------------------------------------------------------------------
 
   def _slot(self, ntk, x1, x2, params, kwargs) -> tuple[dict, Any]:
-    key = call_key(x1, x2, params, kwargs)
+    leaves, treedef = _compiled.flatten(x1, x2, params, kwargs)
+    key = _compiled.call_key(treedef, leaves)
     try:
       hash(key)
     except TypeError:
@@ -125,6 +126,7 @@ class AutoPlanner:
       return self._model_plan(ntk, x1, x2, params, kwargs, None, None)
     sig = signature_of(ntk, x1, x2, params, kwargs, self.cost_model.options)
     if cache is not None:
+      compilation.use_beside(cache)  # the plan is compiled next
       plan = cache.lookup(sig)
       if plan is not None and (not tune or
                                cache.source(sig) in ("tuned", "import")):

@@ -162,26 +162,6 @@ _CHECKS = {
 }
 
 
-def call_key(x1: Any, x2: Any, params: Any, kwargs: dict[str, Any]) -> Any:
-  """Abstract signature of a call: structure, shapes, dtypes, static kwargs.
-
-  On the path of every ``implementation="auto"`` call, so kept cheap.
-  """
-  def sig(tree):
-    leaves, td = jax.tree.flatten(tree)
-    return td, tuple((tuple(v.shape), v.dtype) if _kwargs.is_array_leaf(v) else
-                     ("static", _hashable(v)) for v in leaves)
-  return (sig(x1), None if x2 is None else sig(x2), sig(params), sig(kwargs))
-
-
-def _hashable(v: Any) -> Any:
-  try:
-    hash(v)
-    return v
-  except TypeError:
-    return repr(v)
-
-
 def signature_of(ntk: Any, x1: Any, x2: Any, params: Any,
                  kwargs: dict[str, Any],
                  options: PlannerOptions | None = None) -> Signature:
@@ -237,10 +217,6 @@ class PlanningCall:
       self._problem = self.ntk.problem(self.x1, self.x2, self.params,
                                        **self.kwargs)
     return self._problem
-
-  def key(self) -> Any:
-    """Abstract signature: structure, shapes, dtypes, static kwargs."""
-    return call_key(self.x1, self.x2, self.params, self.kwargs)
 
   def detach(self) -> ProgramCache:
     """The lowered programs, no longer holding this call's arguments."""

@@ -35,13 +35,11 @@ import numpy as np
 import platformdirs
 
 from autontk import _paths
-from autontk.costmodel import loops, ops
+from autontk.costmodel import loop_counts, ops
 
 _FILE = "device_constants.json"
 _LAUNCH = ("call_overhead_s", "kernel_s", "loop_iteration_s")
 """The launch terms, measured together (:func:`measure_launch`)."""
-_COMPLETABLE = _LAUNCH + ("resident_bytes_per_s",)
-"""Constants an older stored entry may lack: measured on their own."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +163,7 @@ def measure_resident_bandwidth(device: Any = None) -> float:
 def count_launches(compiled: Any) -> tuple[float, float]:
   """``(kernels, loop iterations)`` of one run of a compiled program, as
   :func:`autontk.costmodel.hlo.compiled_loop_terms` counts them."""
-  structure = loops.hlo_loops(compiled.as_text())
+  structure = loop_counts.hlo_loops(compiled.as_text())
   kernels = sum(op.times for op in structure.ops
                 if op.launched and ops.is_kernel(op.opcode, compiled=True))
   return kernels, structure.loop_iterations
@@ -268,12 +266,11 @@ def _files() -> list[pathlib.Path]:
 
 
 def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
-  """The device's constants: stored, completed, or measured and stored.
+  """The device's constants: stored, or measured and stored.
 
   Looked up in the cache directory, then in the machine-level copy
-  (:func:`machine_file`); an entry that lacks only the launch terms is
-  completed by :func:`measure_launch`, anything else unreadable is measured
-  again. The result is written to both files. In-process results are
+  (:func:`machine_file`); an entry that lacks a field, or cannot be read,
+  is measured again. The result is written to both files. In-process results are
   memoised, so the files are read at most once.
   """
   key = device_key(device)
@@ -283,9 +280,6 @@ def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
   stored = [_load_all(path) for path in files]
   entry = None if remeasure else next(
       (s[key] for s in stored if not missing(s.get(key))), None)
-  if entry is None and not remeasure:
-    entry = next((_complete(s[key], device) for s in stored
-                  if set(missing(s.get(key))) <= set(_COMPLETABLE)), None)
   try:
     c = DeviceConstants.from_dict(entry) if entry is not None else None
   except (KeyError, TypeError):
@@ -297,18 +291,6 @@ def constants(device: Any = None, remeasure: bool = False) -> DeviceConstants:
     if all_entries.get(key) != c.to_dict():
       _store(path, {**all_entries, key: c.to_dict()})
   return c
-
-
-def _complete(entry: dict[str, Any], device: Any) -> dict[str, Any]:
-  """A stored entry from before the launch terms or the resident bandwidth,
-  with what it lacks measured."""
-  lacking = set(missing(entry))
-  out = dict(entry)
-  if lacking & set(_LAUNCH):
-    out.update(measure_launch(device))
-  if "resident_bytes_per_s" in lacking:
-    out["resident_bytes_per_s"] = measure_resident_bandwidth(device)
-  return out
 
 
 def _store(path: pathlib.Path, entries: dict[str, Any]) -> None:

@@ -15,7 +15,8 @@
   supplied by the chunking itself).
 
 :class:`CostEstimate` is the result, and the one record of a candidate
-everywhere: in cost reports, tuning results and plan-cache rows.
+everywhere: in cost reports, tuning results and plan-cache rows, with one
+encoding (:meth:`CostEstimate.to_dict`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from autontk import _plan, methods
 from autontk._plan import Plan
 from autontk.costmodel import hlo
 from autontk.costmodel.features import CostFeatures
+from autontk.costmodel.measurement import Timing
 from autontk.costmodel.memory import MemoryBudget
 from autontk.costmodel.predict import TimePredictor
 
@@ -48,7 +50,14 @@ class CostEstimate:
     measured_time: measured median seconds per call, where known.
     feasible: within the memory budget (and supported).
     reason: why infeasible, or why not estimated; ``None`` otherwise.
-    timing: the tuner's measurement details (repeats, spread...), if timed.
+    timing: how it was timed (:class:`~autontk.costmodel.measurement.Timing`),
+      if timed.
+
+  >>> import autontk
+  >>> e = CostEstimate(autontk.Plan(autontk.Implementation(1)),
+  ...                  predicted_time=1e-3)
+  >>> CostEstimate.from_dict(e.to_dict()) == e
+  True
   """
 
   plan: Plan
@@ -60,7 +69,7 @@ class CostEstimate:
   measured_time: float | None = None
   feasible: bool = True
   reason: str | None = None
-  timing: Mapping[str, Any] | None = None
+  timing: Timing | None = None
 
   @property
   def estimated(self) -> bool:
@@ -87,11 +96,12 @@ class CostEstimate:
     return self.features.blocks
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-ready form, used by cost reports and plan-cache rows."""
+    """JSON-ready form: the one encoding of a candidate, in cost reports and
+    plan-cache rows."""
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     d["plan"] = _plan.plan_to_dict(self.plan)
     d["features"] = self.features.to_row()
-    d["timing"] = None if self.timing is None else dict(self.timing)
+    d["timing"] = None if self.timing is None else self.timing.to_dict()
     return d
 
   @staticmethod
@@ -99,11 +109,14 @@ class CostEstimate:
     """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
     d = dict(d)
     plan = _plan.plan_from_dict(d.pop("plan"))
-    features = CostFeatures.from_row(
-        d.pop("features", None) or d, plan.implementation.name.lower())
+    features = CostFeatures.from_row(d.pop("features", None),
+                                     plan.implementation.name.lower())
+    timing = d.pop("timing", None)
     names = {f.name for f in dataclasses.fields(CostEstimate)}
-    return CostEstimate(plan, features, **{k: v for k, v in d.items()
-                                           if k in names})
+    return CostEstimate(
+        plan, features,
+        timing=None if timing is None else Timing.from_dict(timing),
+        **{k: v for k, v in d.items() if k in names})
 
 
 class ProgramCache:
@@ -141,7 +154,7 @@ class ProgramCache:
 
   def block(self, program: Any) -> tuple[Any, CostFeatures, float]:
     """``(lowered, features, seconds)`` of a chunking's block program."""
-    key = _hashable(("block", program.key))
+    key = _hashable_or_none(("block", program.key))
     if key is None or key not in self._lowered:
       result = hlo.lower_and_analyse(program.fn, *program.args)
       if key is None:
@@ -155,7 +168,7 @@ class ProgramCache:
     A whole plan (``key`` a :class:`Plan`) is compiled through the bound
     ``compile_plan``, so the call reuses the executable.
     """
-    hashable = _hashable(("compiled", key))
+    hashable = _hashable_or_none(("compiled", key))
     if hashable is None or hashable not in self._compiled:
       t = time.perf_counter()
       if isinstance(key, Plan) and self._compile_plan is not None:
@@ -180,7 +193,7 @@ class _Lowerer:
     return self.lower_plan(self.plan)
 
 
-def _hashable(key: Any) -> Any:
+def _hashable_or_none(key: Any) -> Any:
   try:
     hash(key)
   except TypeError:

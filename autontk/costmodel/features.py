@@ -14,10 +14,12 @@ learned from:
 * the learned calibration (:mod:`~autontk.costmodel.calibration`) trains on
   :meth:`CostFeatures.vector`.
 
-A field's role is declared once, in its metadata: ``work`` fields add up
-over programs and scale with repetitions, ``vector`` fields enter the
-calibration's input (``"log"``: as ``log1p``). Adding a feature is adding a
-field here; the encodings follow (and a test checks every field has a role).
+A field's roles are declared once, in its metadata (:func:`_field`): how
+it combines over programs (``combine``), which analysis of a compiled
+program it is read from (``merge``) and whether it enters the calibration's
+input (``vector``). Adding a feature is adding a field here; combining,
+merging and the encodings follow (and a test checks every field survives
+each of them).
 """
 
 from __future__ import annotations
@@ -26,12 +28,24 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-_WORK = {"work": True, "vector": "log"}
-_COUNT = {"vector": "log"}
+COMBINE = ("sum", "max", "all", "first")
+"""How :meth:`CostFeatures.plus` combines a field of two programs run one
+after the other: ``"sum"`` (work: adds up, and :meth:`CostFeatures.scaled`
+multiplies it), ``"max"`` (memory), ``"all"`` (a flag true of both), or
+``"first"`` (a count of the plan's own, set by the estimator: kept)."""
+
+MERGE = ("lowered", "compiled", "compiled_text")
+"""Where :func:`~autontk.costmodel.hlo.merge_compiled` takes a field from:
+the lowered program (``"lowered"``), XLA's analysis of the compiled one
+where it has a value (``"compiled"``), or the compiled program's text where
+it was read (``"compiled_text"``)."""
 
 
-def _field(default: Any, meta: Mapping[str, Any], doc: str = "") -> Any:
-  return dataclasses.field(default=default, metadata={**meta, "doc": doc})
+def _field(default: Any, combine: str, merge: str,
+           vector: bool = False) -> Any:
+  assert combine in COMBINE and merge in MERGE
+  return dataclasses.field(default=default, metadata={
+      "combine": combine, "merge": merge, "vector": vector})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +81,7 @@ class CostFeatures:
       program, counted for a compiled one.
     inner_loop_iterations: sequential iterations of the loops inside the
       programs (a ``lax.scan`` of 20 steps: 20; nested loops multiply),
-      read from their text (:mod:`~autontk.costmodel.loops`).
+      read from their text (:mod:`~autontk.costmodel.loop_counts`).
     calls: compiled calls the host dispatches per evaluation (the blocks of
       a host loop, plus the assembly).
     loop_iterations: iterations of compiled loops the plan adds around its
@@ -80,37 +94,38 @@ class CostFeatures:
   once; the readers add the rest).
   """
 
-  method: str = _field("", {})
-  flops: float | None = _field(None, _WORK)
-  bytes_accessed: float | None = _field(None, _WORK)
-  transcendentals: float | None = _field(None, _WORK)
-  grouped_conv_flops: float = _field(0.0, _WORK)
-  depthwise_conv_flops: float = _field(0.0, _WORK)
-  contraction_flops: float = _field(0.0, {"work": True})
-  resident_bytes: float = _field(0.0, _WORK)
-  kernels: float = _field(0.0, _WORK)
-  inner_loop_iterations: float = _field(0.0, _WORK)
-  peak_memory: float | None = _field(None, {"vector": "log", "memory": True})
-  peak_memory_exact: bool = _field(False, {"memory": True})
-  calls: int = _field(1, _COUNT)
-  loop_iterations: int = _field(0, _COUNT)
-  blocks: int = _field(1, _COUNT)
+  method: str = _field("", "first", "lowered")
+  flops: float | None = _field(None, "sum", "compiled", vector=True)
+  bytes_accessed: float | None = _field(None, "sum", "compiled", vector=True)
+  transcendentals: float | None = _field(None, "sum", "compiled",
+                                         vector=True)
+  grouped_conv_flops: float = _field(0.0, "sum", "lowered", vector=True)
+  depthwise_conv_flops: float = _field(0.0, "sum", "lowered", vector=True)
+  contraction_flops: float = _field(0.0, "sum", "lowered")
+  resident_bytes: float = _field(0.0, "sum", "compiled_text", vector=True)
+  kernels: float = _field(0.0, "sum", "compiled_text", vector=True)
+  inner_loop_iterations: float = _field(0.0, "sum", "compiled_text",
+                                        vector=True)
+  peak_memory: float | None = _field(None, "max", "compiled", vector=True)
+  peak_memory_exact: bool = _field(False, "all", "compiled")
+  calls: int = _field(1, "first", "lowered", vector=True)
+  loop_iterations: int = _field(0, "first", "lowered", vector=True)
+  blocks: int = _field(1, "first", "lowered", vector=True)
 
   # Combining ---------------------------------------------------------------
 
   def scaled(self, factor: float) -> "CostFeatures":
-    """The work run ``factor`` times (memory unchanged)."""
+    """The work run ``factor`` times (memory and counts unchanged)."""
     return dataclasses.replace(self, **{
         name: _mul(getattr(self, name), factor) for name in WORK_FIELDS})
 
   def plus(self, other: "CostFeatures") -> "CostFeatures":
-    """Two programs run one after the other: work adds, memory is the max."""
-    work = {name: _add(getattr(self, name), getattr(other, name))
-            for name in WORK_FIELDS}
-    peaks = [p for p in (self.peak_memory, other.peak_memory) if p is not None]
-    return dataclasses.replace(
-        self, **work, peak_memory=max(peaks) if peaks else None,
-        peak_memory_exact=self.peak_memory_exact and other.peak_memory_exact)
+    """Two programs run one after the other: work adds, memory is the max
+    (each field as its ``combine`` says)."""
+    return CostFeatures(**{
+        f.name: _COMBINERS[f.metadata["combine"]](getattr(self, f.name),
+                                                  getattr(other, f.name))
+        for f in dataclasses.fields(CostFeatures)})
 
   def with_work_of(self, other: "CostFeatures") -> "CostFeatures":
     """This program's memory and counts with ``other``'s work."""
@@ -126,16 +141,11 @@ class CostFeatures:
   @staticmethod
   def from_row(row: Mapping[str, Any] | None,
                method: str = "") -> "CostFeatures":
-    """Inverse of :meth:`to_row`; also reads rows of earlier releases
-    (``bytes``, ``peak_bytes``, ``n_chunks``) and ignores unknown keys."""
+    """Inverse of :meth:`to_row` (unknown keys are ignored)."""
     row = dict(row or {})
-    for old, new in _LEGACY_KEYS.items():
-      if old in row and new not in row:
-        row[new] = row.pop(old)
-    values = {}
-    for f in dataclasses.fields(CostFeatures):
-      if f.name in row and row[f.name] is not None:
-        values[f.name] = _coerce(f, row[f.name])
+    values = {f.name: _coerce(f, row[f.name])
+              for f in dataclasses.fields(CostFeatures)
+              if row.get(f.name) is not None}
     values.setdefault("method", method)
     return CostFeatures(**values)
 
@@ -149,15 +159,12 @@ class CostFeatures:
 
 
 WORK_FIELDS = tuple(f.name for f in dataclasses.fields(CostFeatures)
-                    if f.metadata.get("work"))
+                    if f.metadata["combine"] == "sum")
 """Fields that add up over programs and scale with repetitions."""
 
 VECTOR_FIELDS = tuple(f.name for f in dataclasses.fields(CostFeatures)
-                      if f.metadata.get("vector"))
+                      if f.metadata["vector"])
 """Fields the learned calibration sees, in order."""
-
-_LEGACY_KEYS = {"bytes": "bytes_accessed", "peak_bytes": "peak_memory",
-                "n_chunks": "blocks"}
 
 
 def _mul(v: Any, factor: float) -> Any:
@@ -168,6 +175,15 @@ def _add(a: Any, b: Any) -> Any:
   if a is None and b is None:
     return None
   return (a or 0) + (b or 0)
+
+
+def _max(a: Any, b: Any) -> Any:
+  known = [v for v in (a, b) if v is not None]
+  return max(known) if known else None
+
+
+_COMBINERS = {"sum": _add, "max": _max, "all": lambda a, b: a and b,
+              "first": lambda a, b: a}
 
 
 def _nonneg(v: Any) -> float:

@@ -8,7 +8,7 @@ matmuls). Every number here is ``None`` when unknown, never negative.
 XLA counts a loop body once (``while``, and so ``scan``/``lax.map``): a
 computation looping ``k`` times reports about ``1/k`` of its work. The
 readers here add what the analysis leaves out, from the program's text
-(:mod:`~autontk.costmodel.loops` finds the loops and their trip counts,
+(:mod:`~autontk.costmodel.loop_counts` finds the loops and their trip counts,
 :mod:`~autontk.costmodel.ops` prices one operation): the work of every
 iteration after the first, the kernels the program launches and the
 sequential iterations it steps through (:class:`LoopTerms`). Loops the
@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import jax
 
-from autontk.costmodel import loops, ops
+from autontk.costmodel import loop_counts, ops
 from autontk.costmodel.features import CostFeatures
 
 _FLOPS = "flops"
@@ -233,7 +233,7 @@ class LoopTerms:
 def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
   """:class:`LoopTerms` of a lowered (StableHLO) program; kernels are the
   estimate of :func:`ops.is_kernel` before fusion."""
-  structure = loops.stablehlo_loops(stablehlo_text)
+  structure = loop_counts.stablehlo_loops(stablehlo_text)
   kernels, extra, moved = 0.0, ops.Work(), _Moved()
   contractions = grouped = depthwise = 0.0
   for op in structure.ops:
@@ -272,7 +272,7 @@ class _Moved:
       self.resident += kernel_bytes * times
 
 
-def _stablehlo_work(op: loops.Op, contraction: float) -> ops.Work:
+def _stablehlo_work(op: loop_counts.Op, contraction: float) -> ops.Work:
   """Work of one StableHLO op, unfused.
 
   Only the bytes of ops that start a kernel count towards a loop body's
@@ -298,8 +298,8 @@ def _stablehlo_work(op: loops.Op, contraction: float) -> ops.Work:
 def compiled_loop_terms(hlo_text: str) -> LoopTerms:
   """:class:`LoopTerms` of a compiled program (``Compiled.as_text()``):
   kernels are its fusions, custom calls and other real instructions."""
-  comps, entry = loops.hlo_computations(hlo_text)
-  structure = loops.hlo_loops_of(comps, entry)
+  comps, entry = loop_counts.hlo_computations(hlo_text)
+  structure = loop_counts.hlo_loops_of(comps, entry)
   kernels, extra = 0.0, ops.Work()
   insts = {inst.name: inst for body in comps.values() for inst in body}
   moved = _Moved()
@@ -323,14 +323,14 @@ _LHS_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
 _DIM_LABELS = re.compile(r"dim_labels=\w+_(\w+)->")
 
 
-def _kernel_work(inst: loops.Instruction, insts, comps) -> ops.Work:
+def _kernel_work(inst: loop_counts.Instruction, insts, comps) -> ops.Work:
   """Work of one kernel: FLOPs of what it fuses, bytes at its boundary."""
   work = _instruction_flops(inst, insts, comps, 0)
   return ops.Work(work.flops, work.transcendentals,
                   _kernel_bytes(inst, insts))
 
 
-def _kernel_bytes(inst: loops.Instruction, insts) -> float:
+def _kernel_bytes(inst: loop_counts.Instruction, insts) -> float:
   results = ops.hlo_tensors(inst.type)
   operands = [t for o in inst.operands if o in insts
               for t in ops.hlo_tensors(insts[o].type)]
@@ -431,7 +431,9 @@ def merge_compiled(lowered: CostFeatures,
                    compiled: CostFeatures) -> CostFeatures:
   """The compiled program's numbers where known (fused bytes, exact memory).
 
-  Off CPU, FLOPs never fall below the contractions counted in the lowered
+  Each field comes from where its ``merge`` metadata says
+  (:data:`~autontk.costmodel.features.MERGE`), the lowered program's value
+  where that one is unknown. Off CPU, FLOPs never fall below the contractions counted in the lowered
   text: GPU backends report custom-call matmuls as -1 (unknown). On CPU the
   compiled count is exact, and may be lower after XLA's simplifications.
   The convolution split comes from the lowered text (the compiled analysis
@@ -439,31 +441,20 @@ def merge_compiled(lowered: CostFeatures,
   its text was read (fusion done; XLA:CPU compiles tiny loops into one
   kernel, whose iterations cost next to nothing).
   """
-  def pick(c, l):
-    return c if c is not None else l
   read = compiled.kernels > 0
-  flops = pick(compiled.flops, lowered.flops)
+  sources = {"lowered": lowered, "compiled": compiled,
+             "compiled_text": compiled if read else lowered}
+  merged = {}
+  for f in dataclasses.fields(CostFeatures):
+    value = getattr(sources[f.metadata["merge"]], f.name)
+    merged[f.name] = getattr(lowered, f.name) if value is None else value
+  if compiled.bytes_accessed is None:
+    # The resident part of the bytes comes from where the bytes do.
+    merged["resident_bytes"] = lowered.resident_bytes
   if lowered.contraction_flops and (compiled.flops is None or
                                     jax.default_backend() != "cpu"):
-    flops = max(flops or 0.0, lowered.contraction_flops)
-  return CostFeatures(
-      method=lowered.method, flops=flops,
-      bytes_accessed=pick(compiled.bytes_accessed, lowered.bytes_accessed),
-      transcendentals=pick(compiled.transcendentals,
-                           lowered.transcendentals),
-      grouped_conv_flops=lowered.grouped_conv_flops,
-      depthwise_conv_flops=lowered.depthwise_conv_flops,
-      contraction_flops=lowered.contraction_flops,
-      peak_memory=pick(compiled.peak_memory, lowered.peak_memory),
-      peak_memory_exact=compiled.peak_memory is not None,
-      resident_bytes=(compiled.resident_bytes
-                      if read and compiled.bytes_accessed is not None
-                      else lowered.resident_bytes),
-      kernels=compiled.kernels if read else lowered.kernels,
-      inner_loop_iterations=(compiled.inner_loop_iterations if read else
-                             lowered.inner_loop_iterations),
-      calls=lowered.calls, loop_iterations=lowered.loop_iterations,
-      blocks=lowered.blocks)
+    merged["flops"] = max(merged["flops"] or 0.0, lowered.contraction_flops)
+  return CostFeatures(**merged)
 
 
 def lower_and_analyse(jitted: Any, *args: Any

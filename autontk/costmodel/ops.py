@@ -1,6 +1,6 @@
 """The work of one operation, read from its line of StableHLO or HLO text.
 
-:mod:`~autontk.costmodel.loops` says how often each operation of a program
+:mod:`~autontk.costmodel.loop_counts` says how often each operation of a program
 runs; this module says what one run of it costs: FLOPs, transcendentals,
 bytes moved, and whether it is a *kernel*, a unit of work the runtime
 launches on its own.

@@ -40,11 +40,10 @@ import numpy as np
 
 from autontk._kwargs import (is_array_leaf, merge_static, partition,
                               split_params)
-from autontk._options import effective_precision, parse_precision
+from autontk._options import NtkOptions, effective_precision
 from autontk._problem import is_differentiable
 from autontk._types import PyTree
 from autontk._version import __version__
-from autontk.selection import ParamSelection
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
 
@@ -147,30 +146,28 @@ def environment() -> dict[str, Any]:
 
 def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
                     kwargs: dict[str, Any] | None = None, *,
-                    trace_axes: Any = (-1,), diagonal_axes: Any = (),
-                    vmap_axes: Any = None, wrt: Any = None,
-                    groups: Any = None, pseudo_axes: Any = None,
-                    precision: Any = None,
-                    extra: dict[str, Any] | None = None) -> Signature:
+                    extra: dict[str, Any] | None = None,
+                    **options: Any) -> Signature:
   """Signature of one NTK call ``ntk(x1, x2, params, **kwargs)``.
+
+  The NTK options are keyed as :class:`~autontk.NtkFn` holds them (through
+  :meth:`~autontk._options.NtkOptions.of`), so two spellings of one option
+  (``trace_axes=-1`` and ``(-1,)``, or an NtkFn built with either) give one
+  signature.
 
   Args:
     f: the network ``f(params, x, **kwargs)``, or an :class:`autontk.NtkFn`
-      (whose NTK options are then used and the option arguments ignored).
+      (whose NTK options are then used).
     x1: first batch of inputs (arrays or ``jax.ShapeDtypeStruct``), e.g.
       shape ``(N1, ...)``.
     x2: second batch, or ``None``.
     params: the parameters (arrays or ``ShapeDtypeStruct``).
     kwargs: keyword arguments of ``f``.
-    trace_axes: as in :func:`autontk.ntk_fn`.
-    diagonal_axes: as in :func:`autontk.ntk_fn`.
-    vmap_axes: as in :func:`autontk.ntk_fn`.
-    wrt: as in :func:`autontk.ntk_fn`.
-    groups: as in :func:`autontk.ntk_fn`.
-    pseudo_axes: as in :func:`autontk.ntk_fn`.
-    precision: as in :func:`autontk.ntk_fn`.
     extra: anything else the cached choice depends on, as a JSON-compatible
       dict (e.g. non-default planner options); omitted when ``None``.
+    **options: the NTK options of :func:`autontk.ntk_fn` by name
+      (``trace_axes``, ``diagonal_axes``, ``vmap_axes``, ``wrt``,
+      ``groups``, ``pseudo_axes``, ``precision``), for a plain ``f``.
 
   Returns:
     A :class:`Signature`.
@@ -183,16 +180,14 @@ def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
   64
   """
   kwargs = dict(kwargs or {})
-  options = getattr(f, "options", None)
-  if options is not None and hasattr(f, "f"):
-    trace_axes, diagonal_axes = options.trace_axes, options.diagonal_axes
-    vmap_axes = options.vmap_axes
-    selection, pseudo_axes = options.selection, options.pseudo_axes
-    precision = options.precision
+  ntk_options = getattr(f, "options", None)
+  if isinstance(ntk_options, NtkOptions) and hasattr(f, "f"):
+    if options:
+      raise TypeError(f"NTK options {sorted(options)} given with an NtkFn, "
+                      "which has its own.")
     f = f.f
   else:
-    selection = ParamSelection.make(wrt, groups)
-    precision = parse_precision(precision)
+    ntk_options = NtkOptions.of(**options)
   if not callable(f):
     raise TypeError(f"`f` must be callable as f(params, x, **kwargs); got "
                     f"{type(f).__name__}.")
@@ -207,10 +202,10 @@ def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
       "x2": None if x2 is None else _describe_tree(x2),
       "params": _describe_tree(params),
       "kwargs": {k: _describe_tree(v) for k, v in sorted(kwargs.items())},
-      "trace_axes": _value_repr(trace_axes),
-      "diagonal_axes": _value_repr(diagonal_axes),
-      "vmap_axes": _value_repr(vmap_axes),
-      **_kernel_parts(params, selection, pseudo_axes, precision),
+      "trace_axes": _value_repr(ntk_options.trace_axes),
+      "diagonal_axes": _value_repr(ntk_options.diagonal_axes),
+      "vmap_axes": _value_repr(ntk_options.vmap_axes),
+      **_kernel_parts(params, ntk_options),
       **environment(),
   }
   if extra:
@@ -222,17 +217,16 @@ def model_signature(f: Any, x1: PyTree, x2: PyTree | None, params: PyTree,
   return Signature(digest=digest, parts=parts)
 
 
-def _kernel_parts(params: PyTree, selection: ParamSelection | None,
-                  pseudo_axes: Any, precision: str | None) -> dict[str, Any]:
-  """The kernel options that change the computation, when not defaults
-  (absent keys keep earlier signatures valid)."""
+def _kernel_parts(params: PyTree, options: NtkOptions) -> dict[str, Any]:
+  """The kernel options that change the computation, when not defaults."""
   out: dict[str, Any] = {}
+  selection, pseudo_axes = options.selection, options.pseudo_axes
   if selection is not None:
     mask = tuple(is_differentiable(v) for v in jax.tree.leaves(params))
     out["selection"] = selection.resolve(params, mask).summary()
   if pseudo_axes is not None:
     out["pseudo_axes"] = _value_repr(tuple(pseudo_axes))
-  used = effective_precision(precision)
+  used = effective_precision(options.precision)
   if used != "default":
     out["precision"] = used
   return out

@@ -3,59 +3,44 @@
 One SQLite database, ``plans.sqlite``, in the cache directory
 (``$AUTONTK_CACHE_DIR``, else the platform's user cache directory, e.g.
 ``~/.cache/autontk`` on Linux). It holds two tables, both keyed by model
-signature (see :mod:`autontk.signature`):
+signature (see :mod:`autontk.plancache.signature`):
 
 * ``plans``: the plan "auto" uses for a signature, where it came from
   (``"model"`` for the cost model alone, ``"tuned"`` for timings, ``"import"``),
   a summary of the signature, device kind, versions and timestamps.
-* ``candidates``: every candidate the planner or the tuner looked at: its
-  plan, HLO features (FLOPs, bytes, transcendentals, peak memory, chunk
-  count), predicted and measured seconds, feasibility. The learned
-  calibration (:mod:`autontk.calibration`) trains on these rows.
+* ``candidates``: every candidate the planner or the tuner looked at, one
+  :class:`~autontk.costmodel.CostEstimate` per row in its own encoding
+  (:meth:`~autontk.costmodel.CostEstimate.to_dict`: HLO features, predicted
+  and measured seconds, timing, feasibility), keyed by its plan; the
+  columns beside it are only what queries select and sort on. The learned
+  calibration (:mod:`autontk.costmodel.calibration`) trains on these rows.
 
-JAX's persistent compilation cache lives beside it (``jax/``), so the chosen
-plan's executable is not recompiled in a new process either; turn that off
-with ``AUTONTK_JAX_CACHE=0`` or ``PlanCache(jax_compilation_cache=False)``.
-
-The cache never stops a computation: WAL mode and a busy timeout let several
-processes read and write at once, and a corrupt, locked or read-only database
-gives a :class:`PlanCacheWarning` instead of an error. A corrupt file is moved
-aside (``plans.sqlite.corrupt-<time>``), never deleted.
+Reading and writing go through :class:`~autontk.plancache.session.Database`:
+a corrupt, locked or read-only database gives a :class:`PlanCacheWarning`
+instead of an error, and never loses data. JAX's persistent compilation cache
+lives beside it (``jax/``, see :mod:`~autontk.plancache.compilation`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
-import sqlite3
 import time
-import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import sqlite_utils
-
-from autontk import _compat, _paths
+from autontk import _paths
 from autontk._plan import Plan, plan_from_json, plan_to_json
 from autontk.costmodel.estimate import CostEstimate
-from autontk.costmodel.features import CostFeatures
+from autontk.plancache import compilation
 from autontk.plancache import signature as signature_lib
+from autontk.plancache.session import Database, PlanCacheWarning
 
 DB_NAME = "plans.sqlite"
 EXPORT_FORMAT = "autontk-plans/1"
-_PLAN_SOURCES = ("model", "tuned", "import", "manual")
+_PLAN_SOURCES = ("model", "tuned", "import")
 
-
-class PlanCacheWarning(UserWarning):
-  """The plan cache could not be read or written; computation went on."""
-
-
-_WARNED: set[tuple[str, str]] = set()
-"""(directory, cause) pairs already warned about in this process."""
-
-
-# The cache -------------------------------------------------------------------
+__all__ = ["PlanCache", "PlanCacheWarning", "shared_cache"]
 
 _PLANS_COLUMNS = {
     "signature": str, "plan": str, "describe": str, "source": str,
@@ -63,11 +48,13 @@ _PLANS_COLUMNS = {
     "planning_s": float, "created": float, "updated": float,
 }
 _CANDIDATE_COLUMNS = {
-    "signature": str, "candidate": str, "plan": str, "describe": str,
-    "method": str, "n_chunks": int, "features": str, "predicted_s": float,
-    "measured_s": float, "timing": str, "feasible": int, "reason": str,
-    "device_kind": str, "updated": float,
+    "signature": str, "candidate": str, "device_kind": str,
+    "predicted_s": float, "measured_s": float, "estimate": str,
 }
+_CANDIDATE_KEY = ("signature", "candidate")
+_SCHEMA = {"plans": (_PLANS_COLUMNS, "signature", ()),
+           "candidates": (_CANDIDATE_COLUMNS, _CANDIDATE_KEY,
+                          ("device_kind",))}
 
 
 class PlanCache:
@@ -76,9 +63,10 @@ class PlanCache:
   Args:
     directory: where ``plans.sqlite`` lives; default
       ``$AUTONTK_CACHE_DIR``, else the user cache directory.
-    jax_compilation_cache: also point JAX's persistent compilation cache at
-      ``directory/jax`` (unless the user set one already). Default: on,
-      unless ``AUTONTK_JAX_CACHE=0``.
+    jax_compilation_cache: where plans from this cache are compiled, also
+      point JAX's persistent compilation cache at ``directory/jax`` (unless
+      the user set one already). Default: on, unless
+      ``AUTONTK_JAX_CACHE=0``. Creating the cache changes nothing.
     timeout_s: how long a write waits for another process's write.
 
   >>> import tempfile, autontk
@@ -95,173 +83,20 @@ class PlanCache:
     self.directory = (pathlib.Path(directory).expanduser()
                       if directory is not None else _paths.cache_directory())
     self.path = self.directory / DB_NAME
-    self.timeout_s = float(timeout_s)
-    self._schema_ready = False
-    if jax_compilation_cache is None:
-      jax_compilation_cache = os.environ.get(
-          "AUTONTK_JAX_CACHE", "1").strip().lower() not in ("0", "false", "no",
-                                                            "off")
-    if jax_compilation_cache:
-      self._enable_jax_cache()
+    self.jax_compilation_cache = (compilation.enabled_by_environment()
+                                  if jax_compilation_cache is None
+                                  else bool(jax_compilation_cache))
+    self._db = Database(self.path, _SCHEMA, timeout_s)
+
+  @property
+  def timeout_s(self) -> float:
+    return self._db.timeout_s
 
   def __repr__(self) -> str:
     return f"PlanCache({str(self.directory)!r})"
 
-  # Connections and failure handling -----------------------------------------
-
-  def _warn(self, cause: str, message: str) -> None:
-    """One warning per cause and directory in a process, whichever
-    PlanCache object (or action) meets it."""
-    key = (str(self.directory), cause)
-    if key in _WARNED:
-      return
-    _WARNED.add(key)
-    warnings.warn(f"autontk plan cache {self.path}: {message}",
-                  PlanCacheWarning, stacklevel=4)
-
-  def _connect(self, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-      if not self.path.exists():
-        raise FileNotFoundError(self.path)
-      uri = self.path.resolve().as_uri() + "?mode=ro"
-      try:
-        conn = sqlite3.connect(uri, uri=True, timeout=self.timeout_s,
-                               isolation_level=None)
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return conn
-      except sqlite3.OperationalError:
-        # A WAL database in a read-only directory cannot create its shared
-        # memory file; read the file as an immutable snapshot instead.
-        uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
-        return sqlite3.connect(uri, uri=True, isolation_level=None)
-    self.directory.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(self.path), timeout=self.timeout_s,
-                           isolation_level=None)
-    return conn
-
-  def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-    if self._schema_ready:
-      return
-    db = sqlite_utils.Database(conn)
-    if db.journal_mode != "wal":
-      db.enable_wal()
-    with _immediate(conn):
-      if "plans" not in db.table_names():
-        db["plans"].create(_PLANS_COLUMNS, pk="signature")
-      if "candidates" not in db.table_names():
-        db["candidates"].create(_CANDIDATE_COLUMNS,
-                                pk=("signature", "candidate"))
-        db["candidates"].create_index(["device_kind"])
-    self._schema_ready = True
-
-  def _move_aside(self) -> None:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}-{os.getpid()}")
-    for suffix in ("", "-wal", "-shm"):
-      src = pathlib.Path(str(self.path) + suffix)
-      if src.exists():
-        src.rename(pathlib.Path(str(target) + suffix))
-    self._schema_ready = False
-    self._warn("corrupt", f"the database was corrupt; moved it to {target} "
-               "and started a new one.")
-
-  @contextlib.contextmanager
-  def _session(self, readonly: bool) -> Iterator[sqlite3.Connection | None]:
-    """Yields a connection, or ``None`` (after a warning) if unusable."""
-    conn = None
-    try:
-      conn = self._connect(readonly)
-      if not readonly:
-        self._ensure_schema(conn)
-    except FileNotFoundError:
-      yield None
-      return
-    except (sqlite3.Error, OSError) as e:
-      if conn is not None:
-        conn.close()
-      conn = self._recover(e, readonly)
-      if conn is None:
-        yield None
-        return
-    try:
-      yield conn
-    finally:
-      conn.close()
-
-  def _recover(self, error: Exception,
-               readonly: bool) -> sqlite3.Connection | None:
-    if _is_corrupt(error):
-      try:
-        self._move_aside()
-        if readonly:
-          return None  # a new, empty cache: nothing to read
-        conn = self._connect(readonly=False)
-        self._ensure_schema(conn)
-        return conn
-      except (sqlite3.Error, OSError) as e:
-        error = e
-    self._report(error, "open")
-    return None
-
-  def _report(self, error: Exception, action: str) -> None:
-    if _is_corrupt(error):
-      self._warn("corrupt", f"the database is corrupt ({error}); "
-                 f"could not {action} it.")
-    elif _is_locked(error):
-      self._warn("locked", f"the database stayed locked for "
-                 f"{self.timeout_s:.0f} s; skipped a {action}.")
-    elif isinstance(error, OSError):
-      self._warn(_directory_cause(error), f"cannot use the directory "
-                 f"({error}): plans will not be remembered.")
-    elif _is_readonly(error):
-      self._warn("readonly", f"cannot {action} (read-only: "
-                 f"{error}); plans will not be remembered.")
-    else:
-      self._warn("error", f"cannot {action}: {error}")
-
   def _read(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-    for attempt in range(2):
-      with self._session(readonly=True) as conn:
-        if conn is None:
-          return []
-        try:
-          cur = conn.execute(sql, params)
-          names = [c[0] for c in cur.description]
-          return [dict(zip(names, row)) for row in cur.fetchall()]
-        except sqlite3.Error as e:
-          if "no such table" in str(e):
-            return []
-          error = e
-      if attempt == 0 and _is_corrupt(error):
-        with self._session(readonly=False) as conn:
-          pass  # reopening for writing moves the corrupt file aside
-        continue
-      self._report(error, "read")
-      return []
-    return []
-
-  def _write(self, fn) -> bool:
-    for _ in range(2):
-      with self._session(readonly=False) as conn:
-        if conn is None:
-          return False
-        try:
-          db = sqlite_utils.Database(conn)
-          with _immediate(conn):
-            fn(db)
-          return True
-        except sqlite3.Error as e:
-          error = e
-      if _is_corrupt(error):
-        self._schema_ready = False
-        try:
-          self._move_aside()
-        except OSError:
-          break
-        continue
-      break
-    self._report(error, "write")
-    return False
+    return self._db.read(sql, params)
 
   # Plans --------------------------------------------------------------------
 
@@ -275,7 +110,8 @@ class PlanCache:
     try:
       return plan_from_json(rows[0]["plan"])
     except Exception as e:  # noqa: BLE001 - a stale entry must not crash
-      self._warn("stale", f"ignoring an entry this version cannot read: {e}")
+      self._db.warn("stale", f"ignoring an entry this version cannot read: "
+                    f"{e}")
       return None
 
   def entry(self, signature: Any) -> dict[str, Any] | None:
@@ -311,7 +147,7 @@ class PlanCache:
     try:
       plan_json = plan_to_json(plan)
     except TypeError as e:
-      self._warn("encode", str(e))
+      self._db.warn("encode", str(e))
       return False
     digest = _digest(signature)
     parts = dict(getattr(signature, "parts", {}) or {})
@@ -332,10 +168,9 @@ class PlanCache:
                             [digest]).fetchone()
       row["created"] = existing[0] if existing else now
       db["plans"].upsert(row, pk="signature")
-      for r in cand_rows:
-        db["candidates"].upsert(r, pk=("signature", "candidate"))
+      _upsert_candidates(db, cand_rows)
 
-    return self._write(write)
+    return self._db.write(write)
 
   def record_candidates(self, signature: Any,
                         candidates: Sequence[CostEstimate]) -> bool:
@@ -348,12 +183,7 @@ class PlanCache:
     rows = _candidate_rows(digest, candidates, env["device_kind"])
     if not rows:
       return True
-
-    def write(db):
-      for r in rows:
-        db["candidates"].upsert(r, pk=("signature", "candidate"))
-
-    return self._write(write)
+    return self._db.write(lambda db: _upsert_candidates(db, rows))
 
   def candidates(self, signature: Any) -> list[CostEstimate]:
     """Candidate estimates of ``signature``, fastest measured first
@@ -387,8 +217,8 @@ class PlanCache:
     try:
       return _estimate_of_row(row)
     except Exception as e:  # noqa: BLE001 - a stale row must not crash
-      self._warn("stale-row", f"ignoring candidate rows this version cannot "
-                 f"read ({e})")
+      self._db.warn("stale-row", f"ignoring candidate rows this version "
+                    f"cannot read ({e})")
       return None
 
   def entries(self) -> list[dict[str, Any]]:
@@ -430,7 +260,7 @@ class PlanCache:
                                 [d]).rowcount
         db.execute("DELETE FROM candidates WHERE signature = ?", [d])
 
-    self._write(wipe)
+    self._db.write(wipe)
     # The tuner's journals would otherwise resume the cleared timings.
     pattern = "*.journal" if signature is None else (
         f"{_digest(signature)}.journal")
@@ -438,7 +268,7 @@ class PlanCache:
       try:
         journal.unlink()
       except OSError as e:
-        self._warn("journal", f"cannot delete {journal}: {e}")
+        self._db.warn("journal", f"cannot delete {journal}: {e}")
     return count["n"]
 
   # Moving plans between machines -----------------------------------------
@@ -476,12 +306,19 @@ class PlanCache:
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
       raise ValueError(f"{path} is not an autontk plan export (expected "
                        f"format {EXPORT_FORMAT!r}).")
+    try:  # validate before writing
+      for item in doc["plans"]:
+        plan_from_json(item["plan"]["plan"])
+        for row in item["candidates"]:
+          _estimate_of_row(row)
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{path} holds a plan or candidate this version "
+                       f"cannot read: {e!r}") from e
     count = {"n": 0}
 
     def write(db):
       for item in doc["plans"]:
         row = dict(item["plan"])
-        plan_from_json(row["plan"])  # validate before writing
         old = db.execute("SELECT source, updated FROM plans WHERE "
                          "signature = ?", [row["signature"]]).fetchone()
         if old and (old[0] == "tuned" and row["source"] != "tuned"
@@ -491,42 +328,12 @@ class PlanCache:
           row["source"] = "import"
         db["plans"].upsert(row, pk="signature")
         if item["candidates"]:
-          db["candidates"].upsert_all(item["candidates"],
-                                      pk=("signature", "candidate"))
+          db["candidates"].upsert_all(item["candidates"], pk=_CANDIDATE_KEY)
         count["n"] += 1
 
-    if not self._write(write):
+    if not self._db.write(write):
       raise OSError(f"Could not write to the plan cache at {self.path}.")
     return count["n"]
-
-  # JAX's compilation cache --------------------------------------------------
-
-  def _enable_jax_cache(self) -> None:
-    if _compat.compilation_cache_dir():
-      return  # the user chose one; leave it
-    target = self.directory / "jax"
-    try:
-      target.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-      self._warn(_directory_cause(e), f"cannot use the directory ({e}): "
-                 "plans will not be remembered and JAX's compilation cache "
-                 "is off.")
-      return
-    _compat.enable_compilation_cache(str(target))
-
-
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection):
-  # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers wait
-  # on the busy timeout instead of failing on a read-to-write upgrade.
-  conn.execute("BEGIN IMMEDIATE")
-  try:
-    yield
-  except BaseException:
-    if conn.in_transaction:
-      conn.execute("ROLLBACK")
-    raise
-  conn.execute("COMMIT")
 
 
 def _digest(signature: Any) -> str:
@@ -545,44 +352,45 @@ def _environment(parts: dict[str, Any]) -> dict[str, Any]:
 
 def _candidate_rows(digest: str, candidates: Sequence[CostEstimate],
                     device_kind: str) -> list[dict[str, Any]]:
-  """The ``candidates`` table's rows of some estimates (the row codec)."""
-  now = time.time()
+  """The ``candidates`` table's rows of some estimates: each estimate in its
+  own encoding, keyed by its plan, with the columns queries use."""
   rows = []
   for e in candidates:
-    key = plan_to_json(e.plan)
-    row = {
-        "signature": digest, "candidate": key, "plan": key,
-        "describe": e.plan.describe(),
-        "method": e.plan.implementation.name.lower(),
-        "n_chunks": int(e.features.blocks),
-        "features": json.dumps(e.features.to_row(), sort_keys=True),
+    record = e.to_dict()
+    del record["plan"]  # the row's key
+    rows.append({
+        "signature": digest, "candidate": plan_to_json(e.plan),
+        "device_kind": device_kind,
         "predicted_s": _float_or_none(e.predicted_time),
-        "feasible": int(bool(e.feasible)), "reason": e.reason or "",
-        "device_kind": device_kind, "updated": now,
-    }
-    if e.measured_time is not None:
-      row["measured_s"] = _float_or_none(e.measured_time)
-      row["timing"] = json.dumps(dict(e.timing or {}), sort_keys=True)
-    rows.append(row)
+        "measured_s": _float_or_none(e.measured_time),
+        "estimate": json.dumps(record, sort_keys=True)})
   return rows
 
 
 def _estimate_of_row(row: dict[str, Any]) -> CostEstimate:
-  """Inverse of :func:`_candidate_rows` for one row (raw or decoded)."""
-  row = _decode_row(row)
-  plan = plan_from_json(row["plan"])
-  features = row.get("features")
-  features = CostFeatures.from_row(
-      features if isinstance(features, dict) else None,
-      method=row.get("method") or plan.implementation.name.lower())
-  timing = row.get("timing")
-  return CostEstimate(
-      plan, features, source="cache",
-      predicted_time=_float_or_none(row.get("predicted_s")),
-      measured_time=_float_or_none(row.get("measured_s")),
-      feasible=bool(row.get("feasible", 1)),
-      reason=row.get("reason") or None,
-      timing=timing if isinstance(timing, dict) else None)
+  """Inverse of :func:`_candidate_rows` for one row."""
+  record = json.loads(row["estimate"])
+  record["plan"] = json.loads(row["candidate"])
+  record["source"] = "cache"
+  return CostEstimate.from_dict(record)
+
+
+def _upsert_candidates(db: Any, rows: list[dict[str, Any]]) -> None:
+  """Writes candidate rows; a row without a measured time keeps the
+  measurement (and timing) a stored row of the same candidate has."""
+  for row in rows:
+    if row["measured_s"] is None:
+      old = db.execute("SELECT estimate FROM candidates WHERE signature = ? "
+                       "AND candidate = ? AND measured_s IS NOT NULL",
+                       [row["signature"], row["candidate"]]).fetchone()
+      if old is not None:
+        kept = json.loads(old[0])
+        record = {**json.loads(row["estimate"]),
+                  "measured_time": kept.get("measured_time"),
+                  "timing": kept.get("timing")}
+        row = {**row, "measured_s": _float_or_none(record["measured_time"]),
+               "estimate": json.dumps(record, sort_keys=True)}
+    db["candidates"].upsert(row, pk=_CANDIDATE_KEY)
 
 
 def _float_or_none(v: Any) -> float | None:
@@ -592,7 +400,7 @@ def _float_or_none(v: Any) -> float | None:
   return v if v == v and v not in (float("inf"), float("-inf")) else None
 
 
-_JSON_COLUMNS = ("summary", "versions", "features", "timing")
+_JSON_COLUMNS = ("summary", "versions")
 
 
 def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -612,29 +420,6 @@ def _encode_row(row: dict[str, Any]) -> dict[str, Any]:
     if k in out and not isinstance(out[k], str):
       out[k] = json.dumps(out[k], sort_keys=True)
   return out
-
-
-def _directory_cause(e: OSError) -> str:
-  """The warning cause of a file-system error: one warning for a read-only
-  directory and one for an unusable path, whichever operation meets it."""
-  return "readonly" if isinstance(e, PermissionError) else "directory"
-
-
-def _is_corrupt(e: Exception) -> bool:
-  msg = str(e).lower()
-  return isinstance(e, sqlite3.DatabaseError) and (
-      "not a database" in msg or "malformed" in msg or "corrupt" in msg)
-
-
-def _is_locked(e: Exception) -> bool:
-  msg = str(e).lower()
-  return "locked" in msg or "busy" in msg
-
-
-def _is_readonly(e: Exception) -> bool:
-  msg = str(e).lower()
-  return ("readonly" in msg or "read-only" in msg or "unable to open" in msg
-          or "permission" in msg)
 
 
 _SHARED: dict[pathlib.Path, PlanCache] = {}

@@ -20,7 +20,7 @@ import numpy as np
 
 from autontk._batch_geometry import (TRACED, BatchGrid, BatchLayout,
                                      mean_over_batch)
-from autontk._ntk_fn import NtkFn
+from autontk._kernel_fn import NtkFn
 from autontk._problem import NtkProblem
 from autontk._types import PyTree
 from autontk.tiled import batch, distributed, execution, programs, storage

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from autontk._ntk_fn import NtkFn
+from autontk._kernel_fn import NtkFn
 from autontk._types import PyTree
 from autontk.costmodel import hlo, memory
 from autontk.tiled.batch import Side, ntk_arguments

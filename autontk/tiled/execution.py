@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from autontk import _kwargs
 from autontk._batch_geometry import BatchGrid, Cell
-from autontk._ntk_fn import NtkFn
+from autontk._kernel_fn import NtkFn
 from autontk._types import PyTree
 from autontk.tiled import distributed, programs
 from autontk.tiled.batch import Side, ntk_arguments

@@ -18,7 +18,7 @@ import jax
 
 from autontk import _kwargs
 from autontk._batch_geometry import TRACED, BatchLayout, traced_batch_options
-from autontk._ntk_fn import NtkFn
+from autontk._kernel_fn import NtkFn
 from autontk.tiled import distributed
 from autontk.tiled.batch import Skeleton, ntk_arguments
 

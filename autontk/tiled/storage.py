@@ -38,7 +38,6 @@ from autontk._types import PyTree
 
 MANIFEST = "manifest.jsonl"
 PLANS = "plans.json"
-_LEGACY_PLANS = "plans.pkl"
 _PLAN_KINDS = {True: "same_inputs", False: "cross"}
 META = "meta.json"
 FORMAT = "autontk-tiled/1"
@@ -218,11 +217,6 @@ class DiskStore:
       return {same: plan_from_dict(doc[kind])
               for same, kind in _PLAN_KINDS.items() if kind in doc}
     except FileNotFoundError:
-      if os.path.exists(os.path.join(self.path, _LEGACY_PLANS)):
-        warnings.warn(f"ntk_tiled: {self.path} holds plans of an earlier "
-                      f"release ({_LEGACY_PLANS}), a pickle, which is never "
-                      "read (it could run code); planning again.",
-                      stacklevel=3)
       return None
     except (ValueError, KeyError, TypeError) as e:
       warnings.warn(f"ntk_tiled: the recorded plans cannot be read ({e}); "

@@ -7,7 +7,7 @@ its structure from the rule table (:mod:`.rule_table`, rules in
 matrix-Jacobian-Jacobian-matrix product as one einsum (:mod:`.contraction`).
 Slices of a parameter count as sub-parameters (:mod:`.regions`), so layers
 stacked in one leaf cost what separate leaves cost, and ``scan`` / ``cond``
-/ ``while`` bodies are walked with the rules too (:mod:`.loops`). Time
+/ ``while`` bodies are walked with the rules too (:mod:`.control_flow`). Time
 N·O·[FP] + Σ MJJMP (Novak et al., 2022, sec. 3.3). docs/structured.md says
 what is structured and when the exact generic fallback is taken.
 """

@@ -8,7 +8,7 @@ the linear map and interprets it twice:
    *use*; its constant inputs (residuals, literals) are kept for the rules.
    Call-like equations (``jit``, ``remat``, ``custom_jvp_call``...) are
    walked in line, so uses inside them are found too; ``scan`` bodies and
-   ``cond`` branches are walked too (:mod:`.loops`), a use inside a loop
+   ``cond`` branches are walked too (:mod:`.control_flow`), a use inside a loop
    being the stack of its per-iteration uses.
 2. *probing*: the same walk as a function of one *probe* per use output,
    with θ set to zero and each use's output replaced by (its other

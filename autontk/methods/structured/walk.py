@@ -4,7 +4,7 @@ The interpreter (:mod:`.interpreter`) walks the linearised network twice.
 *Discovery* finds every *use* of a parameter leaf θ (an equation consuming θ
 or a view of it) and decides, per equation touching θ, what it is: a view
 (:mod:`.regions`), a pass-through, a use with a probe, or a loop / branch
-walked structurally (:mod:`.loops`). The decisions form a *plan*, a list of
+walked structurally (:mod:`.control_flow`). The decisions form a *plan*, a list of
 steps in walk order. *Probing* walks again as a function of the probes,
 replaying the plan, so both walks agree even where discovery read values
 known only at trace time.
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autontk import _compat
-from autontk.methods.structured import loops, rule_table
+from autontk.methods.structured import control_flow, rule_table
 from autontk.methods.structured.regions import Region
 from autontk.methods.structured.values import (LIVE, Const, Lin, Lineage,
                                                Param, PassStep, Registry, Use,
@@ -156,7 +156,7 @@ class Walk:
         param = next(x for x in ins if isinstance(x, Param))
         return ViewStep(region), [Param(param.index, region)]
     if self.options.loops:
-      found = loops.discover(self, eqn, ins)
+      found = control_flow.discover(self, eqn, ins)
       if found is not None:
         return found
     k = self.registry.new_probe(self._probe_avals(eqn.outvars))
@@ -170,7 +170,7 @@ class Walk:
       return [Param(param.index, step.region)]
     if isinstance(step, UseStep):
       return self._outputs(eqn, ins, self.probes[step.probe])
-    return loops.replay(self, step, eqn, ins)
+    return control_flow.replay(self, step, eqn, ins)
 
   def _probe_avals(self, outvars) -> list:
     return [jax.ShapeDtypeStruct(self.lengths + tuple(v.aval.shape),
