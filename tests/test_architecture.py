@@ -452,7 +452,6 @@ def test_docstrings_cite_modules_and_names_that_exist():
   assert not offenders, "\n".join(offenders)
 
 
-@pytest.mark.xfail(strict=False, reason="plancache/store.py split pending")
 def test_plancache_docstrings_cite_modules_and_names_that_exist():
   offenders = _unresolved_cross_references(
       sorted((PACKAGE / "plancache").rglob("*.py")))
