@@ -447,12 +447,5 @@ def _unresolved_cross_references(paths):
 def test_docstrings_cite_modules_and_names_that_exist():
   """A full ``autontk.…`` cross-reference in a docstring names a module or
   attribute that exists."""
-  paths = [p for p in _sources() if "plancache" not in p.parts]
-  offenders = _unresolved_cross_references(paths)
-  assert not offenders, "\n".join(offenders)
-
-
-def test_plancache_docstrings_cite_modules_and_names_that_exist():
-  offenders = _unresolved_cross_references(
-      sorted((PACKAGE / "plancache").rglob("*.py")))
+  offenders = _unresolved_cross_references(_sources())
   assert not offenders, "\n".join(offenders)
