@@ -32,6 +32,8 @@ import traceback
 
 import numpy as np
 
+from bench import cases as cases_mod
+
 
 def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
   out = -(-size // s)
@@ -186,8 +188,6 @@ def _time(call, policy, sync=lambda: None) -> dict:
 
 def main(job_path: str) -> None:
   import torch
-
-  from bench import cases as cases_mod
 
   with open(job_path) as fh:
     job = json.load(fh)

@@ -1,4 +1,4 @@
-"""The benchmark's model zoo, as portable layer specs with a plain-JAX apply.
+"""Portable layer specs with a plain-JAX apply (part of the model zoo).
 
 A model is a JSON-able list of layer specs (see :data:`LAYERS`). The same
 spec and the same parameter values (a flat ``{name: array}`` dict saved as
