@@ -53,7 +53,7 @@ def build(spec):
     if name == "tanh":
       return torch.tanh(x)
     if name == "gelu":
-      return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654
+      return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2 / math.pi)
                                          * (x + 0.044715 * x ** 3)))
     raise ValueError(name)
 

@@ -242,7 +242,7 @@ def _act(name: str, x):
   if name == "tanh":
     return jnp.tanh(x)
   if name == "gelu":
-    return 0.5 * x * (1.0 + jnp.tanh(0.7978845608028654
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2 / math.pi)
                                      * (x + 0.044715 * x ** 3)))
   raise ValueError(f"unknown activation {name!r}")
 
