@@ -121,9 +121,11 @@ def _ratio(a: dict | None, b: dict | None) -> dict[str, float | None]:
   return out
 
 
-def regret_part(quick: bool, budget_s: float, log) -> list[dict[str, Any]]:
+def regret_part(cfg: RunConfig, budget_s: float, log) -> list[dict[str, Any]]:
   rows = []
-  for name, m in zoo.option_models(quick).items():
+  for name, m in zoo.option_models(cfg.quick).items():
+    if not cfg.selected(name):
+      continue
     f, params, x, last = m.f, m.params, m.x1, m.last
     variants = {"full": {}, "subset_last": {"wrt": last},
                 "grouped_layer": {"groups": "layer"}}
@@ -134,10 +136,12 @@ def regret_part(quick: bool, budget_s: float, log) -> list[dict[str, Any]]:
   return rows
 
 
-def pseudo_part(quick: bool, budget_s: float, log) -> list[dict[str, Any]]:
+def pseudo_part(cfg: RunConfig, budget_s: float, log) -> list[dict[str, Any]]:
   rows = []
-  outs = (100,) if quick else (100, 1000)
+  outs = (100,) if cfg.quick else (100, 1000)
   for n_out in outs:
+    if not cfg.selected(f"mlp_64-256-256-{n_out}"):
+      continue
     m = zoo.deep_mlp(3, 256, 64, n_out, 16)
     f, params, x = m.f, m.params, m.x1
     for trace in ((-1,), ()):
@@ -165,8 +169,8 @@ def run(cfg: RunConfig, log=print) -> dict[str, Any]:
   """The three parts; ``regret_summary``: geomean and worst regret."""
   quick = cfg.quick
   budget = 3.0 if quick else 6.0
-  out: dict[str, Any] = {"regret": regret_part(quick, budget, log),
-         "pseudo": pseudo_part(quick, budget, log)}
+  out: dict[str, Any] = {"regret": regret_part(cfg, budget, log),
+                         "pseudo": pseudo_part(cfg, budget, log)}
   out["subset"] = subset_part(out["regret"], log)
   out["regret_summary"] = {}
   for key in ("regret", "choice_regret"):

@@ -270,22 +270,25 @@ def _big_kernel(n, budget_gib, check, implementation, out) -> dict[str, Any]:
 
 
 def run(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """All three parts (smaller sizes in quick mode)."""
+  """All three parts (smaller sizes in quick mode); ``--cases`` picks parts
+  by name (``throughput``, ``extrapolation``, ``big_kernel``)."""
   q = cfg.quick
   res: dict[str, Any] = {"throughput": [], "extrapolation": [],
                          "big_kernel": []}
-  n, tile = (768, 96) if q else (1536, 96)
-  for one_thread in (False, True):
-    res["throughput"].append(throughput(n, tile, [1, 2] if q else [1, 2, 3, 4],
-                                        one_thread, log=log))
-    cfg.save_partial(res)
-  tiles = [16, 32, 64] if q else [32, 64, 128]
-  res["extrapolation"].append(extrapolation(50_000, tiles, 8, 32, log=log))
   big_n = 2000 if q else 20_000
-  res["extrapolation"].append(extrapolation(big_n, tiles, 8, 8, log=log))
-  cfg.save_partial(res)
-  res["big_kernel"].append(big_kernel(big_n, 0.5 if q else 2.0))
-  log(f"  big kernel {big_n}: {res['big_kernel'][-1]['seconds']:.1f} s")
+  if cfg.selected("throughput"):
+    n, devices = (768, [1, 2]) if q else (1536, [1, 2, 3, 4])
+    for one_thread in (False, True):
+      res["throughput"].append(throughput(n, 96, devices, one_thread, log=log))
+      cfg.save_partial(res)
+  if cfg.selected("extrapolation"):
+    tiles = [16, 32, 64] if q else [32, 64, 128]
+    for n, image in ((50_000, 32), (big_n, 8)):
+      res["extrapolation"].append(extrapolation(n, tiles, 8, image, log=log))
+      cfg.save_partial(res)
+  if cfg.selected("big_kernel"):
+    res["big_kernel"].append(big_kernel(big_n, 0.5 if q else 2.0))
+    log(f"  big kernel {big_n}: {res['big_kernel'][-1]['seconds']:.1f} s")
   return res
 
 
