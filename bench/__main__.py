@@ -5,7 +5,7 @@ Runs the suites of :mod:`bench.suites` in order and records each with
 for the case-based suites, ``.csv`` and ``.png``), plus the folder's
 ``README.md`` index. The tag defaults to this machine's
 (:func:`bench.record.machine_tag`). The peers' environments
-(``bench/.venv-nt``, ``bench/.venv-torch``) are created on first use.
+(``.venv-bench-nt``, ``.venv-bench-torch``) are created on first use.
 ``--report-only`` re-renders the Markdown and plots from saved JSON.
 """
 

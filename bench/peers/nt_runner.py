@@ -1,9 +1,9 @@
 """neural-tangents 0.6.5 peer: methods 1, 2, 3 on the bench's cases.
 
-Runs inside ``bench/.venv-nt`` (jax 0.4.23 + neural-tangents 0.6.5, created by
+Runs inside ``.venv-bench-nt`` (jax 0.4.23 + neural-tangents 0.6.5, created by
 :mod:`bench.peers.envs`), never in autontk's environment:
 
-  bench/.venv-nt/bin/python -m bench.peers.nt_runner JOB.json
+  .venv-bench-nt/bin/python -m bench.peers.nt_runner JOB.json
 
 ``JOB.json`` holds ``{"cases": [...], "dir": ..., "policy": {...},
 "implementations": [1, 2, 3], "budget_bytes": ...}``; each case's parameters

@@ -1,9 +1,9 @@
 """torch.func peer: the two recipes of PyTorch's NTK tutorial, on the CPU.
 
-Runs inside ``bench/.venv-torch`` (torch 2.13.0 CPU, created by
+Runs inside ``.venv-bench-torch`` (torch 2.13.0 CPU, created by
 :mod:`bench.peers.envs`):
 
-  bench/.venv-torch/bin/python -m bench.peers.torch_runner JOB.json
+  .venv-bench-torch/bin/python -m bench.peers.torch_runner JOB.json
 
 The job file is the one :mod:`bench.peers.nt_runner` reads. The models are
 rebuilt from the same layer specs (NHWC layout kept throughout so flatten
