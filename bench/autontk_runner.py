@@ -3,9 +3,9 @@
 Runs in the main environment (current JAX). Every explicit method is called
 through the public API, ``autontk.ntk_fn(f, implementation=...,
 trace_axes=..., vmap_axes=0)``; ``"auto"`` is timed as planning
-(``ntk.plan``) plus compiling and running the chosen plan. Pieces of autontk
-that have not landed yet show as ``{"error": ...}`` records ("n/a" in the
-tables), never as a crash.
+(``ntk.plan``) plus compiling and running the chosen plan. A method that fails
+shows as an ``{"error": ...}`` record ("n/a" in the tables), never as a
+crash.
 """
 
 from __future__ import annotations
@@ -19,21 +19,15 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from bench import models, timing
+import autontk
+from bench import measure, timing
 from bench.cases import Case
+from bench.zoo import specs
 
 EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
             "structured_derivatives")
 SHORT = {"jacobian_contraction": "JC", "ntk_vector_products": "NTVP",
          "structured_derivatives": "SD", "auto": "auto"}
-
-
-def available_methods() -> list[str]:
-  try:
-    from autontk import methods
-    return [i.name.lower() for i in methods.available()]
-  except Exception:  # noqa: BLE001
-    return []
 
 
 def _device_arrays(case: Case):
@@ -46,22 +40,21 @@ def _kernel(x) -> np.ndarray:
   return np.asarray(x, dtype=np.float64)
 
 
-def run_explicit(case: Case, method: str, policy: timing.TimingPolicy,
+def run_explicit(case: Case, method: str, policy: measure.TimingPolicy,
                  budget_bytes: float | None = None,
                  arrays=None, max_run_flops: float | None = None
                  ) -> dict[str, Any]:
-  import autontk
   params, x1, x2 = arrays or _device_arrays(case)
-  f = models.apply(case.spec)
+  f = specs.apply(case.spec)
   try:
     ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
                          implementation=method)
-    rec = timing.measure_jit(lambda a, b, p: ntk(a, b, p), (x1, x2, params),
+    rec = measure.measure_jit(lambda a, b, p: ntk(a, b, p), (x1, x2, params),
                              policy, keep_result=True,
                              budget_bytes=budget_bytes,
                              max_run_flops=max_run_flops, keep_call=True)
   except Exception as e:  # noqa: BLE001 - a missing method is "n/a"
-    return timing.error_record(e)
+    return measure.error_record(e)
   if "_result" in rec:
     rec["_result"] = _kernel(rec["_result"])
   return rec
@@ -79,7 +72,7 @@ def _is_plain(plan) -> bool:
     return False
 
 
-def run_auto(case: Case, policy: timing.TimingPolicy,
+def run_auto(case: Case, policy: measure.TimingPolicy,
              explicit: dict[str, dict[str, Any]],
              budget_bytes: float | None = None,
              auto_options: dict[str, Any] | None = None,
@@ -90,19 +83,18 @@ def run_auto(case: Case, policy: timing.TimingPolicy,
   config) its run time is that method's measurement (same executable); else
   the plan is compiled and timed here.
   """
-  import autontk
   params, x1, x2 = arrays or _device_arrays(case)
-  f = models.apply(case.spec)
+  f = specs.apply(case.spec)
   opts = dict(auto_options or {})
   try:
     ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
                          implementation="auto", **opts)
-    gc.collect()  # as before every timed first call (bench.timing)
+    gc.collect()  # as before every timed first call (bench.measure)
     t0 = time.perf_counter()
     plan = ntk.plan(x1, x2, params)
     plan_s = time.perf_counter() - t0
   except Exception as e:  # noqa: BLE001
-    return timing.error_record(e)
+    return measure.error_record(e)
   method = plan.implementation.name.lower()
   rec: dict[str, Any] = {"plan": plan.describe(), "plan_method": method,
                          "plan_chunked": plan.chunking is not None,
@@ -118,7 +110,7 @@ def _measure_plan(ntk, plan, args, policy) -> dict[str, Any]:
   """Times a plan as autontk runs it: a host-loop chunking is not jitted
   from outside (that would trace every block into one program)."""
   if getattr(plan.chunking, "host_loop", False):
-    rec = timing.measure_call(lambda a, b, p: ntk.execute(plan, a, b, p),
+    rec = measure.measure_call(lambda a, b, p: ntk.execute(plan, a, b, p),
                               args, policy, keep_result=True)
     try:  # no single program: take FLOPs and peak from the planner's report
       est = next(e for e in ntk.report(*args).estimates if e.plan == plan)
@@ -127,11 +119,11 @@ def _measure_plan(ntk, plan, args, policy) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - report is optional
       pass
     return rec
-  return timing.measure_jit(lambda a, b, p: ntk.execute(plan, a, b, p),
+  return measure.measure_jit(lambda a, b, p: ntk.execute(plan, a, b, p),
                             args, policy, keep_result=True)
 
 
-def run_tuned(case: Case, policy: timing.TimingPolicy,
+def run_tuned(case: Case, policy: measure.TimingPolicy,
               explicit: dict[str, dict[str, Any]], budget_s: float = 30.0,
               arrays=None) -> dict[str, Any]:
   """``autontk.tune`` (timings on this device), then the tuned plan's time.
@@ -139,9 +131,8 @@ def run_tuned(case: Case, policy: timing.TimingPolicy,
   The tuned plan is timed here like every other plan (not with the tuner's
   own numbers), so its regret is comparable with auto's.
   """
-  import autontk
   params, x1, x2 = arrays or _device_arrays(case)
-  f = models.apply(case.spec)
+  f = specs.apply(case.spec)
   try:
     t0 = time.perf_counter()
     result = autontk.tune(f, x1, x2, params, trace_axes=case.trace_axes, vmap_axes=0,
@@ -151,7 +142,7 @@ def run_tuned(case: Case, policy: timing.TimingPolicy,
     ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
                          implementation=plan.implementation.name.lower())
   except Exception as e:  # noqa: BLE001
-    return timing.error_record(e)
+    return measure.error_record(e)
   method = plan.implementation.name.lower()
   rec: dict[str, Any] = {"plan": plan.describe(), "plan_method": method,
                          "plan_chunked": plan.chunking is not None,
@@ -176,7 +167,7 @@ def _time_plan(rec: dict[str, Any], ntk, plan, args, policy,
   try:
     m = _measure_plan(ntk, plan, args, policy)
   except Exception as e:  # noqa: BLE001
-    rec.update(timing.error_record(e))
+    rec.update(measure.error_record(e))
     return False
   m["_result"] = _kernel(m.pop("_result"))
   rec.update(m)
@@ -185,7 +176,7 @@ def _time_plan(rec: dict[str, Any], ntk, plan, args, policy,
 
 def jacrev_kernel_fn(case: Case):
   """Plain JAX: ``jax.jacrev`` of the batch, then ``einsum`` per leaf."""
-  f = models.apply(case.spec)
+  f = specs.apply(case.spec)
 
   def ntk(x1, x2, params):
     j1 = jax.jacrev(f)(params, x1)
@@ -203,16 +194,16 @@ def jacrev_kernel_fn(case: Case):
   return ntk
 
 
-def run_jacrev(case: Case, policy: timing.TimingPolicy,
+def run_jacrev(case: Case, policy: measure.TimingPolicy,
                budget_bytes: float | None = None, arrays=None,
                max_run_flops: float | None = None):
   params, x1, x2 = arrays or _device_arrays(case)
   try:
-    rec = timing.measure_jit(jacrev_kernel_fn(case), (x1, x2, params), policy,
+    rec = measure.measure_jit(jacrev_kernel_fn(case), (x1, x2, params), policy,
                              keep_result=True, budget_bytes=budget_bytes,
                              max_run_flops=max_run_flops)
   except Exception as e:  # noqa: BLE001
-    return timing.error_record(e)
+    return measure.error_record(e)
   if "_result" in rec:
     rec["_result"] = _kernel(rec["_result"])
   return rec
@@ -221,8 +212,7 @@ def run_jacrev(case: Case, policy: timing.TimingPolicy,
 def warm_up() -> None:
   """One untimed tiny NTK per method, and one auto plan (the peers'
   runners warm up the same way), before the first timed case."""
-  import autontk
-  f, params, x1, x2 = models.warm_up_inputs()
+  f, params, x1, x2 = specs.warm_up_inputs()
   for m in EXPLICIT + ("auto",):
     try:
       ntk = autontk.ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=m)
@@ -232,7 +222,7 @@ def warm_up() -> None:
       pass
 
 
-def run_case(case: Case, policy: timing.TimingPolicy, *,
+def run_case(case: Case, policy: measure.TimingPolicy, *,
              methods: tuple[str, ...] = EXPLICIT, auto: bool = True,
              jacrev: bool = False, budget_bytes: float | None = None,
              auto_options: dict[str, Any] | None = None,
@@ -244,7 +234,7 @@ def run_case(case: Case, policy: timing.TimingPolicy, *,
   for m in methods:
     out[m] = run_explicit(case, m, policy, budget_bytes, arrays,
                           max_run_flops)
-    log(f"  autontk {SHORT.get(m, m):5s} {_fmt(out[m])}")
+    log(f"  autontk {SHORT.get(m, m):5s} {fmt(out[m])}")
   # The methods' medians are compared with each other (regret, best
   # method): re-time them interleaved so machine noise hits all alike.
   timing.interleave([out[m] for m in methods])
@@ -257,15 +247,15 @@ def run_case(case: Case, policy: timing.TimingPolicy, *,
   if auto:
     out["auto"] = run_auto(case, policy, out, budget_bytes, auto_options,
                            arrays)
-    log(f"  autontk auto  {_fmt(out['auto'])} plan={out['auto'].get('plan')}")
+    log(f"  autontk auto  {fmt(out['auto'])} plan={out['auto'].get('plan')}")
   if jacrev:
     out["jax_jacrev"] = run_jacrev(case, policy, budget_bytes, arrays,
                                    max_run_flops)
-    log(f"  jax jacrev    {_fmt(out['jax_jacrev'])}")
+    log(f"  jax jacrev    {fmt(out['jax_jacrev'])}")
   return out
 
 
-def _fmt(rec: dict[str, Any]) -> str:
+def fmt(rec: dict[str, Any]) -> str:
   if "error" in rec:
     return "n/a (" + rec["error"][:80] + ")"
   if rec.get("over_budget"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import models
+from bench.zoo import specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Case:
   Attributes:
     name: unique id, used in file names and tables.
     family: model family (fcn, cnn, resnet, transformer, mixer, rnn).
-    spec: the model's layer specs (see :mod:`bench.models`).
+    spec: the model's layer specs (see :mod:`bench.zoo.specs`).
     in_shape: shape of one input example.
     n1, n2: batch sizes of x1 and x2 (x2 is a different batch).
     trace: ``trace_axes=(-1,)`` (trace over logits) if True, else the full
@@ -49,11 +49,11 @@ class Case:
 
   @property
   def out_dim(self) -> int:
-    return int(models.out_shape(self.spec, self.in_shape)[-1])
+    return int(specs.out_shape(self.spec, self.in_shape)[-1])
 
   @property
   def n_params(self) -> int:
-    return models.n_params(self.spec, self.in_shape)
+    return specs.n_params(self.spec, self.in_shape)
 
   @property
   def kernel_entries(self) -> int:
@@ -73,9 +73,9 @@ class Case:
 
   def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """``(params, x1, x2)`` as NumPy float32, the same for every peer."""
-    params = models.init_params(self.spec, self.in_shape, self.seed)
-    x1 = models.init_inputs(self.in_shape, self.n1, 2 * self.seed)
-    x2 = models.init_inputs(self.in_shape, self.n2, 2 * self.seed + 1)
+    params = specs.init_params(self.spec, self.in_shape, self.seed)
+    x1 = specs.init_inputs(self.in_shape, self.n1, 2 * self.seed)
+    x2 = specs.init_inputs(self.in_shape, self.n2, 2 * self.seed + 1)
     return params, x1, x2
 
   def save(self, directory: str) -> str:
@@ -106,38 +106,38 @@ def load(path: str) -> list[Case]:
 # The reference table of docs/performance.md, plus a ResNet and a transformer block.
 
 def reference(quick: bool) -> list[Case]:
-  fcn_big = models.fcn([784, 1024, 1024, 10], "relu")
+  fcn_big = specs.fcn([784, 1024, 1024, 10], "relu")
   cases = [
       Case("fcn784_full", "fcn", fcn_big, (784,), 16, 16, False,
            note="FCN 784-1024-1024-10, N=16x16, full OxO"),
       Case("fcn784_trace", "fcn", fcn_big, (784,), 16, 16, True,
            note="same, trace over outputs"),
-      Case("fcn32_erf", "fcn", models.fcn([32, 256, 256, 1], "erf"), (32,),
+      Case("fcn32_erf", "fcn", specs.fcn([32, 256, 256, 1], "erf"), (32,),
            64, 64, True, note="FCN 32-256-256-1 (erf), N=64x64"),
-      Case("cnn32_flatten", "cnn", models.cnn([32, 32], 10, "flatten"),
+      Case("cnn32_flatten", "cnn", specs.cnn([32, 32], 10, "flatten"),
            (16, 16, 3), 8, 8, False,
            note="CNN 2xconv32 3x3 on 16x16x3, flatten, O=10 full, N=8x8"),
-      Case("cnn64_gap", "cnn", models.cnn([64, 64], 1, "gap"), (16, 16, 3),
+      Case("cnn64_gap", "cnn", specs.cnn([64, 64], 1, "gap"), (16, 16, 3),
            8, 8, True, note="CNN 2xconv64, global avg pool, O=1, N=8x8"),
-      Case("fcn64_o100", "fcn", models.fcn([64, 128, 100], "relu"), (64,),
+      Case("fcn64_o100", "fcn", specs.fcn([64, 128, 100], "relu"), (64,),
            8, 8, False, note="FCN 64-128-100, N=8x8, full OxO"),
   ]
   if quick:
     cases += [
-        Case("resnet_small", "resnet", models.resnet(16, [1, 1], 10),
+        Case("resnet_small", "resnet", specs.resnet(16, [1, 1], 10),
              (16, 16, 3), 4, 4, True,
              note="ResNet 2 stages x 1 block, width 16, 16x16x3, O=10 trace"),
         Case("vit_block", "transformer",
-             models.transformer(64, 4, 128, 1, 10, patch=4), (16, 16, 3),
+             specs.transformer(64, 4, 128, 1, 10, patch=4), (16, 16, 3),
              4, 4, True, note="ViT block d=64 4 heads on 16x16x3/4, O=10"),
     ]
   else:
     cases += [
-        Case("resnet18_32", "resnet", models.resnet(64, [2, 2, 2, 2], 10),
+        Case("resnet18_32", "resnet", specs.resnet(64, [2, 2, 2, 2], 10),
              (32, 32, 3), 8, 8, True,
              note="ResNet-18-style (4 stages x 2 blocks, width 64), 32x32x3"),
         Case("vit_block", "transformer",
-             models.transformer(128, 4, 256, 2, 10, patch=4), (32, 32, 3),
+             specs.transformer(128, 4, 256, 2, 10, patch=4), (32, 32, 3),
              8, 8, True, note="ViT 2 blocks d=128 4 heads, 32x32x3/4, O=10"),
     ]
   return cases
@@ -151,10 +151,10 @@ def scaling(quick: bool) -> list[Case]:
   # N*O large against W, so the N^2 O^2 terms the paper's table is about
   # dominate the per-example passes, as in the paper's FCN plots.
   n = 32 if quick else 64
-  cases = [Case(f"mlp_w{w}_o10", "fcn", models.fcn([16, w, w, 10], "relu"),
+  cases = [Case(f"mlp_w{w}_o10", "fcn", specs.fcn([16, w, w, 10], "relu"),
                 (16,), n, n, False, note=f"width sweep W={w} O=10")
            for w in widths]
-  cases += [Case(f"mlp_w128_o{o}", "fcn", models.fcn([16, 128, 128, o], "relu"),
+  cases += [Case(f"mlp_w128_o{o}", "fcn", specs.fcn([16, 128, 128, o], "relu"),
                  (16,), n, n, False, note=f"output sweep W=128 O={o}")
             for o in outs if o != 10]
   return cases
@@ -165,34 +165,34 @@ def regret(quick: bool) -> list[Case]:
   s = 1 if quick else 2
   big_n = 64 if quick else 256
   return [
-      Case("r_mlp_w64_o1_n32", "fcn", models.fcn([16, 64, 64, 1], "relu"),
+      Case("r_mlp_w64_o1_n32", "fcn", specs.fcn([16, 64, 64, 1], "relu"),
            (16,), 32 * s, 32 * s, True),
       Case("r_mlp_w512_o10_full", "fcn",
-           models.fcn([32, 512, 512, 10], "tanh"), (32,), 8, 8, False),
+           specs.fcn([32, 512, 512, 10], "tanh"), (32,), 8, 8, False),
       Case("r_mlp_w256_o100_full", "fcn",
-           models.fcn([32, 256, 100], "relu"), (32,), 4, 4, False),
+           specs.fcn([32, 256, 100], "relu"), (32,), 4, 4, False),
       Case("r_mlp_w32_o1000_trace", "fcn",
-           models.fcn([16, 32, 1000], "relu"), (16,), 2 * s, 2 * s, True),
+           specs.fcn([16, 32, 1000], "relu"), (16,), 2 * s, 2 * s, True),
       Case("r_mlp_w1024_o10_n1", "fcn",
-           models.fcn([64, 1024, 1024, 10], "relu"), (64,), 1, 1, False),
-      Case(f"r_mlp_erf_n{big_n}", "fcn", models.fcn([8, 128, 128, 1], "erf"),
+           specs.fcn([64, 1024, 1024, 10], "relu"), (64,), 1, 1, False),
+      Case(f"r_mlp_erf_n{big_n}", "fcn", specs.fcn([8, 128, 128, 1], "erf"),
            (8,), big_n, big_n, True),
-      Case("r_cnn_flatten_o10", "cnn", models.cnn([16, 16], 10, "flatten"),
+      Case("r_cnn_flatten_o10", "cnn", specs.cnn([16, 16], 10, "flatten"),
            (8, 8, 3), 8, 8, True),
-      Case("r_cnn_gap_o1", "cnn", models.cnn([32, 32], 1, "gap"), (8, 8, 3),
+      Case("r_cnn_gap_o1", "cnn", specs.cnn([32, 32], 1, "gap"), (8, 8, 3),
            8 * s, 8 * s, True),
-      Case("r_cnn_gap_o100_full", "cnn", models.cnn([16, 16], 100, "gap"),
+      Case("r_cnn_gap_o100_full", "cnn", specs.cnn([16, 16], 100, "gap"),
            (8, 8, 3), 2, 2, False),
-      Case("r_resnet_o10", "resnet", models.resnet(8, [1, 1], 10),
+      Case("r_resnet_o10", "resnet", specs.resnet(8, [1, 1], 10),
            (8, 8, 3), 4, 4, True),
       Case("r_vit_o10_full", "transformer",
-           models.transformer(32, 2, 64, 1, 10, patch=2), (8, 8, 3), 4, 4,
+           specs.transformer(32, 2, 64, 1, 10, patch=2), (8, 8, 3), 4, 4,
            False),
-      Case("r_mixer_o10", "mixer", models.mixer(32, 16, 32, 64, 1, 10, patch=2),
+      Case("r_mixer_o10", "mixer", specs.mixer(32, 16, 32, 64, 1, 10, patch=2),
            (8, 8, 3), 4, 4, True),
-      Case("r_rnn_o10", "rnn", models.rnn(32, 10), (8, 16), 8, 8, True),
+      Case("r_rnn_o10", "rnn", specs.rnn(32, 10), (8, 16), 8, 8, True),
       Case("r_attn_o1_n16", "transformer",
-           models.transformer(16, 2, 32, 1, 1), (8, 16), 16, 16, True),
+           specs.transformer(16, 2, 32, 1, 1), (8, 16), 16, 16, True),
   ]
 
 
@@ -201,13 +201,13 @@ def memory(quick: bool) -> list[Case]:
   outs = [10, 100] if quick else [1, 10, 100, 1000]
   if quick:
     archs = [
-        ("resnet", models.resnet(8, [1, 1], 0), (16, 16, 3), 4),
+        ("resnet", specs.resnet(8, [1, 1], 0), (16, 16, 3), 4),
         ("vit", None, (16, 16, 3), 4),
         ("mixer", None, (16, 16, 3), 4),
     ]
   else:
     archs = [
-        ("resnet", models.resnet(64, [2, 2, 2, 2], 0), (32, 32, 3), 8),
+        ("resnet", specs.resnet(64, [2, 2, 2, 2], 0), (32, 32, 3), 8),
         ("vit", None, (32, 32, 3), 8),
         ("mixer", None, (32, 32, 3), 8),
     ]
@@ -215,17 +215,27 @@ def memory(quick: bool) -> list[Case]:
   for family, _, in_shape, n in archs:
     for o in outs:
       if family == "resnet":
-        spec = (models.resnet(8, [1, 1], o) if quick
-                else models.resnet(64, [2, 2, 2, 2], o))
+        spec = (specs.resnet(8, [1, 1], o) if quick
+                else specs.resnet(64, [2, 2, 2, 2], o))
       elif family == "vit":
-        spec = (models.transformer(32, 2, 64, 1, o, patch=4) if quick
-                else models.transformer(128, 4, 256, 2, o, patch=4))
+        spec = (specs.transformer(32, 2, 64, 1, o, patch=4) if quick
+                else specs.transformer(128, 4, 256, 2, o, patch=4))
       else:
         tokens = (in_shape[0] // 4) ** 2
-        spec = (models.mixer(32, tokens, 32, 64, 1, o, patch=4) if quick
-                else models.mixer(128, tokens, 64, 256, 2, o, patch=4))
+        spec = (specs.mixer(32, tokens, 32, 64, 1, o, patch=4) if quick
+                else specs.mixer(128, tokens, 64, 256, 2, o, patch=4))
       cases.append(Case(f"m_{family}_o{o}", family, spec, in_shape, n, n,
                         False, note=f"{family} O={o} full OxO"))
   if quick:  # the compile-heavy mixer only at the large O
     cases = [c for c in cases if c.name != "m_mixer_o10"]
   return cases
+
+
+def plancache(quick: bool) -> list[Case]:
+  """Small models whose plans are cached, then hit by a new process."""
+  return [
+      Case("pc_mlp", "fcn", specs.fcn([32, 256, 256, 10], "relu"), (32,), 8, 8,
+           True),
+      Case("pc_cnn", "cnn", specs.cnn([16, 16], 10, "gap"), (8, 8, 3), 4, 4,
+           False),
+  ]

@@ -1,32 +1,29 @@
-"""Regret of ``implementation="auto"`` on models it was not tuned on, measured
-on the function as users call it.
+"""``regret_unseen``: auto's regret on models it was not tuned on.
 
-For each model of :mod:`bench.unseen_models`:
+For each model of :data:`bench.zoo.functions.UNSEEN`, measured on the
+function as users call it:
 
 * **steady state** (one fresh process): ``ntk = autontk.ntk_fn(f, ...)``
   for every explicit method, for auto (cost model alone: a fresh cache
   directory, so no learned calibration) and for auto with ``tune=True``
   (its own plan cache); each called once, then all of them called
-  directly (``ntk(x1, x2, params)``, no outer ``jax.jit``,
-  ``jax.block_until_ready``) in interleaved rounds; the median per
-  function. regret = median(auto) / min(median of each explicit method).
-  The cost model's predicted time of every method is read from
-  ``ntk.report`` and kept next to the measurement.
+  directly (``ntk(x1, x2, params)``, no outer ``jax.jit``) and timed
+  together by :func:`bench.timing.interleaved`; the median per function.
+  regret = median(auto) / min(median of each explicit method). The cost
+  model's predicted time of every method is read from ``ntk.report`` and
+  kept next to the measurement.
 * **first calls** (one fresh process each, fresh cache directory, device
   constants known): the first call of auto's ``ntk`` (planning, compile,
   run) and the first call of an explicit ``ntk`` of the method auto chose.
   Each process first computes a tiny unrelated NTK with every method, so
   imports and JAX's first traces land on neither.
 
-Run: ``python -m bench --quick --only regret_unseen`` (with the other
-suites' conventions), or alone:
-``python -m bench.regret_unseen [--tag NAME] [--models NAME ...]``, which
-writes ``bench/results/<tag>/regret_unseen.json`` and ``.md``.
+The fresh processes run this module as a worker
+(``python -m bench.regret_unseen steady|first MODEL OUT CONFIG``).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -39,8 +36,21 @@ import tempfile
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import autontk
+from autontk import _paths
+from autontk.costmodel import device
+from bench import timing
+from bench.config import RunConfig
+from bench.zoo import functions as zoo
+
 EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
             "structured_derivatives")
+SHORT = {"jacobian_contraction": "JC", "ntk_vector_products": "NTVP",
+         "structured_derivatives": "SD"}
 CONSTANTS = "device_constants.json"
 
 
@@ -49,19 +59,17 @@ def _load() -> tuple[float, float, float]:
 
 
 def _block(x):
-  import jax
   return jax.block_until_ready(x)
 
 
-def _ntk(autontk, m, implementation: str, **options):
+def _ntk(m, implementation: str, **options):
   return autontk.ntk_fn(m.f, trace_axes=m.trace_axes, vmap_axes=m.vmap_axes,
                         implementation=implementation, **options)
 
 
-def _warm_up(autontk) -> None:
+def _warm_up() -> None:
   """A tiny unrelated NTK per method and one auto plan: imports and JAX's
   first traces are paid here, not by the first call measured next."""
-  import jax.numpy as jnp
   f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
   p = {"w": jnp.ones((3, 5)), "v": jnp.ones((5, 2))}
   x = jnp.ones((2, 3))
@@ -71,11 +79,9 @@ def _warm_up(autontk) -> None:
 
 def first_call(name: str, implementation: str) -> dict[str, Any]:
   """The first call of ``ntk`` for one implementation, in this process."""
-  import autontk
-  from bench import unseen_models
-  m = unseen_models.MODELS[name]()
-  _warm_up(autontk)
-  ntk = _ntk(autontk, m, implementation)
+  m = zoo.UNSEEN[name]()
+  _warm_up()
+  ntk = _ntk(m, implementation)
   gc.collect()
   t0 = time.perf_counter()
   _block(ntk(m.x1, m.x2, m.params))
@@ -107,28 +113,6 @@ def _predictions(ntk, m) -> dict[str, Any]:
   return out
 
 
-def _interleave(fns: dict[str, Any], args, budget_s: float,
-                min_rounds: int = 9, max_rounds: int = 400
-                ) -> tuple[dict, dict[str, list[float]]]:
-  """Median seconds per call of each function, called in turn (each round
-  starts one function later, so that none always follows the same one);
-  also every round's times."""
-  keys = list(fns)
-  times: dict[str, list[float]] = {k: [] for k in keys}
-  t_end = time.perf_counter() + budget_s
-  rounds = 0
-  while rounds < max_rounds and (rounds < min_rounds or
-                                 time.perf_counter() < t_end):
-    for i in range(len(keys)):
-      k = keys[(rounds + i) % len(keys)]
-      t0 = time.perf_counter()
-      _block(fns[k](*args))
-      times[k].append(time.perf_counter() - t0)
-    rounds += 1
-  return ({k: {"median_s": statistics.median(ts), "min_s": min(ts),
-               "repeats": len(ts)} for k, ts in times.items()}, times)
-
-
 def _paired(times: dict[str, list[float]], key: str) -> float | None:
   """Median over rounds of ``key``'s time over the fastest explicit
   method's (by median) in the same round: machine load that drifts
@@ -143,16 +127,13 @@ def _paired(times: dict[str, list[float]], key: str) -> float | None:
 def steady(name: str, budget_s: float, tune_budget_s: float
            ) -> dict[str, Any]:
   """Every explicit method, auto and tuned auto, warm and interleaved."""
-  import numpy as np
-  import autontk
-  from bench import unseen_models
-  m = unseen_models.MODELS[name]()
+  m = zoo.UNSEEN[name]()
   args = (m.x1, m.x2, m.params)
-  fns = {impl: _ntk(autontk, m, impl) for impl in EXPLICIT}
-  fns["auto"] = _ntk(autontk, m, "auto")
+  fns = {impl: _ntk(m, impl) for impl in EXPLICIT}
+  fns["auto"] = _ntk(m, "auto")
   tuned_cache = autontk.PlanCache(tempfile.mkdtemp(prefix="autontk-tuned-"))
   fns["auto_tuned"] = _ntk(
-      autontk, m, "auto", plan_cache=tuned_cache,
+      m, "auto", plan_cache=tuned_cache,
       tune=autontk.TuneOptions(budget_s=tune_budget_s, progress=False))
   recs: dict[str, Any] = {}
   kernels: dict[str, Any] = {}
@@ -166,7 +147,10 @@ def steady(name: str, budget_s: float, tune_budget_s: float
     recs[k] = {"first_in_process_s": time.perf_counter() - t0}
   ok = {k: fn for k, fn in fns.items() if "error" not in recs[k]}
   load0 = _load()
-  stats, rounds = _interleave(ok, args, budget_s)
+  stats = timing.interleaved({k: (lambda fn=fn: fn(*args))
+                              for k, fn in ok.items()},
+                             rounds=9, time_s=budget_s)
+  rounds = {k: st.pop("times") for k, st in stats.items()}
   for k, rec in stats.items():
     recs[k].update(rec)
   for k in ("auto", "auto_tuned"):
@@ -200,8 +184,8 @@ def _child(mode: str, name: str, out: str, cfg: dict[str, Any],
          "PYTHONPATH": os.pathsep.join(
              [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
               if p] + [root])}
-  cmd = [sys.executable, "-m", "bench.regret_unseen", "--child", mode,
-         "--model", name, "--out", out, "--config", json.dumps(cfg)]
+  cmd = [sys.executable, "-m", "bench.regret_unseen", mode, name, out,
+         json.dumps(cfg)]
   try:
     proc = subprocess.run(cmd, env=env, cwd=cache, capture_output=True,
                           text=True, timeout=cfg.get("timeout_s", 900))
@@ -284,88 +268,133 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
-def run(cfg_quick: bool = True, models: list[str] | None = None,
-        log=print, checkpoint=None) -> dict[str, Any]:
+def run(cfg: RunConfig, log=print) -> dict[str, Any]:
   """Runs the suite (each model in fresh processes); returns its JSON."""
-  from autontk.costmodel import device
-  from autontk import _paths
-  from bench import unseen_models
   device.constants()  # measured once here, copied into every child's cache
   constants = str(_paths.cache_directory() / CONSTANTS)
-  cfg = {"budget_s": 5.0 if cfg_quick else 10.0,
-         "tune_budget_s": 10.0 if cfg_quick else 40.0}
+  child_cfg = {"budget_s": 5.0 if cfg.quick else 10.0,
+               "tune_budget_s": 10.0 if cfg.quick else 40.0}
   work = tempfile.mkdtemp(prefix="autontk-unseen-work-")
-  names = models or list(unseen_models.MODELS)
-  res: dict[str, Any] = {"suite": "regret_unseen", "config": cfg,
-                         "load_start": _load(), "cases": []}
-  for name in names:
+  res: dict[str, Any] = {"config": child_cfg, "load_start": _load(),
+                         "cases": []}
+  for name, make in zoo.UNSEEN.items():
+    if not cfg.selected(name):
+      continue
     try:
-      unseen_models.MODELS[name]()
+      make()
     except ImportError as e:
       log(f"[regret_unseen] {name}: skipped ({e})")
       res["cases"].append({"name": name, "skipped": str(e)})
       continue
     log(f"[regret_unseen] {name} (load {_load()[0]:.1f})")
-    res["cases"].append(run_model(name, cfg, constants, work, log))
+    res["cases"].append(run_model(name, child_cfg, constants, work, log))
     res["summary"] = summary(res["cases"])
-    if checkpoint is not None:
-      checkpoint(res)
+    cfg.save_partial(res)
   res["load_end"] = _load()
   res["summary"] = summary(res["cases"])
   shutil.rmtree(work, ignore_errors=True)
   return res
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--models", nargs="*")
-  p.add_argument("--tag", default=None)
-  p.add_argument("--full", action="store_true")
-  p.add_argument("--child", choices=("steady", "first"))
-  p.add_argument("--model")
-  p.add_argument("--out")
-  p.add_argument("--config", default="{}")
-  args = p.parse_args(argv)
-  if args.child:
-    cfg = json.loads(args.config)
-    rec = (steady(args.model, cfg["budget_s"], cfg["tune_budget_s"])
-           if args.child == "steady" else
-           first_call(args.model, cfg["implementation"]))
-    with open(args.out, "w") as fh:
-      json.dump(rec, fh, indent=1, default=str)
-    return 0
-  return standalone(args)
+def _worker(argv: list[str]) -> None:
+  """A fresh process's measurement: ``steady|first MODEL OUT CONFIG``."""
+  mode, name, out, cfg = argv[0], argv[1], argv[2], json.loads(argv[3])
+  rec = (steady(name, cfg["budget_s"], cfg["tune_budget_s"])
+         if mode == "steady" else first_call(name, cfg["implementation"]))
+  with open(out, "w") as fh:
+    json.dump(rec, fh, indent=1, default=str)
 
 
-def standalone(args) -> int:
-  """``python -m bench.regret_unseen``: the suite alone, recorded."""
-  from bench import report_unseen
-  os.environ.setdefault("AUTONTK_CACHE_DIR",
-                        tempfile.mkdtemp(prefix="autontk-bench-"))
-  os.environ.setdefault("AUTONTK_JAX_CACHE", "0")
-  from bench.__main__ import default_tag, machine_info
-  info = machine_info()
-  tag = args.tag or default_tag(info)
-  out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                         "results", tag)
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "regret_unseen.json")
-  t0 = time.perf_counter()
+# Report ----------------------------------------------------------------------
 
-  def save(res):
-    res.update(machine=info, tag=tag, quick=not args.full,
-               suite_wall_s=time.perf_counter() - t0,
-               date_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
-    with open(path, "w") as fh:
-      json.dump(res, fh, indent=1, default=str)
 
-  res = run(not args.full, args.models, checkpoint=save)
-  save(res)
-  with open(os.path.join(out_dir, "regret_unseen.md"), "w") as fh:
-    fh.write(report_unseen.markdown(res) + "\n")
-  print(report_unseen.markdown(res))
-  return 0
+def _ms(rec: dict[str, Any] | None) -> str:
+  if not rec:
+    return "-"
+  if "error" in rec:
+    return "n/a"
+  v = rec.get("median_s")
+  return "-" if v is None else f"{v * 1e3:.3g}"
+
+
+def _x(v: float | None) -> str:
+  return "-" if v is None else f"{v:.2f}"
+
+
+def _plan(rec: dict[str, Any]) -> str:
+  m = rec.get("plan_method")
+  plan = rec.get("plan") or ""
+  short = SHORT.get(m, m or "-")
+  return short + (" (chunked)" if "chunk" in plan.lower() and m else "")
+
+
+def _predicted(case: dict[str, Any]) -> str:
+  pred = case.get("predicted", {})
+  parts = []
+  for m, s in SHORT.items():
+    p = pred.get(m, {}).get("predicted_s") if isinstance(pred.get(m),
+                                                          dict) else None
+    parts.append(f"{s} {p * 1e3:.3g}" if p else f"{s} -")
+  return ", ".join(parts)
+
+
+def table(res: dict[str, Any]) -> str:
+  head = ["model", "JC ms", "NTVP ms", "SD ms", "auto ms", "auto plan",
+          "regret", "paired", "tuned ms", "tuned plan", "tuned regret",
+          "auto 1st call s", "method 1st call s", "1st-call ratio",
+          "predicted ms (cost model)"]
+  lines = ["| " + " | ".join(head) + " |",
+           "|" + "---|" * len(head)]
+  for c in res.get("cases", []):
+    if c.get("skipped"):
+      lines.append(f"| {c['name']} | skipped: {c['skipped'][:60]} |")
+      continue
+    r = c.get("results", {})
+    row = [c["name"]] + [_ms(r.get(m)) for m in SHORT] + [
+        _ms(r.get("auto")), _plan(r.get("auto", {})), _x(c.get("regret")),
+        _x(r.get("auto", {}).get("paired_regret")),
+        _ms(r.get("auto_tuned")), _plan(r.get("auto_tuned", {})),
+        _x(c.get("tuned_regret")),
+        _x(c.get("first_auto", {}).get("first_call_s")),
+        _x(c.get("first_method", {}).get("first_call_s")),
+        _x(c.get("first_call_ratio")), _predicted(c)]
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines)
+
+
+def markdown(res: dict[str, Any]) -> str:
+  """Summary line, targets, and the per-model table."""
+  s = res.get("summary", {})
+
+  def line(key, what, target):
+    d = s.get(key) or {}
+    return (f"* {what}: geomean {_x(d.get('geomean'))}, worst "
+            f"{_x(d.get('worst'))} over {d.get('n', 0)} models" +
+            (f" (target {target})" if target else ""))
+
+  load = res.get("load_start")
+  return "\n".join([
+      "### Regret on unseen models, called as users call them "
+      "(`regret_unseen`)", "",
+      line("regret", "auto, cost model alone", "≤ 1.05, worst ≤ 1.25"),
+      line("tuned_regret", "auto, `tune=True`", "≤ 1.02, worst ≤ 1.10"),
+      line("first_call_ratio",
+           "planning + first call of auto / the chosen method's first call",
+           "≤ 2, worst ≤ 3"),
+      line("regret_choice", "the cost model's choice alone (the chosen "
+           "method's own `ntk` / the fastest; no per-call overhead of auto)",
+           ""),
+      line("tuned_regret_choice", "the tuner's choice alone", ""),
+      "", f"Machine load (1-minute average) at the start: "
+      f"{load[0]:.1f}" if load else "", "",
+      "Times are medians of interleaved calls of each `ntk` as returned by "
+      "`ntk_fn` (no outer `jax.jit`); regret = median(auto) / median(fastest "
+      "explicit method); `paired` = median over rounds of the same ratio "
+      "within a round. First calls in fresh processes with a fresh cache "
+      "directory and the device constants known. JC, NTVP, SD: Jacobian "
+      "contraction, NTK-vector products, structured derivatives.",
+      "", table(res)])
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  _worker(sys.argv[1:])

@@ -1,24 +1,19 @@
-"""Tables (Markdown, CSV) and PNG plots from the suites' JSON results.
+"""Tables, CSV and PNG plots of the case-based suites (:mod:`bench.compare`).
 
-:func:`render` reads ``<results>/<suite>.json``, writes ``<suite>.csv``,
-``<suite>.png`` and ``summary.md`` beside them, and puts the summary into
-``bench/README.md`` between ``<!-- results:begin -->`` and
-``<!-- results:end -->`` (the rest of the README is hand-written).
+``<suite>_md(res)`` renders a suite's Markdown; :func:`figures` writes
+``<suite>.csv`` (one row per case, runner and method) and ``<suite>.png``
+beside its JSON.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from typing import Any
 
 import numpy as np
 
-from bench import report_unseen, stacked
-
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
             "structured_derivatives")
 SHORT = {"jacobian_contraction": "JC", "ntk_vector_products": "NTVP",
@@ -95,14 +90,6 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
            "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
   return "\n".join(lines)
-
-
-def _load(out_dir: str, suite: str) -> dict | None:
-  try:
-    with open(os.path.join(out_dir, f"{suite}.json")) as fh:
-      return json.load(fh)
-  except (OSError, ValueError):
-    return None
 
 
 # CSV --------------------------------------------------------------------------
@@ -342,25 +329,6 @@ def memory_md(res: dict) -> str:
       "", table(["case", "P", "O", "N", "JC", "NTVP", "SD", "auto"], rows)])
 
 
-def plancache_md(res: dict) -> str:
-  rows = []
-  for c in res["cases"]:
-    if "overhead_s" not in c:
-      rows.append([c["case"], "n/a", "", "", "", str(c.get("error", ""))[:60]])
-      continue
-    rows.append([c["case"], c["plan_process"].get("plan"),
-                 ms(c["cold_first_call_s"]), ms(c["hit_first_call_s"]),
-                 ms(c["explicit_first_call_s"]),
-                 f"{c['overhead_s'] * 1e3:+.0f} ms"])
-  return "\n".join([
-      "### Plan cache: second-process first call (target: overhead ≤ 50 ms)",
-      "", "Medians over fresh processes sharing one cache directory; "
-      "imports excluded.", "",
-      table(["case", "plan", "cold first call (plans)",
-             "cache-hit first call", "explicit method first call (cached "
-             "compile)", "overhead"], rows)])
-
-
 # Plots ------------------------------------------------------------------------
 
 
@@ -493,78 +461,16 @@ def plot_memory(res: dict, path: str) -> None:
 # Entry -------------------------------------------------------------------------
 
 
-RENDERERS = {
-    "reference": (reference_md, plot_reference),
-    "scaling": (scaling_md, plot_scaling),
-    "regret": (regret_md, plot_regret),
-    "memory": (memory_md, plot_memory),
-    "plancache": (plancache_md, None),
-    "regret_unseen": (report_unseen.markdown, None),
-    "stacked": (stacked.stacked_md, None),
-}
+PLOTS = {"reference": plot_reference, "scaling": plot_scaling,
+         "regret": plot_regret, "memory": plot_memory}
 
 
-def render(out_dir: str, readme: str | None = None) -> str:
-  """Writes CSVs, plots, summary.md; updates the README's results block."""
-  parts = []
-  machine = None
-  for suite, (md, plot) in RENDERERS.items():
-    res = _load(out_dir, suite)
-    if res is None:
-      continue
-    machine = machine or res.get("machine")
-    if suite not in ("plancache", "regret_unseen"):  # not method records
-      write_csv(res, os.path.join(out_dir, f"{suite}.csv"))
-    try:
-      text = md(res)
-    except Exception as e:  # noqa: BLE001 - a broken table must not hide others
-      text = f"({suite}: table failed: {type(e).__name__}: {e})"
-    parts.append(text + f"\n\n_{suite}: {res.get('date_utc', '?')} UTC, "
-                 f"{'quick' if res.get('quick') else 'full'} mode, "
-                 f"{res.get('suite_wall_s', 0):.0f} s._")
-    if plot is not None:
-      try:
-        plot(res, os.path.join(out_dir, f"{suite}.png"))
-        parts[-1] += f"\n\n![{suite}](results/{os.path.basename(out_dir)}/{suite}.png)"
-      except Exception as e:  # noqa: BLE001
-        parts[-1] += f"\n\n(plot failed: {type(e).__name__}: {e})"
-  tag = os.path.basename(out_dir)
-  head = [f"## Results: `{tag}`", ""]
-  if machine:
-    head.append(
-        f"Machine: {machine.get('backend')} ({machine.get('device_kind')}), "
-        f"{machine.get('cpu')}, {machine.get('cpu_count')} cores, "
-        f"{(machine.get('memory_bytes') or 0) / 2**30:.0f} GiB; "
-        f"jax {machine.get('jax')}, autontk {machine.get('autontk')}, "
-        f"Python {machine.get('python')}.")
-    if machine.get("device_calibration_s") is not None:
-      head.append(
-          f"The cost model's device constants were measured once before the "
-          f"suites ({machine['device_calibration_s']:.2f} s; stored per "
-          f"device in the cache directory), so planning times exclude them.")
-    head.append("")
-  summary = "\n".join(head) + "\n\n".join(parts) + "\n"
-  with open(os.path.join(out_dir, "summary.md"), "w") as fh:
-    fh.write(summary)
-  readme = readme or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                  "README.md")
-  _update_readme(readme, tag, summary)
-  return summary
-
-
-def _update_readme(path: str, tag: str, summary: str) -> None:
-  begin, end = f"<!-- results:{tag}:begin -->", f"<!-- results:{tag}:end -->"
+def figures(out_dir: str, res: dict, suite: str) -> str:
+  """Writes ``<suite>.csv`` and ``<suite>.png``; Markdown linking them."""
+  write_csv(dict(res, suite=suite), os.path.join(out_dir, f"{suite}.csv"))
+  text = f"Every record: [{suite}.csv]({suite}.csv)."
   try:
-    with open(path) as fh:
-      text = fh.read()
-  except OSError:
-    text = "# autontk benchmarks\n\n"
-  block = f"{begin}\n{summary}{end}"
-  if begin in text and end in text:
-    pre = text.split(begin)[0]
-    post = text.split(end, 1)[1]
-    text = pre + block + post
-  else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-  with open(path, "w") as fh:
-    fh.write(text)
+    PLOTS[suite](res, os.path.join(out_dir, f"{suite}.png"))
+  except Exception as e:  # noqa: BLE001 - a broken plot must not lose data
+    return text + f" (plot failed: {type(e).__name__}: {e})"
+  return text + f"\n\n![{suite}]({suite}.png)"

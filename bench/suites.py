@@ -1,279 +1,72 @@
-"""The benchmark suites: what runs, in which order, and what gets recorded.
+"""Every benchmark, as a suite of ``python -m bench``: the one registry.
 
-Each suite returns a JSON-able dict ``{"suite", "cases": [...]}`` where each
-case holds its description and ``results[runner][method] = record`` (see
-:func:`bench.timing.measure_jit` for the record's fields). Runners:
-``autontk`` (methods + ``auto``), ``jax`` (plain ``jacrev``), ``nt``
-(neural-tangents 0.6.5 methods 1-3) and ``torch`` (torch.func recipes).
+A :class:`Suite` has a name, one line saying what it measures, ``run(cfg,
+log) -> dict`` (the JSON-able result) and ``markdown(res) -> str`` (its
+table); ``figures(out_dir, res) -> str`` (optional) writes files beside the
+result and returns Markdown linking them.
 
-Every kernel is compared against autontk's Jacobian contraction (or the
-plain-JAX one where that failed): ``rel_err`` = max |K - K_ref| / max |K_ref|.
+>>> list(SUITES)[:3]
+['reference', 'scaling', 'regret']
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
-import shutil
-import time
-from typing import Any
+import functools
+from typing import Any, Callable
 
-import numpy as np
+from bench import (compare, kernels, overhead, plancache, precision, report,
+                   regret_unseen, stacked, tiled, tuned_regret)
+from bench.config import RunConfig
 
-from bench import autontk_runner, cases as cases_mod, kernels, stacked, timing
-from bench import unseen_models
-from bench import regret_unseen as unseen_suite
-from bench.peers import envs
-
-SUITES = ("reference", "scaling", "regret", "memory", "plancache",
-          "regret_unseen", "stacked", "kernels")
+Result = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """Options of one bench run.
+class Suite:
+  """One benchmark suite."""
 
-  Attributes:
-    quick: small shapes and short timings (this 2-core machine).
-    work: scratch directory (inputs for peers, kernels, logs).
-    peers: which peers to run ("nt", "torch", "jax").
-    budget_bytes: memory budget of the ``memory`` suite: compiled programs
-      whose peak exceeds it are reported "over budget" and not run.
-    peer_timeout_s: wall-clock limit of one peer subprocess.
-    tune_budget_s: ``autontk.tune`` budget per case (``regret`` suite).
-    case_filter: a regular expression; only cases whose name matches run.
-    max_run_flops: programs above this many compiled FLOPs are compiled and
-      analysed but not run (quick mode keeps to its time budget); torch's
-      recipes are skipped above a quarter of it, judged by the FLOPs of
-      autontk's program for the same method (torch runs eagerly and is
-      slower per FLOP); neural-tangents' methods 1 and 2 above it, judged
-      the same way.
-    checkpoint: ``fn(partial_suite_dict)`` called after every case, so a
-      suite stopped by a time limit still leaves its finished cases.
-  """
-
-  quick: bool = True
-  work: str = "bench/_work"
-  peers: tuple[str, ...] = ("nt", "torch", "jax")
-  budget_bytes: float = 32 * 2**20
-  peer_timeout_s: float = 900.0
-  tune_budget_s: float = 20.0
-  case_filter: str | None = None
-  max_run_flops: float | None = None
-  checkpoint: Any = None
-
-  @property
-  def policy(self) -> timing.TimingPolicy:
-    return (timing.TimingPolicy.quick() if self.quick
-            else timing.TimingPolicy.full())
+  name: str
+  summary: str
+  run: Callable[[RunConfig, Callable[..., None]], Result]
+  markdown: Callable[[Result], str]
+  figures: Callable[[str, Result], str] | None = None
 
 
-def _strip(obj: Any) -> Any:
-  """Drops in-memory kernels (keys starting with '_') before JSON."""
-  if isinstance(obj, dict):
-    return {k: _strip(v) for k, v in obj.items() if not k.startswith("_")}
-  if isinstance(obj, list):
-    return [_strip(v) for v in obj]
-  return obj
+def _case_suite(name: str, summary: str, run) -> Suite:
+  return Suite(name, summary, run, getattr(report, f"{name}_md"),
+               functools.partial(report.figures, suite=name))
 
 
-def rel_err(k: np.ndarray | None, ref: np.ndarray | None) -> float | None:
-  if k is None or ref is None:
-    return None
-  if k.shape != ref.shape:
-    return float("inf")
-  scale = float(np.max(np.abs(ref))) or 1.0
-  return float(np.max(np.abs(k - ref)) / scale)
-
-
-def _reference_kernel(results: dict[str, dict[str, Any]]) -> np.ndarray | None:
-  for runner, method in (("autontk", "jacobian_contraction"),
-                         ("jax", "jax_jacrev"),
-                         ("autontk", "structured_derivatives")):
-    k = results.get(runner, {}).get(method, {}).get("_result")
-    if k is not None:
-      return k
-  return None
-
-
-def _check_kernels(results: dict[str, dict[str, Any]]) -> None:
-  ref = _reference_kernel(results)
-  for recs in results.values():
-    for rec in recs.values():
-      if isinstance(rec, dict) and "_result" in rec:
-        rec["rel_err"] = rel_err(rec["_result"], ref)
-
-
-def _peer_skips(cases, per_case, limit) -> dict[str, list[str]]:
-  """Peer methods to skip: autontk's program for the same method is heavy.
-
-  autontk's FLOPs stand in for the peer's own: torch gives none, and jax
-  0.4.23's CPU cost analysis undercounts neural-tangents' programs by orders
-  of magnitude (e.g. 6·10⁶ FLOPs for a 10¹¹-FLOP Jacobian contraction).
-  """
-  skip: dict[str, list[str]] = {}
-  if not limit:
-    return skip
-  for c in cases:
-    a = per_case[c.name].get("autontk", {})
-    for key, method, lim in (
-        ("torch_jc", "jacobian_contraction", limit / 4),
-        ("torch_ntvp", "ntk_vector_products", limit / 4),
-        ("nt1", "jacobian_contraction", limit),
-        ("nt2", "ntk_vector_products", limit)):
-      fl = a.get(method, {}).get("flops")
-      if fl and fl > lim:
-        skip.setdefault(c.name, []).append(key)
-  return skip
-
-
-def _run_peers(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
-               per_case: dict[str, dict[str, dict[str, Any]]],
-               log) -> dict[str, Any]:
-  """Runs the out-of-process peers on all cases; returns their versions."""
-  meta: dict[str, Any] = {}
-  work = os.path.join(cfg.work, suite)
-  job = {"cases": [c.to_json() for c in cases], "dir": work,
-         "max_run_flops": cfg.max_run_flops,
-         "skip": _peer_skips(cases, per_case, cfg.max_run_flops),
-         "policy": cfg.policy.to_dict(), "implementations": [1, 2, 3],
-         "budget_bytes": None,
-         "torch_device": os.environ.get("AUTONTK_BENCH_TORCH_DEVICE")}
-  for peer in ("nt", "torch"):
-    if peer not in cfg.peers:
-      continue
-    log(f"[{suite}] running peer {peer} on {len(cases)} cases")
-    res = envs.run(peer, job, work, cfg.peer_timeout_s, log)
-    meta[peer] = {k: res.get(k) for k in ("versions", "returncode", "wall_s",
-                                          "error")}
-    for c in cases:
-      recs = res.get("cases", {}).get(c.name, {})
-      try:
-        z = np.load(os.path.join(work, f"{peer}_{c.name}.npz"))
-        for k in z.files:
-          if k in recs:
-            recs[k]["_result"] = z[k]
-      except OSError:
-        pass
-      per_case[c.name][peer] = recs or {
-          "-": {"error": res.get("error", "no result")}}
-  return meta
-
-
-def _prepare(suite: str, cases: list[cases_mod.Case], cfg: RunConfig) -> None:
-  work = os.path.join(cfg.work, suite)
-  shutil.rmtree(work, ignore_errors=True)
-  os.makedirs(work, exist_ok=True)
-  for c in cases:
-    c.save(work)
-
-
-def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
-                    *, auto: bool = True, peers: bool = True,
-                    budget_bytes: float | None = None,
-                    tuned: bool = False,
-                    auto_options: dict[str, Any] | None = None,
-                    max_run_flops: float | None = None,
-                    log=print) -> dict[str, Any]:
-  """autontk (+ jax jacrev) in process, then the peers; kernels checked."""
-  if cfg.case_filter:
-    cases = [c for c in cases if re.search(cfg.case_filter, c.name)]
-  _prepare(suite, cases, cfg)
-  per_case: dict[str, dict[str, dict[str, Any]]] = {}
-  methods = tuple(autontk_runner.EXPLICIT)
-  autontk_runner.warm_up()
-  for c in cases:
-    log(f"[{suite}] {c.name}: P={c.n_params:,} O={c.out_dim} N={c.n1}x{c.n2}"
-        f" {'trace' if c.trace else 'full'}")
-    recs = autontk_runner.run_case(
-        c, cfg.policy, methods=methods, auto=auto,
-        jacrev=peers and "jax" in cfg.peers, budget_bytes=budget_bytes,
-        max_run_flops=max_run_flops or cfg.max_run_flops,
-        auto_options=auto_options, log=log)
-    per_case[c.name] = {"autontk": {m: recs[m] for m in methods}}
-    if auto:
-      per_case[c.name]["autontk"]["auto"] = recs["auto"]
-      if tuned:
-        rec = autontk_runner.run_tuned(c, cfg.policy, recs,
-                                       budget_s=cfg.tune_budget_s)
-        log(f"  autontk tuned {autontk_runner._fmt(rec)} "
-            f"plan={rec.get('plan')}")
-        per_case[c.name]["autontk"]["auto_tuned"] = rec
-    if "jax_jacrev" in recs:
-      per_case[c.name]["jax"] = {"jax_jacrev": recs["jax_jacrev"]}
-    if cfg.checkpoint is not None:
-      cfg.checkpoint(_strip({"suite": suite, "partial": True, "cases": [
-          dict(k.to_json(), n_params=k.n_params, out_dim=k.out_dim,
-               kernel_entries=k.kernel_entries, results=per_case[k.name])
-          for k in cases if k.name in per_case]}))
-  meta = _run_peers(suite, cases, cfg, per_case, log) if peers else {}
-  out_cases = []
-  for c in cases:
-    _check_kernels(per_case[c.name])
-    d = c.to_json()
-    d.update(n_params=c.n_params, out_dim=c.out_dim,
-             kernel_entries=c.kernel_entries, results=per_case[c.name])
-    out_cases.append(d)
-  return _strip({"suite": suite, "peers": meta, "cases": out_cases})
-
-
-# Suites ---------------------------------------------------------------------
-
-
-def reference(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """The reference cases of docs/performance.md + ResNet + transformer, all peers."""
-  return run_suite_cases("reference", cases_mod.reference(cfg.quick), cfg,
-                         log=log)
-
-
-def scaling(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """MLP FLOPs per NTK entry vs width and vs O (autontk methods + auto)."""
-  return run_suite_cases("scaling", cases_mod.scaling(cfg.quick), cfg,
-                         peers=False, log=log,
-                         max_run_flops=3e10 if cfg.quick else 1e12)
-
-
-def regret(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """Every explicit method and auto (cost model; tuned when available)."""
-  return run_suite_cases("regret", cases_mod.regret(cfg.quick), cfg,
-                         peers=False, tuned=True, log=log)
-
-
-def memory(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """ResNet / ViT / Mixer at several O under a memory budget."""
-  res = run_suite_cases("memory", cases_mod.memory(cfg.quick), cfg,
-                        peers=False, budget_bytes=cfg.budget_bytes,
-                        auto_options={"memory_budget": cfg.budget_bytes},
-                        log=log)
-  res["budget_bytes"] = cfg.budget_bytes
-  return res
-
-
-def plancache(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """Second-process overhead on a plan-cache hit."""
-  from bench import plancache_probe
-  return plancache_probe.run(cfg, log=log)
-
-
-def regret_unseen(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """Unseen models (loops, small kernels, flax/haiku/equinox), each method,
-  auto and tuned auto called as users call them, in fresh processes."""
-  names = None
-  if cfg.case_filter:
-    names = [n for n in unseen_models.MODELS if re.search(cfg.case_filter, n)]
-  return unseen_suite.run(cfg.quick, names, log=log,
-                          checkpoint=cfg.checkpoint)
-
-
-def run(name: str, cfg: RunConfig, log=print) -> dict[str, Any]:
-  fn = {"reference": reference, "scaling": scaling, "regret": regret,
-        "memory": memory, "plancache": plancache,
-        "regret_unseen": regret_unseen, "stacked": stacked.run,
-        "kernels": lambda cfg, log: kernels.run(cfg.quick, log=log)}[name]
-  t0 = time.perf_counter()
-  res = fn(cfg, log=log)
-  res["suite_wall_s"] = time.perf_counter() - t0
-  res["quick"] = cfg.quick
-  res["policy"] = cfg.policy.to_dict()
-  return res
+SUITES: dict[str, Suite] = {s.name: s for s in (
+    _case_suite("reference", "reference models: autontk's methods and auto "
+                "against neural-tangents, torch.func and plain JAX",
+                compare.reference),
+    _case_suite("scaling", "MLP FLOPs per NTK entry against width and output "
+                "size, against the methods' cost formulas", compare.scaling),
+    _case_suite("regret", "auto's regret (cost model, and tuned) against the "
+                "fastest explicit method on 14 models", compare.regret),
+    _case_suite("memory", "ResNet / ViT / Mixer time and compiled peak memory "
+                "under a memory budget", compare.memory),
+    Suite("plancache", "a new process's first call on a plan-cache hit "
+          "against the chosen method's cached compile", plancache.run,
+          plancache.markdown),
+    Suite("regret_unseen", "auto's regret and first-call cost on models it "
+          "was not tuned on, called as users call them", regret_unseen.run,
+          regret_unseen.markdown),
+    Suite("tuned_regret", "auto with tuning against the fastest explicit "
+          "method on the library's bundled model suite", tuned_regret.run,
+          tuned_regret.markdown),
+    Suite("stacked", "one network with its layers as separate leaves, an "
+          "indexed stack, scan and fori_loop, every method", stacked.run,
+          stacked.markdown),
+    Suite("kernels", "what wrt=, groups= and the pseudo-NTK cost, and auto's "
+          "regret on those kernels", kernels.run, kernels.markdown),
+    Suite("precision", "error of float32 kernels under each precision "
+          "setting against float64", precision.run, precision.markdown),
+    Suite("overhead", "per-call overhead of ntk_fn's functions and ntk_vp_fn "
+          "products against jax.jit", overhead.run, overhead.markdown),
+    Suite("tiled", "ntk_tiled: multi-device throughput, a big kernel on "
+          "disk, and an extrapolation to 50,000 examples", tiled.run,
+          tiled.markdown),
+)}

@@ -1,208 +1,94 @@
-"""Timing and XLA cost/memory readout shared by every JAX runner.
+"""The benchmark's one interleaved timer: the library's own protocol.
 
-Imports under jax 0.4.23 (the neural-tangents environment) and current JAX,
-and nothing of autontk. ``cost_analysis()`` is a list of dicts on old JAX and
-a dict on new JAX; values <= 0 or missing mean "unknown" (``None``).
+Candidates compared with each other (methods, plans, a function and its
+``jax.jit``) are timed the way ``autontk.tune`` confirms a close call
+(:func:`autontk.auto.tuner.confirm`): after a compile and a warm-up call,
+each round calls every candidate once, starting one candidate later than the
+round before, so machine noise falls on all alike; at least ``rounds``
+rounds, more until ``time_s`` has passed (longer while the two fastest are
+within 10 %), at most ``max_rounds``. This module adapts that protocol to
+arbitrary calls and keeps every round's times.
+
+>>> stats = interleaved({"a": lambda: 1.0, "b": lambda: 2.0}, rounds=3,
+...                     time_s=0.0)
+>>> stats["a"]["repeats"]
+3
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import jax
 
+from autontk.auto.tuner import TuneOptions, confirm
 
-@dataclasses.dataclass(frozen=True)
-class TimingPolicy:
-  """How long to measure one callable.
 
-  Attributes:
-    min_repeats: timed calls at least (after the first, compiling call).
-    max_repeats: timed calls at most.
-    min_total_s: keep repeating until this much time was measured.
-    max_total_s: stop repeating after this much measured time.
+def interleaved(calls: dict[Hashable, Callable[[], Any]], *, rounds: int = 9,
+                time_s: float = 0.5, max_rounds: int = 400
+                ) -> dict[Hashable, dict[str, Any]]:
+  """Times ``calls`` (key -> a call returning arrays) interleaved.
+
+  Args:
+    calls: the candidates; each is called as ``call()`` and its result
+      waited for (``jax.block_until_ready``).
+    rounds: at least this many rounds.
+    time_s: and more rounds until this long has passed.
+    max_rounds: at most this many rounds.
+
+  Returns:
+    Per key: ``median_s`` and ``min_s`` over the rounds, ``repeats`` (the
+    rounds) and ``times`` (seconds per round, in round order, so that
+    ``times`` of two keys pair up round by round).
   """
+  times: dict[Hashable, list[float]] = {k: [] for k in calls}
 
-  min_repeats: int = 3
-  max_repeats: int = 30
-  min_total_s: float = 0.5
-  max_total_s: float = 5.0
+  def runner(key, call):
+    def once() -> float:
+      t0 = time.perf_counter()
+      jax.block_until_ready(call())
+      dt = time.perf_counter() - t0
+      times[key].append(dt)
+      return dt
+    return once
 
-  @classmethod
-  def quick(cls) -> "TimingPolicy":
-    return cls(min_repeats=2, max_repeats=15, min_total_s=0.3, max_total_s=3.0)
-
-  @classmethod
-  def full(cls) -> "TimingPolicy":
-    return cls(min_repeats=5, max_repeats=50, min_total_s=1.0,
-               max_total_s=10.0)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-
-def block(x: Any) -> Any:
-  return jax.block_until_ready(x)
-
-
-def repeat(call: Callable[[], Any], policy: TimingPolicy) -> dict[str, Any]:
-  """Median wall time of ``call()`` (already compiled), with repeats."""
-  times: list[float] = []
-  total = 0.0
-  while len(times) < policy.max_repeats:
-    t0 = time.perf_counter()
-    block(call())
-    dt = time.perf_counter() - t0
-    times.append(dt)
-    total += dt
-    if len(times) >= policy.min_repeats and total >= policy.min_total_s:
-      break
-    if total >= policy.max_total_s and len(times) >= 1:
-      break
-  return {"median_s": statistics.median(times), "min_s": min(times),
-          "repeats": len(times)}
-
-
-def _first(analysis: Any) -> dict[str, Any] | None:
-  if analysis is None:
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  return analysis if isinstance(analysis, dict) else None
-
-
-def _positive(v: Any) -> float | None:
-  try:
-    v = float(v)
-  except (TypeError, ValueError):
-    return None
-  return v if v > 0 else None
-
-
-def cost_of(compiled: Any) -> dict[str, Any]:
-  """FLOPs, bytes accessed, transcendentals and memory of a compiled fn."""
-  out: dict[str, Any] = {"flops": None, "bytes_accessed": None,
-                         "transcendentals": None, "peak_bytes": None,
-                         "temp_bytes": None}
-  try:
-    a = _first(compiled.cost_analysis())
-  except Exception:  # noqa: BLE001 - some backends do not implement it
-    a = None
-  if a:
-    out["flops"] = _positive(a.get("flops"))
-    out["bytes_accessed"] = _positive(a.get("bytes accessed"))
-    out["transcendentals"] = _positive(a.get("transcendentals"))
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001
-    m = None
-  if m is not None:
-    temp = getattr(m, "temp_size_in_bytes", None)
-    out["temp_bytes"] = temp
-    # peak_memory_in_bytes, where present, may leave out temporaries on CPU;
-    # arguments + outputs + temporaries - aliased is an upper bound.
-    parts = sum(getattr(m, k, 0) or 0 for k in (
-        "argument_size_in_bytes", "output_size_in_bytes",
-        "temp_size_in_bytes")) - (getattr(m, "alias_size_in_bytes", 0) or 0)
-    peak = max(getattr(m, "peak_memory_in_bytes", 0) or 0, parts)
-    out["peak_bytes"] = int(peak) if peak else None
+  keys = list(calls)
+  options = TuneOptions(budget_s=max(time_s, 1.0) * 10, confirm_rounds=rounds,
+                        confirm_time_s=time_s, max_repeats=max_rounds,
+                        min_repeats=1, progress=False)
+  confirm(None, keys, None, None, None, {}, options,
+          runners={k: runner(k, c) for k, c in calls.items()})
+  out = {}
+  for k in keys:
+    ts = times[k][2:]  # the protocol's compile and warm-up calls go first
+    out[k] = {"median_s": statistics.median(ts), "min_s": min(ts),
+              "repeats": len(ts), "times": ts}
   return out
 
 
-def measure_jit(fn: Callable, args: tuple, policy: TimingPolicy,
-                keep_result: bool = False,
-                budget_bytes: float | None = None,
-                max_run_flops: float | None = None,
-                keep_call: bool = False) -> dict[str, Any]:
-  """First call (trace + compile + run) and median call time of ``jit(fn)``.
+def interleave(records: list[dict[str, Any]], *, time_s: float = 1.5,
+               max_median_s: float = 0.25, rounds: int = 5) -> None:
+  """Re-times already measured records interleaved, in place.
 
-  The first call goes through ``lower``/``compile`` so the same executable
-  gives the cost analysis, the first-call time and the repeated timings.
-  A program whose compiled peak memory exceeds ``budget_bytes`` is not run:
-  the record says ``over_budget``. One whose compiled FLOPs exceed
-  ``max_run_flops`` is only compiled and analysed (``skipped_slow``).
-  ``keep_call`` keeps the compiled call as ``_call`` (for
-  :func:`interleave`).
-  """
-  gc.collect()  # a collection of earlier cases' garbage is not this one's
-  t0 = time.perf_counter()
-  lowered = jax.jit(fn).lower(*args)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-  rec: dict[str, Any] = {"trace_s": t1 - t0, "compile_s": t2 - t1}
-  rec.update(cost_of(compiled))
-  if budget_bytes and rec["peak_bytes"] and rec["peak_bytes"] > budget_bytes:
-    rec["over_budget"] = True
-    return rec
-  if max_run_flops and rec["flops"] and rec["flops"] > max_run_flops:
-    rec["skipped_slow"] = True
-    return rec
-  result = block(compiled(*args))
-  t3 = time.perf_counter()
-  rec.update(first_call_s=t3 - t0, first_run_s=t3 - t2)
-  rec.update(repeat(lambda: compiled(*args), policy))
-  if keep_call:
-    rec["_call"] = lambda: compiled(*args)
-  if keep_result:
-    rec["_result"] = result
-  return rec
-
-
-def measure_call(fn: Callable, args: tuple, policy: TimingPolicy,
-                 keep_result: bool = False) -> dict[str, Any]:
-  """Like :func:`measure_jit` for a callable that must not be wrapped in an
-  outer ``jit`` (a host loop over compiled blocks): first call (its own
-  compiles included) and median; no single program to analyse.
-  """
-  t0 = time.perf_counter()
-  result = block(fn(*args))
-  rec: dict[str, Any] = {"first_call_s": time.perf_counter() - t0,
-                         "flops": None, "peak_bytes": None, "host_loop": True}
-  rec.update(repeat(lambda: fn(*args), policy))
-  if keep_result:
-    rec["_result"] = result
-  return rec
-
-
-def interleave(records: list[dict[str, Any]], budget_s: float = 1.5,
-               max_median_s: float = 0.25, min_rounds: int = 5,
-               max_rounds: int = 300) -> None:
-  """Re-times already measured calls round-robin, in place.
-
-  Timing methods one after the other lets a busy moment of a shared
-  machine decide a close call; interleaving exposes all of them to the
-  same conditions. Records with a ``_call`` and a median of at most
-  ``max_median_s`` are called in turn for as many rounds as fit in
-  ``budget_s`` (clamped to ``[min_rounds, max_rounds]``); their
-  ``median_s`` becomes the interleaved median (the one-after-the-other
-  median is kept as ``median_seq_s``) and ``min_s`` the least of both.
+  Records with a ``_call`` and a sequential ``median_s`` of at most
+  ``max_median_s`` take part (a slow call between fast ones would disturb
+  them, and is told apart by its sequential median anyway). Their
+  ``median_s`` becomes the interleaved median (the sequential one is kept
+  as ``median_seq_s``), ``min_s`` the least of both, and ``repeats`` counts
+  both.
   """
   recs = [r for r in records if "_call" in r and
           r.get("median_s") is not None and r["median_s"] <= max_median_s]
   if len(recs) < 2:
     return
-  per_round = sum(r["median_s"] for r in recs)
-  rounds = int(min(max(budget_s / max(per_round, 1e-9), min_rounds),
-                   max_rounds))
-  times: list[list[float]] = [[] for _ in recs]
-  for _ in range(rounds):
-    for r, ts in zip(recs, times):
-      t0 = time.perf_counter()
-      block(r["_call"]())
-      ts.append(time.perf_counter() - t0)
-  for r, ts in zip(recs, times):
+  stats = interleaved({i: r["_call"] for i, r in enumerate(recs)},
+                      rounds=rounds, time_s=time_s)
+  for i, r in enumerate(recs):
+    s = stats[i]
     r["median_seq_s"] = r["median_s"]
-    r["median_s"] = statistics.median(ts)
-    r["min_s"] = min(r["min_s"], min(ts))
-    r["repeats"] = r.get("repeats", 0) + len(ts)
-    r["interleaved_rounds"] = rounds
-
-
-def error_record(e: BaseException) -> dict[str, Any]:
-  msg = f"{type(e).__name__}: {e}"
-  return {"error": msg[:400]}
+    r["median_s"] = s["median_s"]
+    r["min_s"] = min(r.get("min_s", s["min_s"]), s["min_s"])
+    r["repeats"] = r.get("repeats", 0) + s["repeats"]
+    r["interleaved_rounds"] = s["repeats"]

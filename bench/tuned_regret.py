@@ -1,69 +1,91 @@
-"""Regret of ``implementation="auto"`` with tuning, on the bundled suite.
+"""``tuned_regret``: auto with tuning on the library's bundled model suite.
 
 For each model of ``autontk.suite``: ``ntk_fn(f, tune=...)`` tunes on first
-use (in a fresh cache directory), then auto's plan and every explicit method
-are re-timed side by side (interleaved rounds; the best median counts).
-regret = time(auto's plan) / time(best explicit method); the target with
-tuning is a geometric mean <= 1.03 and a worst case <= 1.15
-(docs/performance.md).
-
-Run: ``python -m bench.tuned_regret [--budget 60] [MODEL ...]``.
+use (in a fresh plan cache), then the tuned function and each explicit
+method's function are called as users call them and timed together by
+:func:`bench.timing.interleaved`. regret = time(tuned auto) / time(fastest
+explicit method); the target with tuning is a geometric mean <= 1.03 and a
+worst case <= 1.15.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import statistics
-import sys
 import tempfile
 import time
+from typing import Any
+
+import autontk
+from autontk import suite
+from bench import timing
+from bench.config import RunConfig
+
+EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
+            "structured_derivatives")
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("models", nargs="*")
-  parser.add_argument("--budget", type=float, default=60.0)
-  args = parser.parse_args(argv)
-  os.environ["AUTONTK_CACHE_DIR"] = tempfile.mkdtemp(prefix="autontk-regret-")
-  os.environ.setdefault("AUTONTK_JAX_CACHE", "0")
-
-  import autontk
-  from autontk import Plan, suite
-  from autontk.auto import tuner
-  from autontk.auto.tuner import TuneOptions
-
-  names = args.models or list(suite.SUITE)
-  regrets = []
-  for name in names:
-    m = suite.SUITE[name]()
-    ntk = autontk.ntk_fn(
-        m["f"], trace_axes=m.get("trace_axes", (-1,)),
-        diagonal_axes=m.get("diagonal_axes", ()),
-        vmap_axes=m.get("vmap_axes"),
-        tune=TuneOptions(budget_s=args.budget, progress=False))
-    x1, x2, params = m["x1"], m.get("x2"), m["params"]
-    t0 = time.perf_counter()
-    plan = ntk.plan(x1, x2, params)
-    tune_s = time.perf_counter() - t0
-    plans = {"auto": plan}
-    plans.update({i.name.lower(): Plan(i)
-                  for i in autontk.methods.available()})
-    best = tuner.confirm(ntk, list(dict.fromkeys(plans.values())), x1, x2,
-                         params, {}, TuneOptions(min_time_s=0.2,
-                                                 min_repeats=5))
-    explicit = min(best[p] for k, p in plans.items() if k != "auto")
-    regret = best[plan] / explicit
-    regrets.append(regret)
-    print(f"{name:<18} {plan.describe()[:48]:<48} tune {tune_s:6.1f} s  "
-          f"auto {best[plan] * 1e3:8.3f} ms  best explicit "
-          f"{explicit * 1e3:8.3f} ms  regret {regret:.3f}", flush=True)
-  geo = math.exp(statistics.mean(math.log(r) for r in regrets))
-  print(f"geomean regret {geo:.3f}, worst {max(regrets):.3f} "
-        f"({os.environ['AUTONTK_CACHE_DIR']})")
-  return 0
+def _ntk(m: dict[str, Any], **options: Any):
+  return autontk.ntk_fn(m["f"], trace_axes=m.get("trace_axes", (-1,)),
+                        diagonal_axes=m.get("diagonal_axes", ()),
+                        vmap_axes=m.get("vmap_axes"), **options)
 
 
-if __name__ == "__main__":
-  sys.exit(main())
+def run_model(name: str, budget_s: float) -> dict[str, Any]:
+  """Tunes one model, then times it against every explicit method."""
+  m = suite.SUITE[name]()
+  args = (m["x1"], m.get("x2"), m["params"])
+  cache = autontk.PlanCache(tempfile.mkdtemp(prefix="autontk-tuned-"))
+  fns = {"auto": _ntk(m, plan_cache=cache, tune=autontk.TuneOptions(
+      budget_s=budget_s, progress=False))}
+  t0 = time.perf_counter()
+  plan = fns["auto"].plan(*args)
+  tune_s = time.perf_counter() - t0
+  fns.update({impl: _ntk(m, implementation=impl) for impl in EXPLICIT})
+  stats = timing.interleaved({k: (lambda fn=fn: fn(*args))
+                              for k, fn in fns.items()},
+                             rounds=9, time_s=1.0)
+  best = min(EXPLICIT, key=lambda k: stats[k]["median_s"])
+  return {"model": name, "plan": plan.describe(), "tune_s": tune_s,
+          "best": best, "regret": stats["auto"]["median_s"] /
+          stats[best]["median_s"],
+          "median_s": {k: st["median_s"] for k, st in stats.items()}}
+
+
+def run(cfg: RunConfig, log=print) -> dict[str, Any]:
+  """Every model of ``autontk.suite`` (tuning budget 15 s quick, 60 s full)."""
+  budget = 15.0 if cfg.quick else 60.0
+  rows = []
+  for name in suite.SUITE:
+    if not cfg.selected(name):
+      continue
+    rows.append(run_model(name, budget))
+    r = rows[-1]
+    log(f"  {name}: {r['plan'][:48]} tune {r['tune_s']:.1f} s, regret "
+        f"{r['regret']:.3f}")
+    cfg.save_partial({"rows": rows})
+  regrets = [r["regret"] for r in rows]
+  out: dict[str, Any] = {"tune_budget_s": budget, "rows": rows}
+  if regrets:
+    out["summary"] = {"geomean": math.exp(statistics.mean(
+        math.log(r) for r in regrets)), "worst": max(regrets),
+        "n": len(regrets)}
+  return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+  s = res.get("summary") or {}
+  lines = [f"Tuning budget {res['tune_budget_s']:.0f} s per model; regret = "
+           "median(tuned auto) / median(fastest explicit method), timed "
+           "interleaved.", ""]
+  if s:
+    lines += [f"Geomean regret {s['geomean']:.3f}, worst {s['worst']:.3f} "
+              f"over {s['n']} models (target ≤ 1.03, worst ≤ 1.15).", ""]
+  lines += ["| model | tuned plan | tuning s | auto ms | fastest explicit "
+            "| its ms | regret |", "|---|---|---|---|---|---|---|"]
+  for r in res["rows"]:
+    med = r["median_s"]
+    lines.append(f"| {r['model']} | {r['plan']} | {r['tune_s']:.1f} | "
+                 f"{med['auto'] * 1e3:.3g} | {r['best']} | "
+                 f"{med[r['best']] * 1e3:.3g} | {r['regret']:.3f} |")
+  return "\n".join(lines) + "\n"

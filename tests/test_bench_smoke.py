@@ -1,49 +1,55 @@
-"""Smoke test of the benchmark harness (bench/): tiny shapes, no peers."""
+"""Smoke test of the benchmark package (bench/): tiny shapes, no peers."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 # bench/ is a top-level package beside autontk/, not installed with it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from bench import autontk_runner, cases, models, report, suites, timing  # noqa: E402
+from bench import (autontk_runner, cases, compare, measure, record,  # noqa: E402
+                   report, suites, timing)
+from bench.__main__ import run_suite  # noqa: E402
+from bench.config import RunConfig  # noqa: E402
+from bench.zoo import specs  # noqa: E402
 from reference import reference_ntk  # noqa: E402
 
-TINY = timing.TimingPolicy(min_repeats=1, max_repeats=1, min_total_s=0.0,
-                           max_total_s=0.0)
+TINY = measure.TimingPolicy(min_repeats=1, max_repeats=1, min_total_s=0.0,
+                            max_total_s=0.0)
 
 
 def _tiny_case(trace: bool) -> cases.Case:
   return cases.Case("tiny_" + ("trace" if trace else "full"), "fcn",
-                    models.fcn([3, 5, 2], "erf"), (3,), 2, 3, trace)
+                    specs.fcn([3, 5, 2], "erf"), (3,), 2, 3, trace)
 
 
 def test_zoo_specs_build_and_round_trip():
   for c in (cases.reference(True) + cases.regret(True) + cases.memory(True)
             + cases.scaling(True)):
     assert cases.Case.from_json(json.loads(json.dumps(c.to_json()))) == c
-    shapes = models.param_shapes(c.spec, c.in_shape)
+    shapes = specs.param_shapes(c.spec, c.in_shape)
     assert shapes and c.n_params == sum(int(np.prod(s))
                                         for s in shapes.values())
   assert len(cases.regret(True)) >= 12
 
 
 @pytest.mark.parametrize("layer_spec,in_shape", [
-    (models.resnet(4, [1, 1], 3), (8, 8, 2)),
-    (models.mixer(8, 4, 8, 8, 1, 3, patch=2), (4, 4, 2)),
-    (models.rnn(4, 3), (5, 2)),
+    (specs.resnet(4, [1, 1], 3), (8, 8, 2)),
+    (specs.mixer(8, 4, 8, 8, 1, 3, patch=2), (4, 4, 2)),
+    (specs.rnn(4, 3), (5, 2)),
 ])
 def test_zoo_apply_output_shape(layer_spec, in_shape):
-  params = models.init_params(layer_spec, in_shape)
-  x = models.init_inputs(in_shape, 2, 0)
-  out = models.apply(layer_spec)(params, x)
-  assert out.shape == (2,) + models.out_shape(layer_spec, in_shape)
+  params = specs.init_params(layer_spec, in_shape)
+  x = specs.init_inputs(in_shape, 2, 0)
+  out = specs.apply(layer_spec)(params, x)
+  assert out.shape == (2,) + specs.out_shape(layer_spec, in_shape)
   assert np.all(np.isfinite(np.asarray(out)))
 
 
@@ -53,13 +59,13 @@ def test_runner_kernels_match_reference():
       c, TINY, methods=("jacobian_contraction", "ntk_vector_products"),
       auto=False, jacrev=True, log=lambda *a: None)
   params, x1, x2 = c.arrays()
-  ref = reference_ntk(models.apply(c.spec), params, x1, x2,
+  ref = reference_ntk(specs.apply(c.spec), params, x1, x2,
                       trace_axes=c.trace_axes)
   for name in ("jacobian_contraction", "ntk_vector_products", "jax_jacrev"):
     rec = recs[name]
     assert rec["median_s"] > 0 and rec["flops"] and rec["flops"] > 0
     np.testing.assert_allclose(rec["_result"], ref, rtol=1e-4, atol=1e-6)
-  suites._check_kernels({"autontk": recs})
+  compare._check_kernels({"autontk": recs})
   assert recs["ntk_vector_products"]["rel_err"] < 1e-4
 
 
@@ -70,7 +76,7 @@ def test_over_budget_is_not_run():
   assert rec["over_budget"] and "median_s" not in rec
 
 
-def test_report_renders_tables_and_plots(tmp_path):
+def test_report_renders_tables_and_figures(tmp_path):
   c = _tiny_case(False)
   rec = {"median_s": 0.002, "first_call_s": 0.5, "flops": 10.0,
          "peak_bytes": 2**20}
@@ -86,20 +92,13 @@ def test_report_renders_tables_and_plots(tmp_path):
                                         planning_s=0.1, compile_s=0.2,
                                         planning_over_compile=0.5)},
                "nt": {"nt1": dict(rec, median_s=0.003)}})
-  for suite in ("reference", "regret"):
-    with open(tmp_path / f"{suite}.json", "w") as fh:
-      json.dump({"suite": suite, "cases": [d], "quick": True}, fh)
-  readme = tmp_path / "README.md"
-  readme.write_text("# hand-written\n")
-  text = report.render(str(tmp_path), readme=str(readme))
+  res = {"cases": [d], "quick": True}
+  text = report.reference_md(res)
   assert "| tiny_full |" in text and "1.5×" in text  # NT 1 / autontk best
-  assert "geomean 1.000" in text  # auto's regret, NT rule's regret: 2x
-  assert os.path.exists(tmp_path / "regret.png")
-  assert os.path.exists(tmp_path / "reference.csv")
-  body = readme.read_text()
-  assert body.startswith("# hand-written") and "results:" in body
-  report.render(str(tmp_path), readme=str(readme))  # idempotent block
-  assert readme.read_text().count("<!-- results:") == 2
+  assert "geomean 1.000" in report.regret_md(res)  # auto chose the fastest
+  links = report.figures(str(tmp_path), res, "regret")
+  assert "regret.png" in links and os.path.exists(tmp_path / "regret.png")
+  assert os.path.exists(tmp_path / "regret.csv")
 
 
 def test_interleave_retimes_in_turn_and_keeps_the_sequential_median():
@@ -112,10 +111,38 @@ def test_interleave_retimes_in_turn_and_keeps_the_sequential_median():
   a, b = rec("a", 1e-3), rec("b", 1e-3)
   slow = rec("slow", 10.0)          # above max_median_s: left alone
   failed = {"error": "n/a"}         # no measurement: left alone
-  timing.interleave([a, b, slow, failed], budget_s=0.0, min_rounds=3)
-  assert calls == ["a", "b"] * 3    # round-robin, not one after the other
+  timing.interleave([a, b, slow, failed], time_s=0.0, rounds=3)
+  # The library's protocol: a compile and a warm-up call each, then rounds
+  # that start one candidate later each time.
+  assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
   for r in (a, b):
     assert r["median_seq_s"] == 1e-3 and r["interleaved_rounds"] == 3
     assert r["repeats"] == 5 and r["min_s"] <= r["median_s"]
   assert "median_seq_s" not in slow and slow["median_s"] == 10.0
   assert failed == {"error": "n/a"}
+
+
+@pytest.mark.subprocess
+def test_every_suite_is_listed_with_one_line():
+  out = subprocess.run([sys.executable, "-m", "bench", "--list"], cwd=ROOT,
+                       capture_output=True, text=True, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT)).stdout
+  lines = out.strip().splitlines()
+  assert [l.split()[0] for l in lines] == list(suites.SUITES)
+  assert all(len(l.split()) > 3 for l in lines)
+
+
+def test_a_tiny_suite_run_is_recorded(tmp_path):
+  cfg = RunConfig(quick=True, peers=(), case_filter="^mlp_w32_o10$",
+                  work=str(tmp_path / "work"))
+  info = record.machine_info()
+  tag = record.machine_tag(info)
+  assert run_suite(suites.SUITES["scaling"], cfg, str(tmp_path), tag, info)
+  res = json.loads((tmp_path / "scaling.json").read_text())
+  assert res["suite"] == "scaling" and res["tag"] == tag
+  assert res["machine"]["backend"] and res["date_utc"] and res["quick"]
+  assert [c["name"] for c in res["cases"]] == ["mlp_w32_o10"]
+  assert "median_s" in res["cases"][0]["results"]["autontk"]["auto"]
+  text = (tmp_path / "scaling.md").read_text()
+  assert text.startswith("# `scaling`") and f"`{tag}`" in text
+  assert (tmp_path / "scaling.csv").exists()

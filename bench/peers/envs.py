@@ -1,7 +1,7 @@
 """The peers' own virtual environments, created by the bench on first use.
 
 neural-tangents 0.6.5 does not import on current JAX, so it runs in
-``bench/.venv-nt`` with jax 0.4.23; torch runs in ``bench/.venv-torch``. Both
+``.venv-bench-nt`` with jax 0.4.23; torch runs in ``.venv-bench-torch``. Both
 are gitignored and rebuilt when their requirement list changes. Nothing of
 either peer is committed: the bench only pip-installs them.
 """
@@ -36,7 +36,7 @@ RUNNER = {"nt": "bench.peers.nt_runner", "torch": "bench.peers.torch_runner"}
 
 
 def venv_dir(name: str) -> str:
-  return os.path.join(BENCH_DIR, f".venv-{name}")
+  return os.path.join(REPO_DIR, f".venv-bench-{name}")
 
 
 def python_of(name: str) -> str:

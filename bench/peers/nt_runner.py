@@ -1,9 +1,9 @@
 """neural-tangents 0.6.5 peer: methods 1, 2, 3 on the bench's cases.
 
-Runs inside ``bench/.venv-nt`` (jax 0.4.23 + neural-tangents 0.6.5, created by
+Runs inside ``.venv-bench-nt`` (jax 0.4.23 + neural-tangents 0.6.5, created by
 :mod:`bench.peers.envs`), never in autontk's environment:
 
-  bench/.venv-nt/bin/python -m bench.peers.nt_runner JOB.json
+  .venv-bench-nt/bin/python -m bench.peers.nt_runner JOB.json
 
 ``JOB.json`` holds ``{"cases": [...], "dir": ..., "policy": {...},
 "implementations": [1, 2, 3], "budget_bytes": ...}``; each case's parameters
@@ -22,18 +22,19 @@ import traceback
 
 import numpy as np
 
+from bench import cases as cases_mod
+from bench import measure
+from bench.zoo import specs
+
 
 def main(job_path: str) -> None:
   import jax
   import jax.numpy as jnp
   import neural_tangents as nt
 
-  from bench import cases as cases_mod
-  from bench import models, timing
-
   with open(job_path) as fh:
     job = json.load(fh)
-  policy = timing.TimingPolicy(**job["policy"])
+  policy = measure.TimingPolicy(**job["policy"])
   impls = job.get("implementations", [1, 2, 3])
   budget = job.get("budget_bytes")
   work = job["dir"]
@@ -41,7 +42,7 @@ def main(job_path: str) -> None:
                           "neural_tangents": nt.__version__,
                           "backend": jax.default_backend()},
              "cases": {}}
-  f, p0, a0, b0 = models.warm_up_inputs()  # untimed, as autontk's runner
+  f, p0, a0, b0 = specs.warm_up_inputs()  # untimed, as autontk's runner
   for impl in impls:
     try:
       ntk = nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0,
@@ -55,7 +56,7 @@ def main(job_path: str) -> None:
                                                         case.name + ".npz"))
     params = {k: jnp.asarray(v) for k, v in params.items()}
     x1, x2 = jnp.asarray(x1), jnp.asarray(x2)
-    f = models.apply(case.spec)
+    f = specs.apply(case.spec)
     recs, kernels = {}, {}
     skip = job.get("skip", {}).get(case.name, [])
     for impl in impls:
@@ -63,7 +64,7 @@ def main(job_path: str) -> None:
       try:
         ntk = nt.empirical_ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
                                   implementation=impl)
-        rec = timing.measure_jit(lambda a, b, p: ntk(a, b, p),
+        rec = measure.measure_jit(lambda a, b, p: ntk(a, b, p),
                                  (x1, x2, params), policy, keep_result=True,
                                  budget_bytes=budget,
                                  # Skipped ones are still compiled: NT's
@@ -73,7 +74,7 @@ def main(job_path: str) -> None:
         if "_result" in rec:
           kernels[key] = np.asarray(rec.pop("_result"), np.float64)
       except Exception as e:  # noqa: BLE001 - a failing method is a result
-        rec = timing.error_record(e)
+        rec = measure.error_record(e)
         traceback.print_exc()
       recs[key] = rec
       print(f"  NT {key} {case.name}: " + (

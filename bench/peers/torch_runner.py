@@ -1,9 +1,9 @@
 """torch.func peer: the two recipes of PyTorch's NTK tutorial, on the CPU.
 
-Runs inside ``bench/.venv-torch`` (torch 2.13.0 CPU, created by
+Runs inside ``.venv-bench-torch`` (torch 2.13.0 CPU, created by
 :mod:`bench.peers.envs`):
 
-  bench/.venv-torch/bin/python -m bench.peers.torch_runner JOB.json
+  .venv-bench-torch/bin/python -m bench.peers.torch_runner JOB.json
 
 The job file is the one :mod:`bench.peers.nt_runner` reads. The models are
 rebuilt from the same layer specs (NHWC layout kept throughout so flatten
@@ -32,6 +32,8 @@ import traceback
 
 import numpy as np
 
+from bench import cases as cases_mod
+
 
 def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
   out = -(-size // s)
@@ -51,7 +53,7 @@ def build(spec):
     if name == "tanh":
       return torch.tanh(x)
     if name == "gelu":
-      return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654
+      return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2 / math.pi)
                                          * (x + 0.044715 * x ** 3)))
     raise ValueError(name)
 
@@ -186,8 +188,6 @@ def _time(call, policy, sync=lambda: None) -> dict:
 
 def main(job_path: str) -> None:
   import torch
-
-  from bench import cases as cases_mod
 
   with open(job_path) as fh:
     job = json.load(fh)

@@ -1,1 +1,0 @@
-"""Benchmarks of autontk.ntk_tiled (see README.md in this folder)."""
