@@ -10,13 +10,14 @@
 #                                   # into .whl/ for a GPU machine without
 #                                   # network (`run` installs them)
 #   bash bench/gpu.sh collect DIR   # copies DIR/results/<tag> (what `run`
-#                                   # left under $OUT) into bench/results/
+#                                   # copied to $COPY_TO) into bench/results/
 #
 # autontk and plain JAX run with the machine's own jax (CUDA); torch.func
 # with the machine's own torch on the GPU (AUTONTK_BENCH_TORCH_PYTHON /
 # _DEVICE); neural-tangents is left out (it needs jax 0.4.23, whose CPU
 # numbers on a GPU host would not be a comparison). SUITES overrides the
-# "suite:seconds" list; EXTRA_ARGS is appended to every `python -m bench`
+# "suite:seconds" list; COPY_TO names a folder that receives a copy of the
+# results; EXTRA_ARGS is appended to every `python -m bench`
 # (e.g. EXTRA_ARGS="--quick --cases fcn32" for a dry run on a CPU machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,9 +66,9 @@ case "${1:-run}" in
         || echo "suite $suite stopped: $?"
     done
     "$PY" -m bench --report-only --tag "$TAG" || true
-    if [ -n "${OUT:-}" ]; then
-      mkdir -p "$OUT/results"
-      cp -r "bench/results/$TAG" "$OUT/results/"
+    if [ -n "${COPY_TO:-}" ]; then
+      mkdir -p "$COPY_TO/results"
+      cp -r "bench/results/$TAG" "$COPY_TO/results/"
     fi
     ;;
   collect)

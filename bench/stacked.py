@@ -159,9 +159,3 @@ def regret(res: dict) -> list[tuple[str, str, float]]:
     if best:
       out.append((model, variant, t / best))
   return out
-
-
-# Names the library's own tests use for the benchmark's stacked models.
-MODELS = zoo.MODELS
-_params = zoo.params_of
-stacked_md = markdown

@@ -2,9 +2,10 @@
 
 Candidates compared with each other (methods, plans, a function and its
 ``jax.jit``) are timed the way ``autontk.tune`` confirms a close call
-(:func:`autontk.auto.tuner.confirm`): after a compile and a warm-up call,
-each round calls every candidate once, starting one candidate later than the
-round before, so machine noise falls on all alike; at least ``rounds``
+(:func:`autontk.auto.timing.time_interleaved`): after a compile and a
+warm-up call, each round calls every candidate once, starting one candidate
+later than the round before, so machine noise falls on all alike; at least
+``rounds``
 rounds, more until ``time_s`` has passed (longer while the two fastest are
 within 10 %), at most ``max_rounds``. This module adapts that protocol to
 arbitrary calls and keeps every round's times.
@@ -23,7 +24,7 @@ from typing import Any, Callable, Hashable
 
 import jax
 
-from autontk.auto.tuner import TuneOptions, confirm
+from autontk.auto.timing import TimingPolicy, time_interleaved
 
 
 def interleaved(calls: dict[Hashable, Callable[[], Any]], *, rounds: int = 9,
@@ -55,11 +56,9 @@ def interleaved(calls: dict[Hashable, Callable[[], Any]], *, rounds: int = 9,
     return once
 
   keys = list(calls)
-  options = TuneOptions(budget_s=max(time_s, 1.0) * 10, confirm_rounds=rounds,
-                        confirm_time_s=time_s, max_repeats=max_rounds,
-                        min_repeats=1, progress=False)
-  confirm(None, keys, None, None, None, {}, options,
-          runners={k: runner(k, c) for k, c in calls.items()})
+  policy = TimingPolicy(rounds=rounds, round_time_s=time_s,
+                        max_repeats=max_rounds)
+  time_interleaved({k: runner(k, c) for k, c in calls.items()}, policy)
   out = {}
   for k in keys:
     ts = times[k][2:]  # the protocol's compile and warm-up calls go first

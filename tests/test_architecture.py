@@ -200,8 +200,6 @@ def test_the_guard_catches_each_kind_of_reference():
 # function-local import of its own modules, no history or outside reference.
 
 BENCH = ROOT / "bench"
-_BENCH_PENDING = pytest.mark.xfail(strict=False,
-                                   reason="bench/ rewrite pending")
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -301,14 +299,12 @@ def test_the_cycle_finder():
   assert _cycles({"a": [("b", 1, None)], "b": []}) == []
 
 
-@_BENCH_PENDING
 def test_bench_has_no_import_cycle():
   """Function-local imports included: a cycle through them is still one."""
   cycles = _cycles(_bench_imports())
   assert not cycles, "\n".join(" <-> ".join(c) for c in cycles)
 
 
-@_BENCH_PENDING
 def test_bench_has_no_function_local_imports_of_its_own_modules():
   offenders = [f"{name}:{line} {fn} imports {target}"
                for name, edges in sorted(_bench_imports().items())
@@ -316,7 +312,6 @@ def test_bench_has_no_function_local_imports_of_its_own_modules():
   assert not offenders, "\n".join(offenders)
 
 
-@_BENCH_PENDING
 def test_bench_stands_on_its_own():
   offenders = _history_and_outside_references(_texts("bench"))
   assert not offenders, "\n".join(offenders)

@@ -112,9 +112,9 @@ def test_interleave_retimes_in_turn_and_keeps_the_sequential_median():
   slow = rec("slow", 10.0)          # above max_median_s: left alone
   failed = {"error": "n/a"}         # no measurement: left alone
   timing.interleave([a, b, slow, failed], time_s=0.0, rounds=3)
-  # The library's protocol: a compile and a warm-up call each, then rounds
-  # that start one candidate later each time.
-  assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
+  # The library's protocol: a compile call each, a warm-up call each, then
+  # rounds that start one candidate later each time.
+  assert calls == ["a", "b", "a", "b", "a", "b", "b", "a", "a", "b"]
   for r in (a, b):
     assert r["median_seq_s"] == 1e-3 and r["interleaved_rounds"] == 3
     assert r["repeats"] == 5 and r["min_s"] <= r["median_s"]

@@ -493,15 +493,16 @@ def test_bench_stacked_variants_agree():
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
       __file__))))
   from bench import stacked
-  for build in stacked.MODELS.values():
+  from bench.zoo import stacked as zoo
+  for build in zoo.MODELS.values():
     model = build(True)
     x = model["x"][:2]
-    outs = [jax.jit(f)(stacked._params(v, model["rest"], model["stack"]), x)  # noqa: SLF001
+    outs = [jax.jit(f)(zoo.params_of(v, model["rest"], model["stack"]), x)
             for v, f in model["fns"].items()]
     for o in outs[1:]:
       np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-5)
   rec = {"variant": "scan", "method": "structured_derivatives",
          "median_s": 0.002, "rel_err": 1e-7}
-  md = stacked.stacked_md({"cases": [{"name": "mlp", "note": "n",
-                                      "records": [rec]}]})
+  md = stacked.markdown({"cases": [{"name": "mlp", "note": "n",
+                                    "records": [rec]}]})
   assert "| scan |" in md
