@@ -301,11 +301,11 @@ def ntk_operator(f: ApplyFn | Any, x: PyTree, params: PyTree, *,
   options = NtkOptions.make(trace_axes, (), vmap_axes,
                             Implementation.NTK_VECTOR_PRODUCTS, wrt=wrt,
                             pseudo_axes=pseudo_axes, precision=precision)
-  problem = _problem.build(f, options, x, None, params, kwargs)
   if "rng" in kwargs:
     raise ValueError("ntk_operator does not take the kwarg `rng`: f's "
                      "randomness over a batch depends on the batch. Make f "
                      "deterministic.")
+  problem = _problem.build(f, options, x, None, params, kwargs)
   side, _ = sides(problem)
   out_axes = output_batch_axes(problem, side.size, side.size)
   layouts = [OperatorLayout.of(tuple(o.shape), ax, b)

@@ -10,6 +10,7 @@ recomputed from the answer.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -22,7 +23,8 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
           maxiter: int | None = None,
           preconditioner: str | Callable | None = "auto",
           rank: int | str = "auto", x0: Any = None,
-          progress: bool | None = None, seed: int = 0) -> jax.Array:
+          progress: bool | None = None, seed: int = 0,
+          return_info: bool = False) -> Any:
   """Solves ``(op + shift·I) x = b`` by preconditioned CG.
 
   Each iteration costs one product of ``op`` with the ``R`` columns of
@@ -45,9 +47,11 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
     progress: a progress bar of iterations: ``True``, ``False``, or
       ``None`` (shown once the solve has taken a second).
     seed: the Nyström sketch's seed.
+    return_info: also return a :class:`SolveInfo`.
 
   Returns:
-    ``x``, shaped like ``b``.
+    ``x``, shaped like ``b`` (and its :class:`SolveInfo` with
+    ``return_info``).
 
   Warns:
     ConvergenceWarning: a column's relative residual is above ``10·tol``
@@ -69,9 +73,29 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
   x, products = _run(op, cols, guess, shift, tol, maxiter, precond, progress)
   checks.check_finite(x, "The solution")
   residual = checks.relative(cols - (op.matmat(x) + shift * x), cols)
+  iterations = max(products - 1, 0)
   if residual > 10 * tol:
-    checks.warn_not_converged("CG", residual, tol, max(products - 1, 0))
-  return x[:, 0] if vector else x
+    checks.warn_not_converged("CG", residual, tol, iterations)
+  x = x[:, 0] if vector else x
+  if return_info:
+    return x, SolveInfo(iterations, residual, residual <= 10 * tol)
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveInfo:
+  """How a :func:`solve` went.
+
+  Attributes:
+    iterations: CG iterations (of the slowest column).
+    residual: the largest relative residual ``‖b − A x‖ / ‖b‖``,
+      recomputed from ``x``.
+    converged: ``residual <= 10·tol``.
+  """
+
+  iterations: int
+  residual: float
+  converged: bool
 
 
 def _run(op: Any, cols: Any, guess: Any, shift: float, tol: float,
