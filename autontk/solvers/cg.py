@@ -73,6 +73,7 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
   x, products = _run(op, cols, guess, shift, tol, maxiter, precond, progress)
   checks.check_finite(x, "The solution")
   residual = checks.relative(cols - (op.matmat(x) + shift * x), cols)
+  checks.check_finite(jnp.asarray(residual), "The residual")
   iterations = max(products - 1, 0)
   if residual > 10 * tol:
     checks.warn_not_converged("CG", residual, tol, iterations)
