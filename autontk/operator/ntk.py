@@ -297,35 +297,44 @@ def ntk_operator(f: ApplyFn | Any, x: PyTree, params: PyTree, *,
   >>> op.shape, op.matmat(jnp.ones(6)).shape
   ((6, 6), (6,))
   """
-  f = adapters.apply_fn(f)
-  options = NtkOptions.make(trace_axes, (), vmap_axes,
-                            Implementation.NTK_VECTOR_PRODUCTS, wrt=wrt,
-                            pseudo_axes=pseudo_axes, precision=precision)
   if "rng" in kwargs:
     raise ValueError("ntk_operator does not take the kwarg `rng`: f's "
                      "randomness over a batch depends on the batch. Make f "
                      "deterministic.")
+  f = adapters.apply_fn(f)
+  options = NtkOptions.make(trace_axes, (), vmap_axes,
+                            Implementation.NTK_VECTOR_PRODUCTS, wrt=wrt,
+                            pseudo_axes=pseudo_axes, precision=precision)
   problem = _problem.build(f, options, x, None, params, kwargs)
+  mesh = make_mesh(devices)
+  budget = (memory_budget if memory_budget is not None else
+            memory_budget_bytes(mesh.devices.flat[0]))
+  setup, products = _build(problem, options, mesh, batch_size, budget)
+  setup = dataclasses.replace(setup, f=f, x=x, params=params, kwargs=kwargs,
+                              implementation=implementation, wrt=wrt)
+  ops = [NtkOperator(setup, i, p.rows, p) for i, p in enumerate(products)]
+  return jax.tree.unflatten(problem.out_treedef, ops)
+
+
+def _build(problem: Any, options: NtkOptions, mesh: Any, batch_size: Any,
+           budget: int) -> tuple[_Setup, list[Product]]:
+  """The shared setup (its user-facing fields left for the caller) and one
+  product per output leaf."""
   side, _ = sides(problem)
   out_axes = output_batch_axes(problem, side.size, side.size)
   layouts = [OperatorLayout.of(tuple(o.shape), ax, b)
              for o, ax, b in zip(problem.out1, problem.axes, out_axes)]
-  mesh = make_mesh(devices)
   model, dynamic = Model.of(problem, options)
   dtypes = [problem.kernel_dtype(i) for i in range(len(layouts))]
-  budget = (memory_budget if memory_budget is not None else
-            memory_budget_bytes(mesh.devices.flat[0]))
   batch, chunk = _batch_and_chunk(batch_size, model, dynamic, side, layouts,
                                   dtypes, mesh, budget)
-  setup = _Setup(f, options, x, params, kwargs, model, dynamic, mesh, batch,
-                 chunk, implementation, _common_axis(out_axes, problem), wrt,
+  setup = _Setup(None, options, None, None, None, model, dynamic, mesh,
+                 batch, chunk, None, _common_axis(out_axes, problem), None,
                  side.size, problem.kwargs1)
   stacked = Stacked.of(side, batch, mesh)
-  ops = [NtkOperator(setup, i, layout,
-                     Product(model, i, layout, layout, stacked, stacked, mesh,
-                             chunk, dtypes[i]))
-         for i, layout in enumerate(layouts)]
-  return jax.tree.unflatten(problem.out_treedef, ops)
+  return setup, [Product(model, i, layout, layout, stacked, stacked, mesh,
+                         chunk, dtypes[i])
+                 for i, layout in enumerate(layouts)]
 
 
 def _common_axis(out_axes: Sequence[int], problem: Any) -> int:
