@@ -155,6 +155,24 @@ class NtkOperator:
     k = self._setup.dense()[self._leaf]
     return jnp.asarray(self.layout.dense(k), self.dtype)
 
+  def kernel_call(self, n: int | None = None) -> tuple[Any, tuple[Any, ...],
+                                                      dict[str, Any]]:
+    """``(ntk, args, kwargs)`` with ``ntk(*args, **kwargs)`` the dense
+    kernel of the first ``n`` examples (default all): what
+    :meth:`to_dense` computes, for pricing it (``ntk.report``)."""
+    setup = self._setup
+    ntk = setup.ntk(False)
+    if n is None or n >= setup.n:
+      return ntk, (setup.x, None, setup.params), setup.kwargs
+    side, _ = sides(ntk.problem(setup.x, None, setup.params, **setup.kwargs))
+    x, kw = side.host_tile((0, n), n)
+    x1, x2, kwargs = ntk_arguments(x, kw, x, kw, True)
+    return ntk, (x1, x2, setup.params), kwargs
+
+  def lower(self, r: int = 1) -> Any:
+    """The product's program for ``r`` columns, lowered (for its cost)."""
+    return self._product.lower(self._setup.dynamic, r)
+
   def cross(self, x_other: PyTree, **kwargs: Any) -> "CrossOperator":
     """``Θ(x_other, x)``: the test-train operator.
 
