@@ -157,10 +157,11 @@ def make_mesh(devices: Sequence[Any] | None) -> Mesh:
 
 def _select(leaves: Sequence[Any], j: Any) -> list[Any]:
   """Batch ``j`` of stacked leaves."""
-  return [jax.lax.dynamic_index_in_dim(v, j, 0, keepdims=False) for v in leaves]
+  return [jax.lax.dynamic_index_in_dim(v, j, 0, keepdims=False)
+          for v in leaves]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class Product:
   """``V -> Θ(x_rows, x_cols) V`` for one output leaf, compiled once per
   shape of ``V``.
@@ -184,10 +185,14 @@ class Product:
   mesh: Mesh
   column_chunk: int
   dtype: Any
+  program: Any = dataclasses.field(init=False, repr=False)
+
+  def __post_init__(self):
+    self.program = jax.jit(lambda *a: _product(self, *a))
 
   def __call__(self, dynamic: Sequence[Any], v: Any) -> Any:
     """``v``: ``(M_cols, R)`` -> ``(M_rows, R)``."""
-    return _product_program(self)(dynamic, self.rows_data.batched,
+    return self.program(dynamic, self.rows_data.batched,
                                   self.rows_data.shared,
                                   self.cols_data.batched,
                                   self.cols_data.shared, v)
@@ -195,22 +200,15 @@ class Product:
   def lower(self, dynamic: Sequence[Any], r: int) -> Any:
     """The lowered program for ``R = r`` columns."""
     v = jax.ShapeDtypeStruct((self.cols.size, r), self.dtype)
-    return _product_program(self).lower(
+    return self.program.lower(
         dynamic, self.rows_data.batched, self.rows_data.shared,
         self.cols_data.batched, self.cols_data.shared, v)
 
 
-def _product_program(p: Product):
-  """The jitted program of a product (cached on the product)."""
-  program = p.__dict__.get("_program")
-  if program is None:
-    program = jax.jit(lambda *a: _product(p, *a))
-    object.__setattr__(p, "_program", program)
-  return program
-
-
 def _product(p: Product, dynamic, rows_batched, rows_shared, cols_batched,
              cols_shared, v):
+  """The whole product: column chunks one after the other (``lax.map``),
+  each a VJP pass and a JVP pass over every device's batches."""
   r = v.shape[-1]
   chunk = min(p.column_chunk, r)
   n_chunks = math.ceil(r / chunk)
