@@ -239,3 +239,21 @@ def test_solvers_on_the_matrix_free_ntk(ntk):
     y = solvers.matfun(op, b, lambda lam: jnp.exp(-lam / m))
     np.testing.assert_allclose(y, scipy.linalg.expm(-k / m) @ b, rtol=1e-4,
                                atol=1e-8)
+
+
+def test_cg_checkpoints_and_resumes(dense, tmp_path):
+  """Segments of 5 iterations, interrupted by maxiter, then resumed."""
+  k, op = dense
+  with jax.enable_x64(True):
+    b = np.random.RandomState(10).randn(M, 2)
+    with pytest.warns(solvers.ConvergenceWarning):
+      _, first = solvers.solve(op, b, shift=1e-3, tol=1e-10, maxiter=10,
+                               segment=5, checkpoint=tmp_path,
+                               preconditioner=None, return_info=True)
+    assert first.iterations == 10
+    x, info = solvers.solve(op, b, shift=1e-3, tol=1e-10, segment=50,
+                            checkpoint=tmp_path, preconditioner=None,
+                            return_info=True)
+  assert info.converged and info.iterations > 10
+  np.testing.assert_allclose(x, np.linalg.solve(k + 1e-3 * np.eye(M), b),
+                             rtol=1e-6)
