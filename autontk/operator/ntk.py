@@ -46,51 +46,42 @@ class _Setup:
   batch: int
   column_chunk: int
   implementation: Any
-  batch_axis: int
   wrt: Any
   n: int
   kwargs_split: dict[str, Any]
-  _diag: list[Any] | None = None
+  tile: int
   _dense: list[Any] | None = None
 
-  def ntk(self, diagonal: bool) -> Any:
-    """The kernel function of the operator's kernel (or its diagonal)."""
+  def ntk(self) -> Any:
+    """The kernel function of the operator's kernel."""
     o = self.options
-    return ntk_fn(self.f, trace_axes=o.trace_axes,
-                  diagonal_axes=(self.batch_axis,) if diagonal else (),
-                  vmap_axes=o.vmap_axes, implementation=self.implementation,
+    return ntk_fn(self.f, trace_axes=o.trace_axes, vmap_axes=o.vmap_axes, implementation=self.implementation,
                   wrt=self.wrt, pseudo_axes=o.pseudo_axes,
                   precision=o.precision)
 
-  def kernels(self, diagonal: bool, other: tuple[PyTree, dict[str, Any],
-                                                 int] | None = None
+  def kernels(self, other: tuple[PyTree, dict[str, Any], int] | None = None
               ) -> list[Any]:
     """The kernel leaves of ``(x, x)``, or of ``(x_other, x)`` for
     ``other = (x_other, its split kwargs, its size)``: in one call when a
-    batch holds the data, else tile by tile (``ntk_tiled``)."""
-    ntk = self.ntk(diagonal)
+    tile holds the data, else tile by tile (``ntk_tiled``)."""
+    ntk = self.ntk()
     if other is None:
       x1, x2, kwargs, n = self.x, None, self.kwargs, self.n
     else:
       x1, x2, kwargs = ntk_arguments(other[0], other[1], self.x,
                                      self.kwargs_split, False)
       n = max(self.n, other[2])
-    if n <= self.batch:
+    if n <= self.tile:
       k = ntk(x1, x2, self.params, **kwargs)
     else:
-      k = ntk_tiled(ntk, x1, x2, self.params, tile=self.batch,
+      k = ntk_tiled(ntk, x1, x2, self.params, tile=self.tile,
                     progress=False, devices=list(self.mesh.devices.flat),
                     **kwargs)
     return [np.asarray(v) for v in jax.tree.leaves(k)]
 
-  def diagonals(self) -> list[Any]:
-    if self._diag is None:
-      self._diag = self.kernels(True)
-    return self._diag
-
   def dense(self) -> list[Any]:
     if self._dense is None:
-      self._dense = self.kernels(False)
+      self._dense = self.kernels()
     return self._dense
 
 
@@ -115,6 +106,7 @@ class NtkOperator:
     self._leaf = leaf
     self.layout = layout
     self._product = product
+    self._diag = None
     self.batch_size = setup.batch
 
   @property
@@ -140,10 +132,13 @@ class NtkOperator:
     return self.matmat(v)
 
   def diag(self) -> jax.Array:
-    """``(M,)``: the per-example kernels' diagonals (``ntk_fn`` with the
-    batch axis diagonal, tile by tile)."""
-    k = self._setup.diagonals()[self._leaf]
-    return jnp.asarray(self.layout.diagonal(k), self.dtype)
+    """``(M,)``: per example, the squared norms of its Jacobian's rows
+    (averaged over traced indices), in the product's batches; computed
+    once."""
+    if self._diag is None:
+      self._diag = self._product.diagonal(self._setup.dynamic,
+                                          self._setup.tile)
+    return self._diag
 
   def trace(self) -> jax.Array:
     """The exact trace ``Σ diag``."""
@@ -161,7 +156,7 @@ class NtkOperator:
     kernel of the first ``n`` examples (default all): what
     :meth:`to_dense` computes, for pricing it (``ntk.report``)."""
     setup = self._setup
-    ntk = setup.ntk(False)
+    ntk = setup.ntk()
     if n is None or n >= setup.n:
       return ntk, (setup.x, None, setup.params), setup.kwargs
     side, _ = sides(ntk.problem(setup.x, None, setup.params, **setup.kwargs))
@@ -225,7 +220,7 @@ class CrossOperator:
 
   def to_dense(self) -> jax.Array:
     """The ``(M_other, M)`` matrix, with the best kernel plan."""
-    k = self._setup.kernels(False, self._other)[self._leaf]
+    k = self._setup.kernels(self._other)[self._leaf]
     return jnp.asarray(self._rows.dense(k), self.dtype)
 
   def __repr__(self) -> str:
@@ -347,25 +342,23 @@ def _build(problem: Any, options: NtkOptions, mesh: Any, batch_size: Any,
   batch, chunk = _batch_and_chunk(batch_size, model, dynamic, side, layouts,
                                   dtypes, mesh, budget)
   setup = _Setup(None, options, None, None, None, model, dynamic, mesh,
-                 batch, chunk, None, _common_axis(out_axes, problem), None,
-                 side.size, problem.kwargs1)
+                 batch, chunk, None, None, side.size, problem.kwargs1,
+                 _kernel_tile(problem, side.size, batch, budget))
   stacked = Stacked.of(side, batch, mesh)
   return setup, [Product(model, i, layout, layout, stacked, stacked, mesh,
                          chunk, dtypes[i])
                  for i, layout in enumerate(layouts)]
 
 
-def _common_axis(out_axes: Sequence[int], problem: Any) -> int:
-  """The batch axis as one ``diagonal_axes`` entry for every leaf."""
-  ranks = [len(o.shape) for o in problem.out1]
-  neg = {a - r for a, r in zip(out_axes, ranks)}
-  if len(set(out_axes)) == 1:
-    return out_axes[0]
-  if len(neg) == 1:
-    return neg.pop()
-  raise ValueError(f"The output leaves' batch axes {tuple(out_axes)} are "
-                   "not one axis counted from either end; diag() and "
-                   "to_dense() need one.")
+def _kernel_tile(problem: Any, n: int, batch: int, budget: int) -> int:
+  """Examples per tile of :meth:`NtkOperator.diag` and ``to_dense``: at
+  most a product's batch, and few enough that two tiles' per-example
+  Jacobians (outputs × parameters) fit the budget."""
+  outputs = sum(math.prod(o.shape) for o in problem.out1) / n
+  item = max(np.dtype(problem.kernel_dtype(i)).itemsize
+             for i in range(len(problem.out1)))
+  per_example = 2 * outputs * max(problem.n_params, 1) * item
+  return int(max(1, min(batch, budget // max(per_example, 1))))
 
 
 def _batch_and_chunk(batch_size: Any, model: Model, dynamic: list[Any],
