@@ -46,7 +46,9 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
     maxiter: iterations at most (default ``min(10·M, 1000)``).
     preconditioner: ``"auto"`` (Nyström), ``"nystrom"``, ``"diag"``
       (Jacobi), ``None``, or a callable ``v -> P⁻¹ v`` on ``(M,)`` vectors.
-    rank: the Nyström rank, or ``"auto"`` (``min(100, M // 2)``).
+    rank: the Nyström rank, or ``"auto"``: from 50 columns, grown while
+      the iterations it saves (for all columns of ``b``) outweigh its
+      cost (:func:`autontk.solvers.preconditioners.nystrom`).
     x0: an initial guess shaped like ``b``.
     progress: a progress bar of iterations: ``True``, ``False``, or
       ``None`` (shown once the solve has taken a second).
@@ -79,7 +81,8 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
   maxiter = min(10 * m, 1000) if maxiter is None else int(maxiter)
   guess = jnp.zeros_like(cols) if x0 is None else checks.columns(
       op, x0, "x0")[0]
-  precond = preconditioners.make(op, preconditioner, rank, shift, seed)
+  precond = preconditioners.make(op, preconditioner, rank, shift, seed,
+                                 cols.shape[1], max(tol, 1e-12))
   system = _System(op, shift, tol, precond)
   with checks.progress_bar(maxiter, "CG", progress) as bar:
     if checkpoint is None:
