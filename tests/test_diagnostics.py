@@ -256,3 +256,29 @@ def test_model_level_distance_between_checkpoints(mlp):
     b = _layer_reference(f, moved_params, x, i)
     assert d[str(i)].value == pytest.approx(truth(a, k2=b)["dist"],
                                             rel=1e-4, abs=1e-7)
+
+
+def test_report_shares_kernels_and_plots(mlp, tmp_path):
+  f, params, x = mlp
+  y = np.eye(3)[np.arange(x.shape[0]) % 3]
+  moved_params = jax.tree.map(lambda p: p * 1.3, params)
+  r = D.report(f, x, params, y=y, params_b=moved_params, groups="layer",
+               k=4, route="dense")
+  full = reference.reference_ntk(f, params, x, None)
+  t = truth(full, y)
+  assert r.get("alignment").value == pytest.approx(t["align"], rel=1e-4)
+  np.testing.assert_allclose(r.spectrum.value, t["top"][:4], rtol=1e-4)
+  assert sum(r.get("trace", g).value for g in ("0", "1")) == pytest.approx(
+      r.get("trace").value, rel=1e-5)
+  text = str(r)
+  assert "kernel distance" in text and "top eigenvalues" in text
+  pytest.importorskip("matplotlib").use("Agg")
+  r.plot(str(tmp_path / "diagnostics.png"))
+  assert (tmp_path / "diagnostics.png").stat().st_size > 0
+
+
+def test_docstring_examples():
+  import doctest
+  from autontk.diagnostics import estimate, frobenius, route, spectrum
+  for module in (estimate, frobenius, route, spectrum):
+    assert doctest.testmod(module).failed == 0, module.__name__

@@ -6,12 +6,18 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune",
           "TuneOptions", "PlannerOptions", "StructuredConfig",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
-          "MissingRuleError", "pntk_fn", "adapters"]
+          "MissingRuleError", "pntk_fn", "adapters", "diagnostics"]
+
+DIAGNOSTICS = ["Estimate", "eigvals", "condition_number", "trace",
+               "frobenius_norm", "effective_rank", "alignment",
+               "kernel_distance", "report", "Report"]
 
 
 def test_public_names():
   for name in PUBLIC:
     assert hasattr(autontk, name), name
+  for name in DIAGNOSTICS:
+    assert hasattr(autontk.diagnostics, name), name
   assert autontk.__version__
 
 

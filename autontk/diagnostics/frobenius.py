@@ -72,7 +72,7 @@ def frobenius_norm(kernel: Any, *, probes: int = PROBES, route: str = "auto",
     path, reason = choose(q, kern.pricing, route, memory_budget)
     if path == "dense":
       return Estimate(float(np.linalg.norm(kern.dense())), 0.0, "exact",
-                      "dense", 0, path, reason)
+                      "Frobenius sums", 0, path, reason)
     return _gram_estimate([kern], lambda g: np.sqrt(g[0, 0]), probes, seed,
                           reason)
 
@@ -144,7 +144,7 @@ def _dense_rank(kern: Kernel, kind: str, reason: str) -> Estimate:
   if kind == "ratio":
     k = kern.dense()
     return Estimate(float(np.trace(k) ** 2 / np.sum(k * k)), 0.0, "exact",
-                    "dense", 0, "dense", reason)
+                    "Frobenius sums", 0, "dense", reason)
   lam = np.maximum(kern.eigvalsh(), 0.0)
   p = lam[lam > 0] / lam.sum()
   return Estimate(float(np.exp(-np.sum(p * np.log(p)))), 0.0, "exact",
@@ -190,7 +190,8 @@ def alignment(kernel: Any, y: Any, *, probes: int = PROBES,
       k = kern.dense()
       kc = k - k.mean(0) - k.mean(1)[:, None] + k.mean()
       value = float(np.sum(yc * (kc @ yc)) / (np.linalg.norm(kc) * target))
-      return Estimate(value, 0.0, "exact", "dense", 0, path, reason)
+      return Estimate(value, 0.0, "exact", "Frobenius sums", 0, path,
+                      reason)
     num = float(np.sum(yc * kern.matmat(yc)))
     centered = lambda v: _center(kern.matmat(_center(v)))
     return _gram_estimate([kern], lambda g: num / (np.sqrt(g[0, 0]) * target),
@@ -250,7 +251,8 @@ def kernel_distance(kernel: Any, kernel_b: Any = None, *, params_b: Any = None,
     if path == "dense":
       ka, kb = a.dense(), b.dense()
       cos = np.sum(ka * kb) / (np.linalg.norm(ka) * np.linalg.norm(kb))
-      return Estimate(float(max(1 - cos, 0.0)), 0.0, "exact", "dense", 0, path, reason)
+      return Estimate(float(max(1 - cos, 0.0)), 0.0, "exact",
+                      "Frobenius sums", 0, path, reason)
     return _gram_estimate(
         [a, b], lambda g: 1 - g[0, 1] / np.sqrt(g[0, 0] * g[1, 1]), probes,
         seed, reason)

@@ -11,7 +11,9 @@ Every diagnostic takes a kernel in one of three forms:
   ``trace_axes=``): its NTK, formed by :func:`autontk.ntk_fn` on the dense
   route or applied by :func:`autontk.ntk_operator` on the matrix-free one.
 
-A ``dict`` of arrays or operators is read as one kernel per group.
+A ``dict`` of arrays or operators is read as one kernel per group; a
+:class:`Kernel` (what :func:`kernels` returns) is used as it is, so several
+diagnostics can share one formed kernel.
 :func:`kernels` returns ``{group: Kernel}`` (the key ``None`` when there are
 no groups).
 """
@@ -147,7 +149,7 @@ def kernels(kernel: Any, *, x: Any = None, params: Any = None,
   """``{group: Kernel}`` for any accepted form of ``kernel`` (see the
   module docstring); the key ``None`` without groups."""
   if is_operator(kernel) or hasattr(kernel, "ndim") or isinstance(
-      kernel, (dict, list, tuple)):
+      kernel, (Kernel, dict, list, tuple)):
     if x is not None or params is not None or wrt is not None or (
         groups is not None):
       raise ValueError("x, params, wrt and groups apply to a network f; a "
@@ -178,6 +180,8 @@ def per_group(kernel: Any, source: dict[str, Any],
 
 
 def _one(k: Any) -> Kernel:
+  if isinstance(k, Kernel):
+    return k
   return from_operator(k) if is_operator(k) else from_array(k)
 
 
