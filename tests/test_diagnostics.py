@@ -69,21 +69,36 @@ def _centered(k):
   return h @ k @ h
 
 
-def truth(k, y=None, k2=None):
-  """Every diagnostic's value, computed independently."""
-  lam = np.linalg.eigh(k)[0][::-1]
-  p = np.clip(lam, 0, None) / np.clip(lam, 0, None).sum()
-  p = p[p > 0]
-  out = {"top": lam[:10], "bottom": lam[-3:], "cond": lam[0] / lam[-1],
-         "trace": np.trace(k), "fro": np.sqrt(np.sum(k ** 2)),
-         "ratio": np.trace(k) ** 2 / np.sum(k ** 2),
-         "entropy": np.exp(-np.sum(p * np.log(p)))}
-  if y is not None:
-    kc, yy = _centered(k), _centered(y @ y.T)
-    out["align"] = np.sum(kc * yy) / np.linalg.norm(kc) / np.linalg.norm(yy)
-  if k2 is not None:
-    out["dist"] = 1 - np.sum(k * k2) / np.linalg.norm(k) / np.linalg.norm(k2)
-  return out
+def _entropy_rank(k):
+  lam = np.clip(np.linalg.eigvalsh(k), 0, None)
+  p = lam[lam > 0] / lam.sum()
+  return np.exp(-np.sum(p * np.log(p)))
+
+
+def _alignment(k, y):
+  kc, yy = _centered(k), _centered(y @ y.T)
+  return np.sum(kc * yy) / np.linalg.norm(kc) / np.linalg.norm(yy)
+
+
+TRUTH = {
+    "top": lambda k, y, k2: np.linalg.eigvalsh(k)[::-1][:10],
+    "bottom": lambda k, y, k2: np.linalg.eigvalsh(k)[2::-1],
+    "cond": lambda k, y, k2: np.linalg.cond(k),
+    "trace": lambda k, y, k2: np.trace(k),
+    "fro": lambda k, y, k2: np.sqrt(np.sum(k ** 2)),
+    "ratio": lambda k, y, k2: np.trace(k) ** 2 / np.sum(k ** 2),
+    "entropy": lambda k, y, k2: _entropy_rank(k),
+    "align": lambda k, y, k2: _alignment(k, y),
+    "dist": lambda k, y, k2: 1 - np.sum(k * k2) / np.linalg.norm(k) /
+    np.linalg.norm(k2),
+}
+"""Every diagnostic's value, computed independently with NumPy."""
+
+
+def truth(k, y=None, k2=None, names=None):
+  names = names or [n for n in TRUTH if (n != "align" or y is not None) and (
+      n != "dist" or k2 is not None)]
+  return {n: TRUTH[n](k, y, k2) for n in names}
 
 
 def moved(k, seed=0, size=0.1):
@@ -151,7 +166,7 @@ def test_estimates_within_error_bars_and_two_percent(name, labels):
   for seed in SEEDS:
     k = synthetic(seed)
     k2 = moved(k, seed)
-    t = truth(k, labels, k2)[name]
+    t = TRUTH[name](k, labels, k2)
     e = ESTIMATORS[name](DenseOperator(k), labels, DenseOperator(k2), seed,
                          route="matrix-free")
     assert e.error_kind == "stderr" and e.error > 0
@@ -282,3 +297,14 @@ def test_docstring_examples():
   from autontk.diagnostics import estimate, frobenius, route, spectrum
   for module in (estimate, frobenius, route, spectrum):
     assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_model_level_wrt_selects_parameters(mlp):
+  f, params, x = mlp
+  head = D.trace(f, x=x, params=params, wrt="1/*", route="dense")
+  assert head.value == pytest.approx(
+      np.trace(_layer_reference(f, params, x, 1)), rel=1e-5)
+  weights = D.trace(f, x=x, params=params, wrt="*/w", groups="layer",
+                    route="dense")
+  assert set(weights) == {"0", "1"}
+  assert weights["1"].value < head.value

@@ -41,9 +41,14 @@ def _gram_estimate(kerns: list[Kernel], fn, probes: int, seed: int,
   scales = [k.trace() for k in kerns] if len(kerns) > 1 else None
   sums = randomized.hutchpp_gram(matmats, kerns[0].m, probes,
                                  np.random.default_rng(seed), scales)
-  value, stderr = sums.stderr_of(fn)
+  value, stderr = sums.stderr_of(fn, _rounding(kerns[0]))
   return Estimate(value, stderr, "stderr", "Hutch++", probes, "matrix-free",
                   reason)
+
+
+def _rounding(kern: Kernel) -> float:
+  """Relative rounding of an inner product of two products ``Θ v``."""
+  return kern.eps * np.sqrt(kern.m)
 
 
 def frobenius_norm(kernel: Any, *, probes: int = PROBES, route: str = "auto",
@@ -129,6 +134,7 @@ def effective_rank(kernel: Any, *, kind: str = "ratio", probes: int = PROBES,
         kern.matmat, kern.m, _xlogx, probes, steps,
         np.random.default_rng(seed))
     value = float(np.exp(np.log(tr) - s / tr))
+    se = np.hypot(se, _rounding(kern) * abs(s))
     return Estimate(value, value * se / tr, "stderr",
                     "Hutch++ + Lanczos quadrature", probes, path, reason)
 

@@ -64,9 +64,12 @@ class ProbeSums:
     """``(n, n)``: the estimate of ``tr(A_i A_j)``."""
     return self.exact + self.terms.mean(axis=0)
 
-  def stderr_of(self, fn: Callable[[np.ndarray], float]) -> tuple[float,
-                                                                 float]:
+  def stderr_of(self, fn: Callable[[np.ndarray], float],
+                rounding: float = 0.0) -> tuple[float, float]:
     """``fn(mean)`` and its standard error, by the delta method.
+
+    ``rounding``, the relative error of each Gram entry from the rounding
+    of the products, is added in quadrature (it does not average out).
 
     The linearised estimate is a quadratic form ``g'ᵀ R g'`` per probe.
     Its variance is at most ``2‖R‖²_F`` (Rademacher probes), and
@@ -83,7 +86,8 @@ class ProbeSums:
     off = per_pair[~np.eye(g, dtype=bool)]
     pairs = 2 * np.mean(off ** 2) if off.size else 0.0
     sample = np.var(np.diag(per_pair), ddof=1)
-    return value, float(np.sqrt(max(pairs, sample) / g))
+    floor = rounding * np.sum(np.abs(grad * self.mean))
+    return value, float(np.sqrt(max(pairs, sample) / g + floor ** 2))
 
   def _gradient(self, fn, value) -> np.ndarray:
     eps = 1e-6 * max(np.abs(self.mean).max(), 1e-300)
@@ -142,12 +146,19 @@ def hutchpp_gram(matmats: list[Matmat], m: int, probes: int,
   return ProbeSums(exact, cross)
 
 
+REORTHOGONALIZE_BYTES = 2 ** 28
+"""Lanczos keeps its basis for full reorthogonalisation up to this size
+(256 MiB); past it, runs use the three-term recurrence alone, which Gauss
+quadrature tolerates (its ghost Ritz values carry the weight of the
+eigenvalue they copy)."""
+
+
 def lanczos(matmat: Matmat, v0: np.ndarray,
-            steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            steps: int) -> tuple[np.ndarray, np.ndarray]:
   """``steps`` Lanczos steps from each column of ``v0`` at once.
 
-  Full reorthogonalisation per column (the basis is kept: ``steps·M·R``
-  floats).
+  Full reorthogonalisation per column while the basis (``steps·M·R``
+  floats) fits :data:`REORTHOGONALIZE_BYTES`.
 
   Args:
     matmat: the product.
@@ -155,23 +166,25 @@ def lanczos(matmat: Matmat, v0: np.ndarray,
     steps: Krylov steps (at most ``M``).
 
   Returns:
-    ``alpha (R, steps)``, ``beta (R, steps)`` (``beta[:, j]`` couples steps
-    ``j`` and ``j + 1``; the last is the residual norm) and the basis
-    ``(steps, M, R)``.
+    ``alpha (R, steps)`` and ``beta (R, steps)`` (``beta[:, j]`` couples
+    steps ``j`` and ``j + 1``; the last is the residual norm; a column whose
+    Krylov space is exhausted has zeros from there on).
   """
   m, r = v0.shape
-  basis = np.zeros((steps, m, r))
+  keep = steps * m * r * 8 <= REORTHOGONALIZE_BYTES
+  basis = np.zeros((steps if keep else 0, m, r))
   alpha, beta = np.zeros((r, steps)), np.zeros((r, steps))
   q = v0 / np.linalg.norm(v0, axis=0)
   prev, b_prev = np.zeros_like(q), np.zeros(r)
   for j in range(steps):
-    basis[j] = q
     w = matmat(q)
     alpha[:, j] = np.einsum("mr,mr->r", q, w)
     w = w - alpha[:, j] * q - b_prev * prev
-    for _ in range(2):  # twice is enough (Kahan)
-      w = w - np.einsum("jmr,jr->mr", basis[:j + 1],
-                        np.einsum("jmr,mr->jr", basis[:j + 1], w))
+    if keep:
+      basis[j] = q
+      for _ in range(2):  # twice is enough (Kahan)
+        w = w - np.einsum("jmr,jr->mr", basis[:j + 1],
+                          np.einsum("jmr,mr->jr", basis[:j + 1], w))
     b = np.linalg.norm(w, axis=0)
     # A column whose Krylov space is exhausted stops: its later basis
     # vectors are zero, so they carry no quadrature weight.
@@ -180,7 +193,7 @@ def lanczos(matmat: Matmat, v0: np.ndarray,
     beta[:, j] = np.where(live, b, 0.0)
     prev, b_prev = q, beta[:, j]
     q = np.where(live, w / np.where(live, b, 1.0), 0.0)
-  return alpha, beta, basis
+  return alpha, beta
 
 
 def tridiagonal_eigh(alpha: np.ndarray,
@@ -228,7 +241,7 @@ def hutchpp_spectral_sum(matmat: Matmat, m: int, fn: Callable, probes: int,
   g = g - q @ (q.T @ g)
   starts = np.concatenate([q, g], axis=1)
   norms = np.linalg.norm(starts, axis=0)
-  alpha, beta, _ = lanczos(matmat, starts, min(steps, m))
+  alpha, beta = lanczos(matmat, starts, min(steps, m))
   forms = quadrature(alpha, beta, norms, fn)
   k = q.shape[1]
   terms = forms[k:]
@@ -256,7 +269,7 @@ def lanczos_extremes(matmat: Matmat, m: int, k: int, which: str, steps: int,
   """
   steps = min(max(steps, 2 * k), m)
   v0 = rng.standard_normal((m, 1))
-  alpha, beta, _ = lanczos(matmat, v0, steps)
+  alpha, beta = lanczos(matmat, v0, steps)
   dead = np.flatnonzero(beta[0] == 0.0)
   n = dead[0] + 1 if dead.size else steps  # an exhausted Krylov space
   theta, u = tridiagonal_eigh(alpha[0, :n], beta[0, :n])
