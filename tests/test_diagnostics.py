@@ -17,32 +17,24 @@ import pytest
 
 import models
 import reference
+import autontk
 from autontk import diagnostics as D
 
 M = 150
 SEEDS = range(40)
 
 
-class DenseOperator:
-  """A kernel operator backed by a dense matrix (the operator protocol)."""
+class DenseOperator(autontk.MatrixOperator):
+  """A dense-backed kernel operator (float32, as JAX's default) that counts
+  its products."""
 
   def __init__(self, k):
-    self.k = np.asarray(k)
-    self.shape, self.dtype = self.k.shape, jnp.float64
+    super().__init__(jnp.asarray(k, jnp.float32))
     self.products = 0
 
   def matmat(self, v):
     self.products += 1
-    return jnp.asarray(self.k @ np.asarray(v, np.float64))
-
-  def diag(self):
-    return jnp.asarray(np.diag(self.k))
-
-  def trace(self):
-    return jnp.asarray(np.trace(self.k))
-
-  def to_dense(self):
-    return jnp.asarray(self.k)
+    return super().matmat(v)
 
 
 def synthetic(seed: int, m: int = M, decay: float = 1.5) -> np.ndarray:
@@ -294,9 +286,11 @@ def test_report_shares_kernels_and_plots(mlp, tmp_path):
 
 def test_docstring_examples():
   import doctest
-  from autontk.diagnostics import estimate, frobenius, route, spectrum
-  for module in (estimate, frobenius, route, spectrum):
-    assert doctest.testmod(module).failed == 0, module.__name__
+  import importlib
+  for name in ("estimate", "frobenius", "report", "route", "sources",
+               "spectrum"):
+    module = importlib.import_module(f"autontk.diagnostics.{name}")
+    assert doctest.testmod(module).failed == 0, name
 
 
 def test_model_level_wrt_selects_parameters(mlp):
@@ -308,3 +302,37 @@ def test_model_level_wrt_selects_parameters(mlp):
                     route="dense")
   assert set(weights) == {"0", "1"}
   assert weights["1"].value < head.value
+
+
+@pytest.fixture(scope="module")
+def wide_mlp():
+  case = models.mlp(n1=40, d=3, widths=(6, 2), seed=3)
+  return case.f, case.params, case.x1
+
+
+def test_model_level_matrix_free_against_reference(wide_mlp):
+  f, params, x = wide_mlp
+  moved_params = jax.tree.map(lambda p: p * 1.1, params)
+  a = D.kernels(f, x=x, params=params, groups="layer")
+  b = D.kernels(f, x=x, params=moved_params, groups="layer")
+  traces = D.trace(a)
+  fro = D.frobenius_norm(a, route="matrix-free")
+  dist = D.kernel_distance(a, b, route="matrix-free")
+  for i in range(len(params)):
+    g = str(i)
+    k = _layer_reference(f, params, x, i)
+    k2 = _layer_reference(f, moved_params, x, i)
+    assert traces[g].route == "matrix-free" and traces[g].exact
+    assert traces[g].value == pytest.approx(np.trace(k), rel=1e-5)
+    for e, t in ((fro[g], TRUTH["fro"](k, 0, 0)),
+                 (dist[g], TRUTH["dist"](k, 0, k2))):
+      lo, hi = e.interval()
+      assert lo <= t <= hi and abs(e.value - t) <= 0.02 * t, (g, e, t)
+  whole = D.kernels(f, x=x, params=params)[None]
+  top = D.eigvals(whole, 3, route="matrix-free")
+  assert top.method == "LOBPCG"
+  full = reference.reference_ntk(f, params, x, None)
+  np.testing.assert_allclose(top.value, TRUTH["top"](full, 0, 0)[:3],
+                             rtol=1e-3)
+  assert sum(t.value for t in traces.values()) == pytest.approx(
+      D.trace(whole).value, rel=1e-5)

@@ -10,7 +10,7 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
 
 DIAGNOSTICS = ["Estimate", "eigvals", "condition_number", "trace",
                "frobenius_norm", "effective_rank", "alignment",
-               "kernel_distance", "report", "Report"]
+               "kernel_distance", "report", "Report", "kernels", "Kernel"]
 
 
 def test_public_names():

@@ -18,6 +18,8 @@ from autontk.diagnostics.frobenius import frobenius_norm as frobenius_norm
 from autontk.diagnostics.frobenius import kernel_distance as kernel_distance
 from autontk.diagnostics.report import Report as Report
 from autontk.diagnostics.report import report as report
+from autontk.diagnostics.sources import Kernel as Kernel
+from autontk.diagnostics.sources import kernels as kernels
 from autontk.diagnostics.spectrum import condition_number as condition_number
 from autontk.diagnostics.spectrum import eigvals as eigvals
 from autontk.diagnostics.spectrum import trace as trace

@@ -30,9 +30,8 @@ from autontk import adapters
 from autontk._api import ntk_fn
 from autontk.costmodel.hlo import read_cost_analysis
 from autontk.diagnostics.route import Pricing
+from autontk.operator import ntk_operator
 from autontk.selection import ParamSelection
-
-ntk_operator = None  # the NTK operator: wired to autontk.operator on merge
 
 APPLY_FORWARDS = 5
 """One column of ``Θ V`` through NTK-vector products costs about this many
@@ -146,8 +145,28 @@ def kernels(kernel: Any, *, x: Any = None, params: Any = None,
             groups: Any = None, wrt: Any = None, trace_axes: Any = (-1,),
             kwargs: Mapping[str, Any] | None = None
             ) -> dict[str | None, Kernel]:
-  """``{group: Kernel}`` for any accepted form of ``kernel`` (see the
-  module docstring); the key ``None`` without groups."""
+  """``{group: Kernel}`` for any accepted form of ``kernel``.
+
+  Pass the result to several diagnostics so that each kernel is formed (or
+  its operator built) once.
+
+  Args:
+    kernel: a dense array, a kernel operator, a dict of them per group, a
+      :class:`Kernel`, or a network ``f``.
+    x: the network's inputs.
+    params: its parameters.
+    groups: its parameter groups, as for :func:`autontk.ntk_fn`.
+    wrt: the parameters differentiated, as for :func:`autontk.ntk_fn`.
+    trace_axes: the traced output axes, as for :func:`autontk.ntk_fn`.
+    kwargs: ``f``'s keyword arguments.
+
+  Returns:
+    ``{group: Kernel}``, the key ``None`` without groups.
+
+  >>> import numpy as np
+  >>> kernels(np.eye(3))[None].m
+  3
+  """
   if is_operator(kernel) or hasattr(kernel, "ndim") or isinstance(
       kernel, (Kernel, dict, list, tuple)):
     if x is not None or params is not None or wrt is not None or (

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from autontk import solvers
 from autontk.diagnostics import randomized, sources
 from autontk.diagnostics.estimate import Estimate
 from autontk.diagnostics.route import Question, choose
@@ -31,21 +32,49 @@ EIG_STEPS = 60
 """Default Lanczos steps for extreme eigenvalues (raised to ``2k``)."""
 
 
+LOBPCG_ITERATIONS = 20
+"""Iterations LOBPCG is priced at (each a product with ``3k`` columns)."""
+
+
+def _lobpcg(kern: Kernel, which: str) -> bool:
+  """LOBPCG for the top of an operator's spectrum. Lanczos otherwise: on an
+  array (its float64 products kept) and for the bottom, where LOBPCG on
+  ``c·I - Θ`` stalls on the clustered small eigenvalues of a kernel."""
+  return kern.op is not None and which == "largest"
+
+
+def _columns(kern: Kernel, k: int, which: str, steps: int) -> int:
+  """Kernel columns one end of the spectrum costs matrix-free."""
+  if _lobpcg(kern, which):
+    return 3 * k * LOBPCG_ITERATIONS
+  return min(max(steps, 2 * k), kern.m)
+
+
 def _extremes(kern: Kernel, k: int, which: str, path: str, reason: str,
               steps: int, seed: int) -> Estimate:
-  """One end of the spectrum of one kernel on the chosen route."""
+  """One end of the spectrum of one kernel on the chosen route: ``eigh``
+  dense; matrix-free, LOBPCG (:func:`autontk.solvers.eigsh`) or Lanczos
+  (see :func:`_lobpcg`), each eigenvalue with its residual bound."""
   if path == "dense":
     lam = kern.eigvalsh()[::-1]
     vals = lam[:k] if which == "largest" else lam[::-1][:k][::-1]
     return Estimate(vals, np.zeros_like(vals), "exact", "eigh", 0, path,
                     reason)
-  vals, bounds = randomized.lanczos_extremes(
-      kern.matmat, kern.m, k, which, steps, np.random.default_rng(seed))
+  if not _lobpcg(kern, which):
+    vals, bounds = randomized.lanczos_extremes(
+        kern.matmat, kern.m, k, which, steps, np.random.default_rng(seed))
+    method = "Lanczos"
+  else:
+    w, u = solvers.eigsh(kern.op, k, which=which, seed=seed)
+    vals, u = np.asarray(w, np.float64), np.asarray(u, np.float64)
+    bounds = np.linalg.norm(kern.matmat(u) - u * vals, axis=0) / (
+        np.linalg.norm(u, axis=0))
+    method = "LOBPCG"
   # The residual bound holds for exact products; each product also carries
   # rounding of about eps·√M·‖Θ‖.
   bounds = bounds + kern.eps * np.sqrt(kern.m) * np.abs(vals).max()
-  return Estimate(vals, bounds, "bound", "Lanczos", min(max(steps, 2 * k),
-                                                        kern.m), path, reason)
+  return Estimate(vals, bounds, "bound", method,
+                  _columns(kern, k, which, steps), path, reason)
 
 
 def eigvals(kernel: Any, k: int = 10, *, which: str = "largest",
@@ -54,14 +83,17 @@ def eigvals(kernel: Any, k: int = 10, *, which: str = "largest",
             **source: Any) -> Any:
   """The ``k`` largest (or smallest) eigenvalues, in descending order.
 
-  Exact by ``eigh`` on the dense route; by Lanczos on the operator
-  matrix-free, each with its residual bound (an eigenvalue lies within it).
+  Exact by ``eigh`` on the dense route. Matrix-free, the largest come from
+  LOBPCG (:func:`autontk.solvers.eigsh`) on an operator, the smallest (and
+  both ends of an array) from Lanczos with full reorthogonalisation; each
+  with its residual bound (an eigenvalue lies within it, rounding of the
+  products included).
 
   Args:
     kernel: the kernel (see the module docstring).
     k: how many.
     which: ``"largest"`` or ``"smallest"``.
-    steps: Lanczos steps on the matrix-free route.
+    steps: Lanczos steps on the matrix-free route (where Lanczos is used).
     route: ``"auto"``, ``"dense"`` or ``"matrix-free"``.
     memory_budget: bytes a materialised kernel may take.
     seed: the Lanczos start vector's seed.
@@ -80,7 +112,7 @@ def eigvals(kernel: Any, k: int = 10, *, which: str = "largest",
     raise ValueError(f"which must be 'largest' or 'smallest'; got {which!r}")
 
   def one(kern: Kernel) -> Estimate:
-    q = Question(kern.m ** 3 / 3, min(max(steps, 2 * k), kern.m))
+    q = Question(kern.m ** 3 / 3, _columns(kern, k, which, steps))
     path, reason = choose(q, kern.pricing, route, memory_budget)
     return _extremes(kern, k, which, path, reason, steps, seed)
 
@@ -113,7 +145,8 @@ def condition_number(kernel: Any, *, steps: int = EIG_STEPS,
   """
 
   def one(kern: Kernel) -> Estimate:
-    q = Question(kern.m ** 3 / 3, 2 * min(max(steps, 2), kern.m))
+    q = Question(kern.m ** 3 / 3, _columns(kern, 1, "largest", steps) +
+                 _columns(kern, 1, "smallest", steps))
     path, reason = choose(q, kern.pricing, route, memory_budget)
     top = _extremes(kern, 1, "largest", path, reason, steps, seed)
     bottom = _extremes(kern, 1, "smallest", path, reason, steps, seed)
