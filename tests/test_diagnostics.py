@@ -182,6 +182,9 @@ def test_a_dict_is_one_kernel_per_group(kernel):
   out = D.trace({"a": kernel, "b": 2 * kernel})
   assert set(out) == {"a", "b"}
   assert out["b"].value == pytest.approx(2 * out["a"].value)
+  shared = D.kernels(kernel)
+  assert set(shared) == {None}
+  assert isinstance(D.trace(shared), D.Estimate)
 
 
 def test_untraced_kernel_layout():

@@ -36,8 +36,9 @@ class Estimate:
     error_kind: one of :data:`ERROR_KINDS`.
     method: how it was computed (``"eigh"``, ``"Hutch++"``, ``"Lanczos"``,
       ``"Hutch++ + Lanczos quadrature"``, ``"op.trace"``...).
-    probes: random probe vectors (or Krylov steps for Lanczos) used; ``0``
-      for a dense computation.
+    probes: random probe vectors used, or kernel columns an eigensolver
+      applies (Lanczos steps; LOBPCG priced at 20 iterations of ``3k``);
+      ``0`` for a dense computation.
     route: ``"dense"`` or ``"matrix-free"`` (:data:`ROUTES`).
     reason: why that route (the priced comparison, or that it was forced).
 

@@ -175,7 +175,8 @@ def kernels(kernel: Any, *, x: Any = None, params: Any = None,
                        "kernel array or operator is used as it is (pass "
                        "one per group as a dict).")
     if isinstance(kernel, dict):
-      return {str(g): _one(k) for g, k in kernel.items()}
+      return {None if g is None else str(g): _one(k)
+              for g, k in kernel.items()}
     return {None: _one(kernel)}
   if not callable(kernel):
     raise TypeError(f"expected a kernel array, a kernel operator, a dict of "
