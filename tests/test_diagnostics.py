@@ -205,6 +205,9 @@ def test_errors():
     D.trace(lambda p, x: x)
   with pytest.raises(ValueError, match="apply to a network"):
     D.trace(np.eye(3), groups="layer")
+  with pytest.raises(ValueError, match="one output array"):
+    D.trace(lambda p, x: (x @ p, x @ p), x=np.ones((2, 3)),
+            params=np.ones((3, 2)))
   with pytest.raises(ValueError, match="kernel_b"):
     D.kernel_distance(np.eye(3))
   with pytest.raises(ValueError, match="targets"):

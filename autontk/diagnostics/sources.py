@@ -253,8 +253,13 @@ def _model_pricing(apply, x, params, kwargs, trace_axes) -> Pricing:
   the output size per example, ``P``: parameters)."""
   lowered = jax.jit(lambda p: apply(p, x, **kwargs)).lower(params)
   fwd = read_cost_analysis(lowered.cost_analysis()).get("flops") or 0.0
-  out = jax.eval_shape(lambda p: apply(p, x, **kwargs), params)
-  out = jax.tree.leaves(out)[0]
+  leaves = jax.tree.leaves(jax.eval_shape(lambda p: apply(p, x, **kwargs),
+                                          params))
+  if len(leaves) != 1:
+    raise ValueError(f"diagnostics take a network with one output array; f "
+                     f"returns {len(leaves)} (wrap it to return the one to "
+                     f"diagnose).")
+  out = leaves[0]
   n, per_example = out.shape[0], int(np.prod(out.shape[1:]))
   axes = (trace_axes,) if isinstance(trace_axes, int) else tuple(trace_axes)
   traced = int(np.prod([out.shape[a] for a in axes])) if axes else 1
