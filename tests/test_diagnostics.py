@@ -342,3 +342,18 @@ def test_model_level_matrix_free_against_reference(wide_mlp):
                              rtol=1e-3)
   assert sum(t.value for t in traces.values()) == pytest.approx(
       D.trace(whole).value, rel=1e-5)
+
+
+def test_an_ntk_fn_brings_its_options(mlp):
+  f, params, x = mlp
+  ntk = autontk.ntk_fn(f, groups="layer", vmap_axes=0)
+  dense = D.eigvals(ntk, 3, x=x, params=params, route="dense")
+  traces = D.trace(ntk, x=x, params=params)
+  for i in range(len(params)):
+    k = _layer_reference(f, params, x, i)
+    np.testing.assert_allclose(dense[str(i)].value,
+                               TRUTH["top"](k, 0, 0)[:3], rtol=1e-4)
+    assert traces[str(i)].route == "matrix-free"
+    assert traces[str(i)].value == pytest.approx(np.trace(k), rel=1e-5)
+  with pytest.raises(ValueError, match="brings its own"):
+    D.trace(ntk, x=x, params=params, groups="top")

@@ -9,7 +9,9 @@ Every diagnostic takes a kernel in one of three forms:
   :class:`autontk.operator.MatrixOperator`);
 * a network ``f`` with ``x=`` and ``params=`` (and ``wrt=``, ``groups=``,
   ``trace_axes=``): its NTK, formed by :func:`autontk.ntk_fn` on the dense
-  route or applied by :func:`autontk.ntk_operator` on the matrix-free one.
+  route or applied by :func:`autontk.ntk_operator` on the matrix-free one;
+  or a kernel function from :func:`autontk.ntk_fn` with ``x=`` and
+  ``params=``, which brings its own options (the dense route calls it).
 
 A ``dict`` of arrays or operators is read as one kernel per group; a
 :class:`Kernel` (what :func:`kernels` returns) is used as it is, so several
@@ -28,6 +30,7 @@ import numpy as np
 
 from autontk import adapters
 from autontk._api import ntk_fn
+from autontk._ntk_fn import NtkFn
 from autontk.costmodel.hlo import read_cost_analysis
 from autontk.diagnostics.route import Pricing
 from autontk.operator import ntk_operator
@@ -152,7 +155,7 @@ def kernels(kernel: Any, *, x: Any = None, params: Any = None,
 
   Args:
     kernel: a dense array, a kernel operator, a dict of them per group, a
-      :class:`Kernel`, or a network ``f``.
+      :class:`Kernel`, a network ``f``, or an :class:`~autontk.NtkFn`.
     x: the network's inputs.
     params: its parameters.
     groups: its parameter groups, as for :func:`autontk.ntk_fn`.
@@ -183,8 +186,11 @@ def kernels(kernel: Any, *, x: Any = None, params: Any = None,
                     f"them, or a network f; got {type(kernel).__name__}.")
   if x is None or params is None:
     raise ValueError("a network f needs x= and params=.")
-  return _model_kernels(kernel, x, params, groups, wrt, trace_axes,
+  if isinstance(kernel, NtkFn):
+    return _from_ntk_fn(kernel, x, params, groups, wrt, trace_axes,
                         dict(kwargs or {}))
+  return _model_kernels(kernel, x, params, ParamSelection.make(wrt, groups),
+                        {"trace_axes": trace_axes}, dict(kwargs or {}))
 
 
 def per_group(kernel: Any, source: dict[str, Any],
@@ -205,37 +211,65 @@ def _one(k: Any) -> Kernel:
   return from_operator(k) if is_operator(k) else from_array(k)
 
 
-def _model_kernels(f, x, params, groups, wrt, trace_axes,
-                   kwargs) -> dict[str | None, Kernel]:
-  apply = adapters.apply_fn(f)
-  dense_all: dict[str, Any] = {}
+def _from_ntk_fn(ntk: NtkFn, x, params, groups, wrt, trace_axes,
+                 kwargs) -> dict[str | None, Kernel]:
+  """An :class:`~autontk.NtkFn` brings its own options: the dense route
+  calls it (its plan, chunking and precision), the operator takes its
+  network, axes and selection."""
+  o = ntk.options
+  if groups is not None or wrt is not None or trace_axes != (-1,):
+    raise ValueError("an NtkFn brings its own wrt, groups and trace_axes; "
+                     "set them in autontk.ntk_fn.")
+  if o.diagonal_axes:
+    raise ValueError("diagnostics need the full kernel: an NtkFn with "
+                     "diagonal_axes gives only its diagonal.")
+  op_options = dict(trace_axes=o.trace_axes, vmap_axes=o.vmap_axes,
+                    pseudo_axes=o.pseudo_axes, precision=o.precision)
+  return _model_kernels(ntk.f, x, params, o.selection, op_options, kwargs,
+                        dense_fn=ntk)
+
+
+def _model_kernels(f, x, params, selection: ParamSelection | None,
+                   op_options: dict[str, Any], kwargs,
+                   dense_fn: Any = None) -> dict[str | None, Kernel]:
+  """One :class:`Kernel` per group of the network ``f`` (dense by
+  ``dense_fn``, default :func:`autontk.ntk_fn`; products by
+  :func:`autontk.ntk_operator`, one per group)."""
+  grouped = selection is not None and selection.groups is not None
+  dense_fn = dense_fn or ntk_fn(
+      f, trace_axes=op_options["trace_axes"],
+      wrt=selection.wrt if selection else None,
+      groups=selection.groups if selection else None)
+  dense_all: dict[str | None, Any] = {}
 
   def dense(name):
     if not dense_all:
-      k = ntk_fn(f, trace_axes=trace_axes, wrt=wrt, groups=groups)(
-          x, None, params, **kwargs)
-      dense_all.update(k if groups is not None else {None: k})
+      k = dense_fn(x, None, params, **kwargs)
+      dense_all.update(k if grouped else {None: k})
     return dense_all[name]
 
-  selections = _group_masks(params, wrt, groups)
-  pricing = _model_pricing(apply, x, params, kwargs, trace_axes)
+  apply = adapters.apply_fn(f)
+  pricing = _model_pricing(apply, x, params, kwargs,
+                           op_options["trace_axes"])
   out = {}
-  for name, mask in selections.items():
-    op = lambda mask=mask: ntk_operator(f, x, params, trace_axes=trace_axes,
-                                        wrt=mask, **kwargs)
+  for name, mask in _masks(params, selection).items():
+    op = lambda mask=mask: ntk_operator(f, x, params, wrt=mask, **op_options,
+                                        **kwargs)
     out[name] = Kernel(pricing, op, dense=lambda n=name: dense(n))
   return out
 
 
-def _group_masks(params, wrt, groups) -> dict[str | None, Any]:
-  """``{group: wrt}``: per group a boolean mask of ``params``' leaves (the
-  leaves of that group among those ``wrt`` selects); ``{None: wrt}``
-  without groups."""
-  if groups is None:
-    return {None: wrt}
+def _masks(params, selection: ParamSelection | None) -> dict[str | None, Any]:
+  """``{group: wrt}`` for the operators: per group a boolean pytree of
+  ``params``' leaves (that group's leaves among the selected); ``{None:
+  mask}`` without groups (``{None: None}`` without a selection)."""
+  if selection is None:
+    return {None: None}
   leaves, treedef = jax.tree.flatten(params)
   diff = [jnp.issubdtype(jnp.result_type(v), jnp.floating) for v in leaves]
-  sel = ParamSelection.make(wrt, groups).resolve(params, diff)
+  sel = selection.resolve(params, diff)
+  if sel.group_names is None:
+    return {None: jax.tree.unflatten(treedef, list(sel.mask))}
   chosen = [i for i, m in enumerate(sel.mask) if m]
   masks = {}
   for g, name in enumerate(sel.group_names):
