@@ -8,6 +8,7 @@ float64.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -202,7 +203,9 @@ def test_batches_spread_over_two_devices():
                                  devices=jax.devices()[:1])
       print(json.dumps([np.asarray(two.matmat(v)).tolist(),
                         np.asarray(one.matmat(v)).tolist(),
-                        np.asarray(one.to_dense() @ v).tolist()]))
+                        np.asarray(one.to_dense() @ v).tolist(),
+                        np.asarray(two.diag()).tolist(),
+                        np.diag(np.asarray(one.to_dense())).tolist()]))
       """)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root,
@@ -211,7 +214,8 @@ def test_batches_spread_over_two_devices():
   out = subprocess.run([sys.executable, "-c", script], env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  two, one, dense = (np.array(a) for a in
-                     __import__("json").loads(out.stdout.splitlines()[-1]))
+  two, one, dense, diag, dense_diag = (
+      np.array(a) for a in json.loads(out.stdout.splitlines()[-1]))
   np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(two, dense, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(diag, dense_diag, rtol=1e-4, atol=1e-6)

@@ -6,7 +6,8 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune",
           "TuneOptions", "PlannerOptions", "StructuredConfig",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
-          "MissingRuleError", "pntk_fn", "adapters", "diagnostics"]
+          "MissingRuleError", "pntk_fn", "adapters", "ntk_operator",
+          "NtkOperator", "MatrixOperator", "solvers", "diagnostics"]
 
 DIAGNOSTICS = ["Estimate", "eigvals", "condition_number", "trace",
                "frobenius_norm", "effective_rank", "alignment",
@@ -19,6 +20,12 @@ def test_public_names():
   for name in DIAGNOSTICS:
     assert hasattr(autontk.diagnostics, name), name
   assert autontk.__version__
+
+
+def test_solver_names():
+  for name in ["solve", "matfun", "eigsh", "max_eigenvalue",
+               "ConvergenceWarning"]:
+    assert hasattr(autontk.solvers, name), name
 
 
 def test_method_configs_run_through_plans():

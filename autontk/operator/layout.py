@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import string
 from typing import Any
 
 import jax.numpy as jnp
@@ -135,19 +134,6 @@ class OperatorLayout:
     cols = [2 * kept.index(a) + 1 for a in order]
     k = np.transpose(np.asarray(kernel), rows + cols)
     return k.reshape(self.size, -1)
-
-  def diagonal(self, kernel: Any) -> Any:
-    """The ``(M,)`` diagonal from the per-example kernel (the batch axis
-    diagonal, as ``ntk_fn(..., diagonal_axes=(batch_axis,))`` lays it out)."""
-    letters = iter(string.ascii_letters)
-    names = {a: next(letters) for a in range(len(self.shape))}
-    sub = ""
-    for a in range(len(self.shape)):
-      if a in self.trace:
-        continue
-      sub += names[a] if a == self.batch_axis else names[a] * 2
-    out = "".join(names[a] for a in (self.batch_axis,) + self.plain)
-    return np.einsum(f"{sub}->{out}", np.asarray(kernel)).reshape(-1)
 
   def _sizes(self, axes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(self.shape[a] for a in axes)

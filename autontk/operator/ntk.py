@@ -46,51 +46,42 @@ class _Setup:
   batch: int
   column_chunk: int
   implementation: Any
-  batch_axis: int
   wrt: Any
   n: int
   kwargs_split: dict[str, Any]
-  _diag: list[Any] | None = None
+  tile: int
   _dense: list[Any] | None = None
 
-  def ntk(self, diagonal: bool) -> Any:
-    """The kernel function of the operator's kernel (or its diagonal)."""
+  def ntk(self) -> Any:
+    """The kernel function of the operator's kernel."""
     o = self.options
-    return ntk_fn(self.f, trace_axes=o.trace_axes,
-                  diagonal_axes=(self.batch_axis,) if diagonal else (),
-                  vmap_axes=o.vmap_axes, implementation=self.implementation,
+    return ntk_fn(self.f, trace_axes=o.trace_axes, vmap_axes=o.vmap_axes, implementation=self.implementation,
                   wrt=self.wrt, pseudo_axes=o.pseudo_axes,
                   precision=o.precision)
 
-  def kernels(self, diagonal: bool, other: tuple[PyTree, dict[str, Any],
-                                                 int] | None = None
+  def kernels(self, other: tuple[PyTree, dict[str, Any], int] | None = None
               ) -> list[Any]:
     """The kernel leaves of ``(x, x)``, or of ``(x_other, x)`` for
     ``other = (x_other, its split kwargs, its size)``: in one call when a
-    batch holds the data, else tile by tile (``ntk_tiled``)."""
-    ntk = self.ntk(diagonal)
+    tile holds the data, else tile by tile (``ntk_tiled``)."""
+    ntk = self.ntk()
     if other is None:
       x1, x2, kwargs, n = self.x, None, self.kwargs, self.n
     else:
       x1, x2, kwargs = ntk_arguments(other[0], other[1], self.x,
                                      self.kwargs_split, False)
       n = max(self.n, other[2])
-    if n <= self.batch:
+    if n <= self.tile:
       k = ntk(x1, x2, self.params, **kwargs)
     else:
-      k = ntk_tiled(ntk, x1, x2, self.params, tile=self.batch,
+      k = ntk_tiled(ntk, x1, x2, self.params, tile=self.tile,
                     progress=False, devices=list(self.mesh.devices.flat),
                     **kwargs)
     return [np.asarray(v) for v in jax.tree.leaves(k)]
 
-  def diagonals(self) -> list[Any]:
-    if self._diag is None:
-      self._diag = self.kernels(True)
-    return self._diag
-
   def dense(self) -> list[Any]:
     if self._dense is None:
-      self._dense = self.kernels(False)
+      self._dense = self.kernels()
     return self._dense
 
 
@@ -115,6 +106,7 @@ class NtkOperator:
     self._leaf = leaf
     self.layout = layout
     self._product = product
+    self._diag = None
     self.batch_size = setup.batch
 
   @property
@@ -140,10 +132,13 @@ class NtkOperator:
     return self.matmat(v)
 
   def diag(self) -> jax.Array:
-    """``(M,)``: the per-example kernels' diagonals (``ntk_fn`` with the
-    batch axis diagonal, tile by tile)."""
-    k = self._setup.diagonals()[self._leaf]
-    return jnp.asarray(self.layout.diagonal(k), self.dtype)
+    """``(M,)``: per example, the squared norms of its Jacobian's rows
+    (averaged over traced indices), in the product's batches; computed
+    once."""
+    if self._diag is None:
+      self._diag = self._product.diagonal(self._setup.dynamic,
+                                          self._setup.tile)
+    return self._diag
 
   def trace(self) -> jax.Array:
     """The exact trace ``Σ diag``."""
@@ -154,6 +149,24 @@ class NtkOperator:
     past one batch)."""
     k = self._setup.dense()[self._leaf]
     return jnp.asarray(self.layout.dense(k), self.dtype)
+
+  def kernel_call(self, n: int | None = None) -> tuple[Any, tuple[Any, ...],
+                                                      dict[str, Any]]:
+    """``(ntk, args, kwargs)`` with ``ntk(*args, **kwargs)`` the dense
+    kernel of the first ``n`` examples (default all): what
+    :meth:`to_dense` computes, for pricing it (``ntk.report``)."""
+    setup = self._setup
+    ntk = setup.ntk()
+    if n is None or n >= setup.n:
+      return ntk, (setup.x, None, setup.params), setup.kwargs
+    side, _ = sides(ntk.problem(setup.x, None, setup.params, **setup.kwargs))
+    x, kw = side.host_tile((0, n), n)
+    x1, x2, kwargs = ntk_arguments(x, kw, x, kw, True)
+    return ntk, (x1, x2, setup.params), kwargs
+
+  def lower(self, r: int = 1) -> Any:
+    """The product's program for ``r`` columns, lowered (for its cost)."""
+    return self._product.lower(self._setup.dynamic, r)
 
   def cross(self, x_other: PyTree, **kwargs: Any) -> "CrossOperator":
     """``Θ(x_other, x)``: the test-train operator.
@@ -207,7 +220,7 @@ class CrossOperator:
 
   def to_dense(self) -> jax.Array:
     """The ``(M_other, M)`` matrix, with the best kernel plan."""
-    k = self._setup.kernels(False, self._other)[self._leaf]
+    k = self._setup.kernels(self._other)[self._leaf]
     return jnp.asarray(self._rows.dense(k), self.dtype)
 
   def __repr__(self) -> str:
@@ -297,48 +310,55 @@ def ntk_operator(f: ApplyFn | Any, x: PyTree, params: PyTree, *,
   >>> op.shape, op.matmat(jnp.ones(6)).shape
   ((6, 6), (6,))
   """
-  f = adapters.apply_fn(f)
-  options = NtkOptions.make(trace_axes, (), vmap_axes,
-                            Implementation.NTK_VECTOR_PRODUCTS, wrt=wrt,
-                            pseudo_axes=pseudo_axes, precision=precision)
   if "rng" in kwargs:
     raise ValueError("ntk_operator does not take the kwarg `rng`: f's "
                      "randomness over a batch depends on the batch. Make f "
                      "deterministic.")
+  f = adapters.apply_fn(f)
+  options = NtkOptions.make(trace_axes, (), vmap_axes,
+                            Implementation.NTK_VECTOR_PRODUCTS, wrt=wrt,
+                            pseudo_axes=pseudo_axes, precision=precision)
   problem = _problem.build(f, options, x, None, params, kwargs)
+  mesh = make_mesh(devices)
+  budget = (memory_budget if memory_budget is not None else
+            memory_budget_bytes(mesh.devices.flat[0]))
+  setup, products = _build(problem, options, mesh, batch_size, budget)
+  setup = dataclasses.replace(setup, f=f, x=x, params=params, kwargs=kwargs,
+                              implementation=implementation, wrt=wrt)
+  ops = [NtkOperator(setup, i, p.rows, p) for i, p in enumerate(products)]
+  return jax.tree.unflatten(problem.out_treedef, ops)
+
+
+def _build(problem: Any, options: NtkOptions, mesh: Any, batch_size: Any,
+           budget: int) -> tuple[_Setup, list[Product]]:
+  """The shared setup (its user-facing fields left for the caller) and one
+  product per output leaf."""
   side, _ = sides(problem)
   out_axes = output_batch_axes(problem, side.size, side.size)
   layouts = [OperatorLayout.of(tuple(o.shape), ax, b)
              for o, ax, b in zip(problem.out1, problem.axes, out_axes)]
-  mesh = make_mesh(devices)
   model, dynamic = Model.of(problem, options)
   dtypes = [problem.kernel_dtype(i) for i in range(len(layouts))]
-  budget = (memory_budget if memory_budget is not None else
-            memory_budget_bytes(mesh.devices.flat[0]))
   batch, chunk = _batch_and_chunk(batch_size, model, dynamic, side, layouts,
                                   dtypes, mesh, budget)
-  setup = _Setup(f, options, x, params, kwargs, model, dynamic, mesh, batch,
-                 chunk, implementation, _common_axis(out_axes, problem), wrt,
-                 side.size, problem.kwargs1)
+  setup = _Setup(None, options, None, None, None, model, dynamic, mesh,
+                 batch, chunk, None, None, side.size, problem.kwargs1,
+                 _kernel_tile(problem, side.size, batch, budget))
   stacked = Stacked.of(side, batch, mesh)
-  ops = [NtkOperator(setup, i, layout,
-                     Product(model, i, layout, layout, stacked, stacked, mesh,
-                             chunk, dtypes[i]))
-         for i, layout in enumerate(layouts)]
-  return jax.tree.unflatten(problem.out_treedef, ops)
+  return setup, [Product(model, i, layout, layout, stacked, stacked, mesh,
+                         chunk, dtypes[i])
+                 for i, layout in enumerate(layouts)]
 
 
-def _common_axis(out_axes: Sequence[int], problem: Any) -> int:
-  """The batch axis as one ``diagonal_axes`` entry for every leaf."""
-  ranks = [len(o.shape) for o in problem.out1]
-  neg = {a - r for a, r in zip(out_axes, ranks)}
-  if len(set(out_axes)) == 1:
-    return out_axes[0]
-  if len(neg) == 1:
-    return neg.pop()
-  raise ValueError(f"The output leaves' batch axes {tuple(out_axes)} are "
-                   "not one axis counted from either end; diag() and "
-                   "to_dense() need one.")
+def _kernel_tile(problem: Any, n: int, batch: int, budget: int) -> int:
+  """Examples per tile of :meth:`NtkOperator.diag` and ``to_dense``: at
+  most a product's batch, and few enough that two tiles' per-example
+  Jacobians (outputs × parameters) fit the budget."""
+  outputs = sum(math.prod(o.shape) for o in problem.out1) / n
+  item = max(np.dtype(problem.kernel_dtype(i)).itemsize
+             for i in range(len(problem.out1)))
+  per_example = 2 * outputs * max(problem.n_params, 1) * item
+  return int(max(1, min(batch, budget // max(per_example, 1))))
 
 
 def _batch_and_chunk(batch_size: Any, model: Model, dynamic: list[Any],

@@ -157,10 +157,11 @@ def make_mesh(devices: Sequence[Any] | None) -> Mesh:
 
 def _select(leaves: Sequence[Any], j: Any) -> list[Any]:
   """Batch ``j`` of stacked leaves."""
-  return [jax.lax.dynamic_index_in_dim(v, j, 0, keepdims=False) for v in leaves]
+  return [jax.lax.dynamic_index_in_dim(v, j, 0, keepdims=False)
+          for v in leaves]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class Product:
   """``V -> Θ(x_rows, x_cols) V`` for one output leaf, compiled once per
   shape of ``V``.
@@ -184,10 +185,26 @@ class Product:
   mesh: Mesh
   column_chunk: int
   dtype: Any
+  program: Any = dataclasses.field(init=False, repr=False)
+  diagonals: dict[int, Any] = dataclasses.field(init=False, repr=False)
+
+  def __post_init__(self):
+    self.program = jax.jit(lambda *a: _product(self, *a))
+    self.diagonals = {}
+
+  def diagonal(self, dynamic: Sequence[Any], chunk: int) -> Any:
+    """``(M_rows,)``: the diagonal of ``Θ(x_rows, x_rows)``, from each
+    example's Jacobian (``chunk`` examples at a time, ``jax.jacrev``)."""
+    program = self.diagonals.get(chunk)
+    if program is None:
+      program = self.diagonals[chunk] = jax.jit(
+          lambda *a: _diagonal(self, chunk, *a))
+    out = program(dynamic, self.rows_data.batched, self.rows_data.shared)
+    return self.rows_data.unstack_rows(out[..., None])[:, 0]
 
   def __call__(self, dynamic: Sequence[Any], v: Any) -> Any:
     """``v``: ``(M_cols, R)`` -> ``(M_rows, R)``."""
-    return _product_program(self)(dynamic, self.rows_data.batched,
+    return self.program(dynamic, self.rows_data.batched,
                                   self.rows_data.shared,
                                   self.cols_data.batched,
                                   self.cols_data.shared, v)
@@ -195,22 +212,15 @@ class Product:
   def lower(self, dynamic: Sequence[Any], r: int) -> Any:
     """The lowered program for ``R = r`` columns."""
     v = jax.ShapeDtypeStruct((self.cols.size, r), self.dtype)
-    return _product_program(self).lower(
+    return self.program.lower(
         dynamic, self.rows_data.batched, self.rows_data.shared,
         self.cols_data.batched, self.cols_data.shared, v)
 
 
-def _product_program(p: Product):
-  """The jitted program of a product (cached on the product)."""
-  program = p.__dict__.get("_program")
-  if program is None:
-    program = jax.jit(lambda *a: _product(p, *a))
-    object.__setattr__(p, "_program", program)
-  return program
-
-
 def _product(p: Product, dynamic, rows_batched, rows_shared, cols_batched,
              cols_shared, v):
+  """The whole product: column chunks one after the other (``lax.map``),
+  each a VJP pass and a JVP pass over every device's batches."""
   r = v.shape[-1]
   chunk = min(p.column_chunk, r)
   n_chunks = math.ceil(r / chunk)
@@ -267,6 +277,39 @@ def _per_device(p: Product, dynamic, rows_batched, rows_shared,
 
     local_rows = rows_batched[0].shape[0] if rows_batched else 1
     return jax.lax.map(jvp_batch, jnp.arange(local_rows))
+
+
+def _diagonal(p: Product, chunk: int, dynamic, batched, shared):
+  spec, rep = PartitionSpec(AXIS), PartitionSpec()
+  return jax.shard_map(
+      lambda *a: _diagonal_per_device(p, chunk, *a), mesh=p.mesh,
+      in_specs=(rep, spec, rep), out_specs=spec,
+      check_vma=False)(dynamic, batched, shared)
+
+
+def _diagonal_per_device(p: Product, chunk: int, dynamic, batched, shared):
+  """``(k_local, batch, plain)``: per example, the squared norms of its
+  Jacobian's rows, averaged over the traced indices."""
+  data, layout = p.rows_data, p.rows
+
+  def example(leaves, i):
+    one = [jax.lax.dynamic_slice_in_dim(v, i, 1, axis=a)
+           for v, a in zip(leaves, data.axes)]
+    theta, fn = p.model.apply(dynamic, data.skeleton, one, shared, p.leaf)
+    out = jax.eval_shape(fn, theta)
+    sq = jnp.zeros(out.shape, out.dtype)
+    for j in jax.jacrev(fn)(theta):
+      sq = sq + jnp.sum(jnp.square(j), axis=tuple(range(out.ndim, j.ndim)))
+    sq = jnp.transpose(sq, layout.perm)
+    return jnp.mean(sq.reshape(layout.plain_size, layout.trace_size), -1)
+
+  def one_batch(j):
+    leaves = _select(batched, j)
+    return jax.lax.map(lambda i: example(leaves, i), jnp.arange(data.batch),
+                       batch_size=min(chunk, data.batch))
+
+  with p.model.options.precision_scope():
+    return jax.lax.map(one_batch, jnp.arange(batched[0].shape[0]))
 
 
 def _out_dtype(fn, theta) -> Any:

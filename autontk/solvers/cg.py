@@ -11,10 +11,12 @@ recomputed from the answer.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from autontk.solvers import checks, preconditioners
 
@@ -24,7 +26,9 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
           preconditioner: str | Callable | None = "auto",
           rank: int | str = "auto", x0: Any = None,
           progress: bool | None = None, seed: int = 0,
-          return_info: bool = False) -> Any:
+          return_info: bool = False,
+          checkpoint: str | os.PathLike | None = None,
+          segment: int = 100) -> Any:
   """Solves ``(op + shift·I) x = b`` by preconditioned CG.
 
   Each iteration costs one product of ``op`` with the ``R`` columns of
@@ -42,12 +46,20 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
     maxiter: iterations at most (default ``min(10·M, 1000)``).
     preconditioner: ``"auto"`` (Nyström), ``"nystrom"``, ``"diag"``
       (Jacobi), ``None``, or a callable ``v -> P⁻¹ v`` on ``(M,)`` vectors.
-    rank: the Nyström rank, or ``"auto"`` (``min(100, M // 2)``).
+    rank: the Nyström rank, or ``"auto"``: from 50 columns, grown while
+      the iterations it saves (for all columns of ``b``) outweigh its
+      cost (:func:`autontk.solvers.preconditioners.nystrom`).
     x0: an initial guess shaped like ``b``.
     progress: a progress bar of iterations: ``True``, ``False``, or
       ``None`` (shown once the solve has taken a second).
     seed: the Nyström sketch's seed.
     return_info: also return a :class:`SolveInfo`.
+    checkpoint: a directory: CG runs in segments of ``segment``
+      iterations, saving ``x`` after each (``cg.npz``); a later call with
+      the same ``b`` resumes from the saved ``x``. Each segment restarts CG
+      from its ``x`` (the search directions are lost): expect a few more
+      iterations than one run.
+    segment: iterations per segment with ``checkpoint``.
 
   Returns:
     ``x``, shaped like ``b`` (and its :class:`SolveInfo` with
@@ -69,11 +81,19 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
   maxiter = min(10 * m, 1000) if maxiter is None else int(maxiter)
   guess = jnp.zeros_like(cols) if x0 is None else checks.columns(
       op, x0, "x0")[0]
-  precond = preconditioners.make(op, preconditioner, rank, shift, seed)
-  x, products = _run(op, cols, guess, shift, tol, maxiter, precond, progress)
+  precond = preconditioners.make(op, preconditioner, rank, shift, seed,
+                                 cols.shape[1], max(tol, 1e-12))
+  system = _System(op, shift, tol, precond)
+  with checks.progress_bar(maxiter, "CG", progress) as bar:
+    if checkpoint is None:
+      x, iterations = system.run(cols, guess, maxiter, bar)
+    else:
+      x, iterations = _segments(system, cols, guess, maxiter, segment,
+                                os.path.join(os.fspath(checkpoint), "cg.npz"),
+                                bar)
   checks.check_finite(x, "The solution")
-  residual = checks.relative(cols - (op.matmat(x) + shift * x), cols)
-  iterations = max(products - 1, 0)
+  residual = system.residual(cols, x)
+  checks.check_finite(jnp.asarray(residual), "The residual")
   if residual > 10 * tol:
     checks.warn_not_converged("CG", residual, tol, iterations)
   x = x[:, 0] if vector else x
@@ -98,26 +118,62 @@ class SolveInfo:
   converged: bool
 
 
-def _run(op: Any, cols: Any, guess: Any, shift: float, tol: float,
-         maxiter: int, precond: Callable | None,
-         progress: bool | None) -> tuple[jax.Array, int]:
-  """CG on every column; ``(x, products per column)``."""
-  count = [0]
-  with checks.progress_bar(maxiter, "CG", progress) as bar:
+@dataclasses.dataclass
+class _System:
+  """``(op + shift·I) x = b`` with its tolerance and preconditioner."""
+
+  op: Any
+  shift: float
+  tol: float
+  precond: Callable | None
+
+  def apply(self, v: Any) -> Any:
+    return self.op.matmat(v) + self.shift * v
+
+  def residual(self, cols: Any, x: Any) -> float:
+    return checks.relative(cols - self.apply(x), cols)
+
+  def run(self, cols: Any, guess: Any, maxiter: int,
+          bar: Any) -> tuple[jax.Array, int]:
+    """JAX's CG on every column; ``(x, iterations)``."""
+    count = [-1]  # the first product is the initial residual's
+
     def tick():
       count[0] += 1
-      bar.update(1)
+      if count[0] > 0:
+        bar.update(1)
 
     def a(v):
       jax.debug.callback(tick)
-      return op.matmat(v) + shift * v
+      return self.apply(v)
 
     def one(bc, x0):
-      x, _ = jax.scipy.sparse.linalg.cg(a, bc, x0, tol=tol, atol=0.0,
-                                        maxiter=maxiter, M=precond)
+      x, _ = jax.scipy.sparse.linalg.cg(a, bc, x0, tol=self.tol, atol=0.0,
+                                        maxiter=maxiter, M=self.precond)
       return x
 
     x = jax.jit(jax.vmap(one, in_axes=1, out_axes=1))(cols, guess)
     x.block_until_ready()
     jax.effects_barrier()
-  return x, count[0]
+    return x, max(count[0], 0)
+
+
+def _segments(system: _System, cols: Any, x: Any, maxiter: int,
+              segment: int, path: str, bar: Any) -> tuple[jax.Array, int]:
+  """CG in restarted segments, ``x`` saved to ``path`` after each."""
+  done = 0
+  if os.path.exists(path):
+    with np.load(path) as saved:
+      if np.array_equal(saved["b"], np.asarray(cols)):
+        x, done = jnp.asarray(saved["x"], cols.dtype), int(saved["done"])
+        bar.update(done)
+  while done < maxiter and system.residual(cols, x) > system.tol:
+    x, iterations = system.run(cols, x, min(segment, maxiter - done), bar)
+    done += iterations
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, b=np.asarray(cols), x=np.asarray(x), done=done)
+    os.replace(tmp, path)
+    if iterations == 0:
+      break
+  return x, done

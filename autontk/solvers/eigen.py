@@ -63,6 +63,7 @@ def eigsh(op: Any, k: int, *, which: str = "largest", tol: float | None = None,
     return _dense(op, k, which)
   if which == "largest":
     w, u = _lobpcg(op.matmat, m, k, dtype, tol, maxiter, seed)
+    top = jnp.max(w)
   else:
     top = max_eigenvalue(op, tol=tol, maxiter=maxiter, seed=seed)
     c = 1.01 * top + jnp.finfo(dtype).tiny
@@ -70,7 +71,7 @@ def eigsh(op: Any, k: int, *, which: str = "largest", tol: float | None = None,
                    seed)
     w = c - w
   checks.check_finite(w, "The eigenvalues")
-  scale = float(jnp.max(jnp.abs(w)))
+  scale = float(jnp.abs(top))
   residual = float(jnp.max(jnp.linalg.norm(op.matmat(u) - u * w, axis=0)))
   if residual > tol * max(scale, np.finfo(dtype).tiny):
     checks.warn_not_converged(f"eigsh (k={k}, {which})",

@@ -74,9 +74,11 @@ def matfun(op: Any, b: Any, fn: Callable[[jax.Array], jax.Array], *,
     raise ValueError(f"`steps` must be in 1..M={m}; got {steps}.")
   state = _State.start(cols, steps, checkpoint)
   result, change = None, np.inf
+  if state.finished:
+    result, change = _evaluate(state, fn), state.change
   with checks.progress_bar(steps, "Lanczos", progress) as bar:
     bar.update(state.done)
-    while state.done < steps:
+    while state.done < steps and not state.finished:
       state.arrays = _step(op, shift, state.arrays, state.done)
       state.done += 1
       bar.update(1)
@@ -87,9 +89,9 @@ def matfun(op: Any, b: Any, fn: Callable[[jax.Array], jax.Array], *,
         change = checks.relative(
             (new - result).reshape(-1, r), new.reshape(-1, r))
       result = new
+      state.finished = change <= tol or state.exhausted()
+      state.change = change
       state.save(checkpoint)
-      if change <= tol or state.exhausted():
-        break
   if result is None:
     result = _evaluate(state, fn)
   checks.check_finite(result, "fn(op) b")
@@ -100,10 +102,12 @@ def matfun(op: Any, b: Any, fn: Callable[[jax.Array], jax.Array], *,
 
 class _State:
   """Lanczos state: basis ``q (steps + 1, M, R)``, ``alpha``, ``beta``
-  ``(steps, R)``, the norms of b's columns, and the steps done."""
+  ``(steps, R)``, the steps done, and whether the run has finished (with
+  the last change of the answer)."""
 
   def __init__(self, cols: Any, arrays: tuple[Any, ...], done: int):
     self.cols, self.arrays, self.done = cols, arrays, done
+    self.finished, self.change = False, np.inf
 
   @staticmethod
   def start(cols: Any, steps: int, checkpoint: Any) -> "_State":
@@ -134,7 +138,7 @@ class _State:
     q, a, b = (np.asarray(v) for v in self.arrays)
     tmp = self._path(directory) + ".tmp.npz"
     np.savez(tmp, cols=np.asarray(self.cols), q=q, alpha=a, beta=b,
-             done=self.done)
+             done=self.done, finished=self.finished, change=self.change)
     os.replace(tmp, self._path(directory))
 
   def load(self, directory: Any) -> None:
@@ -148,6 +152,8 @@ class _State:
         self.arrays = tuple(jnp.asarray(saved[k], self.cols.dtype)
                             for k in ("q", "alpha", "beta"))
         self.done = int(saved["done"])
+        self.finished = bool(saved["finished"])
+        self.change = float(saved["change"])
 
 
 @jax.jit(static_argnums=0)
