@@ -6,6 +6,7 @@ chooses the fastest one for you.
 """
 
 from autontk import adapters as adapters
+from autontk import diagnostics as diagnostics
 from autontk import solvers as solvers
 from autontk._api import nngp_fn as nngp_fn
 from autontk._api import ntk_fn as ntk_fn

@@ -7,12 +7,18 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "TuneOptions", "PlannerOptions", "StructuredConfig",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
           "MissingRuleError", "pntk_fn", "adapters", "ntk_operator",
-          "NtkOperator", "MatrixOperator", "solvers"]
+          "NtkOperator", "MatrixOperator", "solvers", "diagnostics"]
+
+DIAGNOSTICS = ["Estimate", "eigvals", "condition_number", "trace",
+               "frobenius_norm", "effective_rank", "alignment",
+               "kernel_distance", "report", "Report", "kernels", "Kernel"]
 
 
 def test_public_names():
   for name in PUBLIC:
     assert hasattr(autontk, name), name
+  for name in DIAGNOSTICS:
+    assert hasattr(autontk.diagnostics, name), name
   assert autontk.__version__
 
 
