@@ -30,7 +30,7 @@ import numpy as np
 
 from autontk import adapters
 from autontk._api import ntk_fn
-from autontk._ntk_fn import NtkFn
+from autontk._kernel_fn import NtkFn
 from autontk.costmodel.hlo import read_cost_analysis
 from autontk.diagnostics.route import Pricing
 from autontk.operator import ntk_operator
