@@ -27,6 +27,12 @@ FACTORY = textwrap.dedent("""
 
     def broken():
       return {"f": None}
+
+    def checkpoints(n=6):
+      m = build(n=n)
+      m["params_b"] = jax.tree.map(lambda a: 1.1 * a, m["params"])
+      m["y"] = jnp.arange(2 * n, dtype=jnp.float32).reshape(n, 2)
+      return m
 """)
 
 
@@ -188,3 +194,23 @@ def test_report_of_a_model_not_cached_yet(env, capsys):
   assert doc["chosen"] and doc["source"] in (None, "model")
   assert len(doc["estimates"]) >= 2
   assert all(c["predicted_time"] for c in doc["estimates"] if c["feasible"])
+
+
+def test_diagnose_prints_each_diagnostic_whole_and_per_group(env, capsys):
+  rc, out, _ = _run(capsys, "diagnose", "mymodel:checkpoints", "--k", "3",
+                    "--plot", "spectrum.png")
+  assert rc == 0
+  for quantity in ("condition number", "trace", "effective rank",
+                   "alignment", "kernel distance", "top eigenvalues"):
+    assert quantity in out, quantity
+  # One group per layer: the two weight matrices, each with its own rows.
+  assert " w " in out and " v " in out and "exact" in out
+  assert (env / "spectrum.png").stat().st_size > 0
+
+
+def test_diagnose_rejects_options_it_cannot_honour(env, capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["diagnose", "mymodel:build", "--route", "sideways"])
+  rc, _, err = _run(capsys, "diagnose", "mymodel:build",
+                    "--diagonal-axes", "0")
+  assert rc != 0 and "diagonal_axes" in err

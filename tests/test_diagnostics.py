@@ -212,6 +212,8 @@ def test_errors():
     D.kernel_distance(np.eye(3))
   with pytest.raises(ValueError, match="targets"):
     D.alignment(np.eye(3), np.ones(4))
+  with pytest.raises(ValueError, match="constant"):
+    D.alignment(np.eye(3), np.ones(3))
 
 
 def test_repr_states_the_error():

@@ -29,6 +29,7 @@ Examples:
   autontk report mypkg.models:make_mlp        candidates, predicted vs measured
   autontk cache ls                            what is cached
   autontk cache export plans.json             move tuned plans to a twin machine
+  autontk diagnose mypkg.models:make_mlp      spectrum, ranks, alignment, distance
 """
 
 TUNE_HELP = """\
@@ -53,6 +54,7 @@ def make_parser() -> argparse.ArgumentParser:
   _add_report(sub)
   _add_calibrate(sub)
   _add_cache(sub)
+  _add_diagnose(sub)
   return parser
 
 
@@ -140,6 +142,42 @@ def _add_cache(sub) -> None:
   q.add_argument("file", metavar="FILE")
   for action in csub.choices.values():
     action.set_defaults(run=commands.cmd_cache)
+
+
+DIAGNOSE_HELP = """\
+Print the NTK diagnostics of a model on its inputs x1: top eigenvalues,
+condition number, trace, Frobenius norm, effective ranks, and, when the
+factory also returns targets "y" ((N,) or (N, C)), the centered kernel-target
+alignment, and when it returns a second checkpoint "params_b", the kernel
+distance between the two; each for the whole kernel and per parameter group
+(the factory's "groups", else one group per layer). Each value says whether
+it is exact or an estimate with its error, and which route (dense or
+matrix-free) computed it.
+"""
+
+
+def _add_diagnose(sub) -> None:
+  p = sub.add_parser(
+      "diagnose", help="spectrum, ranks, alignment and distances of an NTK",
+      description=DIAGNOSE_HELP + "\n" + models.FACTORY_HELP,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("model", metavar="MODEL",
+                 help="MODULE:FACTORY returning the model (see above)")
+  models.add_model_options(p)
+  p.add_argument("--k", type=int, default=10, metavar="K",
+                 help="how many top eigenvalues (default: 10)")
+  p.add_argument("--probes", type=int, metavar="P",
+                 help="probe vectors of the estimators (default: the "
+                      "library's)")
+  p.add_argument("--route", choices=("auto", "dense", "matrix-free"),
+                 default="auto",
+                 help="dense kernel or matrix-free estimators (default: auto)")
+  p.add_argument("--memory-budget", type=float, metavar="BYTES",
+                 help="bytes a materialised kernel may take")
+  p.add_argument("--seed", type=int, default=0, help="the probes' seed")
+  p.add_argument("--plot", metavar="FILE.png",
+                 help="also plot the spectrum and the per-group distances")
+  p.set_defaults(run=commands.cmd_diagnose)
 
 
 def _missing(parser: argparse.ArgumentParser, what: str) -> int:

@@ -1,4 +1,4 @@
-"""The commands of ``autontk``: tune, report, calibrate, cache.
+"""The commands of ``autontk``: tune, report, calibrate, cache, diagnose.
 
 Each ``cmd_<name>(args)`` runs one sub-command on parsed arguments and
 returns the exit status; a user error raises :class:`CliError`.
@@ -21,6 +21,8 @@ from autontk.cli import models
 from autontk.cli.errors import CliError
 from autontk.costmodel import calibration
 from autontk.costmodel.predict import default_predictor
+from autontk.diagnostics import report as diagnostics_report
+from autontk.diagnostics.frobenius import PROBES
 from autontk.plancache import PlanCache
 from autontk.suite import SUITE
 
@@ -291,3 +293,31 @@ def cmd_cache(args) -> int:
   if action is None:
     raise CliError(f"Unknown cache action {args.cache_action!r}.")
   return action(_cache(args), args)
+
+
+def cmd_diagnose(args) -> int:
+  factory = models.load_factory(args.model)
+  model = models.apply_overrides(
+      models.build_model(factory, dict(args.set or []), args.model,
+                         extra_keys=("y", "params_b")), args)
+  options = models.ntk_options(model)
+  options.pop("vmap_axes", None)  # a performance hint, never the values
+  unsupported = sorted(set(options) - {"trace_axes", "wrt", "groups"})
+  if unsupported:
+    raise CliError(f"diagnose takes the NTK options trace_axes, wrt and "
+                   f"groups; the model also gives {unsupported}.")
+  rep = diagnostics_report(
+      model["f"], model["x1"], model["params"], y=model.get("y"),
+      params_b=model.get("params_b"),
+      groups=options.pop("groups", None) or "layer",
+      k=args.k, probes=args.probes or PROBES, route=args.route,
+      memory_budget=args.memory_budget, seed=args.seed,
+      kwargs=model["kwargs"], **options)
+  print(rep)
+  if args.plot:
+    try:
+      rep.plot(args.plot)
+    except ImportError as e:
+      raise CliError(str(e)) from None
+    print(f"Plot written to {args.plot}.")
+  return 0

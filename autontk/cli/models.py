@@ -82,9 +82,11 @@ def load_factory(spec: str):
   return factory
 
 
-def build_model(factory, settings: dict[str, Any], name: str) -> dict[str, Any]:
+def build_model(factory, settings: dict[str, Any], name: str,
+                extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
   """Calls a factory and normalises its result to the dict contract (the
-  NTK options it does not give are left out: ``ntk_fn``'s defaults)."""
+  NTK options it does not give are left out: ``ntk_fn``'s defaults);
+  ``extra_keys`` are further keys a command accepts."""
   try:
     made = factory(**settings)
   except TypeError as e:
@@ -104,7 +106,8 @@ def build_model(factory, settings: dict[str, Any], name: str) -> dict[str, Any]:
   if missing:
     raise CliError(f"{name} returned a dict without {', '.join(missing)}; it "
                    "needs at least f, params and x1.")
-  known = {"f", "params", "x1", "x2", "kwargs", *NTK_OPTION_NAMES}
+  known = {"f", "params", "x1", "x2", "kwargs", *NTK_OPTION_NAMES,
+           *extra_keys}
   extra = sorted(set(made) - known)
   if extra:
     raise CliError(f"{name} returned unknown keys {extra}; allowed: "

@@ -192,6 +192,9 @@ def alignment(kernel: Any, y: Any, *, probes: int = PROBES,
     q = Question(kern.m ** 2 * (c + 1), c + _hutchpp_columns(probes, kern.m))
     path, reason = choose(q, kern.pricing, route, memory_budget)
     target = float(np.linalg.norm(yc.T @ yc))
+    if target == 0.0:
+      raise ValueError("`y` is constant over the examples: centered, it is "
+                       "zero and the alignment is undefined.")
     if path == "dense":
       k = kern.dense()
       kc = k - k.mean(0) - k.mean(1)[:, None] + k.mean()
