@@ -193,6 +193,20 @@ def test_corrupt_database_is_moved_aside(tmp_path):
   assert aside and aside[0].read_bytes().startswith(b"this is not sqlite")
 
 
+def test_a_database_in_another_format_is_moved_aside(tmp_path):
+  cache = _cache(tmp_path)
+  conn = sqlite3.connect(cache.path)
+  conn.execute("CREATE TABLE candidates (signature TEXT, blocks INTEGER)")
+  conn.commit()
+  conn.close()
+  with pytest.warns(PlanCacheWarning, match="another format; moved it to"):
+    assert cache.store(SIG, NVP)
+  assert _cache(tmp_path).lookup(SIG) == NVP
+  aside = list(tmp_path.glob("plans.sqlite.corrupt-*"))
+  assert aside and "blocks" in sqlite3.connect(aside[0]).execute(
+      "SELECT sql FROM sqlite_master").fetchone()[0]
+
+
 def test_locked_database_warns_and_goes_on(tmp_path):
   cache = _cache(tmp_path, timeout_s=0.2)
   cache.store(SIG, JC)

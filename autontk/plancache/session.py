@@ -104,7 +104,7 @@ class Database:
       if _is_corrupt(error):
         self._schema_ready = False
         try:
-          self._move_aside()
+          self._move_aside(error)
         except OSError:
           break
         continue
@@ -162,9 +162,11 @@ class Database:
           db[name].create(columns, pk=pk)
           for column in indexed:
             db[name].create_index([column])
+        elif missing := sorted(set(columns) - set(db[name].columns_dict)):
+          raise OtherFormatError(f"table {name!r} lacks columns {missing}")
     self._schema_ready = True
 
-  def _move_aside(self) -> None:
+  def _move_aside(self, error: Exception) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     target = self.path.with_name(
         f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
@@ -173,8 +175,10 @@ class Database:
       if src.exists():
         src.rename(pathlib.Path(str(target) + suffix))
     self._schema_ready = False
-    self.warn("corrupt", f"the database was corrupt; moved it to {target} "
-              "and started a new one.")
+    what = ("was written in another format" if isinstance(
+        error, OtherFormatError) else "was corrupt")
+    self.warn("corrupt", f"the database {what}; moved it to {target} and "
+              "started a new one.")
 
   @contextlib.contextmanager
   def _session(self, readonly: bool) -> Iterator[sqlite3.Connection | None]:
@@ -203,7 +207,7 @@ class Database:
                readonly: bool) -> sqlite3.Connection | None:
     if _is_corrupt(error):
       try:
-        self._move_aside()
+        self._move_aside(error)
         if readonly:
           return None  # a new, empty cache: nothing to read
         conn = self._connect(readonly=False)
@@ -235,9 +239,15 @@ def directory_cause(e: OSError) -> str:
   return "readonly" if isinstance(e, PermissionError) else "directory"
 
 
+class OtherFormatError(sqlite3.DatabaseError):
+  """The database holds the plan cache's tables in another format (columns
+  missing): it is moved aside like a corrupt one, never overwritten."""
+
+
 def _is_corrupt(e: Exception) -> bool:
   msg = str(e).lower()
-  return isinstance(e, sqlite3.DatabaseError) and (
+  return isinstance(e, OtherFormatError) or isinstance(
+      e, sqlite3.DatabaseError) and (
       "not a database" in msg or "malformed" in msg or "corrupt" in msg)
 
 
