@@ -32,6 +32,7 @@ def _chunked_plan():
               chunking=chunking.BatchChunking(16, "host"))
 
 
+@pytest.mark.compat
 def test_plan_json_round_trip():
   plan = _chunked_plan()
   assert plan_from_json(plan_to_json(plan)) == plan
@@ -65,6 +66,7 @@ def test_plan_json_of_the_previous_release_is_read():
   assert Plan.from_dict(report_form).chunking.block_size == 4
 
 
+@pytest.mark.compat
 def test_store_lookup_candidates_and_clear(tmp_path):
   cache = _cache(tmp_path)
   assert cache.lookup(SIG) is None
@@ -305,6 +307,7 @@ def _second_process_run(cache_dir):
   return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.compat
 @pytest.mark.subprocess
 def test_second_process_gets_the_plan_without_compiling_candidates(tmp_path):
   first = _second_process_run(tmp_path)

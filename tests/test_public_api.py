@@ -6,7 +6,7 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune",
           "TuneOptions", "PlannerOptions", "StructuredConfig",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
-          "MissingRuleError", "pntk_fn", "adapters"]
+          "MissingRuleError", "UnsupportedJaxError", "pntk_fn", "adapters"]
 
 
 def test_public_names():
