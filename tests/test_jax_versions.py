@@ -15,6 +15,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import jax.stages
 import pytest
 from jax import lax
 
@@ -118,6 +119,18 @@ def test_plans_are_keyed_by_jax_version(monkeypatch):
   after = model_signature(_mlp, x, None, p)
   assert before.digest != after.digest
   assert after.parts["jax"].endswith(".post1")
+
+
+@pytest.mark.compat
+def test_unknown_cost_analysis_format_still_plans_exactly(monkeypatch):
+  # The cost model reads what it recognises and plans without the rest.
+  monkeypatch.setattr(jax.stages.Lowered, "cost_analysis",
+                      lambda self: "a format autontk does not know")
+  monkeypatch.setattr(jax.stages.Compiled, "cost_analysis",
+                      lambda self: ["?"])
+  p, x1, x2 = _params(), rand(2, (4, 3)), rand(3, (3, 3))
+  got = autontk.ntk_fn(_mlp, implementation="auto")(x1, x2, p)
+  assert_kernels_close(got, reference_ntk(_mlp, p, x1, x2))
 
 
 _WITHOUT_DROPVAR = textwrap.dedent("""
