@@ -246,8 +246,7 @@ def _known_outputs(closed: ClosedJaxpr) -> dict[int, np.ndarray]:
       if i >= n_consts or known_consts[i] is None:
         return None
       args.append(known_consts[i])
-    with jax.ensure_compile_time_eval():
-      return [np.asarray(v) for v in jax.core.eval_jaxpr(dced, [], *args)]
+    return evaluate_now(lambda *a: jax.core.eval_jaxpr(dced, [], *a), args)
 
   together = known(ints)
   if together is not None:
@@ -316,14 +315,26 @@ def while_trip_count(eqn: JaxprEqn, inputs: list[Any],
     return None
   order = sorted(carries)
   state = {j: known[nc + nb + j] for j in order}
-  with jax.ensure_compile_time_eval():
-    for count in range(limit + 1):
-      args = [known[i] if i < nc else state[i - nc] for i in used_c]
-      if not bool(np.asarray(cond(*args)[0])):
-        return count
-      args = [known[nc + i] if i < nb else state[i - nb] for i in used_b]
-      state = dict(zip(order, body(*args)))
+  for count in range(limit + 1):
+    args = [known[i] if i < nc else state[i - nc] for i in used_c]
+    if not bool(evaluate_now(cond, args)[0]):
+      return count
+    args = [known[nc + i] if i < nb else state[i - nb] for i in used_b]
+    state = dict(zip(order, evaluate_now(body, args)))
   return None
+
+
+def evaluate_now(fn, args: list[Any]) -> list[np.ndarray]:
+  """``fn(*args)`` on arrays known at trace time, computed now (also under
+  an outer ``jit`` or ``vmap``), as NumPy arrays."""
+  try:
+    with jax.ensure_compile_time_eval():
+      return [np.asarray(v) for v in fn(*args)]
+  except NotImplementedError:
+    # jax 0.6 evaluates a scan in line there and fails on the `empty`
+    # primitive it binds; a compiled program (which no outer trace sees)
+    # computes the same values.
+    return [np.asarray(v) for v in jax.jit(fn).lower(*args).compile()(*args)]
 
 
 def concrete(value: Any) -> np.ndarray | None:
@@ -340,7 +351,13 @@ def compile_time_eval():
   return jax.ensure_compile_time_eval()
 
 
-_CUSTOM_VJP_CALL = _optional("custom_vjp_call_p")
+# A custom_vjp function in a jaxpr, and the parameter holding its primal:
+# ``custom_vjp_call_p`` / ``call_jaxpr`` from jax 0.7,
+# ``custom_vjp_call_jaxpr_p`` / ``fun_jaxpr`` on jax 0.6.
+_CUSTOM_VJP_BODY = {
+    p: key for name, key in (("custom_vjp_call_p", "call_jaxpr"),
+                             ("custom_vjp_call_jaxpr_p", "fun_jaxpr"))
+    if (p := _optional(name)) is not None}
 _JITS = tuple(p for p in (JIT, _optional("closed_call_p")) if p is not None)
 
 
@@ -356,7 +373,7 @@ def inline_custom_vjp(fun):
 
 def _contains_custom_vjp(jaxpr: Jaxpr) -> bool:
   for eqn in jaxpr.eqns:
-    if eqn.primitive is _CUSTOM_VJP_CALL:
+    if eqn.primitive in _CUSTOM_VJP_BODY:
       return True
     for sub in _sub_jaxprs(eqn):
       if _contains_custom_vjp(sub.jaxpr if isinstance(sub, ClosedJaxpr)
@@ -385,13 +402,12 @@ def _eval_inlined(jaxpr: Jaxpr, consts, args) -> list[Any]:
   read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
   for eqn in jaxpr.eqns:
     ins = [read(v) for v in eqn.invars]
-    if eqn.primitive is _CUSTOM_VJP_CALL:
-      body = eqn.params["call_jaxpr"]
+    if eqn.primitive in _CUSTOM_VJP_BODY:
+      body = eqn.params[_CUSTOM_VJP_BODY[eqn.primitive]]
       outs = _eval_inlined(body.jaxpr, body.consts, ins)
-    elif eqn.primitive in _JITS and _contains_custom_vjp(
-        eqn.params["jaxpr"].jaxpr):
-      body = eqn.params["jaxpr"]
-      outs = _eval_inlined(body.jaxpr, body.consts, ins)
+    elif (eqn.primitive in _JITS and (body := inline_body(eqn)) is not None
+          and _contains_custom_vjp(body[0])):
+      outs = _eval_inlined(body[0], body[1], ins)
     elif any(isinstance(sub, ClosedJaxpr) and _contains_custom_vjp(sub.jaxpr)
              for sub in _sub_jaxprs(eqn)):
       outs = bind(_with_inlined_bodies(eqn), *ins)
