@@ -26,6 +26,7 @@ from autontk.methods.jacobian_contraction import (
 from autontk.methods.ntk_vector_products import (
     NtkVectorProductsConfig as NtkVectorProductsConfig)
 from autontk.methods.structured import StructuredConfig as StructuredConfig
+from autontk.methods.registry import UnsupportedJaxError as UnsupportedJaxError
 from autontk.methods.structured.rule_table import (
     MissingRuleError as MissingRuleError)
 from autontk.operator import MatrixOperator as MatrixOperator

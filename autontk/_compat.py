@@ -1,21 +1,26 @@
 """Every version-dependent touch of JAX internals, in one place.
 
 ``jax.extend`` promises no stability, so the rest of autontk imports only
-``jax``, ``jax.numpy``, ``jax.lax`` and the names re-exported here. Checked on
-jax 0.10.2: ``pjit`` is now ``jit``, ``remat`` is ``remat2``, custom VJP
-functions appear as ``custom_lin`` after ``jax.linearize``, and the symbolic
-zero-sum of tangents is ``add_any``.
+``jax``, ``jax.numpy``, ``jax.lax`` and the names re-exported here. Each
+difference between the supported releases (jax 0.6.0 to 0.10.2) is found by
+feature detection, next to a comment naming the releases concerned:
+``pjit`` is ``jit`` from 0.7, ``remat`` is ``remat2``, custom VJP functions
+appear as ``custom_lin`` after ``jax.linearize``, and the symbolic zero-sum
+of tangents is ``add_any``.
+
+An internal that structured derivatives read and that this JAX does not
+have (a newer release may rename it) never breaks ``import autontk``: it is
+named by :func:`structured_support`, and only that method stops.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import importlib
+from typing import Any, Callable
 
 import jax
 import numpy as np
-# Dead-code elimination of jaxprs (to find loop counters and indices known at
-# trace time) has no public home.
-from jax._src.interpreters import partial_eval as _pe
 from jax.extend import core as jex_core
 from jax.extend.core import primitives as jex_primitives
 
@@ -25,24 +30,64 @@ JaxprEqn = jex_core.JaxprEqn
 Literal = jex_core.Literal
 Primitive = jex_core.Primitive
 Var = jex_core.Var
-DropVar = jex_core.DropVar
 
 primitives = jex_primitives
+
+# Internals structured derivatives need and this JAX lacks, by public name.
+_MISSING: list[str] = []
+
+
+def _lookup(name: str, *places: Callable[[], Any], needed: bool = True) -> Any:
+  """The first of ``places`` that exists; ``None`` (recorded in
+  ``_MISSING`` when ``needed``) if none does."""
+  for place in places:
+    try:
+      return place()
+    except (AttributeError, ImportError):
+      continue
+  if needed:
+    _MISSING.append(name)
+  return None
+
+
+def _private(module: str, name: str) -> Callable[[], Any]:
+  return lambda: getattr(importlib.import_module(module), name)
+
+
+# jax >= 0.7 exports DropVar from jax.extend.core; jax 0.6 keeps it in core.
+DropVar = _lookup("jax.extend.core.DropVar", lambda: jex_core.DropVar,
+                  _private("jax._src.core", "DropVar"))
+
+# Dead-code elimination of jaxprs (to find loop counters and indices known at
+# trace time) has no public home in any release (0.6 to 0.10).
+_dce_jaxpr = _lookup("partial_eval.dce_jaxpr", _private(
+    "jax._src.interpreters.partial_eval", "dce_jaxpr"))
+_convert_constvars = _lookup(
+    "partial_eval.convert_constvars_jaxpr",
+    _private("jax._src.interpreters.partial_eval", "convert_constvars_jaxpr"))
 
 
 def _optional(name: str) -> Primitive | None:
   return getattr(jex_primitives, name, None)
 
 
+# A jitted call is ``jit_p`` from jax 0.7; jax 0.6 has ``pjit_p``, exported
+# only from its private module. Without it a jitted body takes the exact
+# generic path (slower), so it is not needed.
+JIT = _lookup("jit_p", lambda: jex_primitives.jit_p,
+              lambda: jex_primitives.pjit_p,
+              _private("jax._src.pjit", "pjit_p"), needed=False)
+# ``jax.checkpoint`` binds ``remat_p`` (exported from jax 0.7; jax 0.6 keeps
+# it in ``ad_checkpoint``).
+REMAT = _lookup("remat_p", lambda: jex_primitives.remat_p,
+                _private("jax._src.ad_checkpoint", "remat_p"), needed=False)
+
 # Primitives whose body is evaluated in line: they only scope a sub-jaxpr.
 # Keyed by object; missing ones (older or newer JAX) are skipped.
 _INLINE_PARAM = {
-    "jit_p": "jaxpr",
-    "pjit_p": "jaxpr",
     "closed_call_p": "call_jaxpr",
     "call_p": "call_jaxpr",
     "core_call_p": "call_jaxpr",
-    "remat_p": "jaxpr",
     "checkpoint_p": "jaxpr",
     "custom_jvp_call_p": "call_jaxpr",
     "custom_vjp_call_p": "call_jaxpr",
@@ -51,6 +96,7 @@ INLINE_PRIMITIVES: dict[Primitive, str] = {
     p: key for name, key in _INLINE_PARAM.items()
     if (p := _optional(name)) is not None
 }
+INLINE_PRIMITIVES.update({p: "jaxpr" for p in (JIT, REMAT) if p is not None})
 
 # Primitives that return their single input unchanged (placement hints): a
 # parameter passes through them as itself.
@@ -60,6 +106,61 @@ PASS_THROUGH: frozenset[Primitive] = frozenset(
 
 # ``add_any`` sums tangents; it behaves like ``add`` on values.
 ADD_ANY = _optional("add_jaxvals_p")
+
+
+def structured_support() -> str | None:
+  """``None`` where structured derivatives can read this JAX's internals;
+  else what was not recognised (the method is then unavailable).
+
+  >>> structured_support() is None
+  True
+  """
+  missing = list(_MISSING)
+  form = _linear_jaxpr_form()
+  if form is not None:
+    missing.append(form)
+  return ", ".join(missing) or None
+
+
+# The parameters the interpreter reads from the equations of a linearised
+# jaxpr, per primitive (the same on jax 0.6 to 0.10).
+_READ_PARAMS = {"scan_p": ("jaxpr", "num_consts", "num_carry", "length",
+                           "reverse", "unroll"),
+                "dot_general_p": ("dimension_numbers",)}
+
+
+@functools.cache
+def _linear_jaxpr_form() -> str | None:
+  """What differs from the expected form in the linearised jaxpr of a small
+  network (a matrix product, a jitted call, a scan), or ``None``."""
+  def net(w):
+    h = jax.jit(jax.numpy.tanh)(jax.numpy.ones((2, 3)) @ w)
+    return jax.lax.scan(lambda c, _: (c @ w, None), h, length=2)[0]
+
+  def traced(w):  # traced only: nothing is compiled
+    box.append(linear_jaxpr(net, (w,)))
+    return w
+
+  box = []
+  try:
+    jax.make_jaxpr(traced)(jax.ShapeDtypeStruct((3, 3), np.float32))
+    closed = box[0]
+    eqns = list(closed.jaxpr.eqns)
+    ok = (isinstance(closed, ClosedJaxpr) and
+          all(isinstance(v, Var) for v in closed.jaxpr.invars) and
+          all(isinstance(e.primitive, Primitive) and
+              all(isinstance(v, (Var, Literal)) for v in e.invars)
+              for e in eqns))
+  except Exception as e:  # noqa: BLE001 - any failure means "not recognised"
+    return f"the linearised jaxpr ({type(e).__name__}: {e})"
+  if not ok:
+    return "the linearised jaxpr (its variables or equations)"
+  for name, keys in _READ_PARAMS.items():
+    p = _optional(name)
+    for e in eqns:
+      if e.primitive is p and not all(k in e.params for k in keys):
+        return f"the parameters of {name} ({sorted(e.params)})"
+  return None
 
 
 def inline_body(eqn: JaxprEqn) -> tuple[Jaxpr, list[Any]] | None:
@@ -82,7 +183,7 @@ def is_literal(v: Any) -> bool:
 
 
 def is_drop_var(v: Any) -> bool:
-  return isinstance(v, DropVar)
+  return DropVar is not None and isinstance(v, DropVar)
 
 
 def bind(eqn: JaxprEqn, *args: Any) -> list[Any]:
@@ -132,12 +233,12 @@ def _known_outputs(closed: ClosedJaxpr) -> dict[int, np.ndarray]:
   if not ints:
     return {}
   known_consts = [concrete(c) for c in closed.consts]
-  as_inputs = _pe.convert_constvars_jaxpr(jaxpr)
+  as_inputs = _convert_constvars(jaxpr)
   n_consts, n = len(jaxpr.constvars), len(jaxpr.outvars)
 
   def known(outputs: list[int]) -> list[np.ndarray] | None:
     used = [i in outputs for i in range(n)]
-    dced, used_inputs = _pe.dce_jaxpr(as_inputs, used)
+    dced, used_inputs = _dce_jaxpr(as_inputs, used)
     args = []
     for i, u in enumerate(used_inputs):
       if not u:
@@ -145,8 +246,7 @@ def _known_outputs(closed: ClosedJaxpr) -> dict[int, np.ndarray]:
       if i >= n_consts or known_consts[i] is None:
         return None
       args.append(known_consts[i])
-    with jax.ensure_compile_time_eval():
-      return [np.asarray(v) for v in jax.core.eval_jaxpr(dced, [], *args)]
+    return evaluate_now(lambda *a: jax.core.eval_jaxpr(dced, [], *a), args)
 
   together = known(ints)
   if together is not None:
@@ -179,8 +279,8 @@ def _candidates(jaxpr: Jaxpr, outputs: list[int],
 def _pruned(closed: ClosedJaxpr, used_outputs: list[bool]):
   """``closed`` reduced to the used outputs: ``(fn, used input indices)``
   with ``fn(*used inputs)`` evaluating it."""
-  jaxpr = _pe.convert_constvars_jaxpr(closed.jaxpr)
-  dced, used = _pe.dce_jaxpr(jaxpr, used_outputs)
+  jaxpr = _convert_constvars(closed.jaxpr)
+  dced, used = _dce_jaxpr(jaxpr, used_outputs)
   n_consts = len(closed.consts)
   consts = [c for c, u in zip(closed.consts, used[:n_consts]) if u]
   inputs = [i - n_consts for i, u in enumerate(used) if u and i >= n_consts]
@@ -215,14 +315,26 @@ def while_trip_count(eqn: JaxprEqn, inputs: list[Any],
     return None
   order = sorted(carries)
   state = {j: known[nc + nb + j] for j in order}
-  with jax.ensure_compile_time_eval():
-    for count in range(limit + 1):
-      args = [known[i] if i < nc else state[i - nc] for i in used_c]
-      if not bool(np.asarray(cond(*args)[0])):
-        return count
-      args = [known[nc + i] if i < nb else state[i - nb] for i in used_b]
-      state = dict(zip(order, body(*args)))
+  for count in range(limit + 1):
+    args = [known[i] if i < nc else state[i - nc] for i in used_c]
+    if not bool(evaluate_now(cond, args)[0]):
+      return count
+    args = [known[nc + i] if i < nb else state[i - nb] for i in used_b]
+    state = dict(zip(order, evaluate_now(body, args)))
   return None
+
+
+def evaluate_now(fn, args: list[Any]) -> list[np.ndarray]:
+  """``fn(*args)`` on arrays known at trace time, computed now (also under
+  an outer ``jit`` or ``vmap``), as NumPy arrays."""
+  try:
+    with jax.ensure_compile_time_eval():
+      return [np.asarray(v) for v in fn(*args)]
+  except NotImplementedError:
+    # jax 0.6 evaluates a scan in line there and fails on the `empty`
+    # primitive it binds; a compiled program (which no outer trace sees)
+    # computes the same values.
+    return [np.asarray(v) for v in jax.jit(fn).lower(*args).compile()(*args)]
 
 
 def concrete(value: Any) -> np.ndarray | None:
@@ -239,9 +351,14 @@ def compile_time_eval():
   return jax.ensure_compile_time_eval()
 
 
-_CUSTOM_VJP_CALL = _optional("custom_vjp_call_p")
-_JITS = tuple(p for p in (_optional("jit_p"), _optional("pjit_p"),
-                          _optional("closed_call_p")) if p is not None)
+# A custom_vjp function in a jaxpr, and the parameter holding its primal:
+# ``custom_vjp_call_p`` / ``call_jaxpr`` from jax 0.7,
+# ``custom_vjp_call_jaxpr_p`` / ``fun_jaxpr`` on jax 0.6.
+_CUSTOM_VJP_BODY = {
+    p: key for name, key in (("custom_vjp_call_p", "call_jaxpr"),
+                             ("custom_vjp_call_jaxpr_p", "fun_jaxpr"))
+    if (p := _optional(name)) is not None}
+_JITS = tuple(p for p in (JIT, _optional("closed_call_p")) if p is not None)
 
 
 def inline_custom_vjp(fun):
@@ -256,7 +373,7 @@ def inline_custom_vjp(fun):
 
 def _contains_custom_vjp(jaxpr: Jaxpr) -> bool:
   for eqn in jaxpr.eqns:
-    if eqn.primitive is _CUSTOM_VJP_CALL:
+    if eqn.primitive in _CUSTOM_VJP_BODY:
       return True
     for sub in _sub_jaxprs(eqn):
       if _contains_custom_vjp(sub.jaxpr if isinstance(sub, ClosedJaxpr)
@@ -285,13 +402,12 @@ def _eval_inlined(jaxpr: Jaxpr, consts, args) -> list[Any]:
   read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
   for eqn in jaxpr.eqns:
     ins = [read(v) for v in eqn.invars]
-    if eqn.primitive is _CUSTOM_VJP_CALL:
-      body = eqn.params["call_jaxpr"]
+    if eqn.primitive in _CUSTOM_VJP_BODY:
+      body = eqn.params[_CUSTOM_VJP_BODY[eqn.primitive]]
       outs = _eval_inlined(body.jaxpr, body.consts, ins)
-    elif eqn.primitive in _JITS and _contains_custom_vjp(
-        eqn.params["jaxpr"].jaxpr):
-      body = eqn.params["jaxpr"]
-      outs = _eval_inlined(body.jaxpr, body.consts, ins)
+    elif (eqn.primitive in _JITS and (body := inline_body(eqn)) is not None
+          and _contains_custom_vjp(body[0])):
+      outs = _eval_inlined(body[0], body[1], ins)
     elif any(isinstance(sub, ClosedJaxpr) and _contains_custom_vjp(sub.jaxpr)
              for sub in _sub_jaxprs(eqn)):
       outs = bind(_with_inlined_bodies(eqn), *ins)
@@ -322,6 +438,58 @@ def eval_closed(closed: ClosedJaxpr, *args: Any) -> list[Any]:
 def is_tracer(v: Any) -> bool:
   """Whether ``v`` is an abstract value being traced (e.g. under jit)."""
   return isinstance(v, jax.core.Tracer)
+
+
+@functools.cache
+def _transposes_user_scans() -> bool:
+  """Whether ``jax.linear_transpose`` transposes a ``lax.scan`` written in
+  the function itself. jax >= 0.7 reads linearity from the arguments; jax
+  0.6 reads the scan's ``linear`` flags, which only JAX's own linearisation
+  sets (``lax.scan`` leaves them false, and transposing fails)."""
+  def f(t):
+    return jax.lax.scan(lambda c, x: (c + x, c), 0.0, t)[0]
+  try:
+    jax.linear_transpose(f, jax.ShapeDtypeStruct((2,), np.float32))(1.0)
+  except (AssertionError, NotImplementedError, TypeError, ValueError):
+    return False
+  return True
+
+
+def linear_transpose(fun, *avals):
+  """``jax.linear_transpose(fun, *avals)`` for a ``fun`` that is linear in
+  its inputs, also where it runs ``lax.scan`` on them (on jax 0.6 through
+  the VJP at zero, which is the same map)."""
+  transpose = jax.linear_transpose(fun, *avals)
+  if _transposes_user_scans():
+    return transpose
+
+  def either(ct):
+    try:
+      return transpose(ct)
+    except (AssertionError, NotImplementedError):
+      zeros = [jax.numpy.zeros(a.shape, a.dtype) for a in avals]
+      return jax.vjp(fun, *zeros)[1](ct)
+  return either
+
+
+def enable_x64(on: bool = True):
+  """A context in which 64-bit mode is ``on`` (``jax.enable_x64`` from jax
+  0.7; ``jax.experimental.enable_x64`` / ``disable_x64`` on jax 0.6)."""
+  if hasattr(jax, "enable_x64"):
+    return jax.enable_x64(on)
+  experimental = importlib.import_module("jax.experimental")
+  return experimental.enable_x64() if on else experimental.disable_x64()
+
+
+def shard_map(f, *, mesh, in_specs, out_specs):
+  """``f`` mapped over ``mesh``, without replication checks (``jax.shard_map``
+  from jax 0.7; ``jax.experimental.shard_map`` with ``check_rep`` on 0.6)."""
+  if hasattr(jax, "shard_map"):
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         check_vma=False)
+  experimental = importlib.import_module("jax.experimental.shard_map")
+  return experimental.shard_map(f, mesh=mesh, in_specs=in_specs,
+                                out_specs=out_specs, check_rep=False)
 
 
 def compilation_cache_dir() -> str | None:

@@ -80,7 +80,7 @@ class Plan:
 
 def _known_types() -> dict[str, type]:
   types = {t.__name__: t for t in (methods.get(i).config_type
-                                   for i in methods.available()) if t}
+                                   for i in methods.registered()) if t}
   types[BatchChunking.__name__] = BatchChunking
   return types
 

@@ -47,6 +47,7 @@ def test_unknown_implementation(bad):
     autontk.ntk_fn(lambda p, x: x, implementation=bad)
 
 
+@pytest.mark.compat
 def test_auto_computes_the_reference_kernel():
   case = _mlp()
   got = autontk.ntk_fn(case.f)(case.x1, case.x2, case.params)
@@ -318,6 +319,7 @@ def _while_f(p, x):
   return jax.lax.while_loop(lambda c: c[0] < 2, body, (0, x))[1] @ p["v"]
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("impl", METHODS, ids=lambda i: i.name.lower())
 @pytest.mark.parametrize("f", [_custom_vjp_f, _while_f],
                          ids=["custom_vjp", "while_loop"])

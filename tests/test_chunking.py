@@ -126,6 +126,7 @@ def _keys(cells):
   return [c.key for c in cells]
 
 
+@pytest.mark.compat
 def test_symmetric_grid_computes_upper_triangle_only():
   ntk = autontk.ntk_fn(F, vmap_axes=VMAP)
   problem = ntk.problem(X1, None, PARAMS, scale=S1)
@@ -198,6 +199,7 @@ def test_grid_clips_block_to_batch():
   assert (g.t1, g.t2, g.shape) == (4, 3, (2, 1))
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("trace, diag", [((), ()), ((0,), ()), ((), (1,))])
 def test_batch_axis_not_first(trace, diag):
   """Inputs batched on axis 1, outputs on axis 1: blocks land in place."""

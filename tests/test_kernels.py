@@ -206,6 +206,7 @@ def test_pytree_outputs_give_a_pytree_per_group():
 
 # Model objects ------------------------------------------------------------------
 
+@pytest.mark.compat
 @pytest.mark.parametrize("case", ["nnx", "equinox"])
 def test_model_objects_are_taken_as_they_are(case):
   c = CASES[case]()
@@ -219,6 +220,7 @@ def test_model_objects_are_taken_as_they_are(case):
   assert nngp.shape == ref.shape
 
 
+@pytest.mark.compat
 def test_adapters_unpack_and_plain_linen_module():
   nn = pytest.importorskip("flax.linen")
   net = nn.Dense(2)
@@ -233,6 +235,7 @@ def test_adapters_unpack_and_plain_linen_module():
   assert_kernels_close(k2, ref)
 
 
+@pytest.mark.compat
 def test_haiku_without_state_and_rng():
   hk = pytest.importorskip("haiku")
   t = hk.transform(lambda x: hk.nets.MLP([4, 2])(x))

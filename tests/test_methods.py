@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import autontk
-from autontk import Implementation, methods
+from autontk import Implementation, _compat, methods
 from autontk.methods import registry
 from helpers import assert_kernels_close, split_kwargs_by_hand
 import models
@@ -73,8 +73,11 @@ def _family_params():
         continue  # the model mixes examples: vmap_axes does not apply
       slow = ((cid != "trace-x2" and name not in _FAST_VMAP_FAMILIES) or
               name == "flax_cnn")
-      yield pytest.param(config, name, id=f"{cid}-{name}",
-                         marks=[pytest.mark.slow] if slow else [])
+      # The first configuration on every family is the compatibility
+      # job's check that every method is exact on the oldest JAX.
+      marks = ([pytest.mark.slow] if slow else
+               [pytest.mark.compat] if cid == "trace-x2" else [])
+      yield pytest.param(config, name, id=f"{cid}-{name}", marks=marks)
 
 
 @pytest.mark.parametrize("impl", METHODS, ids=lambda i: i.name.lower())
@@ -141,10 +144,11 @@ def test_negative_axes_and_x2_none(impl):
 
 @pytest.mark.parametrize("impl", [
     pytest.param(i, marks=[pytest.mark.slow] if i.name !=
-                 "STRUCTURED_DERIVATIVES" else []) for i in METHODS],
+                 "STRUCTURED_DERIVATIVES" else [pytest.mark.compat])
+    for i in METHODS],
     ids=lambda i: i.name.lower())
 def test_float64(impl):
-  with jax.enable_x64(True):
+  with _compat.enable_x64(True):
     case = models.mlp()
     case.params = jax.tree.map(lambda a: a.astype(jnp.float64), case.params)
     case.x1 = case.x1.astype(jnp.float64)

@@ -32,6 +32,7 @@ def _chunked_plan():
               chunking=BatchChunking(16, "host"))
 
 
+@pytest.mark.compat
 def test_plan_json_round_trip():
   plan = _chunked_plan()
   assert plan_from_json(plan_to_json(plan)) == plan
@@ -92,6 +93,7 @@ def test_an_unmeasured_row_keeps_the_stored_measurement(tmp_path):
   assert (back.measured_time, back.timing) == (est.measured_time, est.timing)
 
 
+@pytest.mark.compat
 def test_store_lookup_candidates_and_clear(tmp_path):
   cache = _cache(tmp_path)
   assert cache.lookup(SIG) is None
@@ -353,6 +355,7 @@ def _second_process_run(cache_dir):
   return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.compat
 @pytest.mark.subprocess
 def test_second_process_gets_the_plan_without_compiling_candidates(tmp_path):
   first = _second_process_run(tmp_path)

@@ -6,8 +6,9 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune",
           "TuneOptions", "PlannerOptions", "StructuredConfig",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
-          "MissingRuleError", "pntk_fn", "adapters", "ntk_operator",
-          "NtkOperator", "MatrixOperator", "solvers", "diagnostics"]
+          "MissingRuleError", "UnsupportedJaxError", "pntk_fn", "adapters",
+          "ntk_operator", "NtkOperator", "MatrixOperator", "solvers",
+          "diagnostics"]
 
 DIAGNOSTICS = ["Estimate", "eigvals", "condition_number", "trace",
                "frobenius_norm", "effective_rank", "alignment",

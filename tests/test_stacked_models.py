@@ -157,6 +157,7 @@ IDIOMS = {
 }
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("name", sorted(IDIOMS))
 def test_idiom_strict_matches_reference(name):
   _check(IDIOMS[name])
@@ -462,6 +463,7 @@ def weight_normed(p, x):
   return h @ p["out"]
 
 
+@pytest.mark.compat
 def test_custom_vjp_on_a_parameter():
   # The custom rule, honoured: exact through the generic path (strict says
   # so); the primal's structure, when the rule is a rewrite: exact too.

@@ -15,6 +15,7 @@ import pytest
 from jax import lax
 
 import autontk
+from autontk import _compat
 import helpers
 import reference
 from autontk._options import Implementation
@@ -114,7 +115,7 @@ def test_same_inputs_reuse_and_implementation_int():
 
 
 def test_float64_and_integer_params():
-  with jax.enable_x64(True):
+  with _compat.enable_x64(True):
     p = {"w": _rand(8, (3, 4)).astype(jnp.float64),
          "steps": jnp.array(3, jnp.int32)}
     f = lambda p, x: jnp.sin(x.astype(jnp.float64) @ p["w"]) * p["steps"]

@@ -124,6 +124,7 @@ def test_tiled_equals_single_shot(name, opts, with_x2, tile, impl):
   assert _max_rel(got, ref) < 1e-4
 
 
+@pytest.mark.compat
 def test_symmetric_output_is_mirrored_exactly():
   f, params, x1, _ = mlp_model()
   ntk = autontk.ntk_fn(f, trace_axes=(), implementation="jacobian_contraction")
@@ -177,6 +178,7 @@ def test_vmap_axes_not_leading(tmp_path):
   np.testing.assert_array_equal(on_disk, got)
 
 
+@pytest.mark.compat
 def test_disk_output_and_manifest(tmp_path):
   f, params, x1, x2 = cnn_model()
   ntk = autontk.ntk_fn(f, vmap_axes=0, implementation="jacobian_contraction")
@@ -266,6 +268,8 @@ def test_auto_tile_counts_temporaries_on_cpu():
   plan = ntk.plan(x1, x1[::-1], params)
   analysis = ntk.lower(plan, x1, x1[::-1], params, {}).compile(
       ).memory_analysis()
+  if not hasattr(analysis, "peak_memory_in_bytes"):
+    pytest.skip("this jaxlib's memory analysis has no peak (jax 0.6)")
   assert hlo.read_memory_analysis(analysis) > analysis.peak_memory_in_bytes
 
 

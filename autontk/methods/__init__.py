@@ -18,10 +18,12 @@ from autontk._options import Implementation
 from autontk.methods import jacobian_contraction as _jc
 from autontk.methods import ntk_vector_products  # noqa: F401  (registers)
 from autontk.methods import structured  # noqa: F401  (registers)
-from autontk.methods.registry import (MethodRecord, available,
-                                     check_complete, get, register)
+from autontk.methods.registry import (MethodRecord, UnsupportedJaxError,
+                                      available, check_complete, get,
+                                      register, registered)
 
-__all__ = ["MethodRecord", "available", "compute", "get", "register"]
+__all__ = ["MethodRecord", "UnsupportedJaxError", "available", "compute",
+           "get", "register", "registered"]
 
 check_complete()
 
@@ -30,6 +32,7 @@ def compute(implementation: Implementation, problem: Any,
             config: Any = None) -> list:
   """Kernels of ``problem`` with ``implementation`` and its ``config``."""
   record = get(implementation)
+  record.check_supported()
   if not problem.theta:
     return problem.zeros()
   try:

@@ -13,12 +13,20 @@ record: :mod:`autontk.methods` imports each method module and then calls
 :func:`check_complete`, so a method module left out of that list fails the
 package's import instead of silently leaving its method out of
 :func:`available` (and out of every test sweep built from it).
+
+A method that reads JAX internals names what it did not recognise on this
+JAX through ``unsupported``: it is then left out of :func:`available` (so
+``auto`` plans without it, after one warning) and raises
+:class:`UnsupportedJaxError` when asked for explicitly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable
+
+import jax
 
 from autontk._options import Implementation
 
@@ -35,6 +43,15 @@ def _no_iterations(problem: Any, config: Any) -> int:
   return 0
 
 
+def _supported() -> str | None:
+  return None
+
+
+class UnsupportedJaxError(RuntimeError):
+  """A method cannot run on the installed JAX: an internal it reads is
+  missing or has changed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodRecord:
   """One registered method.
@@ -48,6 +65,8 @@ class MethodRecord:
     loop_iterations: ``(problem, config) -> int``, the compiled loop
       iterations a memory variant adds over the default config (XLA counts
       a loop body once, so the cost model charges them separately).
+    unsupported: ``() -> None`` where the method runs on the installed JAX,
+      else the JAX internals it did not recognise.
   """
 
   implementation: Implementation
@@ -55,10 +74,22 @@ class MethodRecord:
   config_type: type | None = None
   memory_variants: Callable[[Any], tuple[Any, ...]] = _no_variants
   loop_iterations: Callable[[Any, Any], int] = _no_iterations
+  unsupported: Callable[[], str | None] = _supported
 
   def is_memory_variant(self, problem: Any, config: Any) -> bool:
     """``config`` is one of this method's memory variants."""
     return config is not None and self.loop_iterations(problem, config) > 0
+
+  def check_supported(self) -> None:
+    """Raises :class:`UnsupportedJaxError` if the method cannot run here."""
+    missing = self.unsupported()
+    if missing is not None:
+      raise UnsupportedJaxError(
+          f"{self.implementation.name.lower()} cannot run on jax "
+          f"{jax.__version__}: it does not recognise {missing}. Use "
+          f"implementation='auto' (it plans with the methods that run), and "
+          f"please report this JAX release (see the JAX versions page of the "
+          f"documentation).")
 
 
 _REGISTRY: dict[Implementation, MethodRecord] = {}
@@ -66,7 +97,8 @@ _REGISTRY: dict[Implementation, MethodRecord] = {}
 
 def register(implementation: Implementation, config_type: type | None = None,
              *, memory_variants: Callable[[Any], tuple[Any, ...]] | None = None,
-             loop_iterations: Callable[[Any, Any], int] | None = None):
+             loop_iterations: Callable[[Any, Any], int] | None = None,
+             unsupported: Callable[[], str | None] | None = None):
   """Decorator registering ``compute`` as the method for ``implementation``.
 
   Raises:
@@ -84,7 +116,7 @@ def register(implementation: Implementation, config_type: type | None = None,
           f"{_name(old.compute)}; {_name(fn)} cannot register it again.")
     _REGISTRY[implementation] = MethodRecord(
         implementation, fn, config_type, memory_variants or _no_variants,
-        loop_iterations or _no_iterations)
+        loop_iterations or _no_iterations, unsupported or _supported)
     return fn
   return wrap
 
@@ -103,8 +135,8 @@ def get(implementation: Implementation) -> MethodRecord:
     ) from None
 
 
-def available() -> tuple[Implementation, ...]:
-  """Registered methods, in enum order."""
+def registered() -> tuple[Implementation, ...]:
+  """Registered methods, in enum order, whether or not they run here."""
   return tuple(i for i in Implementation if i in _REGISTRY)
 
 
@@ -124,3 +156,26 @@ def check_complete() -> None:
     raise ImportError(
         f"No method is registered for {names}: import its module in "
         f"autontk/methods/__init__.py (it registers with @register).")
+
+
+_WARNED: set[Implementation] = set()
+
+
+def available() -> tuple[Implementation, ...]:
+  """Registered methods that run on the installed JAX, in enum order.
+
+  A method left out is named in one warning (per process), with what it did
+  not recognise.
+  """
+  out = []
+  for i in registered():
+    gap = _REGISTRY[i].unsupported()
+    if gap is None:
+      out.append(i)
+    elif i not in _WARNED:
+      _WARNED.add(i)
+      warnings.warn(
+          f"autontk: {i.name.lower()} is unavailable on jax "
+          f"{jax.__version__}, which changed internals it reads: {gap}. "
+          f"'auto' uses the other methods.", RuntimeWarning, stacklevel=2)
+  return tuple(out)

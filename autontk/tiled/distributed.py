@@ -20,6 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from autontk import _compat
 from autontk._types import PyTree
 
 AXIS = "tiles"
@@ -108,9 +109,8 @@ def spmd_program(body: Callable[..., list[jax.Array]],
     outs = body(params, [b[0] for b in batched], shared)
     return [o[None] for o in outs]
 
-  mapped = jax.shard_map(per_device, mesh=cluster.mesh,
-                         in_specs=(rep, spec, rep), out_specs=spec,
-                         check_vma=False)
+  mapped = _compat.shard_map(per_device, mesh=cluster.mesh,
+                             in_specs=(rep, spec, rep), out_specs=spec)
   return jax.jit(mapped)
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from autontk import _compat
 from autontk._options import Implementation
 from autontk._problem import NtkProblem
 from autontk.methods.registry import register
@@ -156,7 +157,8 @@ def _leaf_kernels(problem: NtkProblem, leaf: int, sides,
   return [total / size for total in totals]
 
 
-@register(Implementation.STRUCTURED_DERIVATIVES, StructuredConfig)
+@register(Implementation.STRUCTURED_DERIVATIVES, StructuredConfig,
+          unsupported=_compat.structured_support)
 def compute(problem: NtkProblem,
             config: StructuredConfig | None = None) -> list[jax.Array]:
   """Kernels of ``problem`` (one per output leaf), structured derivatives.

@@ -157,7 +157,7 @@ def _probe_cotangents(closed, walk: Walk, params: list,
     return [res[i].value for i in layout.live]
 
   try:
-    transpose = jax.linear_transpose(probed, *flat_avals)
+    transpose = _compat.linear_transpose(probed, *flat_avals)
     cots_flat = jax.vmap(transpose)(layout.basis())
   except rule_table._NOT_TRANSPOSABLE:  # noqa: SLF001
     # A loop JAX cannot transpose (``while``): forward mode, one JVP per
