@@ -6,6 +6,7 @@ chooses the fastest one for you.
 """
 
 from autontk import adapters as adapters
+from autontk import predict as predict
 from autontk._api import nngp_fn as nngp_fn
 from autontk._api import ntk_fn as ntk_fn
 from autontk._api import ntk_vp_fn as ntk_vp_fn
@@ -19,6 +20,8 @@ from autontk.auto.report import CostReport as CostReport
 from autontk.auto.tuner import TuneOptions as TuneOptions
 from autontk.auto.tuner import tune as tune
 from autontk.chunking import BatchChunking as BatchChunking
+from autontk.empirical_kernel import (
+    empirical_kernel_fn as empirical_kernel_fn)
 from autontk.methods.jacobian_contraction import (
     JacobianContractionConfig as JacobianContractionConfig)
 from autontk.methods.ntk_vector_products import (
@@ -27,4 +30,6 @@ from autontk.methods.structured import StructuredConfig as StructuredConfig
 from autontk.methods.structured.rule_table import (
     MissingRuleError as MissingRuleError)
 from autontk.plancache import PlanCache as PlanCache
+from autontk.taylor import linearize as linearize
+from autontk.taylor import taylor_expand as taylor_expand
 from autontk.tiled import ntk_tiled as ntk_tiled
