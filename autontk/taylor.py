@@ -6,16 +6,26 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from autontk._types import ApplyFn, PyTree
 
 
-def _sub(a: PyTree, b: PyTree) -> PyTree:
-  return jax.tree.map(lambda x, y: x - y, a, b)
+def _sub(p: PyTree, params: PyTree) -> PyTree:
+  """The tangent ``p - params``; integer leaves (held constant) get JAX's
+  ``float0`` zero tangent."""
+  def sub(a, b):
+    if jnp.issubdtype(jnp.result_type(b), jnp.inexact):
+      return a - b
+    return np.zeros(np.shape(b), jax.dtypes.float0)
+  return jax.tree.map(sub, p, params)
 
 
-def _add(a: PyTree, b: PyTree) -> PyTree:
-  return jax.tree.map(lambda x, y: x + y, a, b)
+def _add(out: PyTree, tangent: PyTree) -> PyTree:
+  """``out + tangent``, leaving integer outputs (``float0`` tangents)."""
+  return jax.tree.map(
+      lambda o, t: o if t.dtype == jax.dtypes.float0 else o + t, out, tangent)
 
 
 def linearize(f: ApplyFn, params: PyTree) -> ApplyFn:
@@ -66,7 +76,9 @@ def taylor_expand(f: ApplyFn, params: PyTree, degree: int) -> ApplyFn:
       return g(params)
     d = lambda q: jax.jvp(g, (q,), (dp,))[1]
     rest = expand(d, dp, order + 1)
-    return _add(g(params), jax.tree.map(lambda v: v / (order + 1), rest))
+    return _add(g(params), jax.tree.map(
+        lambda v: v if v.dtype == jax.dtypes.float0 else v / (order + 1),
+        rest))
 
   def f_tayl(p: PyTree, *args: Any, **kwargs: Any) -> PyTree:
     return expand(lambda q: f(q, *args, **kwargs), _sub(p, params), 0)
