@@ -82,8 +82,9 @@ def gradient_descent_mse(k_train_train: Any, y_train: jax.Array,
   >>> import jax.numpy as jnp, autontk
   >>> k, y = jnp.eye(3) * 2., jnp.ones((3, 1))
   >>> predict_fn = autontk.predict.gradient_descent_mse(k, y)
-  >>> predict_fn(t=None, fx_train_0=0., fx_test_0=0., k_test_train=k)[1][0]
-  Array([1.], dtype=float32)
+  >>> fx_train, fx_test = predict_fn(jnp.array([0., 1e9]), 0., 0., k)
+  >>> fx_test.shape, round(float(fx_test[-1, 0, 0]), 4)
+  ((2, 3, 1), 1.0)
   """
   return MseFlow(k_train_train, y_train, learning_rate, diag_reg,
                  diag_reg_absolute_scale, trace_axes)
@@ -159,7 +160,7 @@ def max_learning_rate(ntk_train_train: Any, y_train_size: Optional[int] = None,
     The maximal feasible learning rate.
 
   >>> import jax.numpy as jnp, autontk
-  >>> float(autontk.predict.max_learning_rate(jnp.eye(4) * 2.))
+  >>> round(float(autontk.predict.max_learning_rate(jnp.eye(4) * 2.)), 6)
   4.0
   """
   if _kernel.is_operator(ntk_train_train):
