@@ -80,8 +80,15 @@ TIMES = {"inf": None, "scalar": 0.7, "array": np.array([[0., 0.3, 2.], [5., 40.,
 REGS = {"none": (0., False), "relative": (0.1, False), "absolute": (0.05, True)}
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+def _dtype_layouts():
+  """float64 on every layout; float32 on the traced one (the others under
+  -m slow)."""
+  return [pytest.param(d, l, marks=[] if d == "float64" or l == "traced"
+                       else [pytest.mark.slow])
+          for d in DTYPES for l in LAYOUTS]
+
+
+@pytest.mark.parametrize("dtype,layout", _dtype_layouts())
 @pytest.mark.parametrize("times", list(TIMES))
 @pytest.mark.parametrize("reg", list(REGS))
 @pytest.mark.parametrize("nonzero_fx0", [False, True])
@@ -128,8 +135,7 @@ def test_gradient_descent_mse_one_set(times):
 GETS = ["nngp", "ntk", "ntkgp", ("nngp", "ntk"), ("ntkgp", "nngp"), None]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype,layout", _dtype_layouts())
 @pytest.mark.parametrize("get", GETS, ids=str)
 @pytest.mark.parametrize("reg", ["relative", "absolute"])
 def test_gp_inference(dtype, layout, get, reg):
