@@ -255,3 +255,18 @@ def test_cholesky_failure_is_an_error():
   predict_fn = predict.gradient_descent_mse(singular, pb.y)
   with pytest.raises(ValueError, match="diag_reg"):
     predict_fn(None, 0., 0., pb.k_td)
+
+
+def test_under_jit():
+  """A first call under jit keeps concrete factors: later eager calls
+  work and agree."""
+  pb = Problem("traced", "float32")
+  predict_fn = predict.gradient_descent_mse(pb.k, pb.y, diag_reg=0.1)
+  for t in (1., None):
+    jitted = jax.jit(lambda fx0: predict_fn(t, fx0, 0., pb.k_td))(pb.fx0)
+    eager = predict_fn(t, pb.fx0, 0., pb.k_td)
+    for a, b in zip(jitted, eager):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  gp_fn = predict.gp_inference(pb.k, pb.y, diag_reg=0.1)
+  jitted = jax.jit(lambda k: gp_fn("nngp", k))(pb.k_td)
+  np.testing.assert_allclose(jitted, gp_fn("nngp", pb.k_td), rtol=1e-5)

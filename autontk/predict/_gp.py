@@ -111,8 +111,9 @@ class GpPosterior:
   def k_inv_y(self, g: str) -> jax.Array:
     """``(K_g + reg)⁻¹ y`` as an ``(M, R)`` matrix."""
     if g not in self._k_inv_y:
-      self._k_inv_y[g] = self.train(g).solve(
-          self.layout.to_matrix(self.y_train))
+      with jax.ensure_compile_time_eval():
+        self._k_inv_y[g] = self.train(g).solve(
+            self.layout.to_matrix(self.y_train))
     return self._k_inv_y[g]
 
   def __call__(self, get: Any = None, k_test_train: Any = None,

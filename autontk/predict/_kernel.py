@@ -60,7 +60,12 @@ class TrainKernel:
   def __init__(self, k: Any, layout: Layout, diag_reg: float = 0.,
                absolute: bool = False, name: str = "k_train_train"):
     self.layout, self.name = layout, name
-    m = layout.m
+    # Concrete even when first built under jit (see ``eigh``).
+    with jax.ensure_compile_time_eval():
+      self._setup(k, layout.m, diag_reg, absolute)
+
+  def _setup(self, k: Any, m: int, diag_reg: float, absolute: bool) -> None:
+    name, layout = self.name, self.layout
     if is_operator(k):
       if tuple(k.shape) != (m, m):
         raise ValueError(f"`{name}` is an operator of shape {tuple(k.shape)}, "
@@ -81,15 +86,19 @@ class TrainKernel:
   @functools.cached_property
   def eigh(self) -> tuple[jax.Array, jax.Array]:
     """Eigenvalues ``(M,)`` and eigenvectors ``(M, M)`` (dense only)."""
-    evals, evecs = jnp.linalg.eigh(self._regularized())
+    # Computed concretely even on a first call under jit, so the kept
+    # factors are arrays rather than that trace's tracers.
+    with jax.ensure_compile_time_eval():
+      evals, evecs = jnp.linalg.eigh(self._regularized())
     warn_if_not_psd(evals, self.name)
     return evals, evecs
 
   @functools.cached_property
   def _cholesky(self) -> Any:
-    factor = jsl.cho_factor(self._regularized(), lower=False)
-    if not isinstance(factor[0], jax.core.Tracer) and not bool(
-        jnp.all(jnp.isfinite(factor[0]))):
+    with jax.ensure_compile_time_eval():
+      factor = jsl.cho_factor(self._regularized(), lower=False)
+    if not isinstance(factor[0], jax.core.Tracer) and not np.all(
+        np.isfinite(np.asarray(factor[0]))):
       raise ValueError(f"`{self.name}` (+ the diagonal regularizer) is not "
                        f"positive definite: its Cholesky factorization "
                        f"failed. Pass diag_reg > 0.")
