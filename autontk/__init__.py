@@ -7,6 +7,7 @@ chooses the fastest one for you.
 
 from autontk import adapters as adapters
 from autontk import predict as predict
+from autontk import solvers as solvers
 from autontk._api import nngp_fn as nngp_fn
 from autontk._api import ntk_fn as ntk_fn
 from autontk._api import ntk_vp_fn as ntk_vp_fn
@@ -29,6 +30,9 @@ from autontk.methods.ntk_vector_products import (
 from autontk.methods.structured import StructuredConfig as StructuredConfig
 from autontk.methods.structured.rule_table import (
     MissingRuleError as MissingRuleError)
+from autontk.operator import MatrixOperator as MatrixOperator
+from autontk.operator import NtkOperator as NtkOperator
+from autontk.operator import ntk_operator as ntk_operator
 from autontk.plancache import PlanCache as PlanCache
 from autontk.taylor import linearize as linearize
 from autontk.taylor import taylor_expand as taylor_expand

@@ -6,7 +6,8 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune",
           "TuneOptions", "PlannerOptions", "StructuredConfig",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
-          "MissingRuleError", "pntk_fn", "adapters", "predict", "linearize",
+          "MissingRuleError", "pntk_fn", "adapters", "ntk_operator",
+          "NtkOperator", "MatrixOperator", "solvers", "predict", "linearize",
           "taylor_expand", "empirical_kernel_fn"]
 
 PREDICT = ["gradient_descent_mse", "gradient_descent_mse_ensemble",
@@ -20,6 +21,12 @@ def test_public_names():
   assert autontk.__version__
   for name in PREDICT:
     assert hasattr(autontk.predict, name), name
+
+
+def test_solver_names():
+  for name in ["solve", "matfun", "eigsh", "max_eigenvalue",
+               "ConvergenceWarning"]:
+    assert hasattr(autontk.solvers, name), name
 
 
 def test_method_configs_run_through_plans():

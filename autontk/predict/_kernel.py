@@ -11,7 +11,6 @@ through Lanczos (:mod:`autontk.solvers`).
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import warnings
 from typing import Any, Callable
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
+from autontk import solvers
 from autontk.predict import _layout
 from autontk.predict._layout import Layout
 
@@ -31,12 +31,6 @@ EigenFn = Callable[[jax.Array], jax.Array]
 def is_operator(k: Any) -> bool:
   """A kernel given as a linear operator rather than an array."""
   return hasattr(k, "matmat") and not isinstance(k, (jax.Array, np.ndarray))
-
-
-def _solvers() -> Any:
-  # The matrix-free route is the only user of the solvers; a dense-only
-  # prediction does not import them.
-  return importlib.import_module("autontk.solvers")
 
 
 def regularizer(diag_reg: float, absolute: bool, trace: Any, m: int) -> Any:
@@ -107,13 +101,13 @@ class TrainKernel:
   def solve(self, b: jax.Array) -> jax.Array:
     """``(K + shift I)⁻¹ b`` for ``b`` of shape ``(M, R)``."""
     if self.op is not None:
-      return _solvers().solve(self.op, b, shift=self.shift)
+      return solvers.solve(self.op, b, shift=self.shift)
     return jsl.cho_solve(self._cholesky, b.astype(self.dtype))
 
   def apply(self, fn: EigenFn, b: jax.Array) -> jax.Array:
     """``fn(K + shift I) b``: ``b`` ``(M, R)`` -> ``(*batch, M, R)``."""
     if self.op is not None:
-      return _solvers().matfun(self.op, b, fn, shift=self.shift)
+      return solvers.matfun(self.op, b, fn, shift=self.shift)
     evals, evecs = self.eigh
     coef = evecs.T @ b.astype(self.dtype)
     return jnp.einsum("ji,...i,ir->...jr", evecs, fn(evals), coef)
@@ -176,7 +170,7 @@ def max_eigenvalue(k: Any) -> Any:
   """The largest eigenvalue of a dense kernel (any zipped shape) or an
   operator."""
   if is_operator(k):
-    return _solvers().max_eigenvalue(k)
+    return solvers.max_eigenvalue(k)
   k = _layout.to_2d(k)
   _layout.check_finite(k, "ntk_train_train")
   if isinstance(k, jax.core.Tracer):
