@@ -270,3 +270,18 @@ def test_under_jit():
   gp_fn = predict.gp_inference(pb.k, pb.y, diag_reg=0.1)
   jitted = jax.jit(lambda k: gp_fn("nngp", k))(pb.k_td)
   np.testing.assert_allclose(jitted, gp_fn("nngp", pb.k_td), rtol=1e-5)
+
+
+def test_untraced_kernels_as_matrices():
+  """An untraced kernel may also be given as its (N·O, N·O) matrix (e.g. an
+  operator's ``to_dense()``), the test kernel as (N_test·O, N·O)."""
+  pb = Problem("untraced", "float32")
+  k2d = jnp.asarray(pb.kept_2d["k"], jnp.float32)
+  k_td2d = jnp.asarray(pb.kept_2d["k_td"], jnp.float32)
+  for t in (None, np.array([0.5, 3.])):
+    want = predict.gradient_descent_mse(pb.k, pb.y, trace_axes=())(
+        t, pb.fx0, pb.fx0_test, pb.k_td)
+    got = predict.gradient_descent_mse(k2d, pb.y, trace_axes=())(
+        t, pb.fx0, pb.fx0_test, k_td2d)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -149,21 +149,28 @@ def cross(k_test_train: Any, layout: Layout, v: jax.Array,
     kept = layout.test_kept(out.shape[0])
     out = out.reshape((out.shape[0],) + lead + (layout.r,))
     return jnp.moveaxis(out, 0, -2), kept
-  k = test_kernel(k_test_train, layout, name)
-  return jnp.einsum("lm,...mr->...lr", _layout.to_2d(k), v), k.shape[::2]
+  k, kept = test_kernel(k_test_train, layout, name)
+  return jnp.einsum("lm,...mr->...lr", k, v), kept
 
 
-def test_kernel(k: Any, layout: Layout, name: str) -> jax.Array:
-  """A dense test-train kernel, checked against the train targets."""
+def test_kernel(k: Any, layout: Layout, name: str
+                ) -> tuple[jax.Array, tuple[int, ...]]:
+  """A dense test-train kernel, checked against the train targets, as an
+  ``(M_test, M)`` matrix, with the test targets' kept axes. It may be given
+  zipped ``(n_test, N, ...)`` or as that matrix."""
   k = jnp.asarray(k)
   n = len(layout.kept)
-  if k.ndim != 2 * n or k.shape[1::2] != layout.kept:
+  if k.ndim == 2 and n > 1 and k.shape[1] == layout.m:
+    kept = layout.test_kept(k.shape[0])
+  elif k.ndim == 2 * n and k.shape[1::2] == layout.kept:
+    kept, k = k.shape[::2], _layout.to_2d(k)
+  else:
     want = ", ".join(f"n_test{i}, {d}" for i, d in enumerate(layout.kept))
     raise ValueError(f"`{name}` has shape {k.shape}, expected ({want}): the "
                      f"test and train kept axes zipped, for targets of shape "
                      f"{layout.y_shape} with traced axes {layout.trace}.")
   _layout.check_finite(k, name)
-  return k
+  return k, kept
 
 
 def max_eigenvalue(k: Any) -> Any:

@@ -114,10 +114,12 @@ def zip_2d(k: jax.Array, kept1: Sequence[int], kept2: Sequence[int]
 
 
 def check_kernel(k: Any, expected: tuple, name: str) -> jax.Array:
-  """``k`` as an array of shape ``expected``, finite; a ValueError naming
+  """``k`` as an array of shape ``expected`` (or already the matrix of that
+  kernel, e.g. an operator's ``to_dense()``), finite; a ValueError naming
   the argument otherwise."""
   k = jnp.asarray(k)
-  if k.shape != tuple(expected):
+  side = math.prod(expected[::2])
+  if k.shape != tuple(expected) and k.shape != (side, side):
     raise ValueError(f"`{name}` has shape {k.shape}, expected {tuple(expected)}"
                      f" (the kept, untraced axes of the targets, zipped).")
   check_finite(k, name)
