@@ -15,7 +15,7 @@ import pytest
 import autontk
 import models
 from autontk import predict
-from test_predict import LAYOUTS, Problem, TIMES
+from test_predict import LAYOUTS, N, N_TEST, Problem, TIMES
 
 pytest.importorskip("autontk.solvers")
 
@@ -129,3 +129,32 @@ def test_ntk_operator_predictions(trace_axes):
     free = predict.gradient_descent_mse(op, y, diag_reg=0.01,
                                         trace_axes=trace_axes)
     _close(free(t, fx0, fx0_test, cross), dense(t, fx0, fx0_test, k_td))
+
+
+def test_ensemble_matrix_free():
+  """A kernel_fn whose train-train kernels are operators: the ensemble's
+  means follow the dense ones."""
+  pb_nngp, pb = Problem("traced", "float32", 1), Problem("traced", "float32", 2)
+  x_train, x_test = jnp.zeros((N, 1)), jnp.ones((N_TEST, 1))
+
+  def kernel_fn(operators):
+    def fn(x1, x2, get, **unused):
+      kernels = {}
+      for g, p in (("nngp", pb_nngp), ("ntk", pb)):
+        if x2 is None and x1 is x_train:
+          kernels[g] = _operator(p) if operators else p.k
+        else:
+          kernels[g] = p.k_td
+      if isinstance(get, str):
+        return kernels[get]
+      return collections.namedtuple("K", get)(*(kernels[g] for g in get))
+    return fn
+
+  for t in (None, np.array([1., 50.])):
+    for get in ("nngp", ("ntk", "nngp")):
+      want = predict.gradient_descent_mse_ensemble(
+          kernel_fn(False), x_train, pb.y, 2., 0.1)(t, x_test, get)
+      got = predict.gradient_descent_mse_ensemble(
+          kernel_fn(True), x_train, pb.y, 2., 0.1)(t, x_test, get)
+      _close(tuple(got) if not isinstance(get, str) else got,
+             tuple(want) if not isinstance(get, str) else want)
