@@ -17,8 +17,6 @@ import models
 from autontk import predict
 from test_predict import LAYOUTS, N, N_TEST, Problem, TIMES
 
-pytest.importorskip("autontk.solvers")
-
 RTOL = 1e-4
 
 

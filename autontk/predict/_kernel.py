@@ -149,11 +149,11 @@ def cross(k_test_train: Any, layout: Layout, v: jax.Array,
     kept = layout.test_kept(out.shape[0])
     out = out.reshape((out.shape[0],) + lead + (layout.r,))
     return jnp.moveaxis(out, 0, -2), kept
-  k, kept = test_kernel(k_test_train, layout, name)
+  k, kept = dense_test_train(k_test_train, layout, name)
   return jnp.einsum("lm,...mr->...lr", k, v), kept
 
 
-def test_kernel(k: Any, layout: Layout, name: str
+def dense_test_train(k: Any, layout: Layout, name: str
                 ) -> tuple[jax.Array, tuple[int, ...]]:
   """A dense test-train kernel, checked against the train targets, as an
   ``(M_test, M)`` matrix, with the test targets' kept axes. It may be given

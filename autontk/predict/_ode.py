@@ -36,7 +36,7 @@ def _test_shape(layout: Layout, k_test_train: Any) -> tuple[int, ...]:
   if _kernel.is_operator(k_test_train):
     kept = layout.test_kept(k_test_train.shape[0])
   else:
-    kept = _kernel.test_kernel(k_test_train, layout, "k_test_train")[1]
+    kept = _kernel.dense_test_train(k_test_train, layout, "k_test_train")[1]
   return layout.shape(kept)
 
 
