@@ -8,11 +8,16 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
           "MissingRuleError", "UnsupportedJaxError", "pntk_fn", "adapters",
           "ntk_operator", "NtkOperator", "MatrixOperator", "solvers",
-          "diagnostics"]
+          "diagnostics", "predict", "linearize", "taylor_expand",
+          "empirical_kernel_fn"]
 
 DIAGNOSTICS = ["Estimate", "eigvals", "condition_number", "trace",
                "frobenius_norm", "effective_rank", "alignment",
                "kernel_distance", "report", "Report", "kernels", "Kernel"]
+
+PREDICT = ["gradient_descent_mse", "gradient_descent_mse_ensemble",
+           "gp_inference", "gradient_descent", "max_learning_rate",
+           "Gaussian", "ODEState"]
 
 
 def test_public_names():
@@ -21,6 +26,8 @@ def test_public_names():
   for name in DIAGNOSTICS:
     assert hasattr(autontk.diagnostics, name), name
   assert autontk.__version__
+  for name in PREDICT:
+    assert hasattr(autontk.predict, name), name
 
 
 def test_solver_names():
