@@ -95,7 +95,10 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
   residual = system.residual(cols, x)
   checks.check_finite(jnp.asarray(residual), "The residual")
   if residual > 10 * tol:
-    checks.warn_not_converged("CG", residual, tol, iterations)
+    what = "CG" if jnp.dtype(cols.dtype).itemsize > 4 else (
+        "CG (in float32 the reachable residual is about 1e-7 · λ_max / "
+        "shift)")
+    checks.warn_not_converged(what, residual, tol, iterations)
   x = x[:, 0] if vector else x
   if return_info:
     return x, SolveInfo(iterations, residual, residual <= 10 * tol)
