@@ -193,6 +193,10 @@ def test_matfun_warns_and_checks(dense, tmp_path, capsys):
     with pytest.warns(solvers.ConvergenceWarning, match="Lanczos"):
       solvers.matfun(op, b, lambda lam: jnp.exp(-100 * lam), steps=6,
                      tol=1e-14)
+    stiff = autontk.MatrixOperator(jnp.diag(jnp.logspace(0, 6, 50)))
+    with pytest.warns(solvers.ConvergenceWarning, match="still zero"):
+      # The first steps see only large eigenvalues, where exp(-λ) is 0.
+      solvers.matfun(stiff, np.ones(50), lambda lam: jnp.exp(-lam), steps=10)
     with pytest.raises(ValueError, match="steps"):
       solvers.matfun(op, b, jnp.exp, steps=M + 1)
     with pytest.raises(ValueError, match="non-finite"):

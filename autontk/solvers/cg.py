@@ -91,15 +91,9 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
       x, iterations = _segments(system, cols, guess, maxiter, segment,
                                 os.path.join(os.fspath(checkpoint), "cg.npz"),
                                 bar)
-  checks.check_finite(x, "The solution")
-  residual = system.residual(cols, x)
-  checks.check_finite(jnp.asarray(residual), "The residual")
-  if residual > 10 * tol:
-    checks.warn_not_converged("CG", residual, tol, iterations)
+  info = _check(system, cols, x, iterations)
   x = x[:, 0] if vector else x
-  if return_info:
-    return x, SolveInfo(iterations, residual, residual <= 10 * tol)
-  return x
+  return (x, info) if return_info else x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +110,22 @@ class SolveInfo:
   iterations: int
   residual: float
   converged: bool
+
+
+def _check(system: "_System", cols: Any, x: Any,
+           iterations: int) -> "SolveInfo":
+  """The solve's :class:`SolveInfo`; raises on a non-finite answer, warns
+  on one above ``10·tol``."""
+  checks.check_finite(x, "The solution")
+  residual = system.residual(cols, x)
+  checks.check_finite(jnp.asarray(residual), "The residual")
+  tol = system.tol
+  if residual > 10 * tol:
+    what = "CG" if jnp.dtype(cols.dtype).itemsize > 4 else (
+        "CG (in float32 the reachable residual is about 1e-7 · λ_max / "
+        "shift)")
+    checks.warn_not_converged(what, residual, tol, iterations, stacklevel=4)
+  return SolveInfo(iterations, residual, residual <= 10 * tol)
 
 
 @dataclasses.dataclass

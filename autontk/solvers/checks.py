@@ -64,12 +64,14 @@ def check_finite(result: Any, what: str) -> None:
 
 
 def warn_not_converged(what: str, residual: float, tol: float,
-                       iterations: int) -> None:
+                       iterations: int, stacklevel: int = 3) -> None:
+  """Warns (at the user's call of the solver ``stacklevel - 1`` frames
+  up) that ``what`` stopped above ``tol``."""
   warnings.warn(
       f"{what} did not converge: relative residual {residual:.3g} > tol "
       f"{tol:.3g} after {iterations} iterations. Raise `maxiter`, use a "
       "preconditioner or a shift, or loosen `tol`.", ConvergenceWarning,
-      stacklevel=3)
+      stacklevel=stacklevel)
 
 
 def relative(residual: Any, reference: Any) -> float:

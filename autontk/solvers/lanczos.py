@@ -44,8 +44,9 @@ def matfun(op: Any, b: Any, fn: Callable[[jax.Array], jax.Array], *,
       ``(1 − e^{−τλ})/λ`` with its limit ``τ`` at 0).
     shift: added to the diagonal.
     steps: Lanczos steps at most (default ``min(M, 200)``).
-    tol: stop when the answer changes by less than ``tol`` (relative)
-      over :data:`CHECK_EVERY` steps.
+    tol: stop when the answer is non-zero and changed by less than
+      ``tol`` (relative) over each of the last two :data:`CHECK_EVERY`
+      steps.
     progress: a progress bar: ``True``, ``False``, or ``None`` (shown once
       the run has taken a second).
     checkpoint: a directory: the state is saved there after every check
@@ -73,9 +74,23 @@ def matfun(op: Any, b: Any, fn: Callable[[jax.Array], jax.Array], *,
   if not 1 <= steps <= m:
     raise ValueError(f"`steps` must be in 1..M={m}; got {steps}.")
   state = _State.start(cols, steps, checkpoint)
-  result, change = None, np.inf
-  if state.finished:
-    result, change = _evaluate(state, fn), state.change
+  result = _iterate(op, shift, fn, state, steps, tol, progress, checkpoint)
+  checks.check_finite(result, "fn(op) b")
+  if not state.finished and steps < m:
+    what = "Lanczos" if bool(jnp.any(result != 0)) else (
+        "Lanczos (the answer is still zero: fn may weigh eigenvalues the "
+        "first steps have not reached)")
+    checks.warn_not_converged(what, state.change, tol, state.done)
+  return result[..., 0] if vector else result
+
+
+def _iterate(op: Any, shift: float, fn: Callable, state: "_State",
+             steps: int, tol: float, progress: bool | None,
+             checkpoint: Any) -> jax.Array:
+  """Lanczos steps until the answer settles, ``steps`` run out or the
+  Krylov space is invariant; the last answer ``(*batch, M, R)``."""
+  r = state.cols.shape[1]
+  result = _evaluate(state, fn) if state.finished else None
   with checks.progress_bar(steps, "Lanczos", progress) as bar:
     bar.update(state.done)
     while state.done < steps and not state.finished:
@@ -85,19 +100,20 @@ def matfun(op: Any, b: Any, fn: Callable[[jax.Array], jax.Array], *,
       if state.done % CHECK_EVERY and state.done < steps:
         continue
       new = _evaluate(state, fn)
+      quiet = False
       if result is not None:
-        change = checks.relative(
+        # Two quiet checks in a row, on a non-zero answer: a Krylov space
+        # that has not reached the eigenvalues fn weighs most (exp(−τΘ) with
+        # large τ) can give the same (often zero) answer twice.
+        previous = state.change
+        state.change = checks.relative(
             (new - result).reshape(-1, r), new.reshape(-1, r))
+        quiet = (max(state.change, previous) <= tol and
+                 bool(jnp.any(new != 0)))
       result = new
-      state.finished = change <= tol or state.exhausted()
-      state.change = change
+      state.finished = quiet or state.exhausted()
       state.save(checkpoint)
-  if result is None:
-    result = _evaluate(state, fn)
-  checks.check_finite(result, "fn(op) b")
-  if change > tol and not state.exhausted() and steps < m:
-    checks.warn_not_converged("Lanczos", change, tol, state.done)
-  return result[..., 0] if vector else result
+  return _evaluate(state, fn) if result is None else result
 
 
 class _State:
