@@ -33,6 +33,7 @@ from autontk._kwargs import is_static_param
 from autontk._options import NtkOptions
 from autontk._problem import NtkProblem
 from autontk.operator.layout import OperatorLayout
+from autontk.tiled import distributed
 from autontk.tiled.batch import Side, Skeleton
 
 AXIS = "batches"
@@ -145,13 +146,8 @@ class Stacked:
 
 def make_mesh(devices: Sequence[Any] | None) -> Mesh:
   """A one-axis mesh over ``devices`` (default: this process' devices)."""
-  devs = list(jax.local_devices() if devices is None else devices)
-  if not devs:
-    raise ValueError("`devices` is empty.")
-  for d in devs:
-    if not isinstance(d, jax.Device):
-      raise TypeError(f"`devices` must hold jax.Device objects; got "
-                      f"{type(d).__name__}.")
+  devs = (jax.local_devices() if devices is None else
+          distributed.checked_devices(devices))
   return Mesh(np.array(devs), (AXIS,))
 
 

@@ -75,19 +75,27 @@ class Cluster:
           "0): every process must call ntk_tiled with the same arguments.")
 
 
+def checked_devices(devices: Sequence[Any]) -> list[Any]:
+  """``devices`` as a list, after checking it is a non-empty sequence of
+  ``jax.Device`` objects (a ``ValueError`` or ``TypeError`` naming
+  ``devices`` otherwise)."""
+  devs = list(devices)
+  if not devs:
+    raise ValueError("`devices` is empty.")
+  for d in devs:
+    if not isinstance(d, jax.Device):
+      raise TypeError(f"`devices` must hold jax.Device objects; got "
+                      f"{type(d).__name__}.")
+  return devs
+
+
 def make_cluster(devices: Sequence[Any] | None) -> Cluster:
   """The cluster for ``devices`` (default: every device of every process)."""
   count = jax.process_count()
   if devices is None:
     devs = jax.devices() if count > 1 else jax.local_devices()
   else:
-    devs = list(devices)
-    if not devs:
-      raise ValueError("`devices` is empty.")
-    for d in devs:
-      if not isinstance(d, jax.Device):
-        raise TypeError(f"`devices` must hold jax.Device objects; got "
-                        f"{type(d).__name__}.")
+    devs = checked_devices(devices)
     if count > 1 and {d.process_index for d in devs} != set(range(count)):
       raise ValueError("With several processes, `devices` must include "
                        "devices of every process (or be None).")
