@@ -21,7 +21,7 @@ import numpy as np
 from autontk.solvers import checks, preconditioners
 
 
-def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
+def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float | None = None,
           maxiter: int | None = None,
           preconditioner: str | Callable | None = "auto",
           rank: int | str = "auto", x0: Any = None,
@@ -42,7 +42,10 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
       :class:`autontk.MatrixOperator`).
     b: right-hand sides, ``(M,)`` or ``(M, R)``.
     shift: added to the diagonal (a ridge, ``diag_reg``).
-    tol: relative residual ``‖b − A x‖ / ‖b‖`` at which a column stops.
+    tol: relative residual ``‖b − A x‖ / ‖b‖`` at which a column stops
+      (default: ``1e-5`` for a single-precision operator, whose products
+      round at about that level on kernels of a few thousand examples, and
+      ``1e-6`` otherwise).
     maxiter: iterations at most (default ``min(10·M, 1000)``).
     preconditioner: ``"auto"`` (Nyström), ``"nystrom"``, ``"diag"``
       (Jacobi), ``None``, or a callable ``v -> P⁻¹ v`` on ``(M,)`` vectors.
@@ -77,6 +80,8 @@ def solve(op: Any, b: Any, *, shift: float = 0.0, tol: float = 1e-6,
   cols, vector = checks.columns(op, b)
   m = cols.shape[0]
   shift = checks.check_scalar(shift, "shift")
+  if tol is None:
+    tol = 1e-5 if jnp.dtype(op.dtype).itemsize <= 4 else 1e-6
   tol = checks.check_scalar(tol, "tol", 0.0)
   maxiter = min(10 * m, 1000) if maxiter is None else int(maxiter)
   guess = jnp.zeros_like(cols) if x0 is None else checks.columns(
