@@ -13,6 +13,8 @@ state to a directory and resume from it.
 
 from __future__ import annotations
 
+import functools
+
 import os
 from typing import Any, Callable
 
@@ -172,7 +174,7 @@ class _State:
         self.change = float(saved["change"])
 
 
-@jax.jit(static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
 def _step(op: Any, shift: float, arrays: tuple[Any, ...], j: Any):
   """One Lanczos step: ``alpha[j]``, ``beta[j]`` and ``q[j + 1]``."""
   q, alpha, beta = arrays
@@ -194,7 +196,7 @@ def _evaluate(state: _State, fn: Callable) -> jax.Array:
   return _evaluate_program(fn, state.arrays, state.done, state.norms)
 
 
-@jax.jit(static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
 def _evaluate_program(fn: Callable, arrays: tuple[Any, ...], k: Any,
                       norms: Any) -> jax.Array:
   """Compiled once per ``fn`` for every step count: T keeps its full size,
