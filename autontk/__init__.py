@@ -6,6 +6,7 @@ chooses the fastest one for you.
 """
 
 from autontk import adapters as adapters
+from autontk import solvers as solvers
 from autontk._api import nngp_fn as nngp_fn
 from autontk._api import ntk_fn as ntk_fn
 from autontk._api import ntk_vp_fn as ntk_vp_fn
@@ -26,5 +27,8 @@ from autontk.methods.ntk_vector_products import (
 from autontk.methods.structured import StructuredConfig as StructuredConfig
 from autontk.methods.structured.rule_table import (
     MissingRuleError as MissingRuleError)
+from autontk.operator import MatrixOperator as MatrixOperator
+from autontk.operator import NtkOperator as NtkOperator
+from autontk.operator import ntk_operator as ntk_operator
 from autontk.plancache import PlanCache as PlanCache
 from autontk.tiled import ntk_tiled as ntk_tiled

@@ -38,3 +38,33 @@ class Planner(Protocol):
              kwargs: dict[str, Any]) -> Any:
     """The :class:`~autontk.CostReport` for this call."""
     ...
+
+
+class KernelOperator(Protocol):
+  """A symmetric positive semi-definite kernel as a linear operator.
+
+  What :mod:`autontk.solvers` solve with: :class:`autontk.MatrixOperator`
+  (a dense kernel) and :class:`autontk.NtkOperator` (matrix-free). ``matmat``
+  must be traceable by JAX (the solvers call it inside ``jax.jit``,
+  ``jax.vmap`` and ``lax.while_loop``).
+  """
+
+  shape: tuple[int, int]
+  """``(M, M)``."""
+  dtype: Any
+
+  def matmat(self, v: Array) -> Array:
+    """``Θ v`` for ``v`` of shape ``(M,)`` or ``(M, R)``, same shape."""
+    ...
+
+  def diag(self) -> Array:
+    """``(M,)``."""
+    ...
+
+  def trace(self) -> Array:
+    """The exact trace."""
+    ...
+
+  def to_dense(self) -> Array:
+    """The ``(M, M)`` matrix."""
+    ...

@@ -6,13 +6,20 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "BatchChunking", "CostReport", "ntk_tiled", "PlanCache", "tune",
           "TuneOptions", "PlannerOptions", "StructuredConfig",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
-          "MissingRuleError", "pntk_fn", "adapters"]
+          "MissingRuleError", "pntk_fn", "adapters", "ntk_operator",
+          "NtkOperator", "MatrixOperator", "solvers"]
 
 
 def test_public_names():
   for name in PUBLIC:
     assert hasattr(autontk, name), name
   assert autontk.__version__
+
+
+def test_solver_names():
+  for name in ["solve", "matfun", "eigsh", "max_eigenvalue",
+               "ConvergenceWarning"]:
+    assert hasattr(autontk.solvers, name), name
 
 
 def test_method_configs_run_through_plans():
