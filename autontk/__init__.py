@@ -7,6 +7,7 @@ chooses the fastest one for you.
 
 from autontk import adapters as adapters
 from autontk import solvers as solvers
+from autontk import predict as predict
 from autontk._api import nngp_fn as nngp_fn
 from autontk._api import ntk_fn as ntk_fn
 from autontk._api import ntk_vp_fn as ntk_vp_fn
@@ -20,6 +21,8 @@ from autontk.auto.report import CostReport as CostReport
 from autontk.auto.tuner import TuneOptions as TuneOptions
 from autontk.auto.tuner import tune as tune
 from autontk.chunking import BatchChunking as BatchChunking
+from autontk.empirical_kernel import (
+    empirical_kernel_fn as empirical_kernel_fn)
 from autontk.methods.jacobian_contraction import (
     JacobianContractionConfig as JacobianContractionConfig)
 from autontk.methods.ntk_vector_products import (
@@ -31,4 +34,6 @@ from autontk.operator import MatrixOperator as MatrixOperator
 from autontk.operator import NtkOperator as NtkOperator
 from autontk.operator import ntk_operator as ntk_operator
 from autontk.plancache import PlanCache as PlanCache
+from autontk.taylor import linearize as linearize
+from autontk.taylor import taylor_expand as taylor_expand
 from autontk.tiled import ntk_tiled as ntk_tiled

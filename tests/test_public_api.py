@@ -7,13 +7,20 @@ PUBLIC = ["ntk_fn", "nngp_fn", "ntk_vp_fn", "NtkFn", "Implementation", "Plan",
           "TuneOptions", "PlannerOptions", "StructuredConfig",
           "JacobianContractionConfig", "NtkVectorProductsConfig",
           "MissingRuleError", "pntk_fn", "adapters", "ntk_operator",
-          "NtkOperator", "MatrixOperator", "solvers"]
+          "NtkOperator", "MatrixOperator", "solvers", "predict", "linearize",
+          "taylor_expand", "empirical_kernel_fn"]
+
+PREDICT = ["gradient_descent_mse", "gradient_descent_mse_ensemble",
+           "gp_inference", "gradient_descent", "max_learning_rate",
+           "Gaussian", "ODEState"]
 
 
 def test_public_names():
   for name in PUBLIC:
     assert hasattr(autontk, name), name
   assert autontk.__version__
+  for name in PREDICT:
+    assert hasattr(autontk.predict, name), name
 
 
 def test_solver_names():
