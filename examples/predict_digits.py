@@ -16,7 +16,8 @@ scikit-learn's bundled digits (8x8 images, 10 classes; no download):
 
     python examples/predict_digits.py [--out predict_digits.png] [--quick]
 
-About a minute on a 2-core CPU (``--quick``: a few seconds, tiny sizes).
+About three minutes on a busy 2-core CPU, most of it compiling and the
+dense kernel (``--quick``: tiny sizes, about a minute).
 """
 
 import argparse
@@ -98,7 +99,7 @@ def main():
   ap.add_argument("--quick", action="store_true", help="tiny sizes")
   a = ap.parse_args()
   n_train, n_test, width, steps, every = ((40, 40, 64, 40, 10) if a.quick
-                                          else (300, 300, 256, 500, 25))
+                                          else (150, 300, 256, 500, 25))
   x, y, x_test, y_test = data(n_train, n_test)
   f, params = mlp(width)
 
