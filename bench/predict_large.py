@@ -34,6 +34,8 @@ N_TEST = 500
 DIAG_REG = 1e-2
 """Ridge, relative to trace(Θ)/N (neural-tangents' ``diag_reg``)."""
 TOL, RANK = 1e-3, 20
+SUBSET = int(os.environ.get("BENCH_PREDICT_LARGE_SUBSET", 512))
+"""N of the subset solved both ways (full mode)."""
 BATCH = 128
 """Examples per batch of a product (its program is a few MiB)."""
 """CG tolerance (relative residual) and Nyström rank."""
@@ -151,16 +153,16 @@ def extrapolate(probe_s: float, iterations: int) -> dict[str, Any]:
 def suite_run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
   """The suite: a one-column product at the large N, the solve on a
   subset matrix-free and dense, and the extrapolation."""
-  n_large, n_sub = (50_000, 512) if not cfg.quick else (2_000, 128)
+  n_large, n_sub = (50_000, SUBSET) if not cfg.quick else (2_000, 128)
   res: dict[str, Any] = {"budget_mib": BUDGET / 2**20, "n_test": N_TEST,
                          "diag_reg": DIAG_REG, "tol": TOL, "rank": RANK}
-  res["subset_free"] = fresh(["--run", str(n_sub)], log)
+  res["subset_free"] = fresh(["--run", str(n_sub)], log, cfg.work)
   log(f"matrix-free N={n_sub}: {res['subset_free']['seconds']:.1f} s")
-  res["subset_dense"] = fresh(["--run", str(n_sub), "--dense"], log)
+  res["subset_dense"] = fresh(["--run", str(n_sub), "--dense"], log, cfg.work)
   a, b = (np.asarray(res[k].pop("mean")) for k in ("subset_free",
                                                    "subset_dense"))
   res["subset_rel_diff"] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
-  res["probe"] = fresh(["--probe", str(n_large)], log)
+  res["probe"] = fresh(["--probe", str(n_large)], log, cfg.work)
   log(f"one product at N={n_large}: {res['probe']['product_s']:.1f} s")
   res["extrapolated"] = extrapolate(res["probe"]["product_s"],
                                     res["subset_free"]["iterations"])
@@ -190,16 +192,29 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def fresh(args: list[str], log: Callable[..., None] = print,
-          timeout: float | None = None) -> dict[str, Any]:
-  """Runs this module in a fresh process (its own peak RSS)."""
+          work: str | None = None) -> dict[str, Any]:
+  """Runs this module in a fresh process (its own peak RSS). With ``work``,
+  the result is kept in ``work/predict_large/`` and a later run with the
+  same arguments reads it (the suite resumes from its finished pieces)."""
+  path = work and os.path.join(work, "predict_large",
+                               "_".join(a.strip("-") for a in args) + ".json")
+  if path and os.path.exists(path):
+    log(f"predict_large {args}: reusing {path}")
+    with open(path) as fh:
+      return json.load(fh)
   env = dict(os.environ, PYTHONPATH=os.getcwd())
   p = subprocess.run([sys.executable, "-m", "bench.predict_large", *args],
                      capture_output=True, text=True, env=env,
-                     timeout=timeout)
+                     )
   if p.returncode:
     log(p.stderr[-2000:])
     raise RuntimeError(f"predict_large {args} failed")
-  return json.loads(p.stdout.strip().splitlines()[-1])
+  res = json.loads(p.stdout.strip().splitlines()[-1])
+  if path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+      json.dump(res, fh)
+  return res
 
 
 def main() -> None:
