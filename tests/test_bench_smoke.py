@@ -166,7 +166,7 @@ def test_predict_large_data_and_tables():
   sub = {"n": 10, "route": "matrix_free", "seconds": 1.0, "iterations": 5,
          "residual": 1e-4, "peak_rss_mib": 500.0, "accuracy": 0.5}
   res = {"subset_free": sub, "subset_dense": dict(sub, route="dense"),
-         "subset_rel_diff": 1e-5, "budget_mib": 2048.0, "rank": 20,
+         "subset_rel_diff": 1e-5, "budget_mib": 2048.0, "rank": 20, "tol": 1e-3, "diag_reg": 1e-2, "maxiter": 20,
          "probe": {"n": 50000, "product_s": 2.0, "compile_s": 1.0,
                    "peak_rss_mib": 900.0},
          "extrapolated": predict_large.extrapolate(2.0, 5)}
