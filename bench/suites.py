@@ -15,8 +15,9 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-from bench import (compare, kernels, overhead, plancache, precision, report,
-                   regret_unseen, stacked, tiled, tuned_regret)
+from bench import (compare, kernels, overhead, plancache, precision,
+                   predict_large, predict_routes, report, regret_unseen,
+                   stacked, tiled, tuned_regret)
 from bench.config import RunConfig
 
 Result = dict[str, Any]
@@ -69,4 +70,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("tiled", "ntk_tiled: multi-device throughput, a big kernel on "
           "disk, and an extrapolation to 50,000 examples", tiled.run,
           tiled.markdown),
+    Suite("predict_routes", "dense against matrix-free kernel regression "
+          "and top-10 eigenvalues as N grows, and auto's route",
+          predict_routes.run, predict_routes.markdown,
+          predict_routes.figures),
+    Suite("predict_large", "kernel regression of a CNN at N = 50,000 "
+          "matrix-free under 2 GiB: one product measured, a subset solved "
+          "both ways", predict_large.suite_run, predict_large.markdown),
 )}

@@ -146,3 +146,29 @@ def test_a_tiny_suite_run_is_recorded(tmp_path):
   text = (tmp_path / "scaling.md").read_text()
   assert text.startswith("# `scaling`") and f"`{tag}`" in text
   assert (tmp_path / "scaling.csv").exists()
+
+
+def test_predict_routes_case_and_tables():
+  from bench import predict_routes
+  rec = predict_routes.case(predict_routes.models(16)["mlp"], 16, "solve")
+  assert rec["rel_diff"] < 1e-2 and rec["regret"] >= 1.0
+  assert rec["auto"] in ("dense", "matrix_free")
+  rec["model"] = "mlp"
+  text = predict_routes.markdown({"records": [rec]})
+  assert "| mlp | solve | 16 |" in text and "regret" in text
+
+
+def test_predict_large_data_and_tables():
+  from bench import predict_large
+  x, y, xt, lt = predict_large.data(10)
+  assert x.shape == (10, 8, 8, 1) and y.shape == (10, 10)
+  assert xt.shape[0] == lt.shape[0] == predict_large.N_TEST
+  sub = {"n": 10, "route": "matrix_free", "seconds": 1.0, "iterations": 5,
+         "residual": 1e-4, "peak_rss_mib": 500.0, "accuracy": 0.5}
+  res = {"subset_free": sub, "subset_dense": dict(sub, route="dense"),
+         "subset_rel_diff": 1e-5, "budget_mib": 2048.0, "rank": 20, "tol": 1e-3, "diag_reg": 1e-2, "maxiter": 20,
+         "probe": {"n": 50000, "product_s": 2.0, "compile_s": 1.0,
+                   "peak_rss_mib": 900.0},
+         "extrapolated": predict_large.extrapolate(2.0, 5)}
+  assert res["extrapolated"]["columns"] == 20 + 60 + 10
+  assert "extrapolated" in predict_large.markdown(res)

@@ -1,0 +1,258 @@
+"""Kernel regression past the dense kernel's reach: a CNN's GP mean, N ≥ 50,000.
+
+A small CNN on 8×8 digit images (scikit-learn's digits, shifted by up to a
+pixel and noised to make ``N`` training examples; the test set is real
+digits held out of the sources), ``O = 10`` one-hot targets,
+``trace_axes=(-1,)``: the operator is ``N × N`` acting on 10 columns, and
+the dense kernel (``N² · 4`` bytes, 10 GB at N = 50,000) does not fit the
+2 GiB budget. The GP mean ``Θ(x*, x) (Θ + λI)⁻¹ y`` is computed matrix-free
+(:func:`autontk.solvers.solve`, Nyström-preconditioned CG, on
+:func:`autontk.ntk_operator`, then one product of the cross operator) in a fresh process whose peak RSS
+(``ru_maxrss``) is the memory recorded. Accuracy: the same procedure on a
+subset that fits, matrix-free against the dense kernel.
+
+  PYTHONPATH=. python -m bench.predict_large --probe 50000   # one product
+  PYTHONPATH=. python -m bench.predict_large --run 50000     # one solve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+BUDGET = 2 * 2**30
+"""The memory budget, bytes (peak RSS of the process)."""
+N_TEST = 500
+DIAG_REG = 1e-2
+"""Ridge, relative to trace(Θ)/N (neural-tangents' ``diag_reg``)."""
+TOL, RANK, MAXITER = 1e-3, 20, 20
+"""CG tolerance (relative residual), Nyström rank and iterations at most.
+In float32 CG's reachable residual is about ``1e-6 · cond``, and ``cond``
+(``λ_max / λ``) reaches thousands here, so ``TOL`` may stay out of reach:
+the iterations are capped and the residual reached is recorded."""
+SUBSET = int(os.environ.get("BENCH_PREDICT_LARGE_SUBSET", 512))
+"""N of the subset solved both ways (full mode)."""
+SUBSET_TIMEOUT = float(os.environ.get("BENCH_PREDICT_LARGE_TIMEOUT", 3600))
+"""Seconds the subset's matrix-free solve may take."""
+BATCH = 128
+"""Examples per batch of a product (its program is a few MiB)."""
+
+
+def data(n: int, seed: int = 0):
+  """``x (n, 8, 8, 1)``, one-hot ``y (n, 10)``, and a real test set."""
+  from sklearn.datasets import load_digits
+  d = load_digits()
+  img = (d.images / 16.0).astype(np.float32)
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(img))
+  test, src = order[:N_TEST], order[N_TEST:]
+  pick = src[rng.integers(0, len(src), n)]
+  x = np.zeros((n, 10, 10), np.float32)
+  dx, dy = rng.integers(0, 3, n), rng.integers(0, 3, n)
+  for sx in range(3):
+    for sy in range(3):
+      m = (dx == sx) & (dy == sy)
+      x[m, sx:sx + 8, sy:sy + 8] = img[pick[m]]
+  x = x[:, 1:9, 1:9] + 0.05 * rng.standard_normal((n, 8, 8)).astype(np.float32)
+  eye = np.eye(10, dtype=np.float32)
+  return (x[..., None], eye[d.target[pick]], img[test][..., None],
+          d.target[test])
+
+
+def cnn():
+  """``(f, params)``: conv 3×3 (8) - relu - conv 3×3 (8) - relu - dense 10."""
+  import jax
+  import jax.numpy as jnp
+
+  def conv(w, x):
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def f(p, x):
+    h = jax.nn.relu(conv(p["c1"], x))
+    h = jax.nn.relu(conv(p["c2"], h))
+    return h.reshape(h.shape[0], -1) @ p["w"] / jnp.sqrt(h[0].size)
+
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = {"c1": jax.random.normal(k1, (3, 3, 1, 8)) / 3.0,
+            "c2": jax.random.normal(k2, (3, 3, 8, 8)) / np.sqrt(72.0),
+            "w": jax.random.normal(k3, (512, 10))}
+  return f, params
+
+
+def _operator(n: int, seed: int = 0):
+  import jax.numpy as jnp
+  import autontk
+  x, y, xt, lt = data(n, seed)
+  f, params = cnn()
+  op = autontk.ntk_operator(f, jnp.asarray(x), params, trace_axes=(-1,),
+                            batch_size=BATCH)
+  return f, params, op, jnp.asarray(y), jnp.asarray(xt), lt
+
+
+def probe(n: int) -> dict[str, Any]:
+  """Seconds of one product with one column at ``n`` (compiled first)."""
+  import jax
+  import jax.numpy as jnp
+  _, _, op, y, _, _ = _operator(n)
+  out = {"n": n, "batch_size": op.batch_size}
+  v = jnp.ones((n, 1), op.dtype)
+  t0 = time.perf_counter()
+  fn = jax.jit(op.matmat).lower(v).compile()
+  out["compile_s"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  fn(v).block_until_ready()
+  out["product_s"] = time.perf_counter() - t0
+  out["peak_rss_mib"] = _rss_mib()
+  return out
+
+
+def _rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(n: int, dense: bool = False) -> dict[str, Any]:
+  """The GP mean on the test set, matrix-free (or dense): time, CG
+  iterations and residual, peak RSS, test accuracy, the mean itself."""
+  import jax
+  import jax.numpy as jnp
+  from autontk import solvers
+  t0 = time.perf_counter()
+  f, params, op, y, xt, lt = _operator(n)
+  shift = DIAG_REG * float(op.trace()) / n
+  if dense:
+    k = op.to_dense()
+    alpha = jax.scipy.linalg.solve(k + shift * jnp.eye(n), y, assume_a="pos")
+    info = None
+  else:
+    alpha, info = solvers.solve(op, y, shift=shift, tol=TOL, rank=RANK,
+                                maxiter=MAXITER,
+                                progress=False, return_info=True)
+  mean = np.asarray(op.cross(xt).matmat(alpha))
+  out = {"n": n, "route": "dense" if dense else "matrix_free",
+         "seconds": time.perf_counter() - t0, "shift": shift,
+         "batch_size": op.batch_size, "peak_rss_mib": _rss_mib(),
+         "accuracy": float(np.mean(mean.argmax(-1) == lt)),
+         "mean": mean.tolist()}
+  if info is not None:
+    out.update(iterations=int(np.max(np.asarray(info.iterations))),
+               residual=float(np.max(np.asarray(info.residual))))
+  return out
+
+
+def extrapolate(probe_s: float, iterations: int) -> dict[str, Any]:
+  """Column products of one solve + prediction and their seconds, from one
+  one-column product's seconds at the large N."""
+  columns = RANK + 10 * (iterations + 1) + 10
+  return {"columns": columns, "seconds": columns * probe_s,
+          "iterations_assumed": iterations}
+
+
+def suite_run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
+  """The suite: a one-column product at the large N, the solve on a
+  subset matrix-free and dense, and the extrapolation."""
+  n_large, n_sub = (50_000, SUBSET) if not cfg.quick else (2_000, 128)
+  res: dict[str, Any] = {"budget_mib": BUDGET / 2**20, "n_test": N_TEST,
+                         "diag_reg": DIAG_REG, "tol": TOL, "rank": RANK,
+                         "maxiter": MAXITER}
+  res["probe"] = fresh(["--probe", str(n_large)], log, cfg.work)
+  log(f"one product at N={n_large}: {res['probe']['product_s']:.1f} s")
+  res["subset_dense"] = fresh(["--run", str(n_sub), "--dense"], log, cfg.work)
+  res["subset_free"] = fresh(["--run", str(n_sub)], log, cfg.work,
+                             timeout=SUBSET_TIMEOUT)
+  if "mean" in res["subset_free"]:
+    a, b = (np.asarray(res[k].pop("mean")) for k in ("subset_free",
+                                                     "subset_dense"))
+    res["subset_rel_diff"] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    iterations = res["subset_free"]["iterations"]
+  else:
+    res["subset_dense"].pop("mean")
+    iterations = 20
+  res["extrapolated"] = extrapolate(res["probe"]["product_s"], iterations)
+  return res
+
+
+def markdown(res: dict[str, Any]) -> str:
+  """The suite's tables."""
+  rows = ["| run | N | seconds | CG iterations | residual | peak RSS MiB "
+          "| test accuracy |", "|---|---|---|---|---|---|---|"]
+  for k in ("subset_free", "subset_dense"):
+    r = res[k]
+    if "timed_out_s" in r:
+      rows.append(f"| matrix_free | {res['subset_dense']['n']} | stopped "
+                  f"after {r['timed_out_s']:.0f} s, unfinished | | | | |")
+      continue
+    rows.append(f"| {r['route']} | {r['n']} | {r['seconds']:.1f} | "
+                f"{r.get('iterations', '')} | {r.get('residual', '')} | "
+                f"{r['peak_rss_mib']:.0f} | {r['accuracy']:.3f} |")
+  p, e = res["probe"], res["extrapolated"]
+  diff = (f"CG at most {res.get('maxiter')} iterations, tolerance "
+          f"{res['tol']:g}, Nyström rank {res['rank']}, ridge "
+          f"{res['diag_reg']:g}·trace/N. Matrix-free against dense GP mean "
+          f"on N = "
+          f"{res['subset_dense']['n']}: relative difference "
+          f"{res['subset_rel_diff']:.2e}." if "subset_rel_diff" in res else
+          "The matrix-free subset solve did not finish: no accuracy "
+          "comparison.")
+  return "\n".join(rows + [
+      "", diff, "",
+      f"One one-column product at N = {p['n']}: {p['product_s']:.1f} s "
+      f"(compile {p['compile_s']:.1f} s, peak RSS {p['peak_rss_mib']:.0f} "
+      f"MiB, budget {res['budget_mib']:.0f} MiB). A solve + prediction "
+      f"needs about {e['columns']} column products (Nyström rank "
+      f"{res['rank']}, {e['iterations_assumed']} CG iterations (as on the "
+      f"subset if it finished, else assumed), 10 columns each, the residual check and the test "
+      f"product): about {e['seconds'] / 3600:.2f} h, extrapolated, not run."])
+
+
+def fresh(args: list[str], log: Callable[..., None] = print,
+          work: str | None = None,
+          timeout: float | None = None) -> dict[str, Any]:
+  """Runs this module in a fresh process (its own peak RSS). With ``work``,
+  the result is kept in ``work/predict_large/`` and a later run with the
+  same arguments reads it (the suite resumes from its finished pieces)."""
+  path = work and os.path.join(work, "predict_large",
+                               "_".join(a.strip("-") for a in args) + ".json")
+  if path and os.path.exists(path):
+    log(f"predict_large {args}: reusing {path}")
+    with open(path) as fh:
+      return json.load(fh)
+  env = dict(os.environ, PYTHONPATH=os.getcwd())
+  try:
+    p = subprocess.run([sys.executable, "-m", "bench.predict_large", *args],
+                       capture_output=True, text=True, env=env,
+                       timeout=timeout)
+  except subprocess.TimeoutExpired:
+    log(f"predict_large {args}: stopped after {timeout:.0f} s")
+    return {"timed_out_s": timeout}
+  if p.returncode:
+    log(p.stderr[-2000:])
+    raise RuntimeError(f"predict_large {args} failed")
+  res = json.loads(p.stdout.strip().splitlines()[-1])
+  if path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+      json.dump(res, fh)
+  return res
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--probe", type=int)
+  ap.add_argument("--run", type=int)
+  ap.add_argument("--dense", action="store_true")
+  a = ap.parse_args()
+  res = probe(a.probe) if a.probe else run(a.run, a.dense)
+  print(json.dumps(res))
+
+
+if __name__ == "__main__":
+  main()
