@@ -208,6 +208,33 @@ def test_diagnose_prints_each_diagnostic_whole_and_per_group(env, capsys):
   assert (env / "spectrum.png").stat().st_size > 0
 
 
+def _diagnosed(out):
+  """``{(quantity, group): (value, error)}`` from diagnose's table (fixed
+  columns: quantity 25, group 14, value 12, error 12)."""
+  rows = {}
+  for line in out.splitlines()[1:]:
+    if line.startswith("top eigenvalues"):
+      break
+    error = line[54:66].strip()
+    rows[(line[:25].strip(), line[26:40].strip())] = (
+        float(line[41:53]), 0.0 if error == "exact" else float(error))
+  return rows
+
+
+def test_diagnose_matrix_free_agrees_with_dense(env, capsys):
+  got = {}
+  for route in ("dense", "matrix-free"):
+    rc, out, _ = _run(capsys, "diagnose", "mymodel:checkpoints", "--k", "2",
+                      "--route", route)
+    assert rc == 0 and f"{route}, " in out
+    got[route] = _diagnosed(out)
+  assert set(got["dense"]) == set(got["matrix-free"])
+  for key, (value, _) in got["dense"].items():
+    estimate, error = got["matrix-free"][key]
+    # Within the stated error (4 sigma) and a rounding floor.
+    assert abs(estimate - value) <= 4 * error + 1e-3 * abs(value), key
+
+
 def test_diagnose_rejects_options_it_cannot_honour(env, capsys):
   with pytest.raises(SystemExit):
     cli.main(["diagnose", "mymodel:build", "--route", "sideways"])

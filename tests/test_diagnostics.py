@@ -152,7 +152,11 @@ ESTIMATORS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+# The Frobenius estimators run by default; the others' repeated seeds are
+# heavy.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[] if n in ("fro", "ratio") else [pytest.mark.slow])
+    for n in sorted(ESTIMATORS)])
 def test_estimates_within_error_bars_and_two_percent(name, labels):
   inside, worst = 0, 0.0
   for seed in SEEDS:
@@ -318,6 +322,7 @@ def wide_mlp():
   return case.f, case.params, case.x1
 
 
+@pytest.mark.slow
 def test_model_level_matrix_free_against_reference(wide_mlp):
   f, params, x = wide_mlp
   moved_params = jax.tree.map(lambda p: p * 1.1, params)

@@ -76,8 +76,8 @@ def _params():
   out = []
   for name in sorted(CASES):
     for trace_axes, tid in (((-1,), "traced"), ((), "full")):
-      marks = ([pytest.mark.slow] if tid == "full" and
-               name in ("cnn", "pytree") else [])
+      marks = ([pytest.mark.slow] if name == "pytree" or (
+          tid == "full" and name == "cnn") else [])
       out.append(pytest.param(name, trace_axes, id=f"{name}-{tid}",
                               marks=marks))
   return out

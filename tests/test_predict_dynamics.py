@@ -59,7 +59,9 @@ ENSEMBLE_CALLS = [  # (t, get, compute_cov, on the test set)
 
 @pytest.mark.parametrize("dtype", [
     "float64", pytest.param("float32", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("traced", [True, False], ids=["traced", "untraced"])
+@pytest.mark.parametrize("traced", [
+    True, pytest.param(False, marks=pytest.mark.slow)],
+    ids=["traced", "untraced"])
 def test_ensemble_with_empirical_kernels(dtype, traced):
   trace_axes = (-1,) if traced else ()
   diag_reg, lr = 0.1, 2.

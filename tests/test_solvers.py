@@ -228,6 +228,7 @@ def test_matfun_resumes_from_a_checkpoint(dense, tmp_path):
   assert again.calls == 0  # the saved run was complete
 
 
+@pytest.mark.slow
 def test_solvers_on_the_matrix_free_ntk(ntk):
   k, op = ntk
   m = op.shape[0]

@@ -306,13 +306,16 @@ def cmd_diagnose(args) -> int:
   if unsupported:
     raise CliError(f"diagnose takes the NTK options trace_axes, wrt and "
                    f"groups; the model also gives {unsupported}.")
-  rep = diagnostics_report(
-      model["f"], model["x1"], model["params"], y=model.get("y"),
-      params_b=model.get("params_b"),
-      groups=options.pop("groups", None) or "layer",
-      k=args.k, probes=args.probes or PROBES, route=args.route,
-      memory_budget=args.memory_budget, seed=args.seed,
-      kwargs=model["kwargs"], **options)
+  try:
+    rep = diagnostics_report(
+        model["f"], model["x1"], model["params"], y=model.get("y"),
+        params_b=model.get("params_b"),
+        groups=options.pop("groups", None) or "layer",
+        k=args.k, probes=args.probes or PROBES, route=args.route,
+        memory_budget=args.memory_budget, seed=args.seed,
+        kwargs=model["kwargs"], **options)
+  except ValueError as e:  # the factory's data or options: the user's to fix
+    raise CliError(f"{args.model}: {e}") from None
   print(rep)
   if args.plot:
     try:
