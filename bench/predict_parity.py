@@ -3,32 +3,29 @@
 Both libraries predict from the *same* kernels (an MLP's empirical NTK and
 NNGP, computed once by autontk and handed to neural-tangents in an .npz), in
 float64, and the largest relative difference per prediction is recorded with
-each side's time (the best of 3 to 9 runs after a warm-up; building the predictor, its
-factorization and the call are all timed). The ensemble case lets each
-library compute its own empirical kernels from the same network.
+each side's time (the best of 3 to 9 runs after a warm-up; building the
+predictor, its factorization and the call are all timed). The ensemble case
+lets each library compute its own empirical kernels from the same network.
 
-neural-tangents runs in its own environment (jax 0.4.23; see
-``bench/peers/envs.py``), this file being re-run there with ``--peer``:
-
-  python -m bench.predict_parity [--nt-python PATH] [--out bench/results/predict-parity]
-
-``--nt-python`` defaults to ``$AUTONTK_BENCH_NT_PYTHON`` or
-``bench/.venv-nt/bin/python``. Writes ``predict_parity.json`` and ``.md``.
+The suite ``predict_parity`` of ``python -m bench``; neural-tangents runs in
+its own environment (jax 0.4.23, built by :mod:`bench.peers.envs`), where
+this file is run again as ``python -m bench.predict_parity --peer KERNELS``.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 import numpy as np
+
+from bench.peers import envs
 
 N, N_TEST, D, WIDTH, O = 128, 32, 16, 64, 10
 REPEATS = 9
@@ -150,26 +147,21 @@ def kernels() -> dict[str, np.ndarray]:
   return k
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--peer", help=argparse.SUPPRESS)
-  ap.add_argument("--nt-python", default=os.environ.get(
-      "AUTONTK_BENCH_NT_PYTHON", os.path.join(REPO, "bench", ".venv-nt",
-                                              "bin", "python")))
-  ap.add_argument("--out", default=os.path.join(REPO, "bench", "results",
-                                                "predict-parity"))
-  args = ap.parse_args()
+def run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
+  """The suite: both libraries' predictions from the same kernels."""
+  del cfg
+  nt_python = envs.ensure("nt", log)
+  if nt_python is None:
+    raise RuntimeError("the neural-tangents environment could not be built")
   os.environ["JAX_ENABLE_X64"] = "1"
-  if args.peer:
-    return peer(args.peer)
-  import jax
+  import jax  # after JAX_ENABLE_X64: the comparison is in float64
   import autontk
   k = kernels()
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "kernels.npz")
     np.savez(path, **k)
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    subprocess.run([args.nt_python, "-m", "bench.predict_parity", "--peer",
+    subprocess.run([nt_python, "-m", "bench.predict_parity", "--peer",
                     path], check=True, cwd=REPO, env=env)
     nt_values = dict(np.load(path + ".nt.npz"))
     with open(path + ".nt.json") as fh:
@@ -183,21 +175,17 @@ def main() -> None:
     rows.append({"prediction": name, "max_relative_difference": diff,
                  "autontk_s": r["seconds"],
                  "neural_tangents_s": nt_meta["seconds"][name]})
-  record = {"machine": platform.node(), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg()[0],
-            "dtype": "float64", "shapes": {"N": N, "N_test": N_TEST, "O": O,
-                                           "width": WIDTH},
-            "versions": {"autontk": {"jax": jax.__version__,
-                                     "autontk": autontk.__version__},
-                         "neural_tangents": nt_meta["versions"]},
-            "rows": rows}
-  write(record, args.out)
+  return {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
+          "dtype": "float64", "shapes": {"N": N, "N_test": N_TEST, "O": O,
+                                         "width": WIDTH},
+          "versions": {"autontk": {"jax": jax.__version__,
+                                   "autontk": autontk.__version__},
+                       "neural_tangents": nt_meta["versions"]},
+          "rows": rows}
 
 
-def write(record: dict, out: str) -> None:
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "predict_parity.json"), "w") as fh:
-    json.dump(record, fh, indent=1)
+def markdown(record: dict[str, Any]) -> str:
+  """The suite's table."""
   v = record["versions"]
   lines = [f"# autontk.predict vs neural-tangents {v['neural_tangents']['neural_tangents']}",
            "", f"Same kernels (an MLP, N={record['shapes']['N']}, "
@@ -217,9 +205,13 @@ def write(record: dict, out: str) -> None:
             "are that call's CPU time on the two JAX versions. "
             "`max_learning_rate` takes all eigenvalues with NumPy where "
             "neural-tangents asks SciPy for the top one."]
-  with open(os.path.join(out, "predict_parity.md"), "w") as fh:
-    fh.write("\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-  main()
+  if len(sys.argv) != 3 or sys.argv[1] != "--peer":
+    sys.exit("usage (in neural-tangents' environment): python -m "
+             "bench.predict_parity --peer KERNELS.npz; the suite itself is "
+             "python -m bench --only predict_parity")
+  os.environ["JAX_ENABLE_X64"] = "1"
+  peer(sys.argv[2])

@@ -16,7 +16,8 @@ import functools
 from typing import Any, Callable
 
 from bench import (compare, kernels, overhead, plancache, precision,
-                   predict_large, predict_routes, report, regret_unseen,
+                   predict_large, predict_parity, predict_routes, report,
+                   regret_unseen,
                    stacked, tiled, tuned_regret)
 from bench.config import RunConfig
 
@@ -77,4 +78,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("predict_large", "kernel regression of a CNN at N = 50,000 "
           "matrix-free under 2 GiB: one product measured, a subset solved "
           "both ways", predict_large.suite_run, predict_large.markdown),
+    Suite("predict_parity", "autontk.predict against neural-tangents 0.6.5's "
+          "predict on the same kernels (float64): values and time",
+          predict_parity.run, predict_parity.markdown),
 )}
