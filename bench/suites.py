@@ -15,7 +15,7 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-from bench import (compare, kernels, overhead, plancache, precision, report,
+from bench import (compare, diagnostics_accuracy, kernels, overhead, plancache, precision, report,
                    regret_unseen, stacked, tiled, tuned_regret)
 from bench.config import RunConfig
 
@@ -69,4 +69,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("tiled", "ntk_tiled: multi-device throughput, a big kernel on "
           "disk, and an extrapolation to 50,000 examples", tiled.run,
           tiled.markdown),
+    Suite("diagnostics_accuracy", "matrix-free kernel diagnostics against "
+          "their dense values on an MLP and a CNN, against the probe count",
+          diagnostics_accuracy.run, diagnostics_accuracy.markdown,
+          diagnostics_accuracy.figures),
 )}

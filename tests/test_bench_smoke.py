@@ -146,3 +146,15 @@ def test_a_tiny_suite_run_is_recorded(tmp_path):
   text = (tmp_path / "scaling.md").read_text()
   assert text.startswith("# `scaling`") and f"`{tag}`" in text
   assert (tmp_path / "scaling.csv").exists()
+
+
+@pytest.mark.slow
+def test_diagnostics_accuracy_rows_and_table():
+  from bench import diagnostics_accuracy as acc
+  m = acc._models(24)["mlp"]
+  rows = acc._model_rows("mlp", m, {e: (12,) for e in acc.ESTIMATORS}, 1,
+                         lambda *a: None)
+  assert [r["estimator"] for r in rows] == list(acc.ESTIMATORS)
+  assert all(r["max_rel_err"] < 1.0 for r in rows)
+  assert "| mlp | top10 |" in acc.markdown({"n": 24, "seeds": 1,
+                                             "rows": rows})
