@@ -154,7 +154,10 @@ def ranking(x, y, x_test, y_test, n_rank, steps, architectures):
           f"{rows[-1]['acc']:.3f}")
   order = sorted(rows, key=lambda r: r["cond"])
   print("ranked by condition number (lowest first): "
-        + ", ".join(r["name"] for r in order))
+        + ", ".join(r["name"] for r in order) + "; rank correlation of the "
+        f"condition number and the accuracy "
+        f"{spearman([r['cond'] for r in rows], [r['acc'] for r in rows]):+.2f}"
+        " (TE-NAS expects it negative)")
   return rows
 
 
@@ -192,8 +195,8 @@ def plot(path, rows, ranked):
                      xytext=(3, 3), textcoords="offset points")
   axes[2].set(xscale="log", xlabel="NTK condition number at init",
               ylabel="test accuracy after a short training",
-              title=f"zero-cost ranking (Spearman "
-                    f"{spearman(cond, [-a for a in acc]):+.2f})")
+              title=f"zero-cost ranking (rank correlation of κ and "
+                    f"accuracy {spearman(cond, acc):+.2f})")
   fig.suptitle(f"MLP on digits: NTK diagnostics over training "
                f"({len(rows[0]['distance'])} layers)")
   fig.tight_layout()
