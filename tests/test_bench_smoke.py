@@ -166,9 +166,22 @@ def test_predict_large_data_and_tables():
   sub = {"n": 10, "route": "matrix_free", "seconds": 1.0, "iterations": 5,
          "residual": 1e-4, "peak_rss_mib": 500.0, "accuracy": 0.5}
   res = {"subset_free": sub, "subset_dense": dict(sub, route="dense"),
-         "subset_rel_diff": 1e-5, "budget_mib": 2048.0, "rank": 20, "tol": 1e-3, "diag_reg": 1e-2, "maxiter": 20,
+         "subset_rel_diff": 1e-5, "budget_mib": 2048.0, "rank": 20,
+         "tol": 1e-3, "diag_reg": 1e-2, "maxiter": 20,
          "probe": {"n": 50000, "product_s": 2.0, "compile_s": 1.0,
                    "peak_rss_mib": 900.0},
          "extrapolated": predict_large.extrapolate(2.0, 5)}
   assert res["extrapolated"]["columns"] == 20 + 60 + 10
   assert "extrapolated" in predict_large.markdown(res)
+
+
+@pytest.mark.slow
+def test_diagnostics_accuracy_rows_and_table():
+  from bench import diagnostics_accuracy as acc
+  m = acc._models(24)["mlp"]
+  rows = acc._model_rows("mlp", m, {e: (12,) for e in acc.ESTIMATORS}, 1,
+                         lambda *a: None)
+  assert [r["estimator"] for r in rows] == list(acc.ESTIMATORS)
+  assert all(r["max_rel_err"] < 1.0 for r in rows)
+  assert "| mlp | top10 |" in acc.markdown({"n": 24, "seeds": 1,
+                                             "rows": rows})
