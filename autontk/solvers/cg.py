@@ -2,15 +2,19 @@
 
 The iteration is JAX's own (``jax.scipy.sparse.linalg.cg``), one run per
 right-hand side under ``jax.vmap`` (each column stops at its own
-tolerance), compiled with the operator's products inside. JAX's ``cg``
-reports neither iterations nor convergence, so both are read here: a
-callback counts products (and drives the progress bar), and the residual is
-recomputed from the answer.
+tolerance), compiled with the operator's products inside. The compiled
+program is kept with the operator (the shift, the tolerance and the
+preconditioner's arrays are its arguments), so a second solve on the same
+operator and shapes does not compile again. JAX's ``cg`` reports neither
+iterations nor convergence, so both are read here: a callback counts
+products (and drives the progress bar), and the residual is recomputed from
+the answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -140,7 +144,7 @@ class _System:
   op: Any
   shift: float
   tol: float
-  precond: Callable | None
+  precond: preconditioners.Preconditioner | None
 
   def apply(self, v: Any) -> Any:
     return self.op.matmat(v) + self.shift * v
@@ -151,26 +155,55 @@ class _System:
   def run(self, cols: Any, guess: Any, maxiter: int,
           bar: Any) -> tuple[jax.Array, int]:
     """JAX's CG on every column; ``(x, iterations)``."""
-    count = [-1]  # the first product is the initial residual's
+    apply, parts = self.precond or (None, ())
+    program = _program(self.op, maxiter, apply)
+    _Progress.count, _Progress.bar = -1, bar
+    try:
+      x = program(cols, guess, jnp.asarray(self.shift, cols.dtype),
+                  jnp.asarray(self.tol, cols.dtype), parts)
+      x.block_until_ready()
+      jax.effects_barrier()
+      return x, max(_Progress.count, 0)
+    finally:
+      _Progress.bar = None
 
-    def tick():
-      count[0] += 1
-      if count[0] > 0:
-        bar.update(1)
 
-    def a(v):
-      jax.debug.callback(tick)
-      return self.apply(v)
+class _Progress:
+  """The bar of the solve in progress: the compiled programs' callback
+  counts products here (the first is the initial residual's)."""
 
-    def one(bc, x0):
-      x, _ = jax.scipy.sparse.linalg.cg(a, bc, x0, tol=self.tol, atol=0.0,
-                                        maxiter=maxiter, M=self.precond)
+  count = -1
+  bar: Any = None
+
+
+def _tick() -> None:
+  _Progress.count += 1
+  if _Progress.count > 0 and _Progress.bar is not None:
+    _Progress.bar.update(1)
+
+
+def _program(op: Any, maxiter: int, apply: Callable | None) -> Callable:
+  """The compiled CG of ``op`` (vmapped over columns), kept in the
+  operator's ``__dict__`` per ``maxiter`` and preconditioner kind (not kept
+  for an operator without one)."""
+  key = (maxiter, (apply.func, apply.args)
+         if isinstance(apply, functools.partial) else apply)
+  programs = getattr(op, "__dict__", {}).setdefault(
+      "_autontk_cg_programs", {})
+  if key not in programs:
+    def one(bc, x0, shift, tol, parts):
+      def a(v):
+        jax.debug.callback(_tick)
+        return op.matmat(v) + shift * v
+
+      m = None if apply is None else functools.partial(apply, parts)
+      x, _ = jax.scipy.sparse.linalg.cg(a, bc, x0, tol=tol, atol=0.0,
+                                        maxiter=maxiter, M=m)
       return x
 
-    x = jax.jit(jax.vmap(one, in_axes=1, out_axes=1))(cols, guess)
-    x.block_until_ready()
-    jax.effects_barrier()
-    return x, max(count[0], 0)
+    programs[key] = jax.jit(jax.vmap(one, in_axes=(1, 1, None, None, None),
+                                     out_axes=1))
+  return programs[key]
 
 
 def _segments(system: _System, cols: Any, x: Any, maxiter: int,

@@ -13,6 +13,7 @@ very different kernel norms.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable
@@ -31,9 +32,16 @@ MAX_AUTO_RANK = 800
 of sketch)."""
 
 
+Preconditioner = tuple[Callable[[Any, Any], Any], Any]
+"""``(apply, parts)``: ``apply(parts, v)`` is ``P⁻¹ v``. ``apply`` is a
+module-level function and ``parts`` its arrays, so a compiled solve takes
+``parts`` as arguments and is reused by the next solve on the same
+operator."""
+
+
 def nystrom(op: Any, rank: int | str, shift: float, key: Any,
-            columns: int = 1, tol: float = 1e-6) -> Callable | None:
-  """The Nyström preconditioner ``v -> P⁻¹ v``.
+            columns: int = 1, tol: float = 1e-6) -> Preconditioner | None:
+  """The Nyström preconditioner ``v -> P⁻¹ v`` (as ``(apply, parts)``).
 
   Costs products of ``op`` with ``rank`` columns in all and ``O(M·rank²)``
   for the factors. ``None`` when the sketch shows the operator is not
@@ -86,12 +94,13 @@ def nystrom(op: Any, rank: int | str, shift: float, key: Any,
   low = _smallest_kept(lam) + shift
   weights = jnp.where(low > 0, low / (jnp.maximum(lam, low - shift) + shift),
                       1.0)
+  return _nystrom_apply, (u, weights)
 
-  def apply(v):
-    p = u.T @ v
-    return u @ (weights * p) + (v - u @ p)
 
-  return apply
+def _nystrom_apply(parts: tuple[Any, Any], v: Any) -> Any:
+  u, weights = parts
+  p = u.T @ v
+  return u @ (weights * p) + (v - u @ p)
 
 
 def _factors(raw: Any, y_raw: Any) -> tuple[Any, Any] | None:
@@ -148,23 +157,33 @@ def _smallest_kept(lam: Any) -> Any:
   return jnp.min(jnp.where(lam > 0, lam, jnp.max(lam)))
 
 
-def jacobi(op: Any, shift: float) -> Callable:
-  """``v -> v / (diag(Θ) + shift)``."""
+def jacobi(op: Any, shift: float) -> Preconditioner:
+  """``v -> v / (diag(Θ) + shift)`` (as ``(apply, parts)``)."""
   d = jnp.asarray(op.diag()) + shift
   if not bool(jnp.all(d > 0)):
     raise ValueError("The diagonal preconditioner needs diag(Θ) + shift > 0; "
                      f"its smallest entry is {float(jnp.min(d)):.3g}.")
-  return lambda v: v / d
+  return _jacobi_apply, d
+
+
+def _jacobi_apply(d: Any, v: Any) -> Any:
+  return v / d
+
+
+def _user_apply(fn: Callable, parts: Any, v: Any) -> Any:
+  del parts  # a user's callable holds its own arrays
+  return fn(v)
 
 
 def make(op: Any, kind: Any, rank: int | str, shift: float, seed: int,
-         columns: int = 1, tol: float = 1e-6) -> Callable | None:
-  """The preconditioner ``kind`` names: ``"auto"`` / ``"nystrom"``,
-  ``"diag"``, ``None``, or a callable ``v -> P⁻¹ v`` passed through."""
+         columns: int = 1, tol: float = 1e-6) -> Preconditioner | None:
+  """The preconditioner ``kind`` names, as ``(apply, parts)``: ``"auto"`` /
+  ``"nystrom"``, ``"diag"``, ``None``, or a callable ``v -> P⁻¹ v`` (its
+  ``apply`` is then the callable itself, so a solve is compiled for it)."""
   if kind is None:
     return None
   if callable(kind):
-    return kind
+    return functools.partial(_user_apply, kind), ()
   m = op.shape[0]
   if kind in ("auto", "nystrom"):
     if rank != "auto" and (not isinstance(rank, int) or
