@@ -29,6 +29,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import autontk
+import training
 from autontk import diagnostics as D
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu,
@@ -86,24 +87,7 @@ def train(f, params, x, y, steps, lr=1e-3, every=None):
     logp = jax.nn.log_softmax(f(p, x))
     return -jnp.mean(logp[jnp.arange(len(y)), y])
 
-  @jax.jit
-  def step(p, m, v, t):
-    g = jax.grad(loss)(p)
-    m = jax.tree.map(lambda a, b: 0.9 * a + 0.1 * b, m, g)
-    v = jax.tree.map(lambda a, b: 0.999 * a + 0.001 * b * b, v, g)
-    def upd(w, a, b):
-      return w - lr * (a / (1 - 0.9 ** t)) / (
-          jnp.sqrt(b / (1 - 0.999 ** t)) + 1e-8)
-    return jax.tree.map(upd, p, m, v), m, v
-
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  m, v = zeros, zeros
-  saved = [(0, params)]
-  for t in range(1, steps + 1):
-    params, m, v = step(params, m, v, t)
-    if every and t % every == 0:
-      saved.append((t, params))
-  return params, saved
+  return training.adam(loss, params, steps, lr, every)
 
 
 def accuracy(f, params, x, y):

@@ -27,6 +27,7 @@ from jax import lax
 from sklearn.datasets import load_digits
 
 import autontk
+import training
 
 N_TRAIN, N_TEST = 600, 300
 LAYERS = ("conv1", "conv2", "dense")
@@ -73,20 +74,7 @@ def train(params, x, y, steps, lr=1e-3):
     logp = jax.nn.log_softmax(cnn(p, x))
     return -jnp.mean(logp[jnp.arange(len(y)), y])
 
-  @jax.jit
-  def step(p, m, v, t):
-    g = jax.grad(loss)(p)
-    m = jax.tree.map(lambda a, b: 0.9 * a + 0.1 * b, m, g)
-    v = jax.tree.map(lambda a, b: 0.999 * a + 0.001 * b * b, v, g)
-    def upd(w, a, b):
-      return w - lr * (a / (1 - 0.9 ** t)) / (
-          jnp.sqrt(b / (1 - 0.999 ** t)) + 1e-8)
-    return jax.tree.map(upd, p, m, v), m, v
-
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  m, v = zeros, zeros
-  for t in range(1, steps + 1):
-    params, m, v = step(params, m, v, t)
+  params, _ = training.adam(loss, params, steps, lr)
   return params, float(loss(params))
 
 
