@@ -17,7 +17,7 @@ import numpy as np
 
 from autontk.diagnostics import randomized, sources
 from autontk.diagnostics.estimate import Estimate
-from autontk.diagnostics.route import Question, choose
+from autontk.diagnostics.pricing import Question, choose
 from autontk.diagnostics.sources import Kernel
 
 PROBES = 40

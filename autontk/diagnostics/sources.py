@@ -32,7 +32,7 @@ from autontk import adapters
 from autontk._api import ntk_fn
 from autontk._kernel_fn import NtkFn
 from autontk.costmodel.hlo import read_cost_analysis
-from autontk.diagnostics.route import Pricing
+from autontk.diagnostics.pricing import Pricing
 from autontk.operator import ntk_operator
 from autontk.selection import ParamSelection
 

@@ -8,7 +8,7 @@ network ``f`` with ``x=`` and ``params=``) and these keywords:
   network's inputs, parameters, parameter selection and grouping, traced
   output axes and keyword arguments, as for :func:`autontk.ntk_fn`;
 * ``route``: ``"auto"`` (priced per question, see
-  :mod:`autontk.diagnostics.route`), ``"dense"`` or ``"matrix-free"``;
+  :mod:`autontk.diagnostics.pricing`), ``"dense"`` or ``"matrix-free"``;
 * ``memory_budget``: bytes a materialised kernel may take;
 * ``seed``: the random probes' seed.
 
@@ -25,7 +25,7 @@ import numpy as np
 from autontk import solvers
 from autontk.diagnostics import randomized, sources
 from autontk.diagnostics.estimate import Estimate
-from autontk.diagnostics.route import Question, choose
+from autontk.diagnostics.pricing import Question, choose
 from autontk.diagnostics.sources import Kernel
 
 EIG_STEPS = 60
