@@ -367,17 +367,42 @@ def inline_custom_vjp(fun):
   inside ``jit``, and inside ``scan`` / ``while`` / ``cond`` bodies."""
   def inlined(*args):
     closed = jax.make_jaxpr(fun)(*args)
-    return _eval_inlined(closed.jaxpr, closed.consts, args)
+    return _eval_rewritten(closed.jaxpr, closed.consts, args, _custom_vjp_body)
   return inlined
 
 
-def _contains_custom_vjp(jaxpr: Jaxpr) -> bool:
+def _custom_vjp_body(eqn: JaxprEqn) -> Callable[..., list[Any]] | None:
+  if eqn.primitive not in _CUSTOM_VJP_BODY:
+    return None
+  body = eqn.params[_CUSTOM_VJP_BODY[eqn.primitive]]
+  return lambda *ins: _eval_rewritten(body.jaxpr, body.consts, ins,
+                                      _custom_vjp_body)
+
+
+Rule = Callable[[JaxprEqn], "Callable[..., list[Any]] | None"]
+"""Given an equation, the function that replaces it (inputs to the list of
+outputs), or ``None`` to keep it."""
+
+
+def rewrite_equations(fun, rule: Rule):
+  """``fun`` (pytrees in and out) with each equation that ``rule`` replaces
+  replaced, at any depth: in line, inside ``jit``, and inside the closed
+  bodies of ``scan`` / ``while`` / ``cond``. Other nested bodies (``remat``,
+  ``shard_map``) are kept as they are."""
+  def rewritten(*args):
+    closed, shape = jax.make_jaxpr(fun, return_shape=True)(*args)
+    outs = _eval_rewritten(closed.jaxpr, closed.consts, jax.tree.leaves(args),
+                           rule)
+    return jax.tree.unflatten(jax.tree.structure(shape), outs)
+  return rewritten
+
+
+def _contains(jaxpr: Jaxpr, rule: Rule) -> bool:
   for eqn in jaxpr.eqns:
-    if eqn.primitive in _CUSTOM_VJP_BODY:
+    if rule(eqn) is not None:
       return True
     for sub in _sub_jaxprs(eqn):
-      if _contains_custom_vjp(sub.jaxpr if isinstance(sub, ClosedJaxpr)
-                              else sub):
+      if _contains(sub.jaxpr if isinstance(sub, ClosedJaxpr) else sub, rule):
         return True
   return False
 
@@ -390,27 +415,26 @@ def _sub_jaxprs(eqn: JaxprEqn) -> list[Any]:
   return subs
 
 
-def _inlined_closed(closed: ClosedJaxpr) -> ClosedJaxpr:
+def _rewritten_closed(closed: ClosedJaxpr, rule: Rule) -> ClosedJaxpr:
   avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
-  return jax.make_jaxpr(lambda *a: _eval_inlined(closed.jaxpr, closed.consts,
-                                                 a))(*avals)
+  return jax.make_jaxpr(lambda *a: _eval_rewritten(
+      closed.jaxpr, closed.consts, a, rule))(*avals)
 
 
-def _eval_inlined(jaxpr: Jaxpr, consts, args) -> list[Any]:
+def _eval_rewritten(jaxpr: Jaxpr, consts, args, rule: Rule) -> list[Any]:
   env = dict(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
   read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
   for eqn in jaxpr.eqns:
     ins = [read(v) for v in eqn.invars]
-    if eqn.primitive in _CUSTOM_VJP_BODY:
-      body = eqn.params[_CUSTOM_VJP_BODY[eqn.primitive]]
-      outs = _eval_inlined(body.jaxpr, body.consts, ins)
+    if (replace := rule(eqn)) is not None:
+      outs = replace(*ins)
     elif (eqn.primitive in _JITS and (body := inline_body(eqn)) is not None
-          and _contains_custom_vjp(body[0])):
-      outs = _eval_inlined(body[0], body[1], ins)
-    elif any(isinstance(sub, ClosedJaxpr) and _contains_custom_vjp(sub.jaxpr)
+          and _contains(body[0], rule)):
+      outs = _eval_rewritten(body[0], body[1], ins, rule)
+    elif any(isinstance(sub, ClosedJaxpr) and _contains(sub.jaxpr, rule)
              for sub in _sub_jaxprs(eqn)):
-      outs = bind(_with_inlined_bodies(eqn), *ins)
+      outs = bind(_with_rewritten_bodies(eqn, rule), *ins)
     else:
       outs = bind(eqn, *ins)
     for v, o in zip(eqn.outvars, outs):
@@ -418,14 +442,14 @@ def _eval_inlined(jaxpr: Jaxpr, consts, args) -> list[Any]:
   return [read(v) for v in jaxpr.outvars]
 
 
-def _with_inlined_bodies(eqn: JaxprEqn) -> JaxprEqn:
+def _with_rewritten_bodies(eqn: JaxprEqn, rule: Rule) -> JaxprEqn:
   params = {}
   for k, v in eqn.params.items():
     if isinstance(v, ClosedJaxpr):
-      v = _inlined_closed(v)
+      v = _rewritten_closed(v, rule)
     elif isinstance(v, tuple) and v and all(isinstance(x, ClosedJaxpr)
                                             for x in v):
-      v = tuple(_inlined_closed(x) for x in v)
+      v = tuple(_rewritten_closed(x, rule) for x in v)
     params[k] = v
   return eqn.replace(params=params)
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from autontk._conv_layout import canonical_convolutions
 from autontk._kwargs import is_static_param
 from autontk._options import NtkOptions
 from autontk._problem import NtkProblem
@@ -188,6 +189,14 @@ class Product:
     self.program = jax.jit(lambda *a: _product(self, *a))
     self.diagonals = {}
 
+  def in_loop(self, body: Any) -> Any:
+    """``body``, a loop's body, with its convolutions in the layout of
+    the CPU backend's fast kernels (see :mod:`autontk._conv_layout`) when
+    the devices are CPUs."""
+    if self.mesh.devices.flat[0].platform == "cpu":
+      return canonical_convolutions(body)
+    return body
+
   def diagonal(self, dynamic: Sequence[Any], chunk: int) -> Any:
     """``(M_rows,)``: the diagonal of ``Θ(x_rows, x_rows)``, from each
     example's Jacobian (``chunk`` examples at a time, ``jax.jacrev``)."""
@@ -261,7 +270,7 @@ def _per_device(p: Product, dynamic, rows_batched, rows_shared,
     s = r * p.cols.trace_size
     acc = tuple(jnp.zeros((s,) + t.shape, t.dtype) for t in theta0)
     local = v.shape[0]
-    acc, _ = jax.lax.scan(vjp_step, acc, jnp.arange(local))
+    acc, _ = jax.lax.scan(p.in_loop(vjp_step), acc, jnp.arange(local))
     acc = jax.lax.psum(acc, AXIS)
 
     def jvp_batch(j):
@@ -272,7 +281,7 @@ def _per_device(p: Product, dynamic, rows_batched, rows_shared,
       return p.rows.read(out, r)
 
     local_rows = rows_batched[0].shape[0] if rows_batched else 1
-    return jax.lax.map(jvp_batch, jnp.arange(local_rows))
+    return jax.lax.map(p.in_loop(jvp_batch), jnp.arange(local_rows))
 
 
 def _diagonal(p: Product, chunk: int, dynamic, batched, shared):
@@ -301,7 +310,8 @@ def _diagonal_per_device(p: Product, chunk: int, dynamic, batched, shared):
 
   def one_batch(j):
     leaves = _select(batched, j)
-    return jax.lax.map(lambda i: example(leaves, i), jnp.arange(data.batch),
+    return jax.lax.map(p.in_loop(lambda i: example(leaves, i)),
+                       jnp.arange(data.batch),
                        batch_size=min(chunk, data.batch))
 
   with p.model.options.precision_scope():
