@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autontk import _kwargs
+from autontk._conv_layout import canonical_convolutions
 from autontk._types import PyTree
 
 CallFn = Callable[..., PyTree]
@@ -93,6 +94,16 @@ def traced_mask(treedef: Any, leaves: list[Any]) -> tuple[bool, ...]:
                _kwargs.is_array_leaf(v) for i, v in enumerate(leaves))
 
 
+def _cpu_layouts(body: Callable[..., PyTree]) -> Callable[..., PyTree]:
+  """``body`` with its convolutions in the CPU backend's fast layout
+  where the default backend is a CPU (XLA does it only outside loops; the
+  kernels' chunk loops and solvers' iterations would miss it: see
+  :mod:`autontk._conv_layout`)."""
+  if jax.default_backend() == "cpu":
+    return canonical_convolutions(body)
+  return body
+
+
 class CallProgram:
   """``fn`` compiled for one call structure and one set of constants.
 
@@ -114,7 +125,7 @@ class CallProgram:
     self._constants = constants
     self._all_traced = all(traced)
     self._jit = jit
-    self._run = jax.jit(self._body) if jit else self._body
+    self._run = jax.jit(_cpu_layouts(self._body)) if jit else self._body
     self._lowered: dict[Any, Any] = {}
     self._executables: dict[Any, Any] = {}
 
