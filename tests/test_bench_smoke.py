@@ -164,15 +164,18 @@ def test_predict_large_data_and_tables():
   assert x.shape == (10, 8, 8, 1) and y.shape == (10, 10)
   assert xt.shape[0] == lt.shape[0] == predict_large.N_TEST
   sub = {"n": 10, "route": "matrix_free", "seconds": 1.0, "iterations": 5,
-         "residual": 1e-4, "peak_rss_mib": 500.0, "accuracy": 0.5}
+         "residual": 1e-4, "peak_rss_mib": 500.0, "accuracy": 0.5,
+         "dtype": "float64"}
   res = {"subset_free": sub, "subset_dense": dict(sub, route="dense"),
+         "large": dict(sub, n=50000, dtype="float32", seconds=600.0),
          "subset_rel_diff": 1e-5, "budget_mib": 2048.0, "rank": 20,
-         "tol": 1e-3, "diag_reg": 1e-2, "maxiter": 20,
+         "tol": 1e-3, "diag_reg": 1e-2, "maxiter": 10, "subset_tol": 1e-9,
+         "n_test": 500,
          "probe": {"n": 50000, "product_s": 2.0, "compile_s": 1.0,
-                   "peak_rss_mib": 900.0},
-         "extrapolated": predict_large.extrapolate(2.0, 5)}
-  assert res["extrapolated"]["columns"] == 20 + 60 + 10
-  assert "extrapolated" in predict_large.markdown(res)
+                   "peak_rss_mib": 900.0}}
+  text = predict_large.markdown(res)
+  assert "| matrix_free | 50000 | float32 | 600.0 |" in text
+  assert "10.0 min" in text and "9.3 GiB" in text
 
 
 @pytest.mark.slow
