@@ -15,7 +15,8 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-from bench import (compare, diagnostics_accuracy, kernels, overhead,
+from bench import (compare, diagnostics_accuracy, diagnostics_large, kernels,
+                   overhead,
                    plancache, precision, predict_large, predict_parity,
                    predict_routes, report, regret_unseen, stacked, tiled,
                    tuned_regret)
@@ -76,8 +77,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           predict_routes.run, predict_routes.markdown,
           predict_routes.figures),
     Suite("predict_large", "kernel regression of a CNN at N = 50,000 "
-          "matrix-free under 2 GiB: one product measured, a subset solved "
-          "both ways", predict_large.suite_run, predict_large.markdown),
+          "matrix-free under 2 GiB, and a subset solved both ways in "
+          "float64", predict_large.suite_run, predict_large.markdown),
     Suite("predict_parity", "autontk.predict against neural-tangents 0.6.5's "
           "predict on the same kernels (float64): values and time",
           predict_parity.run, predict_parity.markdown),
@@ -85,4 +86,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "their dense values on an MLP and a CNN, against the probe count",
           diagnostics_accuracy.run, diagnostics_accuracy.markdown,
           diagnostics_accuracy.figures),
+    Suite("diagnostics_large", "condition number, effective rank, "
+          "alignment and per-layer kernel distance of a CNN at N = 20,000, "
+          "matrix-free, with time and peak memory", diagnostics_large.suite_run,
+          diagnostics_large.markdown),
 )}

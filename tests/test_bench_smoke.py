@@ -188,3 +188,16 @@ def test_diagnostics_accuracy_rows_and_table():
   assert all(r["max_rel_err"] < 1.0 for r in rows)
   assert "| mlp | top10 |" in acc.markdown({"n": 24, "seeds": 1,
                                              "rows": rows})
+
+
+def test_diagnostics_large_table():
+  from bench import diagnostics_large
+  row = {"quantity": "kernel distance", "value": 0.1, "error": 0.01,
+         "exact": False, "route": "matrix-free", "method": "Hutch++",
+         "seconds": 3.0}
+  res = {"n": 20000, "probes": 10, "budget_mib": 1024.0, "seconds": 600.0,
+         "peak_rss_mib": 900.0,
+         "rows": [dict(row, group=None), dict(row, group="conv")]}
+  text = diagnostics_large.markdown(res)
+  assert "| kernel distance | conv | 0.1 | 0.01 | 3.0 |" in text
+  assert "1.49 GiB" in text and "10.0 min" in text
