@@ -8,6 +8,8 @@ import pytest
 
 from autontk._conv_layout import canonical_convolutions
 
+pytestmark = pytest.mark.compat
+
 CASES = [
     # (lhs shape, rhs shape, dimension numbers, conv kwargs)
     ((3, 4, 9, 7), (6, 2, 3, 2), ("NCHW", "OIHW", "NHCW"),
