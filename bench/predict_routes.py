@@ -16,9 +16,11 @@ best of two more calls; the kernel or operator products are inside the
 timing), with the relative difference of the answers. **Memory** is the
 estimate of :func:`autontk.route.choose_route`, not a measurement: the
 dense route's kernel and factor (``2·N²`` floats) and the matrix-free
-route's compiled product program's peak (XLA's memory analysis) plus its
-Krylov vectors. Auto's choice is ``choose_route``'s; its regret is the time
-of the route it picks over the faster route's.
+route's compiled product programs' peak (XLA's memory analysis) plus its
+Krylov vectors. Auto's choice is ``choose_route``'s (given the solve's
+shift and tolerance); its regret is the time of the route it picks over
+the faster route's. Quick mode runs N = 64 and 512, and N = 2048 for the
+MLP (whose dense route stays cheap enough there).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def case(model: zoo.Model, n: int, question: str) -> dict[str, Any]:
     rec[f"{name}_first_s"], rec[f"{name}_s"], rec[name] = _best(fn)
   a, b = np.asarray(rec.pop("matrix_free")), np.asarray(rec.pop("dense"))
   rec["rel_diff"] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
-  rep = choose_route(op, question, k=K, tol=1e-4)
+  rep = choose_route(op, question, k=K, tol=1e-4, shift=shift)
   rec.update(auto=rep.route, auto_reason=rep.reason,
              dense_bytes=rep.dense_bytes, matrix_free_bytes=rep.matrix_free_bytes,
              predicted_dense_s=rep.dense_seconds,
@@ -101,7 +103,10 @@ def run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
   for name in ("mlp", "cnn", "attention"):
     if not cfg.selected(name):
       continue
-    for n in sizes:
+    # Quick mode adds one larger N where it is cheap (the MLP's dense
+    # route is seconds at 2048), so a crossover shows past the small sizes.
+    more = (2048,) if cfg.quick and name == "mlp" else ()
+    for n in sizes + more:
       model = models(n)[name]
       for q in ("solve", "eigsh"):
         rec = case(model, n, q)
@@ -125,14 +130,19 @@ def crossover(recs: list[dict[str, Any]]) -> int | None:
 
 
 def markdown(res: dict[str, Any]) -> str:
-  rows = ["| model | question | N | dense s | matrix-free s | rel. diff | "
-          "dense MiB (est.) | matrix-free MiB (est.) | auto | regret |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+  rows = ["Timings were taken on a machine shared with other jobs (the "
+          "load varied during the run): compare the two routes of one row, "
+          "timed one after the other, rather than rows with each other.", "",
+          "| model | question | N | dense s | matrix-free s | priced dense s "
+          "| priced matrix-free s | rel. diff | dense MiB (est.) | "
+          "matrix-free MiB (est.) | auto | regret |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in res["records"]:
     mark = lambda k: f"**{r[k]:.3g}**" if r["faster"] in k else f"{r[k]:.3g}"
     rows.append(
         f"| {r['model']} | {r['question']} | {r['n']} | {mark('dense_s')} | "
-        f"{mark('matrix_free_s')} | {r['rel_diff']:.1e} | "
+        f"{mark('matrix_free_s')} | {r['predicted_dense_s']:.3g} | "
+        f"{r['predicted_matrix_free_s']:.3g} | {r['rel_diff']:.1e} | "
         f"{r['dense_bytes'] / 2**20:.3g} | "
         f"{r['matrix_free_bytes'] / 2**20:.3g} | {r['auto']} | "
         f"{r['regret']:.2f} |")
