@@ -89,13 +89,13 @@ def decide(dense: float, free: float, *, dense_bytes: float, budget: float,
     free_bytes: the matrix-free route's memory.
     given_dense: the kernel is already an array (its memory is spent).
     unit: the prices' unit, for the reason.
-    detail: appended to the reason of a priced choice.
+    detail: appended to the reason of a priced choice (after a space).
 
   Returns:
     Whether to take the dense route, and why in words.
 
   >>> decide(2.0, 1.0, dense_bytes=10, budget=100)
-  (False, 'matrix-free 1 s < dense 2 s')
+  (False, 'dense 2 s > matrix-free 1')
   >>> decide(2.0, 1.0, dense_bytes=2 ** 30, budget=2 ** 20)[1]
   'dense kernel 1 GiB > memory budget 1 MiB'
   """
@@ -105,11 +105,9 @@ def decide(dense: float, free: float, *, dense_bytes: float, budget: float,
   if free_bytes > budget:
     return True, (f"matrix-free {_bytes(free_bytes)} > memory budget "
                   f"{_bytes(budget)}")
-  if dense <= free:
-    reason = f"dense {dense:.3g} {unit} <= matrix-free {free:.3g} {unit}"
-  else:
-    reason = f"matrix-free {free:.3g} {unit} < dense {dense:.3g} {unit}"
-  return dense <= free, reason + (f"; {detail}" if detail else "")
+  verdict = "<=" if dense <= free else ">"
+  reason = f"dense {dense:.3g} {unit} {verdict} matrix-free {free:.3g}"
+  return dense <= free, reason + (f" {detail}" if detail else "")
 
 
 # --- Diagnostics: prices in FLOPs --------------------------------------------
@@ -175,7 +173,7 @@ def choose(question: Question, pricing: Pricing, route: str = "auto",
     raise ValueError(f"route must be 'auto', 'dense' or 'matrix-free'; got "
                      f"{route!r}.")
   budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-  detail = f"{question.columns:.0f} columns"
+  detail = f"({question.columns:.0f} columns)"
   if pricing.note:
     detail += f"; {pricing.note}"
   dense, reason = decide(
@@ -304,7 +302,8 @@ def choose_route(op: NtkOperator, question: str = "solve", *, rhs: int = 1,
     peak = max(int(c.peak_memory or 0) for c in costs.values())
     free_bytes = peak + free.vectors * m * item
   dense, reason = decide(dense_s, free_s, dense_bytes=dense_bytes,
-                         budget=budget, free_bytes=free_bytes)
+                         budget=budget, free_bytes=free_bytes,
+                         detail=f"({free.plan})")
   if not dense and free_bytes > budget:
     reason += ("; the matrix-free route needs "
                f"{_bytes(free_bytes)} too: neither fits")
