@@ -39,7 +39,7 @@ from autontk.costmodel import hlo
 from autontk.costmodel.features import CostFeatures
 from autontk.costmodel.predict import default_predictor
 from autontk.operator import NtkOperator
-from autontk.solvers import preconditioners
+from autontk.solvers import lanczos, preconditioners
 from autontk.tiled.autotile import memory_budget_bytes
 
 QUESTIONS = ("solve", "times", "eigsh")
@@ -357,13 +357,7 @@ def _free_plan(op: NtkOperator, question: str, rhs: int, k: int, tol: float,
   if question == "solve":
     return _cg_plan(op, m, rhs, tol, shift)
   if question == "times":
-    steps = lanczos_steps(m, tol)
-    # Two Gram-Schmidt passes against the basis at every step.
-    work = CostFeatures(flops=2.0 * steps ** 2 * m * rhs,
-                        bytes_accessed=4.0 * steps ** 2 * m * rhs,
-                        transcendentals=0.0, calls=steps)
-    return _FreePlan({rhs: steps}, work, steps, (steps + 2) * rhs,
-                     f"Lanczos, {steps} steps of {rhs} columns")
+    return _lanczos_plan(m, rhs, tol)
   if 5 * k >= m or m <= 32:
     # eigsh itself goes dense for such k.
     return _FreePlan({}, CostFeatures(), 0, 0, "eigsh goes dense", True)
@@ -376,6 +370,22 @@ def _free_plan(op: NtkOperator, question: str, rhs: int, k: int, tol: float,
   # after, eigsh's residual check.
   return _FreePlan({s: it, k: it + 2}, work, it, 9 * k,
                    f"LOBPCG, {it} iterations of {s} + {k} columns")
+
+
+def _lanczos_plan(m: int, rhs: int, tol: float) -> _FreePlan:
+  """``matfun`` at its defaults: a basis of ``s = min(M, 200)`` vectors per
+  column, reorthogonalised against in full (two passes) at every step, and
+  the answer from ``eigh`` of the ``s × s`` tridiagonal matrix every
+  ``CHECK_EVERY`` steps."""
+  steps = lanczos_steps(m, tol)
+  s = min(m, 200)
+  checks = math.ceil(steps / lanczos.CHECK_EVERY)
+  work = CostFeatures(
+      flops=(8.0 * steps * s * m + EIGH_FLOPS * checks * s ** 3) * rhs,
+      bytes_accessed=16.0 * steps * s * m * rhs, transcendentals=0.0,
+      calls=steps + 2 * checks)
+  return _FreePlan({rhs: steps}, work, steps, (s + 2) * rhs,
+                   f"Lanczos, {steps} steps of {rhs} columns")
 
 
 def _cg_plan(op: NtkOperator, m: int, rhs: int, tol: float,
