@@ -294,7 +294,7 @@ def choose_route(op: NtkOperator, question: str = "solve", *, rhs: int = 1,
   dense_s = _dense_seconds(op, question, rhs, predictor)
   free = _free_plan(op, question, rhs, k, tol, shift)
   if free.dense_fallback:
-    free_s, free_bytes, peak = dense_s, dense_bytes, 0
+    free_s, free_bytes = dense_s, dense_bytes
   else:
     costs = {r: _product_cost(op, r) for r in free.blocks}
     free_s = predictor.predict(free.work) + sum(
