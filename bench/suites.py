@@ -73,7 +73,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "disk, and an extrapolation to 50,000 examples", tiled.run,
           tiled.markdown),
     Suite("predict_routes", "dense against matrix-free kernel regression "
-          "and top-10 eigenvalues as N grows, and auto's route",
+          "(1 and 8 right-hand sides), top-10 eigenvalues and gradient flow "
+          "as N grows, and auto's route",
           predict_routes.run, predict_routes.markdown,
           predict_routes.figures),
     Suite("predict_large", "kernel regression of a CNN at N = 50,000 "

@@ -155,7 +155,7 @@ def test_predict_routes_case_and_tables():
   assert rec["auto"] in ("dense", "matrix_free")
   rec["model"] = "mlp"
   text = predict_routes.markdown({"records": [rec]})
-  assert "| mlp | solve | 16 |" in text and "regret" in text
+  assert "| mlp | solve | 1 | 16 |" in text and "regret" in text
 
 
 def test_predict_large_data_and_tables():

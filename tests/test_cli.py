@@ -98,6 +98,33 @@ def test_bad_option_values_are_rejected_by_argparse(env, capsys):
     assert "expected" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("question", ["solve", "times", "eigsh"])
+def test_tune_times_both_routes(env, capsys, question):
+  """`tune --routes` runs both routes of a question (their answers agree)
+  and shows them beside the priced times and auto's pick."""
+  rc, out, err = _run(capsys, "tune", "mymodel:build", "--n1", "48",
+                      "--routes", question, "--k", "2", "--rhs", "2",
+                      "--repeats", "1", "--json")
+  assert rc == 0, err
+  res = json.loads(out)
+  assert res["question"] == question and res["m"] == 48
+  for r in ("dense", "matrix_free"):
+    assert res["timed"][r]["best_s"] > 0 and res["priced"][r + "_s"] > 0
+  assert res["auto"] in ("dense", "matrix_free")
+  assert res["regret"] >= 1.0 and res["rel_diff"] < 1e-2
+  rc, out, err = _run(capsys, "tune", "mymodel:build", "--n1", "48",
+                      "--routes", question, "--k", "2", "--repeats", "0")
+  assert rc == 0, err
+  assert "priced s" in out and "timed s" in out and "auto picks" in out
+  assert "matrix-free plan:" in out
+
+
+def test_tune_routes_rejects_bad_options(env, capsys):
+  rc, _, err = _run(capsys, "tune", "mymodel:build", "--routes", "solve",
+                    "--tol", "2")
+  assert rc == 2 and "--tol" in err
+
+
 def test_tune_report_and_cache_commands(env, capsys):
   rc, out, err = _run(capsys, "tune", "mymodel:build", "--set", "width=8",
                       "--n1", "3", "--budget", "30", "--trials", "3",

@@ -299,7 +299,7 @@ def test_report_shares_kernels_and_plots(mlp, tmp_path):
 def test_docstring_examples():
   import doctest
   import importlib
-  for name in ("estimate", "frobenius", "pricing", "report", "sources",
+  for name in ("estimate", "frobenius", "report", "sources",
                "spectrum"):
     module = importlib.import_module(f"autontk.diagnostics.{name}")
     assert doctest.testmod(module).failed == 0, name

@@ -46,6 +46,42 @@ def test_empirical_kernel_fn(trace_axes, get, same):
     assert_kernels_close(getattr(out, g), want[g])
 
 
+@pytest.mark.parametrize("implementation", ["jacobian_contraction",
+                                            "ntk_vector_products"])
+@pytest.mark.parametrize("same", [True, False], ids=["x2=None", "x2"])
+def test_both_kernels_share_the_forward_pass(implementation, same):
+  """Asked for both kernels with a one-shot Jacobian-contraction plan, f is
+  traced as often as for the NTK alone (once to shape the call, once per
+  input in the program); another plan keeps two programs. Values against
+  the float64 reference either way."""
+  case = _case()
+  traces = []
+
+  def f(p, x):
+    traces.append(1)
+    return case.f(p, x)
+
+  x2 = None if same else case.x2
+
+  def count(get):
+    traces.clear()
+    kernel_fn = autontk.empirical_kernel_fn(f, implementation=implementation)
+    out = kernel_fn(case.x1, x2, get, case.params)
+    return out, len(traces)
+
+  both, n_both = count(("nngp", "ntk"))
+  _, n_nngp = count("nngp")
+  _, n_ntk = count("ntk")
+  if implementation == "jacobian_contraction":
+    assert n_both == n_ntk < n_nngp + n_ntk
+  else:
+    assert n_both == n_nngp + n_ntk
+  assert_kernels_close(both.nngp, reference_nngp(case.f, case.params,
+                                                 case.x1, x2, (-1,)))
+  assert_kernels_close(both.ntk, reference_ntk(case.f, case.params, case.x1,
+                                               x2, (-1,)))
+
+
 def test_empirical_kernel_fn_params_by_keyword_and_pytree_outputs():
   case = _case()
   kernel_fn = _kernel_fn((-1,))

@@ -13,6 +13,7 @@ from typing import Sequence
 from autontk._version import __version__
 from autontk.cli import commands, models
 from autontk.cli.errors import CliError
+from autontk.route import QUESTIONS
 
 DESCRIPTION = """\
 Tune, inspect and cache autontk's NTK plans.
@@ -26,6 +27,7 @@ Examples:
   autontk tune mypkg.models:make_mlp          tune one model (see `tune -h`)
   autontk tune ./model.py:build --n1 64       a factory in a file, batch 64
   autontk tune --suite                        calibrate a new accelerator
+  autontk tune mypkg.models:make_mlp --routes solve   dense vs matrix-free
   autontk report mypkg.models:make_mlp        candidates, predicted vs measured
   autontk cache ls                            what is cached
   autontk cache export plans.json             move tuned plans to a twin machine
@@ -79,6 +81,22 @@ def _add_tune(sub) -> None:
   p.add_argument("--no-progress", action="store_true",
                  help="no progress bar")
   p.add_argument("--json", action="store_true", help="print JSON")
+  r = p.add_argument_group(
+      "routes", "With --routes, time the dense and the matrix-free route of "
+      "one kernel question on the NTK of x1 instead of the kernel plans, "
+      "beside their predicted times and the route auto picks.")
+  r.add_argument("--routes", choices=QUESTIONS, metavar="QUESTION",
+                 help="solve ((Θ + λI)⁻¹ Y), times (exp(−tΘ) Y at a few "
+                      "t) or eigsh (the top k eigenvalues)")
+  r.add_argument("--k", type=int, default=10, help="eigenpairs (default 10)")
+  r.add_argument("--rhs", type=int, default=1, metavar="R",
+                 help="right-hand sides (default 1)")
+  r.add_argument("--tol", type=float, default=1e-4,
+                 help="the solvers' tolerance (default 1e-4)")
+  r.add_argument("--ridge", type=float, default=1e-3,
+                 help="solve's λ over the mean diagonal of Θ (default 1e-3)")
+  r.add_argument("--repeats", type=int, default=2,
+                 help="timed runs after the compiling one (default 2)")
   p.set_defaults(run=commands.cmd_tune)
 
 

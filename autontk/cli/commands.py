@@ -17,7 +17,7 @@ from autontk._api import ntk_fn
 from autontk.auto.planner import signature_of
 from autontk.auto.report import CostReport
 from autontk.auto.tuner import tune
-from autontk.cli import models
+from autontk.cli import models, routes
 from autontk.cli.errors import CliError
 from autontk.costmodel import calibration
 from autontk.costmodel.predict import default_predictor
@@ -44,6 +44,18 @@ def _tune_one(name: str, model: dict[str, Any], args, cache) -> dict[str, Any]:
   return {"model": name, "signature": result.signature.digest,
           "plan": result.plan.describe(), "elapsed_s": result.elapsed_s,
           "report": report.to_dict()}
+
+
+def _tune_routes(args, model: dict[str, Any]) -> int:
+  if args.k < 1 or args.rhs < 1 or not 0 < args.tol < 1 or args.ridge < 0:
+    raise CliError("--k and --rhs must be positive, 0 < --tol < 1 and "
+                   "--ridge >= 0.")
+  out = routes.time_routes(model, args.routes, k=args.k, rhs=args.rhs,
+                           tol=args.tol, ridge=args.ridge,
+                           repeats=args.repeats)
+  print(json.dumps(out, indent=1) if args.json else
+        f"{args.model}\n{routes.format_routes(out)}")
+  return 0
 
 
 def _tune_suite(args, settings, cache) -> int:
@@ -81,6 +93,8 @@ def cmd_tune(args) -> int:
                    "See `autontk tune -h`.")
   factory = models.load_factory(args.model)
   model = models.apply_overrides(models.build_model(factory, settings, args.model), args)
+  if args.routes:
+    return _tune_routes(args, model)
   out = _tune_one(args.model, model, args, cache)
   if args.json:
     print(json.dumps(out, indent=1))

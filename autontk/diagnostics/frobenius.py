@@ -17,8 +17,8 @@ import numpy as np
 
 from autontk.diagnostics import randomized, sources
 from autontk.diagnostics.estimate import Estimate
-from autontk.diagnostics.pricing import Question, choose
 from autontk.diagnostics.sources import Kernel
+from autontk.route import Question, choose
 
 PROBES = 40
 """Default Hutch++ budget: 20 sketch columns and 20 residual probes."""

@@ -32,8 +32,8 @@ from autontk import adapters
 from autontk._api import ntk_fn
 from autontk._kernel_fn import NtkFn
 from autontk.costmodel.hlo import read_cost_analysis
-from autontk.diagnostics.pricing import Pricing
 from autontk.operator import ntk_operator
+from autontk.route import Pricing
 from autontk.selection import ParamSelection
 
 APPLY_FORWARDS = 5

@@ -8,7 +8,7 @@ network ``f`` with ``x=`` and ``params=``) and these keywords:
   network's inputs, parameters, parameter selection and grouping, traced
   output axes and keyword arguments, as for :func:`autontk.ntk_fn`;
 * ``route``: ``"auto"`` (priced per question, see
-  :mod:`autontk.diagnostics.pricing`), ``"dense"`` or ``"matrix-free"``;
+  :func:`autontk.route.choose`), ``"dense"`` or ``"matrix-free"``;
 * ``memory_budget``: bytes a materialised kernel may take;
 * ``seed``: the random probes' seed.
 
@@ -25,8 +25,8 @@ import numpy as np
 from autontk import solvers
 from autontk.diagnostics import randomized, sources
 from autontk.diagnostics.estimate import Estimate
-from autontk.diagnostics.pricing import Question, choose
 from autontk.diagnostics.sources import Kernel
+from autontk.route import Question, choose
 
 EIG_STEPS = 60
 """Default Lanczos steps for extreme eigenvalues (raised to ``2k``)."""

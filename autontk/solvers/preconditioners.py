@@ -27,6 +27,9 @@ from autontk.solvers.checks import ConvergenceWarning
 AUTO_RANK = 100
 """Nyström rank of ``rank="auto"`` without a shift (at most half of M)."""
 
+SHIFT_RANK = 50
+"""The first sketch of ``rank="auto"`` with a shift (at most half of M)."""
+
 MAX_AUTO_RANK = 800
 """The largest sketch of ``rank="auto"`` (also at most half of M and 256 MiB
 of sketch)."""
@@ -67,7 +70,7 @@ def nystrom(op: Any, rank: int | str, shift: float, key: Any,
   item = jnp.dtype(op.dtype).itemsize
   top = rank
   if rank == "auto":
-    rank = min(50 if shift > 0 else AUTO_RANK, m // 2)
+    rank = min(SHIFT_RANK if shift > 0 else AUTO_RANK, m // 2)
     top = (min(MAX_AUTO_RANK, m // 2, 2 ** 28 // (m * item)) if shift > 0
            else rank)
   if rank < 1:
