@@ -337,17 +337,10 @@ def _factor_work(question: str, m: int, rhs: int) -> CostFeatures:
 
 def _product_cost(op: NtkOperator, r: int) -> CostFeatures:
   """The compiled product program's cost for ``r`` columns, kept with the
-  operator (compiling it is most of pricing a route). Its weight-gradient
-  convolutions are priced at the slowest measured convolution rate (the
-  depthwise one): the roofline's dense rate makes a convolutional
-  network's product an order of magnitude too cheap on a CPU."""
+  operator (compiling it is most of pricing a route)."""
   costs = op.__dict__.setdefault("_autontk_product_costs", {})
   if r not in costs:
-    lowered = op.lower(r)
-    cost = hlo.analyse_compiled(lowered.compile())
-    slow = hlo.weight_gradient_conv_flops(lowered.as_text())
-    costs[r] = dataclasses.replace(
-        cost, depthwise_conv_flops=cost.depthwise_conv_flops + slow)
+    costs[r] = hlo.analyse_compiled(op.lower(r).compile())
   return costs[r]
 
 

@@ -145,18 +145,6 @@ def conv_flops(stablehlo_text: str) -> tuple[float, float]:
   return grouped, depthwise
 
 
-def weight_gradient_conv_flops(stablehlo_text: str) -> float:
-  """FLOPs of the ungrouped convolutions with a window larger than 5×5:
-  a batch's weight gradients (the batch contracted, the activations' extent
-  as the window), as a vmapped VJP of a convolutional network forms them.
-  XLA's CPU convolutions run these far below the dense rate. See
-  :func:`contraction_flops` for the count.
-  """
-  return sum(flops for flops, window, groups in
-             _convolutions(stablehlo_text)
-             if groups == 1 and window > _LARGE_WINDOW)
-
-
 def _ops(text: str, op: str, pattern: re.Pattern):
   """``pattern``'s match on each line of ``text`` holding ``op``."""
   for line in text.splitlines():
