@@ -233,10 +233,6 @@ class LoopTerms:
   def resident_fraction(self) -> float:
     return self.resident_bytes / self.kernel_bytes if self.kernel_bytes else 0.0
 
-  @property
-  def strided_fraction(self) -> float:
-    return self.strided_bytes / self.kernel_bytes if self.kernel_bytes else 0.0
-
 
 def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
   """:class:`LoopTerms` of a lowered (StableHLO) program; kernels are the
@@ -265,7 +261,7 @@ def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
   kernels += 2 * structure.loop_iterations
   return LoopTerms(kernels, structure.loop_iterations, extra, contractions,
                    grouped, depthwise, structure.unknown_trip_loops,
-                   moved.total, moved.resident)
+                   moved.total, moved.resident, moved.strided)
 
 
 @dataclasses.dataclass
@@ -532,8 +528,8 @@ def _with_loops(features: CostFeatures, terms: LoopTerms) -> CostFeatures:
       kernels=terms.kernels, inner_loop_iterations=terms.iterations,
       resident_bytes=(add(features.bytes_accessed, terms.extra.bytes) or 0.0)
       * terms.resident_fraction,
-      strided_bytes=(add(features.bytes_accessed, terms.extra.bytes) or 0.0)
-      * terms.strided_fraction)
+      strided_bytes=min(terms.strided_bytes, add(
+          features.bytes_accessed, terms.extra.bytes) or 0.0))
 
 
 def merge_compiled(lowered: CostFeatures,
