@@ -90,7 +90,8 @@ def markdown(res: dict[str, Any]) -> str:
       "process, so the regret (median(auto) / median(fastest explicit "
       "method)) is a ratio taken under the same load, in each tree's own "
       "process. The times shown are this tree's; the predicted times are "
-      "each tree's cost model on the same device constants." if load else "", "",
+      "each tree's cost model on the same device constants."
+      if load else "", "",
       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for case in res.get("cases", []):
     if case.get("skipped"):

@@ -13,8 +13,9 @@ For one call signature :meth:`Planner.plan_call`
 3. **compiles a shortlist**: the fastest predicted candidate, and the
    runner-up when its prediction is below the compiled leader's, or within
    ``close_call`` of the fastest where a second compile can pay for itself
-   (``payback_calls``), to read exact peak memory and fused byte counts. The compile is the one the
-   call then runs, so the chosen plan is not compiled twice;
+   (``payback_calls``), to read exact peak memory and fused byte counts.
+   The compile is the one the call then runs, so the chosen plan is not
+   compiled twice;
 4. **chooses** the compiled feasible candidate with the least predicted time.
 
 The planner holds no memo: :class:`~autontk.auto.cached.AutoPlanner`

@@ -200,7 +200,8 @@ def moves_minor(dims: tuple[int, ...], perm: tuple[int, ...],
 _LAYOUT = re.compile(r"\[([0-9,]*)\]\{([0-9,]*)")
 
 
-def hlo_layout(type_text: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+def hlo_layout(type_text: str
+               ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
   """``(dims, minor-to-major layout)`` of the first array type in HLO text
   (``f32[8,64]{0,1}`` -> ``((8, 64), (0, 1))``; layout ``None`` if absent).
   """

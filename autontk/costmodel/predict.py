@@ -89,10 +89,17 @@ class RooflinePredictor:
     c = self.constants
     return (f"roofline ({'max' if self.overlap else 'sum'}; "
             f"{c.flops_per_s / 1e9:.3g} GFLOP/s, {c.bytes_per_s / 1e9:.3g} "
-            f"GB/s, call {c.call_overhead_s * 1e6:.3g} µs, kernel "
+            f"GB/s{_strided(c)}, call {c.call_overhead_s * 1e6:.3g} µs, "
+            f"kernel "
             f"{c.kernel_s * 1e6:.3g} µs, iteration "
             f"{c.loop_iteration_s * 1e6:.3g} µs) on "
             f"{c.platform}:{c.device_kind}")
+
+
+def _strided(c: device_lib.DeviceConstants) -> str:
+  if not c.strided_bytes_per_s:
+    return ""
+  return f" ({c.strided_bytes_per_s / 1e9:.3g} GB/s strided)"
 
 
 def default_predictor(device: Any = None) -> RooflinePredictor:
