@@ -52,20 +52,23 @@ def _row(case: dict[str, Any], before: dict[str, Any] | None) -> str:
   short = regret_unseen.SHORT
   cells = [case["name"]] + [regret_unseen._ms(r.get(m)) for m in short]
   cells += ["/".join(_predicted_ms(case, m) for m in short),
-            regret_unseen._plan(r.get("auto", {})), _x(case.get("regret"))]
+            regret_unseen._plan(r.get("auto", {})), _x(case.get("regret")),
+            _x(case.get("regret_choice"))]
   if before is not None:
     b = before.get("results", {})
     cells += ["/".join(_predicted_ms(before, m) for m in short),
               regret_unseen._plan(b.get("auto", {})),
-              _x(before.get("regret"))]
+              _x(before.get("regret")), _x(before.get("regret_choice"))]
   return "| " + " | ".join(cells) + " |"
 
 
 def _summary_line(label: str, res: dict[str, Any]) -> str:
-  s = (res.get("summary") or {}).get("regret") or {}
+  s = res.get("summary") or {}
+  r, c = s.get("regret") or {}, s.get("regret_choice") or {}
   return (f"* {label}: auto's regret (cost model alone) geomean "
-          f"{_x(s.get('geomean'))}, worst {_x(s.get('worst'))} over "
-          f"{s.get('n', 0)} models")
+          f"{_x(r.get('geomean'))}, worst {_x(r.get('worst'))} over "
+          f"{r.get('n', 0)} models; its choice alone geomean "
+          f"{_x(c.get('geomean'))}, worst {_x(c.get('worst'))}")
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -73,10 +76,10 @@ def markdown(res: dict[str, Any]) -> str:
   base = res.get("baseline")
   before = {c["name"]: c for c in (base or {}).get("cases", [])}
   head = ["model", "JC ms", "NTVP ms", "SD ms", "predicted ms JC/NTVP/SD",
-          "auto plan", "regret"]
+          "auto plan", "regret", "choice"]
   if base:
     head += ["before: predicted ms JC/NTVP/SD", "before: auto plan",
-             "before: regret"]
+             "before: regret", "before: choice"]
   lines = ["### Auto's regret on models with scanned blocks "
            "(`scanned_regret`)", "", _summary_line("this tree", res)]
   if base:
@@ -89,7 +92,8 @@ def markdown(res: dict[str, Any]) -> str:
       f"{load[0]:.1f}); times are medians of interleaved calls in one "
       "process, so the regret (median(auto) / median(fastest explicit "
       "method)) is a ratio taken under the same load, in each tree's own "
-      "process. The times shown are this tree's; the predicted times are "
+      "process; `choice` is the chosen method's own `ntk` over the "
+      "fastest (the choice alone, without auto's executable). The times shown are this tree's; the predicted times are "
       "each tree's cost model on the same device constants."
       if load else "", "",
       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -207,14 +207,14 @@ def test_scanned_zoo_kernels_match_reference():
 
 def test_scanned_regret_table_has_before_and_after():
   from bench import scanned_regret
-  case = {"name": "m", "regret": 1.1, "results": {
+  case = {"name": "m", "regret": 1.1, "regret_choice": 1.0, "results": {
       "jacobian_contraction": {"median_s": 2e-3},
       "ntk_vector_products": {"median_s": 3e-3},
       "structured_derivatives": {"median_s": 1e-3},
       "auto": {"median_s": 1.1e-3, "plan": "structured_derivatives",
                "plan_method": "structured_derivatives"}},
       "predicted": {"structured_derivatives": {"predicted_s": 1e-3}}}
-  before = dict(case, regret=2.0, results=dict(
+  before = dict(case, regret=2.0, regret_choice=2.0, results=dict(
       case["results"], auto={"plan": "jacobian_contraction",
                              "plan_method": "jacobian_contraction"}))
   res = {"cases": [case], "load_start": [1.0, 1.0, 1.0],
@@ -224,5 +224,5 @@ def test_scanned_regret_table_has_before_and_after():
          "baseline_path": "before"}
   text = scanned_regret.markdown(res)
   row = next(l for l in text.splitlines() if l.startswith("| m |"))
-  assert "| SD | 1.10 |" in row and row.endswith("| JC | 2.00 |")
+  assert "| SD | 1.10 | 1.00 |" in row and row.endswith("| JC | 2.00 | 2.00 |")
   assert "worst 2.00" in text and "worst 1.10" in text

@@ -1,14 +1,15 @@
 """Per-device constants for the time predictor, measured once and stored.
 
 A short micro-benchmark (a few seconds) measures, on the current default
-device: dense matmul throughput (FLOP/s), streaming and cache-resident
-memory bandwidth (bytes/s), grouped and depthwise convolution throughput,
-and the launch
+device: dense matmul throughput (FLOP/s), streaming, cache-resident and
+strided (a transpose that moves the minor dimension) memory bandwidth
+(bytes/s), grouped and depthwise convolution throughput, and the launch
 terms: the overhead of one jitted call, of one kernel (a fusion, a custom
 call: see :mod:`~autontk.costmodel.ops`) and of one loop iteration beyond
 its kernels. The launch terms come from a least-squares fit over small
-programs whose kernels and loop iterations are counted from their compiled
-text, exactly as the cost model counts them in real programs.
+programs, scanned bodies of several contractions per iteration among them,
+whose kernels and loop iterations are counted from their compiled text,
+exactly as the cost model counts them in real programs.
 
 The result is stored as JSON, keyed by platform, device kind and jax
 version, in two places: the autontk cache directory
