@@ -93,8 +93,9 @@ def markdown(res: dict[str, Any]) -> str:
       "process, so the regret (median(auto) / median(fastest explicit "
       "method)) is a ratio taken under the same load, in each tree's own "
       "process; `choice` is the chosen method's own `ntk` over the "
-      "fastest (the choice alone, without auto's executable). The times shown are this tree's; the predicted times are "
-      "each tree's cost model on the same device constants."
+      "fastest (the choice alone, without auto's executable). The times "
+      "shown are this tree's; the predicted times are each tree's cost "
+      "model on the same device constants."
       if load else "", "",
       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for case in res.get("cases", []):
