@@ -214,7 +214,7 @@ class LoopTerms:
     resident_bytes: the part of ``kernel_bytes`` moved by kernels that
       move at most :data:`ops.RESIDENT_BYTES` each (cache-resident).
     strided_bytes: the part of ``kernel_bytes`` moved by transposes that
-      change the minor (contiguous) dimension (:func:`ops.is_strided`),
+      change the minor (contiguous) dimension (:func:`ops.moves_minor`),
       not counted in ``resident_bytes``.
   """
 
@@ -350,7 +350,6 @@ _CALLS = re.compile(r"calls=%?([^\s,}]+)")
 _LHS_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
 _DIM_LABELS = re.compile(r"dim_labels=\w+_(\w+)->")
 _PERMUTATION = re.compile(r"dimensions=\{([0-9,]*)\}")
-_PARAMETER = re.compile(r"parameter\((\d+)\)")
 
 
 def kernel_traffic(inst: loop_counts.Instruction, insts, comps
