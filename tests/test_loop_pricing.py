@@ -94,25 +94,35 @@ def test_moves_minor(dims, perm, layouts, strided):
   assert ops.moves_minor(dims, perm, *layouts) == strided
 
 
+BIG = 2**19  # floats: 4 MB of traffic copied, past a core's caches
+assert 8 * BIG > ops.STRIDED_BYTES
+
+
 def test_strided_bytes_of_transposes_lowered_and_compiled():
-  x = jnp.ones((256, 128))
+  x = jax.ShapeDtypeStruct((1024, BIG // 1024), jnp.float32)
   for fn, strided in ((lambda a: a.T + 1.0, True),
                       (lambda a: a * 2.0 + 1.0, False),
-                      (lambda a: a.reshape(16, 16, 128).transpose(1, 0, 2)
+                      (lambda a: a.reshape(32, 32, -1).transpose(1, 0, 2)
                        + 1.0, False)):
     for f in _features(fn, x):
       if strided:
-        assert f.strided_bytes == pytest.approx(2 * x.nbytes, rel=0.05)
+        assert f.strided_bytes == pytest.approx(8 * BIG, rel=0.05)
       else:
         assert f.strided_bytes == 0.0
 
 
+def test_a_small_transpose_is_cache_resident():
+  for f in _features(lambda a: a.T + 1.0, jnp.ones((128, 128))):
+    assert f.strided_bytes == 0.0
+    assert f.resident_bytes == pytest.approx(f.bytes_accessed)
+
+
 def test_strided_bytes_inside_a_loop_count_every_iteration():
-  xs = jnp.ones((5, 64, 32))
+  xs = jax.ShapeDtypeStruct((5, 1024, BIG // 1024), jnp.float32)
   scanned = lambda xs: lax.scan(lambda c, x: (c + x.T.sum(), x.T * 2.0),
                                 0.0, xs)[1]
   _, comp = _features(scanned, xs)
-  assert comp.strided_bytes >= 5 * 2 * 64 * 32 * 4
+  assert comp.strided_bytes >= 5 * 8 * BIG
 
 
 def test_roofline_charges_strided_bytes_at_their_bandwidth():
@@ -129,7 +139,7 @@ def test_roofline_charges_strided_bytes_at_their_bandwidth():
 
 
 def test_probe_measures_the_strided_bandwidth_and_scanned_bodies():
-  assert device.measure_strided_bandwidth(size=256) > 0
+  assert device.measure_strided_bandwidth(rows=200) > 0
   assert "strided_bytes_per_s" in device.missing({})
   scans = 0
   for fn, args, flops in device._launch_programs():

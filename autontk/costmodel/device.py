@@ -141,7 +141,7 @@ def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
     bandwidth = 2.0 * v.nbytes / _best_time(lambda: axpy(v))
 
     grouped, depthwise = _conv_rates()
-    strided = measure_strided_bandwidth(device, 1 << (11 if cpu else 13))
+    strided = measure_strided_bandwidth(device, 1000 if cpu else 4000)
   launch = measure_launch(device, flops)
   return DeviceConstants(
       flops, bandwidth, launch["call_overhead_s"], launch["loop_iteration_s"],
@@ -149,16 +149,19 @@ def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
       launch["kernel_s"], measure_resident_bandwidth(device), strided)
 
 
-def measure_strided_bandwidth(device: Any = None, size: int = 2048) -> float:
+def measure_strided_bandwidth(device: Any = None, rows: int = 1000) -> float:
   """Bytes/s of a transpose that changes the minor dimension.
 
-  A ``size/2 × size`` float32 matrix transposed (16 MB of traffic on a CPU,
-  past its caches): what the copies of a Jacobian stacked over a scan's
-  steps, moved batch-major, do.
+  A ``rows × 2 rows`` float32 matrix transposed (16 MB of traffic on a CPU,
+  past a core's private caches, :data:`ops.STRIDED_BYTES`): what the copies
+  of a Jacobian stacked over a scan's steps, moved batch-major, do. The
+  rows are not a power of two: a power-of-two stride also conflicts in the
+  cache's sets and runs several times slower still, a worst case rather
+  than the typical one.
   """
   device = device or jax.devices()[0]
   with jax.default_device(device):
-    a = jnp.ones((size // 2, size), jnp.float32)
+    a = jnp.ones((rows, 2 * rows), jnp.float32)
     transpose = jax.jit(lambda x: x.T + 1.0)
     seconds = _best_time(lambda: transpose(a))
   return 2.0 * a.nbytes / seconds

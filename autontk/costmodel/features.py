@@ -77,7 +77,8 @@ class CostFeatures:
       :data:`~autontk.costmodel.ops.RESIDENT_BYTES` each).
     strided_bytes: the part of ``bytes_accessed`` moved by transposes that
       change the minor dimension (strided reads or writes,
-      :func:`~autontk.costmodel.ops.moves_minor`); not part of
+      :func:`~autontk.costmodel.ops.moves_minor`) in kernels moving more
+      than :data:`~autontk.costmodel.ops.STRIDED_BYTES`; not part of
       ``resident_bytes``.
     kernels: kernels the programs launch per evaluation, each loop body
       counted as often as it runs (a fusion, a custom call, a copy: see

@@ -214,8 +214,9 @@ class LoopTerms:
     resident_bytes: the part of ``kernel_bytes`` moved by kernels that
       move at most :data:`ops.RESIDENT_BYTES` each (cache-resident).
     strided_bytes: the part of ``kernel_bytes`` moved by transposes that
-      change the minor (contiguous) dimension (:func:`ops.moves_minor`),
-      not counted in ``resident_bytes``.
+      change the minor (contiguous) dimension (:func:`ops.moves_minor`) in
+      kernels moving more than :data:`ops.STRIDED_BYTES`; not part of
+      ``resident_bytes``.
   """
 
   kernels: float = 0.0
@@ -275,6 +276,13 @@ class _Moved:
 
   def add(self, kernel_bytes: float, times: float,
           strided: float = 0.0) -> None:
+    """A kernel's bytes, run ``times`` times; ``strided`` of them strided.
+
+    A transpose within a core's private cache (:data:`ops.STRIDED_BYTES`)
+    costs about what a copy does: it is charged as any kernel of its size.
+    """
+    if kernel_bytes <= ops.STRIDED_BYTES:
+      strided = 0.0
     self.total += kernel_bytes * times
     self.strided += strided * times
     if kernel_bytes <= ops.RESIDENT_BYTES:

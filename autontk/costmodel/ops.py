@@ -75,6 +75,14 @@ the cache: its traffic is charged at the device's cache-resident bandwidth
 larger ones at streaming bandwidth."""
 
 
+STRIDED_BYTES = 2**20
+"""A kernel that transposes the minor dimension (:func:`moves_minor`) and
+moves more than this many bytes strides past the core's private caches:
+its traffic is charged at the device's strided bandwidth
+(:attr:`~autontk.costmodel.device.DeviceConstants.strided_bytes_per_s`);
+a smaller one as any other kernel of its size."""
+
+
 def normalise(opcode: str) -> str:
   """``"stablehlo.log_plus_one"`` and ``"log-plus-one"`` -> the HLO name."""
   name = opcode.rsplit(".", 1)[-1].replace("_", "-")
