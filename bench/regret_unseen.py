@@ -46,12 +46,15 @@ from autontk.costmodel import device
 from bench import timing
 from bench.config import RunConfig
 from bench.zoo import functions as zoo
+from bench.zoo import scanned
 
 EXPLICIT = ("jacobian_contraction", "ntk_vector_products",
             "structured_derivatives")
 SHORT = {"jacobian_contraction": "JC", "ntk_vector_products": "NTVP",
          "structured_derivatives": "SD"}
 CONSTANTS = "device_constants.json"
+ZOOS = {"unseen": zoo.UNSEEN, "scanned": scanned.SCANNED}
+"""The model registries a run can measure (``zoo`` in its configuration)."""
 
 
 def _load() -> tuple[float, float, float]:
@@ -77,9 +80,10 @@ def _warm_up() -> None:
     _block(autontk.ntk_fn(f, vmap_axes=0, implementation=impl)(x, None, p))
 
 
-def first_call(name: str, implementation: str) -> dict[str, Any]:
+def first_call(name: str, implementation: str,
+               models: str = "unseen") -> dict[str, Any]:
   """The first call of ``ntk`` for one implementation, in this process."""
-  m = zoo.UNSEEN[name]()
+  m = ZOOS[models][name]()
   _warm_up()
   ntk = _ntk(m, implementation)
   gc.collect()
@@ -108,7 +112,8 @@ def _predictions(ntk, m) -> dict[str, Any]:
           "predicted_s": e.predicted_time, "source": e.source,
           "flops": f.flops, "bytes_accessed": f.bytes_accessed,
           "kernels": getattr(f, "kernels", None),
-          "loop_iterations": getattr(f, "inner_loop_iterations", None)}
+          "loop_iterations": getattr(f, "inner_loop_iterations", None),
+          "strided_bytes": getattr(f, "strided_bytes", None)}
   out["predictor"] = report.predictor
   return out
 
@@ -124,17 +129,19 @@ def _paired(times: dict[str, list[float]], key: str) -> float | None:
   return statistics.median(a / b for a, b in zip(times[key], times[best]))
 
 
-def steady(name: str, budget_s: float, tune_budget_s: float
-           ) -> dict[str, Any]:
-  """Every explicit method, auto and tuned auto, warm and interleaved."""
-  m = zoo.UNSEEN[name]()
+def steady(name: str, budget_s: float, tune_budget_s: float,
+           models: str = "unseen") -> dict[str, Any]:
+  """Every explicit method, auto and (with a tuning budget) tuned auto,
+  warm and interleaved."""
+  m = ZOOS[models][name]()
   args = (m.x1, m.x2, m.params)
   fns = {impl: _ntk(m, impl) for impl in EXPLICIT}
   fns["auto"] = _ntk(m, "auto")
-  tuned_cache = autontk.PlanCache(tempfile.mkdtemp(prefix="autontk-tuned-"))
-  fns["auto_tuned"] = _ntk(
-      m, "auto", plan_cache=tuned_cache,
-      tune=autontk.TuneOptions(budget_s=tune_budget_s, progress=False))
+  if tune_budget_s:
+    tuned_cache = autontk.PlanCache(tempfile.mkdtemp(prefix="autontk-tuned-"))
+    fns["auto_tuned"] = _ntk(
+        m, "auto", plan_cache=tuned_cache,
+        tune=autontk.TuneOptions(budget_s=tune_budget_s, progress=False))
   recs: dict[str, Any] = {}
   kernels: dict[str, Any] = {}
   for k, fn in fns.items():
@@ -173,17 +180,19 @@ def steady(name: str, budget_s: float, tune_budget_s: float
 def _child(mode: str, name: str, out: str, cfg: dict[str, Any],
            constants: str | None, log) -> dict[str, Any]:
   """Runs one measurement in a fresh process with a fresh cache directory
-  (device constants copied in)."""
+  (device constants copied in); ``cfg["autontk"]``, if set, is a folder
+  holding another ``autontk`` package to measure in its place."""
   cache = tempfile.mkdtemp(prefix="autontk-unseen-")
   if constants and os.path.exists(constants):
     shutil.copy(constants, os.path.join(cache, CONSTANTS))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   # The repository comes after any PYTHONPATH given (which may point at
   # another autontk to measure), and the process runs outside it.
+  paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
   env = {**os.environ, "AUTONTK_CACHE_DIR": cache, "AUTONTK_JAX_CACHE": "0",
          "PYTHONPATH": os.pathsep.join(
-             [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-              if p] + [root])}
+             ([cfg["autontk"]] if cfg.get("autontk") else []) + paths +
+             [root])}
   cmd = [sys.executable, "-m", "bench.regret_unseen", mode, name, out,
          json.dumps(cfg)]
   try:
@@ -208,6 +217,10 @@ def run_model(name: str, cfg: dict[str, Any], constants: str | None,
   case: dict[str, Any] = {"name": name}
   path = lambda mode: os.path.join(work, f"{name}.{mode}.json")
   case.update(_child("steady", name, path("steady"), cfg, constants, log))
+  if not cfg.get("first_calls", True):
+    summarise_case(case)
+    log(f"  {name}: " + describe_case(case))
+    return case
   first = _child("first", name, path("first-auto"),
                  dict(cfg, implementation="auto"), constants, log)
   case["first_auto"] = first
@@ -270,14 +283,26 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(cfg: RunConfig, log=print) -> dict[str, Any]:
   """Runs the suite (each model in fresh processes); returns its JSON."""
+  return run_models(cfg, {"budget_s": 5.0 if cfg.quick else 10.0,
+                          "tune_budget_s": 10.0 if cfg.quick else 40.0},
+                    log)
+
+
+def run_models(cfg: RunConfig, child_cfg: dict[str, Any],
+               log=print) -> dict[str, Any]:
+  """Measures every selected model of ``ZOOS[child_cfg.get("zoo",
+  "unseen")]`` in fresh processes.
+
+  ``child_cfg``: ``budget_s`` (timing per model), ``tune_budget_s`` (0: no
+  tuned auto), optional ``zoo``, ``first_calls`` (default true) and
+  ``autontk`` (a folder holding another ``autontk`` package to measure).
+  """
   device.constants()  # measured once here, copied into every child's cache
   constants = str(_paths.cache_directory() / CONSTANTS)
-  child_cfg = {"budget_s": 5.0 if cfg.quick else 10.0,
-               "tune_budget_s": 10.0 if cfg.quick else 40.0}
   work = tempfile.mkdtemp(prefix="autontk-unseen-work-")
   res: dict[str, Any] = {"config": child_cfg, "load_start": _load(),
                          "cases": []}
-  for name, make in zoo.UNSEEN.items():
+  for name, make in ZOOS[child_cfg.get("zoo", "unseen")].items():
     if not cfg.selected(name):
       continue
     try:
@@ -299,8 +324,10 @@ def run(cfg: RunConfig, log=print) -> dict[str, Any]:
 def _worker(argv: list[str]) -> None:
   """A fresh process's measurement: ``steady|first MODEL OUT CONFIG``."""
   mode, name, out, cfg = argv[0], argv[1], argv[2], json.loads(argv[3])
-  rec = (steady(name, cfg["budget_s"], cfg["tune_budget_s"])
-         if mode == "steady" else first_call(name, cfg["implementation"]))
+  models = cfg.get("zoo", "unseen")
+  rec = (steady(name, cfg["budget_s"], cfg["tune_budget_s"], models)
+         if mode == "steady" else
+         first_call(name, cfg["implementation"], models))
   with open(out, "w") as fh:
     json.dump(rec, fh, indent=1, default=str)
 

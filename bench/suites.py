@@ -18,8 +18,8 @@ from typing import Any, Callable
 from bench import (compare, diagnostics_accuracy, diagnostics_large, kernels,
                    overhead,
                    plancache, precision, predict_large, predict_parity,
-                   predict_routes, report, regret_unseen, stacked, tiled,
-                   tuned_regret)
+                   predict_routes, report, regret_unseen, scanned_regret,
+                   stacked, tiled, tuned_regret)
 from bench.config import RunConfig
 
 Result = dict[str, Any]
@@ -57,6 +57,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("regret_unseen", "auto's regret and first-call cost on models it "
           "was not tuned on, called as users call them", regret_unseen.run,
           regret_unseen.markdown),
+    Suite("scanned_regret", "auto's regret (cost model alone) on unseen "
+          "models whose blocks are scanned over layers, before and after",
+          scanned_regret.run, scanned_regret.markdown),
     Suite("tuned_regret", "auto with tuning against the fastest explicit "
           "method on the library's bundled model suite", tuned_regret.run,
           tuned_regret.markdown),

@@ -201,3 +201,44 @@ def test_diagnostics_large_table():
   text = diagnostics_large.markdown(res)
   assert "| kernel distance | conv | 0.1 | 0.01 | 3.0 |" in text
   assert "1.49 GiB" in text and "10.0 min" in text
+
+
+@pytest.mark.slow
+def test_scanned_zoo_kernels_match_reference():
+  """Each scanned model's NTK by structured derivatives equals the float64
+  reference on a small slice of its batch."""
+  import autontk
+  from bench.zoo import scanned
+  for name, make in scanned.SCANNED.items():
+    m = make()
+    x1, x2 = m.x1[:2], m.x2[:3]
+    got = autontk.ntk_fn(m.f, trace_axes=m.trace_axes, vmap_axes=m.vmap_axes,
+                         implementation="structured_derivatives")(
+                             x1, x2, m.params)
+    want = reference_ntk(m.f, m.params, x1, x2, m.trace_axes)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(got, np.float64), want,
+                               atol=2e-4 * scale, err_msg=name)
+
+
+def test_scanned_regret_table_has_before_and_after():
+  from bench import scanned_regret
+  case = {"name": "m", "regret": 1.1, "regret_choice": 1.0, "results": {
+      "jacobian_contraction": {"median_s": 2e-3},
+      "ntk_vector_products": {"median_s": 3e-3},
+      "structured_derivatives": {"median_s": 1e-3},
+      "auto": {"median_s": 1.1e-3, "plan": "structured_derivatives",
+               "plan_method": "structured_derivatives"}},
+      "predicted": {"structured_derivatives": {"predicted_s": 1e-3}}}
+  before = dict(case, regret=2.0, regret_choice=2.0, results=dict(
+      case["results"], auto={"plan": "jacobian_contraction",
+                             "plan_method": "jacobian_contraction"}))
+  res = {"cases": [case], "load_start": [1.0, 1.0, 1.0],
+         "summary": {"regret": {"geomean": 1.1, "worst": 1.1, "n": 1}},
+         "baseline": {"cases": [before], "summary": {
+             "regret": {"geomean": 2.0, "worst": 2.0, "n": 1}}},
+         "baseline_path": "before"}
+  text = scanned_regret.markdown(res)
+  row = next(l for l in text.splitlines() if l.startswith("| m |"))
+  assert "| SD | 1.10 | 1.00 |" in row and row.endswith("| JC | 2.00 | 2.00 |")
+  assert "worst 2.00" in text and "worst 1.10" in text

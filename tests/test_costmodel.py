@@ -356,7 +356,7 @@ def test_measure_launch_gives_plausible_numbers():
   assert 0 < launch["call_overhead_s"] < 0.1
   assert 0 < launch["kernel_s"] < 1e-3
   assert 0 <= launch["loop_iteration_s"] < 1e-3
-  for fn, args in device._launch_programs():
+  for fn, args, _ in device._launch_programs():
     kernels, _ = device.count_launches(jax.jit(fn).lower(*args).compile())
     assert kernels >= 1
 

@@ -272,6 +272,30 @@ def test_runner_up_compiled_only_when_it_pays_back(seconds, payback,
   assert report.chosen_estimate.compile_time is not None
 
 
+class _CompileRevealsCost:
+  """Jacobian contraction looks cheapest lowered; its compiled program
+  (exact memory) shows a large cost the lowered one hid."""
+
+  def predict(self, features):
+    if features.method == "jacobian_contraction":
+      return 1.0 if features.peak_memory_exact else 1e-7
+    return {"structured_derivatives": 2e-7}.get(features.method, 3e-7)
+
+
+def test_runner_up_below_the_compiled_leader_is_compiled():
+  """A runner-up predicted faster than what the leader's compile showed is
+  compiled and chosen, however short the kernels (no payback needed)."""
+  ntk = autontk.ntk_fn(F, vmap_axes=0, chunking=False,
+                       predictor=_CompileRevealsCost(), payback_calls=100)
+  report = _plan_report(ntk, X, PARAMS)
+  compiled = {e.plan.implementation for e in report.estimates
+              if e.compile_time is not None}
+  assert compiled == {Implementation.JACOBIAN_CONTRACTION,
+                      Implementation.STRUCTURED_DERIVATIVES}
+  assert report.chosen == autontk.Plan(
+      Implementation.STRUCTURED_DERIVATIVES)
+
+
 def test_payback_calls_is_validated():
   with pytest.raises(ValueError, match="payback_calls"):
     autontk.ntk_fn(F, payback_calls=-1)

@@ -11,10 +11,11 @@ For one call signature :meth:`Planner.plan_call`
    variants only when no unchunked plan fits the memory budget (or a full
    report is asked for);
 3. **compiles a shortlist**: the fastest predicted candidate, and the
-   runner-up only when its prediction is within ``close_call`` of the
-   fastest and a second compile can pay for itself (``payback_calls``), to
-   read exact peak memory and fused byte counts. The compile is the one the
-   call then runs, so the chosen plan is not compiled twice;
+   runner-up when its prediction is below the compiled leader's, or within
+   ``close_call`` of the fastest where a second compile can pay for itself
+   (``payback_calls``), to read exact peak memory and fused byte counts.
+   The compile is the one the call then runs, so the chosen plan is not
+   compiled twice;
 4. **chooses** the compiled feasible candidate with the least predicted time.
 
 The planner holds no memo: :class:`~autontk.auto.cached.AutoPlanner`
@@ -365,9 +366,11 @@ class Planner:
     Candidates whose lowered memory estimate fits come first; the others
     (the estimate is rough) follow, fastest first, until ``shortlist``
     candidates are confirmed feasible or ``shortlist + 4`` compiles are
-    spent. Once one is confirmed, a runner-up is compiled only if it is a
-    close call (``close_call``) and the leader runs long enough for a second
-    compile to pay back (``payback_calls``).
+    spent. Once one is confirmed, a runner-up is compiled only if its
+    prediction is below the confirmed ones' (the compile showed costs the
+    lowered program hides, such as the layout copies XLA adds), or if it is
+    a close call (``close_call``) and the leader runs long enough for a
+    second compile to pay back (``payback_calls``).
     """
     ranked = sorted((e for e in ests.values() if e.estimated and
                      e.compile_time is None and not (
@@ -380,7 +383,8 @@ class Planner:
       if (len(confirmed) >= self.options.shortlist or
           attempts >= self.options.shortlist + 4):
         break
-      if leader is not None and (
+      best = min((c.predicted_time for c in confirmed), default=None)
+      if leader is not None and not e.predicted_time < best and (
           e.predicted_time > self.options.close_call * leader[0] or
           not self._pays_back(leader[1])):
         break

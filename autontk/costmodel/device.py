@@ -1,14 +1,15 @@
 """Per-device constants for the time predictor, measured once and stored.
 
 A short micro-benchmark (a few seconds) measures, on the current default
-device: dense matmul throughput (FLOP/s), streaming and cache-resident
-memory bandwidth (bytes/s), grouped and depthwise convolution throughput,
-and the launch
+device: dense matmul throughput (FLOP/s), streaming, cache-resident and
+strided (a transpose that moves the minor dimension) memory bandwidth
+(bytes/s), grouped and depthwise convolution throughput, and the launch
 terms: the overhead of one jitted call, of one kernel (a fusion, a custom
 call: see :mod:`~autontk.costmodel.ops`) and of one loop iteration beyond
 its kernels. The launch terms come from a least-squares fit over small
-programs whose kernels and loop iterations are counted from their compiled
-text, exactly as the cost model counts them in real programs.
+programs, scanned bodies of several contractions per iteration among them,
+whose kernels and loop iterations are counted from their compiled text,
+exactly as the cost model counts them in real programs.
 
 The result is stored as JSON, keyed by platform, device kind and jax
 version, in two places: the autontk cache directory
@@ -61,6 +62,9 @@ class DeviceConstants:
     resident_bytes_per_s: bandwidth of a kernel whose traffic fits in the
       cache (:data:`~autontk.costmodel.ops.RESIDENT_BYTES`); ``None``:
       ``bytes_per_s``.
+    strided_bytes_per_s: bandwidth of a transpose that changes the minor
+      dimension (:func:`~autontk.costmodel.ops.moves_minor`); ``None``:
+      ``bytes_per_s``.
   """
 
   flops_per_s: float
@@ -73,6 +77,7 @@ class DeviceConstants:
   depthwise_conv_flops_per_s: float | None = None
   kernel_s: float = 0.0
   resident_bytes_per_s: float | None = None
+  strided_bytes_per_s: float | None = None
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -136,11 +141,30 @@ def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
     bandwidth = 2.0 * v.nbytes / _best_time(lambda: axpy(v))
 
     grouped, depthwise = _conv_rates()
-  launch = measure_launch(device)
+    strided = measure_strided_bandwidth(device, 1000 if cpu else 4000)
+  launch = measure_launch(device, flops)
   return DeviceConstants(
       flops, bandwidth, launch["call_overhead_s"], launch["loop_iteration_s"],
       device.device_kind, device.platform, grouped, depthwise,
-      launch["kernel_s"], measure_resident_bandwidth(device))
+      launch["kernel_s"], measure_resident_bandwidth(device), strided)
+
+
+def measure_strided_bandwidth(device: Any = None, rows: int = 1000) -> float:
+  """Bytes/s of a transpose that changes the minor dimension.
+
+  A ``rows × 2 rows`` float32 matrix transposed (16 MB of traffic on a CPU,
+  past a core's private caches, :data:`ops.STRIDED_BYTES`): what the copies
+  of a Jacobian stacked over a scan's steps, moved batch-major, do. The
+  rows are not a power of two: a power-of-two stride also conflicts in the
+  cache's sets and runs several times slower still, a worst case rather
+  than the typical one.
+  """
+  device = device or jax.devices()[0]
+  with jax.default_device(device):
+    a = jnp.ones((rows, 2 * rows), jnp.float32)
+    transpose = jax.jit(lambda x: x.T + 1.0)
+    seconds = _best_time(lambda: transpose(a))
+  return 2.0 * a.nbytes / seconds
 
 
 def measure_resident_bandwidth(device: Any = None) -> float:
@@ -169,12 +193,17 @@ def count_launches(compiled: Any) -> tuple[float, float]:
   return kernels, structure.loop_iterations
 
 
-def _launch_programs() -> list[tuple[Callable, tuple]]:
-  """Tiny programs that differ in kernels and loop iterations.
+def _launch_programs() -> list[tuple[Callable, tuple, float]]:
+  """Programs that differ in kernels and loop iterations, with their FLOPs.
 
-  Each step is an 8×8 matmul and a ``tanh``: too small for FLOPs or bytes
-  to matter, not fusable into one kernel, and (unlike 4×4 steps) not
-  compiled by XLA:CPU into one function per loop.
+  Tiny ones first: each step an 8×8 matmul and a ``tanh``, too small for
+  FLOPs or bytes to matter, not fusable into one kernel, and (unlike 4×4
+  steps) not compiled by XLA:CPU into one function per loop; in a chain or
+  in a ``fori_loop``. Then the shape of scanned layers: a ``lax.scan`` over
+  stacked weights with several 32×64 by 64×64 contractions per iteration
+  (each step slices its weights out of the stack), and the same layers
+  unrolled, so that what an iteration costs beyond its kernels is told
+  apart from what the kernels cost.
   """
   w = jnp.full((8, 8), 0.1, jnp.float32)
   x = jnp.ones((8, 8), jnp.float32)
@@ -191,27 +220,51 @@ def _launch_programs() -> list[tuple[Callable, tuple]]:
       return jax.lax.fori_loop(0, trips, lambda i, x: chain(k)(x, w), x)
     return f
 
-  return [(fn, (x, w)) for fn in (chain(1), chain(16), chain(64),
-                                  loop(256, 1), loop(128, 4), loop(32, 16))]
+  def layers(h, ws):
+    for j in range(ws.shape[0]):
+      h = jnp.tanh(h @ ws[j])
+    return h
+
+  def scanned(x, ws):
+    return jax.lax.scan(lambda h, w: (layers(h, w), None), x, ws)[0]
+
+  def unrolled(x, ws):
+    return layers(x, ws.reshape(-1, *ws.shape[2:]))
+
+  tiny = [(fn, (x, w), 0.0) for fn in (
+      chain(1), chain(16), chain(64), loop(256, 1), loop(128, 4),
+      loop(32, 16))]
+  h = jnp.ones((32, 64), jnp.float32)
+  stacked = []
+  for trips, k in ((32, 4), (8, 4), (16, 8)):
+    ws = jnp.full((trips, k, 64, 64), 0.01, jnp.float32)
+    flops = 2.0 * 32 * 64 * 64 * trips * k
+    stacked += [(scanned, (h, ws), flops), (unrolled, (h, ws), flops)]
+  return tiny + stacked
 
 
-def measure_launch(device: Any = None) -> dict[str, float]:
+def measure_launch(device: Any = None,
+                   flops_per_s: float | None = None) -> dict[str, float]:
   """The launch terms: ``call_overhead_s``, ``kernel_s``, ``loop_iteration_s``.
 
   Each program of :func:`_launch_programs` is compiled, its kernels and
   loop iterations counted from its text, and timed (best of several);
-  ``time = call + kernels × kernel + iterations × iteration`` is fitted by
-  least squares over them (negative terms clamped to zero).
+  ``time - FLOPs / flops_per_s = call + kernels × kernel + iterations ×
+  iteration`` is fitted by least squares over them (negative terms clamped
+  to zero). The iteration term is what a loop iteration costs beyond the
+  kernels it launches: stepping the loop, and the slices and updates of
+  the stacked arrays it reads and writes.
   """
   device = device or jax.devices()[0]
-  rows, times = [], []
+  rows, times, launch = [], [], []
   with jax.default_device(device):
-    for fn, args in _launch_programs():
+    for fn, args, flops in _launch_programs():
       compiled = jax.jit(fn).lower(*args).compile()
       kernels, iterations = count_launches(compiled)
       rows.append([1.0, kernels, iterations])
       times.append(_best_time(lambda: compiled(*args), repeats=30))
-  coef = np.linalg.lstsq(np.asarray(rows), np.asarray(times), rcond=None)[0]
+      launch.append(times[-1] - (flops / flops_per_s if flops_per_s else 0.0))
+  coef = np.linalg.lstsq(np.asarray(rows), np.asarray(launch), rcond=None)[0]
   call, kernel, iteration = (max(float(c), 0.0) for c in coef)
   if call == 0.0:  # a fit that sent the fixed cost below zero: the least
     call = float(min(times))  # time of any program bounds it

@@ -75,6 +75,11 @@ class CostFeatures:
     resident_bytes: the part of ``bytes_accessed`` moved by kernels small
       enough to work from the cache (at most
       :data:`~autontk.costmodel.ops.RESIDENT_BYTES` each).
+    strided_bytes: the part of ``bytes_accessed`` moved by transposes that
+      change the minor dimension (strided reads or writes,
+      :func:`~autontk.costmodel.ops.moves_minor`) in kernels moving more
+      than :data:`~autontk.costmodel.ops.STRIDED_BYTES`; not part of
+      ``resident_bytes``.
     kernels: kernels the programs launch per evaluation, each loop body
       counted as often as it runs (a fusion, a custom call, a copy: see
       :mod:`~autontk.costmodel.ops`); estimated before fusion for a lowered
@@ -103,6 +108,7 @@ class CostFeatures:
   depthwise_conv_flops: float = _field(0.0, "sum", "lowered", vector=True)
   contraction_flops: float = _field(0.0, "sum", "lowered")
   resident_bytes: float = _field(0.0, "sum", "compiled_text", vector=True)
+  strided_bytes: float = _field(0.0, "sum", "compiled_text", vector=True)
   kernels: float = _field(0.0, "sum", "compiled_text", vector=True)
   inner_loop_iterations: float = _field(0.0, "sum", "compiled_text",
                                         vector=True)

@@ -213,6 +213,10 @@ class LoopTerms:
     kernel_bytes: bytes the kernels move, every run included.
     resident_bytes: the part of ``kernel_bytes`` moved by kernels that
       move at most :data:`ops.RESIDENT_BYTES` each (cache-resident).
+    strided_bytes: the part of ``kernel_bytes`` moved by transposes that
+      change the minor (contiguous) dimension (:func:`ops.moves_minor`) in
+      kernels moving more than :data:`ops.STRIDED_BYTES`; not part of
+      ``resident_bytes``.
   """
 
   kernels: float = 0.0
@@ -224,6 +228,7 @@ class LoopTerms:
   unknown_trip_loops: int = 0
   kernel_bytes: float = 0.0
   resident_bytes: float = 0.0
+  strided_bytes: float = 0.0
 
   @property
   def resident_fraction(self) -> float:
@@ -245,7 +250,8 @@ def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
       contractions += op.times * contraction
       grouped, depthwise = grouped + op.times * g, depthwise + op.times * d
     work = _stablehlo_work(op, contraction)
-    moved.add(work.bytes, op.times)
+    moved.add(work.bytes, op.times,
+              work.bytes if _stablehlo_strided(op) else 0.0)
     if not kernel:  # fused into a neighbour: no traffic of its own
       work = dataclasses.replace(work, bytes=0.0)
     kernels += op.times if kernel else 0.0
@@ -256,20 +262,46 @@ def lowered_loop_terms(stablehlo_text: str) -> LoopTerms:
   kernels += 2 * structure.loop_iterations
   return LoopTerms(kernels, structure.loop_iterations, extra, contractions,
                    grouped, depthwise, structure.unknown_trip_loops,
-                   moved.total, moved.resident)
+                   moved.total, moved.resident, moved.strided)
 
 
 @dataclasses.dataclass
 class _Moved:
-  """Bytes moved by kernels, and the cache-resident part of them."""
+  """Bytes moved by kernels; the strided part, and the cache-resident part
+  of the rest."""
 
   total: float = 0.0
   resident: float = 0.0
+  strided: float = 0.0
 
-  def add(self, kernel_bytes: float, times: float) -> None:
+  def add(self, kernel_bytes: float, times: float,
+          strided: float = 0.0) -> None:
+    """A kernel's bytes, run ``times`` times; ``strided`` of them strided.
+
+    A transpose within a core's private cache (:data:`ops.STRIDED_BYTES`)
+    costs about what a copy does: it is charged as any kernel of its size.
+    """
+    if kernel_bytes <= ops.STRIDED_BYTES:
+      strided = 0.0
     self.total += kernel_bytes * times
+    self.strided += strided * times
     if kernel_bytes <= ops.RESIDENT_BYTES:
-      self.resident += kernel_bytes * times
+      self.resident += (kernel_bytes - strided) * times
+
+
+_TRANSPOSE_DIMS = re.compile(r"dims = \[([0-9, ]*)\]")
+
+
+def _stablehlo_strided(op: loop_counts.Op) -> bool:
+  """A ``stablehlo.transpose`` that moves the minor dimension."""
+  if not op.opcode.endswith("transpose"):
+    return False
+  m = _TRANSPOSE_DIMS.search(op.line)
+  operands = ops.stablehlo_tensors(op.line.rpartition(" : ")[2])
+  if m is None or not operands:
+    return False
+  perm = tuple(int(d) for d in m.group(1).split(",") if d.strip())
+  return ops.moves_minor(operands[0].dims, perm)
 
 
 def _stablehlo_work(op: loop_counts.Op, contraction: float) -> ops.Work:
@@ -310,31 +342,109 @@ def compiled_loop_terms(hlo_text: str) -> LoopTerms:
     inst = op.instruction
     if inst is None:
       continue
-    moved.add(_kernel_bytes(inst, insts), op.times)
+    traffic, strided = kernel_traffic(inst, insts, comps)
+    moved.add(traffic, op.times, strided)
     if op.times > 1:
-      extra = extra.plus(_kernel_work(inst, insts, comps).times(op.times - 1))
+      work = _instruction_flops(inst, insts, comps, 0)
+      extra = extra.plus(ops.Work(work.flops, work.transcendentals,
+                                  traffic).times(op.times - 1))
   return LoopTerms(kernels, structure.loop_iterations, extra,
                    unknown_trip_loops=structure.unknown_trip_loops,
-                   kernel_bytes=moved.total, resident_bytes=moved.resident)
+                   kernel_bytes=moved.total, resident_bytes=moved.resident,
+                   strided_bytes=moved.strided)
 
 
 _CALLS = re.compile(r"calls=%?([^\s,}]+)")
 _LHS_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
 _DIM_LABELS = re.compile(r"dim_labels=\w+_(\w+)->")
+_PERMUTATION = re.compile(r"dimensions=\{([0-9,]*)\}")
 
 
-def _kernel_work(inst: loop_counts.Instruction, insts, comps) -> ops.Work:
-  """Work of one kernel: FLOPs of what it fuses, bytes at its boundary."""
-  work = _instruction_flops(inst, insts, comps, 0)
-  return ops.Work(work.flops, work.transcendentals,
-                  _kernel_bytes(inst, insts))
+def kernel_traffic(inst: loop_counts.Instruction, insts, comps
+                   ) -> tuple[float, float]:
+  """``(bytes, strided bytes)`` one compiled kernel moves.
 
-
-def _kernel_bytes(inst: loop_counts.Instruction, insts) -> float:
+  A fusion reads what its fused computation reads: an operand used only
+  through slices (a scan's step of stacked weights) costs the slices, the
+  buffer a ``dynamic-update-slice`` updates in place costs nothing, and it
+  writes its results (an in-place update: the update only). The strided
+  part is twice the result of each transpose or copy in it that changes
+  the minor dimension (:func:`ops.moves_minor`). Other kernels: operands
+  plus results (:func:`ops.moved_bytes`).
+  """
+  m = _CALLS.search(inst.attributes)
+  body = comps.get(m.group(1)) if inst.opcode == "fusion" and m else None
+  if body:
+    local = {i.name: i for i in body}
+    users: dict[str, list] = {}
+    for i in body:
+      for o in i.operands:
+        users.setdefault(o, []).append(i)
+    reads = sum(_read_bytes(i, users, 0) for i in body
+                if i.opcode == "parameter")
+    root = next((i for i in body if i.line.startswith("ROOT")), body[-1])
+    outs = ([local[o] for o in root.operands if o in local]
+            if root.opcode == "tuple" else [root])
+    total = reads + sum(_written_bytes(o, local, 0) for o in outs)
+    strided = sum(2.0 * _bytes(i.type) for i in body
+                  if _is_strided(i, local))
+    return total, min(strided, total)
   results = ops.hlo_tensors(inst.type)
   operands = [t for o in inst.operands if o in insts
               for t in ops.hlo_tensors(insts[o].type)]
-  return ops.moved_bytes(inst.opcode, results, operands, root=inst.name)
+  total = ops.moved_bytes(inst.opcode, results, operands, root=inst.name)
+  return total, total if _is_strided(inst, insts) else 0.0
+
+
+def _bytes(type_text: str) -> float:
+  return float(sum(t.bytes for t in ops.hlo_tensors(type_text)))
+
+
+def _read_bytes(inst, users, depth: int) -> float:
+  """Bytes a fused computation reads of ``inst`` (a parameter, or a
+  bitcast of one)."""
+  full = _bytes(inst.type)
+  total = 0.0
+  for user in users.get(inst.name, ()):
+    first = user.operands[:1] == (inst.name,)
+    if user.opcode == "bitcast" and depth < 8:
+      total += _read_bytes(user, users, depth + 1)
+    elif first and user.opcode in ("slice", "dynamic-slice", "gather"):
+      total += _bytes(user.type)
+    elif not (first and user.opcode == "dynamic-update-slice"):
+      return full
+  return min(total, full)
+
+
+def _written_bytes(inst, local, depth: int) -> float:
+  """Bytes a fused computation writes for its output ``inst``."""
+  if inst.opcode == "bitcast" and inst.operands and depth < 8:
+    source = local.get(inst.operands[0])
+    if source is not None:
+      return _written_bytes(source, local, depth + 1)
+  if inst.opcode == "dynamic-update-slice" and len(inst.operands) > 1:
+    update = local.get(inst.operands[1])
+    if update is not None:
+      return _bytes(update.type)
+  return _bytes(inst.type)
+
+
+def _is_strided(inst, insts) -> bool:
+  """A transpose or copy of ``insts`` that changes the minor dimension."""
+  if inst.opcode not in ("transpose", "copy") or not inst.operands:
+    return False
+  source = insts.get(inst.operands[0])
+  if source is None:
+    return False
+  dims, operand_layout = ops.hlo_layout(source.type)
+  _, result_layout = ops.hlo_layout(inst.type)
+  perm = tuple(range(len(dims)))
+  if inst.opcode == "transpose":
+    m = _PERMUTATION.search(inst.attributes)
+    if m is None:
+      return False
+    perm = tuple(int(d) for d in m.group(1).split(",") if d)
+  return ops.moves_minor(dims, perm, operand_layout, result_layout)
 
 
 def _instruction_flops(inst, insts, comps, depth: int) -> ops.Work:
@@ -424,7 +534,9 @@ def _with_loops(features: CostFeatures, terms: LoopTerms) -> CostFeatures:
                           terms.extra.transcendentals),
       kernels=terms.kernels, inner_loop_iterations=terms.iterations,
       resident_bytes=(add(features.bytes_accessed, terms.extra.bytes) or 0.0)
-      * terms.resident_fraction)
+      * terms.resident_fraction,
+      strided_bytes=min(terms.strided_bytes, add(
+          features.bytes_accessed, terms.extra.bytes) or 0.0))
 
 
 def merge_compiled(lowered: CostFeatures,
@@ -449,8 +561,10 @@ def merge_compiled(lowered: CostFeatures,
     value = getattr(sources[f.metadata["merge"]], f.name)
     merged[f.name] = getattr(lowered, f.name) if value is None else value
   if compiled.bytes_accessed is None:
-    # The resident part of the bytes comes from where the bytes do.
+    # The resident and strided parts of the bytes come from where the bytes
+    # do.
     merged["resident_bytes"] = lowered.resident_bytes
+    merged["strided_bytes"] = lowered.strided_bytes
   if lowered.contraction_flops and (compiled.flops is None or
                                     jax.default_backend() != "cpu"):
     merged["flops"] = max(merged["flops"] or 0.0, lowered.contraction_flops)

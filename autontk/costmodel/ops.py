@@ -75,6 +75,14 @@ the cache: its traffic is charged at the device's cache-resident bandwidth
 larger ones at streaming bandwidth."""
 
 
+STRIDED_BYTES = 2**20
+"""A kernel that transposes the minor dimension (:func:`moves_minor`) and
+moves more than this many bytes strides past the core's private caches:
+its traffic is charged at the device's strided bandwidth
+(:attr:`~autontk.costmodel.device.DeviceConstants.strided_bytes_per_s`);
+a smaller one as any other kernel of its size."""
+
+
 def normalise(opcode: str) -> str:
   """``"stablehlo.log_plus_one"`` and ``"log-plus-one"`` -> the HLO name."""
   name = opcode.rsplit(".", 1)[-1].replace("_", "-")
@@ -164,6 +172,53 @@ def elementwise(opcode: str, results: list[Tensor],
   if name in ("reduce", "reduce-window"):
     return Work(float(sum(t.elements for t in operands[:1])))
   return Work()
+
+
+def moves_minor(dims: tuple[int, ...], perm: tuple[int, ...],
+                operand_layout: tuple[int, ...] | None = None,
+                result_layout: tuple[int, ...] | None = None) -> bool:
+  """Whether a transpose (or a layout-changing copy) is *strided*: the
+  result's contiguous (minor) dimension is not the operand's.
+
+  Such a copy reads or writes with a stride, element by element, at a small
+  fraction of streaming bandwidth on CPUs (a copy that keeps the minor
+  dimension moves contiguous rows); dimensions of size 1 are ignored.
+
+  Args:
+    dims: the operand's dimensions.
+    perm: result dimension ``i`` is operand dimension ``perm[i]`` (the
+      identity for a copy).
+    operand_layout, result_layout: minor-to-major dimension orders
+      (``None``: row-major).
+
+  >>> moves_minor((64, 32), (1, 0)), moves_minor((8, 1, 32), (1, 0, 2))
+  (True, False)
+  """
+  n = len(dims)
+  if len(perm) != n:
+    return False
+  row_major = tuple(range(n - 1, -1, -1))
+  operand_layout = operand_layout or row_major
+  result_layout = result_layout or row_major
+  source = next((d for d in operand_layout if dims[d] > 1), None)
+  target = next((perm[d] for d in result_layout if dims[perm[d]] > 1), None)
+  return source is not None and source != target
+
+
+_LAYOUT = re.compile(r"\[([0-9,]*)\]\{([0-9,]*)")
+
+
+def hlo_layout(type_text: str
+               ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+  """``(dims, minor-to-major layout)`` of the first array type in HLO text
+  (``f32[8,64]{0,1}`` -> ``((8, 64), (0, 1))``; layout ``None`` if absent).
+  """
+  tensors = hlo_tensors(type_text)
+  dims = tensors[0].dims if tensors else ()
+  m = _LAYOUT.search(type_text)
+  if m is None or not m.group(2):
+    return dims, None
+  return dims, tuple(int(d) for d in m.group(2).split(","))
 
 
 def moved_bytes(opcode: str, results: list[Tensor], operands: list[Tensor],

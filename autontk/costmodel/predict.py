@@ -2,7 +2,8 @@
 
 The default predictor is a roofline: compute time (FLOPs, with each
 transcendental counted as several FLOPs) and memory time (bytes accessed;
-what small kernels move at the cache-resident bandwidth) from the device's
+what small kernels move at the cache-resident bandwidth, what transposes
+that change the minor dimension move at the strided bandwidth) from the device's
 measured constants (:mod:`autontk.costmodel.device`), plus
 the launch terms: a per-call overhead for each compiled call the host
 dispatches, a per-kernel cost for each kernel the programs launch, and a
@@ -67,9 +68,11 @@ class RooflinePredictor:
                grouped / (c.grouped_conv_flops_per_s or c.flops_per_s) +
                depthwise / (c.depthwise_conv_flops_per_s or c.flops_per_s))
     total = features.bytes_accessed or 0.0
-    resident = min(features.resident_bytes or 0.0, total)
-    memory = ((total - resident) / c.bytes_per_s +
-              resident / (c.resident_bytes_per_s or c.bytes_per_s))
+    strided = min(features.strided_bytes or 0.0, total)
+    resident = min(features.resident_bytes or 0.0, total - strided)
+    memory = ((total - resident - strided) / c.bytes_per_s +
+              resident / (c.resident_bytes_per_s or c.bytes_per_s) +
+              strided / (c.strided_bytes_per_s or c.bytes_per_s))
     core = max(compute, memory) if self.overlap else compute + memory
     return core + self.launch(features)
 
@@ -86,10 +89,17 @@ class RooflinePredictor:
     c = self.constants
     return (f"roofline ({'max' if self.overlap else 'sum'}; "
             f"{c.flops_per_s / 1e9:.3g} GFLOP/s, {c.bytes_per_s / 1e9:.3g} "
-            f"GB/s, call {c.call_overhead_s * 1e6:.3g} µs, kernel "
+            f"GB/s{_strided(c)}, call {c.call_overhead_s * 1e6:.3g} µs, "
+            f"kernel "
             f"{c.kernel_s * 1e6:.3g} µs, iteration "
             f"{c.loop_iteration_s * 1e6:.3g} µs) on "
             f"{c.platform}:{c.device_kind}")
+
+
+def _strided(c: device_lib.DeviceConstants) -> str:
+  if not c.strided_bytes_per_s:
+    return ""
+  return f" ({c.strided_bytes_per_s / 1e9:.3g} GB/s strided)"
 
 
 def default_predictor(device: Any = None) -> RooflinePredictor:

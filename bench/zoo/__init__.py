@@ -6,6 +6,7 @@
 * :mod:`bench.zoo.functions`: models written as users write them (plain JAX,
   flax, haiku, equinox).
 * :mod:`bench.zoo.stacked`: one network with its layers held four ways.
+* :mod:`bench.zoo.scanned`: models whose blocks are scanned over layers.
 
 This file imports nothing, so that the peers' environments can import
 :mod:`bench.zoo.specs` alone.
