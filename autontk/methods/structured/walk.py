@@ -124,7 +124,7 @@ class Walk:
     counters, indices), so views can read them at trace time."""
     known = (all(_compat.concrete(v) is not None for v in values) and
              not any(inexact(v.aval) for v in eqn.outvars))
-    bind = lambda *a: _compat.bind(eqn, *a)  # noqa: E731
+    bind = lambda *a: rule_table.evaluate(eqn, *a)  # noqa: E731
     if not known:
       return list(over_levels(bind, values, self.lengths))
     with _compat.compile_time_eval():
@@ -220,7 +220,7 @@ class Walk:
         args.append(x.value)
       else:
         args.append(lift(jnp.zeros(v.aval.shape, v.aval.dtype), depth))
-    return list(over_levels(lambda *a: _compat.bind(eqn, *a), args,
+    return list(over_levels(lambda *a: rule_table.evaluate(eqn, *a), args,
                             self.lengths))
 
   def _lineage(self, eqn, ins: list, probe_index: int | None) -> Lineage:
