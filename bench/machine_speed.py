@@ -235,7 +235,14 @@ def markdown(res: dict[str, Any]) -> str:
         f"{_ms(old or {})} | {roof} | "
         f"{SHORT.get(case.get('auto_pick') or '', 'n/a')} | "
         f"{_cell(case, 'auto_regret', '{:.2f}')} |")
-  lines += ["", "### Per model", ""]
+  lines += ["", "The rates of the matmul and the stream are taken in the same "
+            "interleaved rounds as the methods; on a shared machine they move "
+            "with its load (the recorded run shared 2 cores with other jobs "
+            "at a load average of 15–18), and the percentages with them. "
+            "Compiled FLOPs and bytes do not move: compare them, and the "
+            "times within one model. Where the time goes per family, what "
+            "bounds it and what was changed: `docs/structured.md`, \"Where "
+            "the time goes, per model family\".", "", "### Per model", ""]
   for case in res["cases"]:
     lines += [f"**{case['name']}** ({case['note']}); matmul "
               f"{case['peak_flops_per_s'] / 1e9:.0f} GFLOP/s, stream "
