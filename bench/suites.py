@@ -16,9 +16,9 @@ import functools
 from typing import Any, Callable
 
 from bench import (compare, diagnostics_accuracy, diagnostics_large, kernels,
-                   overhead,
-                   plancache, precision, predict_large, predict_parity,
-                   predict_routes, report, regret_unseen, scanned_regret,
+                   machine_speed, overhead, plancache, precision,
+                   predict_large, predict_parity, predict_routes, report,
+                   regret_unseen, scanned_regret,
                    stacked, tiled, tuned_regret)
 from bench.config import RunConfig
 
@@ -86,6 +86,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("predict_parity", "autontk.predict against neural-tangents 0.6.5's "
           "predict on the same kernels (float64): values and time",
           predict_parity.run, predict_parity.markdown),
+    Suite("machine_speed", "each method's FLOP rate against a matmul's on "
+          "attention, an LM, depthwise convolutions, scanned blocks, an RNN",
+          machine_speed.run, machine_speed.markdown),
     Suite("diagnostics_accuracy", "matrix-free kernel diagnostics against "
           "their dense values on an MLP and a CNN, against the probe count",
           diagnostics_accuracy.run, diagnostics_accuracy.markdown,

@@ -242,3 +242,30 @@ def test_scanned_regret_table_has_before_and_after():
   row = next(l for l in text.splitlines() if l.startswith("| m |"))
   assert "| SD | 1.10 | 1.00 |" in row and row.endswith("| JC | 2.00 | 2.00 |")
   assert "worst 2.00" in text and "worst 1.10" in text
+
+
+def test_machine_speed_families_and_table():
+  import jax
+
+  from bench import machine_speed
+  from bench.zoo.families import FAMILIES
+  for name in ("mixer_scan", "rnn_scan"):  # the unrolled twin, same values
+    m, twin = FAMILIES[name](False), FAMILIES[name](True)
+    np.testing.assert_allclose(m.f(m.params, m.x1), twin.f(twin.params,
+                                                           twin.x1),
+                               rtol=1e-5, atol=1e-6)
+  for name, make in FAMILIES.items():
+    m = make(False)
+    assert jax.eval_shape(m.f, m.params, m.x1).shape[0] == m.x1.shape[0]
+  sd = {"method": "structured_derivatives", "median_s": 0.01, "flops": 1e9,
+        "bytes": 1e8, "pct_peak": 25.0, "pct_roofline": 30.0,
+        "bound": "flops", "rel_err": 1e-7}
+  case = {"name": "mlp", "family": "control", "note": "n",
+          "peak_flops_per_s": 4e11, "bandwidth_bytes_per_s": 1e10,
+          "records": [sd, {"method": "jacobian_contraction",
+                           "over_budget": True, "flops": 1e9}]}
+  res = {"cases": [case], "baseline": {"date_utc": "then", "cases": [
+      dict(case, records=[dict(sd, pct_peak=5.0, median_s=0.05)])]}}
+  md = machine_speed.markdown(res)
+  assert "| mlp | control | n/a | n/a | 25.0 % | 5.0 % | 10.00 | 50.00 |" in md
+  assert "30 % (flops)" in md and "over budget" in md

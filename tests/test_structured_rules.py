@@ -296,6 +296,58 @@ def test_grouped_and_depthwise_conv_rule(groups, kernel_shape):
   np.testing.assert_allclose(k, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("layout", [("NHWC", "HWIO", "NHWC"),
+                                    ("NCHW", "OIHW", "NCHW")])
+@pytest.mark.parametrize("strides,padding,dilation,multiplier", [
+    ((1, 1), "SAME", (1, 1), 1), ((2, 1), "VALID", (2, 1), 2),
+    ((1, 2), ((2, 0), (1, 1)), (1, 1), 1)])
+def test_depthwise_lowering_equals_the_convolution(layout, strides, padding,
+                                                   dilation, multiplier):
+  c = 3
+  x = _rand(60, (2, 7, 6, c) if layout[0] == "NHWC" else (2, c, 7, 6))
+  w = _rand(61, (3, 2, 1, c * multiplier) if layout[1] == "HWIO" else
+            (c * multiplier, 1, 3, 2))
+  conv = lambda x, w: lax.conv_general_dilated(
+      x, w, strides, padding, rhs_dilation=dilation,
+      dimension_numbers=layout, feature_group_count=c)
+  eqn = jax.make_jaxpr(conv)(x, w).jaxpr.eqns[0]
+  lowered = rule_table.evaluate(eqn, x, w)[0]
+  np.testing.assert_allclose(lowered, conv(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_lowering_leaves_other_convolutions_alone():
+  from autontk.methods.structured.rules.depthwise import depthwise
+  x, w = _rand(62, (1, 5, 5, 4)), _rand(63, (3, 3, 2, 4))
+  eqn = jax.make_jaxpr(lambda x, w: _conv(
+      x, w, window_strides=(1, 1), padding="SAME",
+      feature_group_count=2))(x, w).jaxpr.eqns[0]
+  assert depthwise(eqn.params, x, w) is None  # two channels per group
+
+
+@pytest.mark.parametrize("trace_axes,diagonal_axes", [
+    ((), ()), ((-1,), ()), ((), (-1,)),
+    pytest.param((-1,), (0,), marks=pytest.mark.slow)])
+def test_depthwise_layer_between_parameters(trace_axes, diagonal_axes):
+  # Cotangents flow back through a depthwise layer (its lowering is
+  # transposed in the probing pass) to the stem, and its own kernel is a
+  # use with the grouped-convolution structure.
+  params = {"stem": _rand(64, (3, 3, 2, 4), 0.4),
+            "dw": _rand(65, (3, 3, 1, 8), 0.4),
+            "head": _rand(66, (8, 3), 0.4)}
+
+  def f(p, x):
+    h = jnp.tanh(_conv(x, p["stem"], window_strides=(1, 1), padding="SAME"))
+    h = jnp.tanh(_conv(h, p["dw"], window_strides=(2, 1), padding="SAME",
+                       feature_group_count=4))
+    return h.mean((1, 2)) @ p["head"]
+
+  case = (None, f, params, IMG, IMG2, 0)
+  same = 0 in diagonal_axes
+  k, ref = _run(case, RULES, trace_axes, diagonal_axes, same=same)
+  np.testing.assert_allclose(k, ref, rtol=1e-4,
+                             atol=1e-5 * np.abs(ref).max())
+
+
 def test_parameter_as_output_and_unused_leaf():
   # A parameter returned as is (no equation consumes it), an output leaf
   # that does not depend on the parameters, and a parameter feeding two

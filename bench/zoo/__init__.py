@@ -7,6 +7,9 @@
   flax, haiku, equinox).
 * :mod:`bench.zoo.stacked`: one network with its layers held four ways.
 * :mod:`bench.zoo.scanned`: models whose blocks are scanned over layers.
+* :mod:`bench.zoo.families`: the ``machine_speed`` suite's model families
+  (attention, an LM with a tied embedding, depthwise convolutions, scanned
+  blocks).
 
 This file imports nothing, so that the peers' environments can import
 :mod:`bench.zoo.specs` alone.

@@ -41,6 +41,7 @@ class Model:
   x2: Any
   trace_axes: tuple[int, ...] = (-1,)
   vmap_axes: Any = 0
+  diagonal_axes: tuple[int, ...] = ()
   family: str = "plain"
   note: str = ""
   kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)

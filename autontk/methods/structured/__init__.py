@@ -25,6 +25,7 @@ from autontk._problem import NtkProblem
 from autontk.methods.registry import register
 from autontk.methods.structured import rules  # noqa: F401  (registers rules)
 from autontk.methods.structured.contraction import (PairLayout, PairSide,
+                                                    apply_heads, defers_heads,
                                                     pair_kernel, restrict)
 from autontk.methods.structured.regions import align
 from autontk.methods.structured.interpreter import SideSpec, analyse
@@ -60,6 +61,11 @@ class StructuredConfig:
       compiles like the same layers held separately (XLA:CPU runs
       transposed convolutions several times slower inside a loop), a long
       one keeps its flat compile time. ``0``: never unroll.
+    output_heads: an output that is a linear head ``s · dot_general(g, W)``
+      of a smaller ``g`` plus parameters used as themselves (an LM's tied
+      logits) gets its cotangents over ``g``'s entries, the head entering
+      each pair product as one more operand (:mod:`.heads`); off: over the
+      output's entries.
     custom_vjp: ``"rule"`` (default) honours every ``custom_vjp``
       function's backward rule, exactly as ``jax.grad`` does: one applied to
       activations costs nothing extra, one applied to a parameter directly
@@ -89,6 +95,7 @@ class StructuredConfig:
   loops: bool = True
   custom_vjp: str = "rule"
   unroll_loops_up_to: int = 8
+  output_heads: bool = True
 
   def __post_init__(self):
     if self.custom_vjp not in ("rule", "primal"):
@@ -108,13 +115,24 @@ def _side(problem: NtkProblem, which: int, config: StructuredConfig):
     def one(x_i, kw_i):
       return analyse(lambda *t: g(t, x_i, kw_i), theta, config, spec)
 
-    arrays = jax.vmap(one, in_axes=(x_in, kw_in))(x_leaves, kw)
+    try:
+      # A head's map is the model's weight, the same for every example: kept
+      # unbatched, the pair products contract it once, not per pair.
+      arrays = jax.vmap(one, in_axes=(x_in, kw_in),
+                        out_axes=(0, None))(x_leaves, kw)
+    except ValueError:  # a head that depends on the example
+      arrays = jax.vmap(one, in_axes=(x_in, kw_in))(x_leaves, kw)
   return spec, arrays
 
 
 def _reaches(use, cots, leaf: int) -> bool:
   return cots[leaf] is not None or (
       bool(use.identity) and use.identity[leaf] is not None)
+
+
+def _head(spec, arrays, leaf: int):
+  head = spec.heads[leaf] if spec.heads else None
+  return None if head is None else (head, arrays[leaf])
 
 
 def _leaf_kernels(problem: NtkProblem, leaf: int, sides,
@@ -125,7 +143,7 @@ def _leaf_kernels(problem: NtkProblem, leaf: int, sides,
   Uses of disjoint regions of a leaf (different slices) are never paired;
   uses of overlapping ones are restricted to their common entries.
   """
-  (spec1, arrays1), (spec2, arrays2) = sides
+  (spec1, (arrays1, heads1)), (spec2, (arrays2, heads2)) = sides
   dtype = problem.kernel_dtype(leaf)
   shape1 = tuple(problem.out1[leaf].shape)
   shape2 = tuple(problem.out2[leaf].shape)
@@ -137,10 +155,14 @@ def _leaf_kernels(problem: NtkProblem, leaf: int, sides,
               for j in members}
   totals = [jnp.zeros(problem.kernel_shape(leaf), dtype)
             for _ in range(problem.n_groups)]
+  in_heads: list[jax.Array | None] = [None] * problem.n_groups
+  head_sides: list[tuple[PairSide, PairSide] | None] = [
+      None] * problem.n_groups
   for u1, (cots1, f1) in zip(spec1.uses, arrays1):
     if not _reaches(u1, cots1, leaf):
       continue
-    side1 = PairSide(u1, cots1[leaf], f1, shape1)
+    side1 = PairSide(u1, cots1[leaf], f1, shape1,
+                     _head(spec1, heads1, leaf))
     for u2, (cots2, f2) in zip(spec2.uses, arrays2):
       if u2.param != u1.param or not _reaches(u2, cots2, leaf):
         continue
@@ -148,11 +170,21 @@ def _leaf_kernels(problem: NtkProblem, leaf: int, sides,
       if common is None:
         continue  # disjoint slices of the leaf
       layout = dataclasses.replace(base, theta_shape=common.sizes)
-      side2 = PairSide(u2, cots2[leaf], f2, shape2)
+      side2 = PairSide(u2, cots2[leaf], f2, shape2,
+                       _head(spec2, heads2, leaf))
       g = group_of[u1.param]
-      totals[g] = totals[g] + pair_kernel(
-          restrict(side1, common.positions1, layout),
-          restrict(side2, common.positions2, layout), layout)
+      defer = defers_heads(side1, side2, layout)
+      block = pair_kernel(restrict(side1, common.positions1, layout),
+                          restrict(side2, common.positions2, layout), layout,
+                          defer_heads=defer)
+      if defer:  # summed in the heads' inputs' axes, the heads applied once
+        head_sides[g] = (side1, side2)
+        in_heads[g] = block if in_heads[g] is None else in_heads[g] + block
+      else:
+        totals[g] = totals[g] + block
+  for g, block in enumerate(in_heads):
+    if block is not None:
+      totals[g] = totals[g] + apply_heads(block, *head_sides[g], base)
   size = problem.axes[leaf].trace_size(shape1)
   return [total / size for total in totals]
 

@@ -25,6 +25,7 @@ import numpy as np
 from jax import lax
 
 from autontk._axes import LeafAxes
+from autontk.methods.structured.heads import HeadSpec
 from autontk.methods.structured.interpreter import UseSpec
 from autontk.methods.structured.regions import Indices
 
@@ -53,12 +54,16 @@ class PairSide:
       with a batch axis, the example axis comes first.
     factors: the use's factor arrays (indices for index factors).
     shape: the output leaf's shape on this side (x1 or x2).
+    head: ``(HeadSpec, scale · W)`` when the leaf's cotangents run over its
+      linear head's input ``g`` (:mod:`.heads`): ``cot`` then has ``g``'s
+      axes in place of the output's, and ``W`` joins the einsum.
   """
 
   use: UseSpec
   cot: jax.Array | None
   factors: Sequence[jax.Array]
   shape: tuple[int, ...]
+  head: tuple[HeadSpec, jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +126,36 @@ class _Operands:
   sign: float = 1.0
 
 
+@dataclasses.dataclass(frozen=True)
+class _HeadLabels:
+  """One side's head in an einsum: labels of ``g``'s and ``W``'s axes, of
+  the contracted pairs, and the output labels only ``W`` carries."""
+
+  g: list[int]
+  w: list[int]
+  summed: list[int]
+  w_only: set[int]
+
+
+def _head_labels(head: HeadSpec, a: list[int], labels: _Labels) -> _HeadLabels:
+  summed = [labels.fresh() for _ in range(head.n_contract)]
+
+  def role(r):
+    if r[0] == "o":
+      return a[r[1]]
+    return summed[r[1]] if r[0] == "c" else labels.fresh()
+
+  w_only = ({a[r[1]] for r in head.w_axes if r[0] == "o"} -
+            {a[r[1]] for r in head.g_axes if r[0] == "o"})
+  return _HeadLabels([role(r) for r in head.g_axes],
+                     [role(r) for r in head.w_axes], summed, w_only)
+
+
 def _add_side(side: PairSide, sub: list[int], layout: PairLayout,
-              labels: _Labels, theta_ids: list[int], ops: _Operands) -> None:
-  """Appends one side's cotangent and factors, labelled for the pair."""
+              labels: _Labels, theta_ids: list[int], ops: _Operands,
+              deferred: list[_HeadLabels] | None = None) -> None:
+  """Appends one side's cotangent and factors, labelled for the pair (with
+  ``deferred``, a head's ``W`` is left out and its labels recorded)."""
   u = side.use
   local = {l: theta_ids[k] for k, l in enumerate(u.theta_labels)}
 
@@ -136,7 +168,16 @@ def _add_side(side: PairSide, sub: list[int], layout: PairLayout,
   batch = [] if b is None else [sub[b]]
   a = [sub[i] for i in range(layout.axes.ndim) if i != b]
   ident = u.identity[layout.leaf] if u.identity else None
-  if ident is None:
+  if ident is None and side.head is not None:
+    head, w = side.head
+    hl = _head_labels(head, a, labels)
+    ops.dense.append((side.cot, batch + hl.g + [g(l) for l in u.cot_labels]))
+    if deferred is None:
+      ops.dense.append((w, (batch if w.ndim > len(head.w_axes) else []) +
+                        hl.w))
+    else:
+      deferred.append(hl)
+  elif ident is None:
     ops.dense.append((side.cot, batch + a + [g(l) for l in u.cot_labels]))
   else:
     # The cotangent is the identity: the use's output axes *are* the
@@ -209,13 +250,37 @@ def _spread_merged(result: jax.Array, reps: list[int], unique: list[int],
   return _einsum(ops, final, layout.dtype, layout.precision, "auto")
 
 
-def pair_kernel(side1: PairSide, side2: PairSide,
-                layout: PairLayout) -> jax.Array:
+def defers_heads(side1: PairSide, side2: PairSide,
+                 layout: PairLayout) -> bool:
+  """Whether to sum this pair with others in ``g``'s axes and apply the
+  heads once (:func:`apply_heads`): both sides reach the leaf through its
+  head (not as identity uses) and an axis only ``W`` carries (the
+  vocabulary) stays in the kernel. A traced one is cheaper contracted per
+  pair (``Σ_v W[v, k] W[v, k']`` is ``d × d``)."""
+  def through_head(side):
+    u = side.use
+    return side.head is not None and (not u.identity or
+                                      u.identity[layout.leaf] is None)
+  if not (through_head(side1) and through_head(side2)):
+    return False
+  axes, b = layout.axes, layout.batch_axis
+  s1, _, out = axes.sublists()
+  a = [s1[i] for i in range(axes.ndim) if i != b]
+  kept = _head_labels(side1.head[0], a, _Labels(0)).w_only & set(out)
+  return bool(kept)
+
+
+def pair_kernel(side1: PairSide, side2: PairSide, layout: PairLayout,
+                defer_heads: bool = False) -> jax.Array:
   """``Σ_θ J1[a1, θ] J2[a2, θ]`` for one output leaf, kernel layout.
 
   Args:
     side1, side2: the two uses (same parameter) with their arrays.
     layout: what the sides share (axes, batch axis, θ shape, dtype...).
+    defer_heads: both sides go through their leaf's head
+      (:func:`defers_heads`): leave the heads' ``W`` out; the block then
+      has the output axes ``g`` carries, then side 1's and side 2's
+      contracted head axes, for :func:`apply_heads`.
 
   Returns:
     The (not yet trace-normalised) kernel block of this pair.
@@ -225,14 +290,20 @@ def pair_kernel(side1: PairSide, side2: PairSide,
   labels = _Labels(2 * axes.ndim)
   theta_ids = [labels.fresh() for _ in layout.theta_shape]
   ops = _Operands()
-  _add_side(side1, s1, layout, labels, theta_ids, ops)
-  _add_side(side2, s2, layout, labels, theta_ids, ops)
+  deferred = [] if defer_heads else None
+  _add_side(side1, s1, layout, labels, theta_ids, ops, deferred)
+  _add_side(side2, s2, layout, labels, theta_ids, ops, deferred)
   _add_index_factors(ops, layout, labels, theta_ids)
   dense = [(arr, [labels.find(l) for l in ls]) for arr, ls in ops.dense]
   ops.dense = dense
   sizes = dict(zip(theta_ids, layout.theta_shape))
   sizes.update(zip(s1, side1.shape))
   sizes.update(zip(s2, side2.shape))
+  if deferred:
+    w_only = set().union(*(h.w_only for h in deferred))
+    sizes = {l: n for l, n in sizes.items() if l not in w_only}
+    out = ([l for l in out if l not in w_only] +
+           [l for h in deferred for l in h.summed])
   _add_constant_axes(ops, sizes, labels, layout.dtype)
   reps = [labels.find(l) for l in out]
   unique = list(dict.fromkeys(reps))
@@ -241,6 +312,26 @@ def pair_kernel(side1: PairSide, side2: PairSide,
   if len(unique) < len(out):
     result = _spread_merged(result, reps, unique, labels, layout)
   return result if ops.sign == 1.0 else ops.sign * result
+
+
+def apply_heads(block: jax.Array, side1: PairSide, side2: PairSide,
+                layout: PairLayout) -> jax.Array:
+  """A sum of :func:`pair_kernel` blocks with ``defer_heads``, in kernel
+  layout: both sides' heads applied once."""
+  axes, b = layout.axes, layout.batch_axis
+  s1, s2, out = axes.sublists()
+  labels = _Labels(2 * axes.ndim)
+  ops, heads = [], []
+  for (spec, w), sub in ((side1.head, s1), (side2.head, s2)):
+    batch = [] if b is None else [sub[b]]
+    hl = _head_labels(spec, [sub[i] for i in range(axes.ndim) if i != b],
+                      labels)
+    ops.append((w, (batch if w.ndim > len(spec.w_axes) else []) + hl.w))
+    heads.append(hl)
+  w_only = heads[0].w_only | heads[1].w_only
+  ops.append((block, [l for l in out if l not in w_only] + heads[0].summed +
+              heads[1].summed))
+  return _einsum(ops, out, layout.dtype, layout.precision, layout.optimize)
 
 
 def _take(arr: jax.Array, axis: int, positions: Indices) -> jax.Array:
@@ -260,8 +351,9 @@ def _identity_cot(side: PairSide, layout: PairLayout) -> PairSide:
   cot = eye.reshape(tuple(a_shape) + tuple(u.out_shape))
   if b is not None:
     cot = jnp.broadcast_to(cot, (side.shape[b],) + cot.shape)
+  # The identity is over the output's entries, never a head's input.
   return PairSide(dataclasses.replace(u, identity=()), cot, side.factors,
-                  side.shape)
+                  side.shape, None)
 
 
 def restrict(side: PairSide, positions: Sequence[Indices | None],
@@ -291,8 +383,8 @@ def restrict(side: PairSide, positions: Sequence[Indices | None],
            if p is not None}
   fs = tuple(dataclasses.replace(f, index_size=sizes[f.index_label])
              if f.index_label in sizes else f for f in u.factors)
-  return PairSide(dataclasses.replace(u, factors=fs), cot, factors,
-                  side.shape)
+  return dataclasses.replace(side, use=dataclasses.replace(u, factors=fs),
+                             cot=cot, factors=factors)
 
 
 def _renumber(indices: jax.Array, positions: Indices, size: int):

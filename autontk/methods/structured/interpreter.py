@@ -38,11 +38,14 @@ import jax.numpy as jnp
 
 from autontk import _compat
 from autontk.methods.structured import rule_table
+from autontk.methods.structured.heads import (Head, HeadSpec, factorable,
+                                              find_heads)
 from autontk.methods.structured.regions import Indices, Region
 from autontk.methods.structured.structure import (Factor, IndexFactor,
                                                   Structure, dense)
-from autontk.methods.structured.values import (LIVE, Lin, Param, Registry,
-                                               Use, WalkOptions, over_levels)
+from autontk.methods.structured.values import (LIVE, Const, Lin, Param,
+                                               Registry, Use, WalkOptions,
+                                               over_levels)
 from autontk.methods.structured.walk import Walk
 
 
@@ -87,10 +90,13 @@ class SideSpec:
   Attributes:
     uses: one :class:`UseSpec` per entry of the returned arrays.
     live: per output leaf, whether it depends on the parameters at all.
+    heads: per output leaf, its linear head when the cotangents of that
+      leaf run over the head's input (:mod:`.heads`), else ``None``.
   """
 
   uses: list[UseSpec] = dataclasses.field(default_factory=list)
   live: list[bool] = dataclasses.field(default_factory=list)
+  heads: list[HeadSpec | None] = dataclasses.field(default_factory=list)
 
 
 def _factor_array(f: Factor | IndexFactor) -> jax.Array:
@@ -142,8 +148,10 @@ class _OutputLayout:
 
 
 def _probe_cotangents(closed, walk: Walk, params: list,
-                      layout: _OutputLayout) -> list[list[jax.Array]]:
-  """Per probe, ``∂out/∂probe`` (one row per live output entry)."""
+                      layout: _OutputLayout,
+                      heads: Sequence[Head | None]) -> list[list[jax.Array]]:
+  """Per probe, ``∂out/∂probe`` (one row per live output entry), or
+  ``∂g/∂probe`` for an output with a factored head ``g``."""
   probe_avals = walk.registry.probe_avals
   flat_avals = [a for avals in probe_avals for a in avals]
   splits = [len(avals) for avals in probe_avals]
@@ -153,8 +161,16 @@ def _probe_cotangents(closed, walk: Walk, params: list,
     probes = {k: [next(it) for _ in range(n)] for k, n in enumerate(splits)}
     w = Walk(walk.options, probes=probes, plan=walk.plan,
              constants=walk.constants)
-    res = w.tangents(w.run(closed.jaxpr, closed.consts, params))
-    return [res[i].value for i in layout.live]
+    n = len(closed.jaxpr.outvars)
+    res = w.run(closed.jaxpr, closed.consts, params,
+                also=[h.g for h in heads if h is not None])
+    outs, inner = w.tangents(res[:n]), iter(res[n:])
+    values = [outs[i].value if h is None else _reshaped(next(inner).value,
+                                                      h.spec.g_shape)
+              for i, h in enumerate(heads)]
+    return [values[i] if values[i] is not None else
+            jnp.zeros(layout.avals[i].shape, layout.avals[i].dtype)
+            for i in layout.live]
 
   try:
     transpose = _compat.linear_transpose(probed, *flat_avals)
@@ -168,6 +184,10 @@ def _probe_cotangents(closed, walk: Walk, params: list,
     cots.append(cots_flat[pos:pos + n])
     pos += n
   return cots
+
+
+def _reshaped(value, shape):
+  return None if value is None else jnp.reshape(value, shape)
 
 
 def _forward_cotangents(probed, flat_avals, layout: _OutputLayout) -> list:
@@ -349,7 +369,8 @@ def _assemble(collected: _Collected, layout: _OutputLayout,
 
 
 def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
-            config: Any, spec: SideSpec) -> list[tuple[list, list]]:
+            config: Any, spec: SideSpec
+            ) -> tuple[list[tuple[list, list]], list[jax.Array | None]]:
   """Structured Jacobian pieces of ``fun(*theta)`` (a list of output leaves).
 
   Args:
@@ -364,9 +385,13 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
     ``L``, shape ``o_L + cot dims``, or ``None`` where the use does not
     reach leaf ``L`` or reaches it as the identity (then
     ``spec.uses[i].identity[L]`` holds the sign); ``factors`` are the
-    factor arrays (indices for index factors).
+    factor arrays (indices for index factors). Then per output leaf its
+    head's map ``scale · W`` where ``spec.heads[L]`` is set (the leaf's
+    cotangents then have the head input's shape in place of ``o_L``),
+    else ``None``.
   """
   spec.uses.clear()
+  spec.heads.clear()
   spec.live.clear()
   theta = tuple(theta)
   if config.custom_vjp == "primal":
@@ -378,15 +403,56 @@ def analyse(fun: Callable[..., list[jax.Array]], theta: Sequence[jax.Array],
                         loops=config.loops,
                         unroll_up_to=config.unroll_loops_up_to)
   walk = Walk(options, registry=Registry(theta_avals), constants=[])
-  outs = walk.tangents(walk.run(closed.jaxpr, closed.consts, params))
+  n = len(closed.jaxpr.outvars)
+  found = (find_heads(closed) if config.output_heads and options.views
+           else [None] * n)
+  res = walk.run(closed.jaxpr, closed.consts, params,
+                 also=[v for h in found if h is not None for v in (h.g, h.w)])
+  outs = walk.tangents(res[:n])
   live = [isinstance(o, Lin) and o.value is LIVE for o in outs]
   spec.live.extend(live)
+  heads, head_arrays = _keep_heads(found, res[n:], outs, walk, config)
+  spec.heads.extend(h and h.spec for h in heads)
   if not walk.registry.uses or not any(live):
-    return []
-  layout = _OutputLayout(tuple(v.aval for v in closed.jaxpr.outvars),
+    return [], [None] * n
+  avals = [v.aval if h is None else
+           jax.ShapeDtypeStruct(h.spec.g_shape, h.g.aval.dtype)
+           for v, h in zip(closed.jaxpr.outvars, heads)]
+  layout = _OutputLayout(tuple(avals),
                          tuple(i for i, l in enumerate(live) if l))
-  cots = _probe_cotangents(closed, walk, params, layout)
+  cots = _probe_cotangents(closed, walk, params, layout, heads)
   collected = _Collected()
   for use in walk.registry.uses:
     _collect_use(use, cots[use.probe], outs, layout, config, collected)
-  return _assemble(collected, layout, spec)
+  return _assemble(collected, layout, spec), head_arrays
+
+
+def _identity_ready(use: Use, config) -> bool:
+  """Whether a use reaching an output as itself keeps an implicit identity
+  cotangent (see :func:`_collect_use`)."""
+  if use.lengths:
+    return False
+  if use.ctx is None:
+    return True
+  if use.ctx.primitive.multiple_results:
+    return False
+  return _structure(use, use.ctx, config)[0].cot_map is None
+
+
+def _keep_heads(found: list, inner: list, outs: list, walk: Walk,
+                config) -> tuple[list[Head | None], list]:
+  """The heads whose outputs are exactly ``L(g)`` plus identity uses, and
+  per output the head's map ``scale · W`` (``None`` without a head)."""
+  heads, arrays, inner = [], [], iter(inner)
+  for h, out in zip(found, outs):
+    g, w = (next(inner), next(inner)) if h is not None else (None, None)
+    ok = (h is not None and isinstance(out, Lin) and out.value is LIVE and
+          isinstance(g, Lin) and g.value is LIVE and isinstance(w, Const) and
+          factorable(out.lineage, g.lineage))
+    if ok:
+      ident = {k for k, _ in out.lineage.ident}
+      ok = all(_identity_ready(u, config) for u in walk.registry.uses
+               if u.probe in ident)
+    heads.append(h if ok else None)
+    arrays.append(h.spec.scale * jnp.asarray(w.value) if ok else None)
+  return heads, arrays

@@ -11,6 +11,9 @@ A record holds everything the method knows about one primitive:
   an index, a transpose), so its output is a view of θ
   (:mod:`.regions`) rather than a use; the rule sees the other inputs as
   NumPy arrays when they are known at trace time (else ``None``);
+* an optional *lowering* (``(params, *args) -> outputs`` or ``None``): an
+  equivalent formulation the walk evaluates the equation with, where the
+  backend's own kernel for it is slow (:func:`evaluate`);
 * facts the interpreter uses while walking the linearised network
   (:class:`PrimitiveFacts`): whether tangents pass through it as a signed
   sum, whether it only adds or drops size-1 axes, whether a parameter
@@ -41,6 +44,7 @@ log = logging.getLogger("autontk.structured")
 StructureRule = Callable[["UseContext"], "Structure | None"]
 JacobianRule = Callable[["UseContext"], "Callable[[Any], jax.Array] | None"]
 ViewRule = Callable[["UseContext"], "ViewMap | None"]
+Lowering = Callable[..., "list[jax.Array] | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +96,7 @@ class UseContext:
         args.append(jnp.zeros(aval.shape, aval.dtype))
       else:
         args.append(v)
-    outs = _compat.bind(self.eqn, *args)
+    outs = evaluate(self.eqn, *args)
     return outs if self.primitive.multiple_results else outs[0]
 
 
@@ -126,6 +130,7 @@ class RuleRecord:
   structure: StructureRule | None = None
   jacobian: JacobianRule | None = None
   view: ViewRule | None = None
+  lowering: Lowering | None = None
   facts: PrimitiveFacts = PrimitiveFacts()
 
   @property
@@ -164,6 +169,20 @@ jacobian_rule = _registrar(
     "primitives.")
 view_rule = _registrar(
     "view", "Registers a view rule (θ's entries selected or rearranged).")
+lowering_rule = _registrar(
+    "lowering", "Registers an equivalent formulation the walk evaluates a "
+    "primitive with (``(params, *args) -> outputs or None``).")
+
+
+def evaluate(eqn, *args) -> list[Any]:
+  """Evaluates one equation on ``args``, by its primitive's lowering where
+  one is registered and applies, else by binding the primitive."""
+  record = RULES.get(eqn.primitive)
+  if record is not None and record.lowering is not None:
+    outs = record.lowering(eqn.params, *args)
+    if outs is not None:
+      return outs
+  return _compat.bind(eqn, *args)
 
 
 def view_of(ctx: UseContext) -> ViewMap | None:

@@ -33,6 +33,9 @@ from autontk.methods.structured.values import (LIVE, Const, Lin, Lineage,
                                                inexact, lift, mixed, summed,
                                                over_levels)
 
+_P = _compat.primitives
+
+
 class Walk:
   """Interprets a linear jaxpr: discovery (with a registry) or probing.
 
@@ -76,7 +79,10 @@ class Walk:
                   lengths=self.lengths if lengths is None else lengths)
     return Walk(options, probes=probes, plan=plan)
 
-  def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
+  def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any],
+          also: Sequence[Any] = ()) -> list:
+    """The jaxpr's outputs as walk values, then those of the variables
+    ``also`` (inner variables of the jaxpr, e.g. an output head's input)."""
     env: dict[Any, Any] = {}
     depth = len(self.lengths)
 
@@ -95,7 +101,7 @@ class Walk:
       for v, o in zip(eqn.outvars, outs):
         if not _compat.is_drop_var(v):
           env[v] = o
-    return [read(v) for v in jaxpr.outvars]
+    return [read(v) for v in list(jaxpr.outvars) + list(also)]
 
   def _eqn(self, eqn, ins: list) -> list:
     if all(isinstance(x, Const) for x in ins):
@@ -124,7 +130,7 @@ class Walk:
     counters, indices), so views can read them at trace time."""
     known = (all(_compat.concrete(v) is not None for v in values) and
              not any(inexact(v.aval) for v in eqn.outvars))
-    bind = lambda *a: _compat.bind(eqn, *a)  # noqa: E731
+    bind = lambda *a: rule_table.evaluate(eqn, *a)  # noqa: E731
     if not known:
       return list(over_levels(bind, values, self.lengths))
     with _compat.compile_time_eval():
@@ -220,12 +226,14 @@ class Walk:
         args.append(x.value)
       else:
         args.append(lift(jnp.zeros(v.aval.shape, v.aval.dtype), depth))
-    return list(over_levels(lambda *a: _compat.bind(eqn, *a), args,
+    return list(over_levels(lambda *a: rule_table.evaluate(eqn, *a), args,
                             self.lengths))
 
   def _lineage(self, eqn, ins: list, probe_index: int | None) -> Lineage:
     lins = [x.lineage for x in ins if isinstance(x, Lin)]
-    signs = _passes_signed(eqn) if len(eqn.outvars) == 1 else None
+    signs = None
+    if len(eqn.outvars) == 1:
+      signs = _passes_signed(eqn) or _scaled_by_constant(eqn, ins)
     if signs is not None:
       pairs = [(x.lineage, sg) for x, sg in zip(ins, signs)
                if isinstance(x, Lin)]
@@ -314,6 +322,29 @@ def _passes_signed(eqn) -> tuple[float, ...] | None:
     if _non_unit(eqn.invars[0].aval.shape) == out_shape:
       return (1.0,) + (0.0,) * (len(eqn.invars) - 1)
   return None
+
+
+def _scaled_by_constant(eqn, ins: list) -> tuple[float, ...] | None:
+  """Per input, its factor when the output is a tangent times (or over) a
+  scalar known at trace time (a logit scale ``h @ Eᵀ / √d``), else
+  ``None``: a use reaching an output through it keeps an identity
+  cotangent, scaled."""
+  if eqn.primitive not in (_P.mul_p, _P.div_p) or len(ins) != 2:
+    return None
+  lin = [isinstance(x, Lin) for x in ins]
+  if lin.count(True) != 1 or (eqn.primitive is _P.div_p and not lin[0]):
+    return None
+  pos = lin.index(True)
+  other = ins[1 - pos]
+  value = (_compat.concrete(other.value) if isinstance(other, Const)
+           else None)
+  if value is None or np.size(value) != 1:
+    return None
+  c = float(np.reshape(value, ()))
+  if c == 0.0 or eqn.outvars[0].aval.shape != eqn.invars[pos].aval.shape:
+    return None
+  scale = c if eqn.primitive is _P.mul_p else 1.0 / c
+  return tuple(scale if i == pos else 0.0 for i in range(2))
 
 
 def _stacked_view(view_at: Callable, known: list, lengths: tuple[int, ...],

@@ -124,8 +124,11 @@ def conv_structure(ctx: UseContext) -> Structure | None:
   else:
     n = patches.shape[0]
     patches = patches.reshape((n, groups, in_per_group) + patches.shape[2:])
-    group_of = jnp.arange(out_features) // (out_features // groups)
-    patches = jnp.take(patches, group_of, axis=1)
+    # Output feature o reads group o // M: a repeat (a broadcast), and
+    # nothing at all for a depthwise layer (M = 1), not a gather.
+    per_group = out_features // groups
+    if per_group > 1:
+      patches = jnp.repeat(patches, per_group, axis=1)
     labels = ([batch_label, out_label, in_label] + spatial_labels +
               filter_labels)
   return Structure(theta_labels, tuple(y_labels),
