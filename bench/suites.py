@@ -15,8 +15,9 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-from bench import (compare, diagnostics_accuracy, kernels, overhead,
-                   plancache, precision, predict_large, predict_parity,
+from bench import (compare, diagnostics_accuracy, diagnostics_scaling,
+                   kernels, overhead, plancache, precision, predict_large,
+                   predict_parity,
                    predict_routes, report, regret_unseen, stacked, tiled,
                    tuned_regret)
 from bench.config import RunConfig
@@ -85,4 +86,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "their dense values on an MLP and a CNN, against the probe count",
           diagnostics_accuracy.run, diagnostics_accuracy.markdown,
           diagnostics_accuracy.figures),
+    Suite("diagnostics_scaling", "matrix-free diagnostics (top-10 "
+          "eigenvalues, effective ranks) against dense + eigh as N grows: "
+          "time, peak memory, crossover, auto's route",
+          diagnostics_scaling.run, diagnostics_scaling.markdown,
+          diagnostics_scaling.figures),
 )}

@@ -185,3 +185,15 @@ def test_diagnostics_accuracy_rows_and_table():
   assert all(r["max_rel_err"] < 1.0 for r in rows)
   assert "| mlp | top10 |" in acc.markdown({"n": 24, "seeds": 1,
                                              "rows": rows})
+
+
+@pytest.mark.slow
+def test_diagnostics_scaling_case_and_tables(tmp_path):
+  from bench import diagnostics_scaling as sc
+  rec = sc.case("mlp", 40, rounds=1)
+  assert rec["top10_err"] < 1e-3 and rec["rank_err"] < 0.1
+  assert set(rec["auto"].values()) <= {"dense", "matrix-free"}
+  res = {"records": [rec, {**rec, "n": 80, "ratio": 0.5}]}
+  assert sc.crossover(res["records"]) == 80
+  text = sc.markdown(res)
+  assert "| mlp | 40 |" in text and "N = 80" in text

@@ -130,12 +130,14 @@ def effective_rank(kernel: Any, *, kind: str = "ratio", probes: int = PROBES,
     if kind == "ratio":
       return _gram_estimate([kern], lambda g: tr ** 2 / g[0, 0], probes,
                             seed, reason)
+    # The normalised spectrum p = λ / tr Θ: H = -tr(P log P), so the
+    # estimate's scale is the entropy's whatever the kernel's.
     s, se = randomized.hutchpp_spectral_sum(
-        kern.matmat, kern.m, _xlogx, probes, steps,
-        np.random.default_rng(seed))
-    value = float(np.exp(np.log(tr) - s / tr))
+        lambda v: kern.matmat(v) / tr, kern.m, _xlogx, probes, steps,
+        np.random.default_rng(seed), trace=1.0)
+    value = float(np.exp(-s))
     se = np.hypot(se, _rounding(kern) * abs(s))
-    return Estimate(value, value * se / tr, "stderr",
+    return Estimate(value, value * se, "stderr",
                     "Hutch++ + Lanczos quadrature", probes, path, reason)
 
   return sources.per_group(kernel, source, one)

@@ -151,9 +151,18 @@ def hutchpp_gram(matmats: list[Matmat], m: int, probes: int,
 
 
 def hutchpp_spectral_sum(matmat: Matmat, m: int, fn: Callable, probes: int,
-                         steps: int, rng: np.random.Generator
-                         ) -> tuple[float, float]:
+                         steps: int, rng: np.random.Generator,
+                         trace: float | None = None) -> tuple[float, float]:
   """``tr f(A)`` by Hutch++ with Lanczos quadrature for each quadratic form.
+
+  Given the exact ``tr(A)``, the residual probes' forms ``g'ᵀ A g'`` (the
+  first Lanczos coefficient, free) serve as a control variate: the residual
+  part is ``mean(g'ᵀ f(A) g' - c·g'ᵀ A g') + c·(tr(A) - tr(QᵀAQ))`` with
+  ``c`` fitted to the probes by least squares. It removes the part of
+  ``f`` that is linear over the residual spectrum, most of the probes'
+  noise for ``f(λ) = λ log λ`` on a kernel's tail (the spread of the
+  probes comes from the few largest residual eigenvalues, over which ``f``
+  is close to linear).
 
   Args:
     matmat: the product of a symmetric ``(m, m)`` matrix.
@@ -162,6 +171,7 @@ def hutchpp_spectral_sum(matmat: Matmat, m: int, fn: Callable, probes: int,
     probes: Hutch++ budget (:func:`split_probes`).
     steps: Lanczos steps per probe (at most ``m``).
     rng: the random generator.
+    trace: the exact ``tr(A)``, or ``None`` (no control variate).
 
   Returns:
     ``(estimate, stderr)``; the cost is ``sketch + steps·probes`` columns.
@@ -176,9 +186,26 @@ def hutchpp_spectral_sum(matmat: Matmat, m: int, fn: Callable, probes: int,
                                        min(steps, m))
   forms = lanczos.quadrature(alpha, beta, norms, fn)
   k = q.shape[1]
-  terms = forms[k:]
-  return (float(forms[:k].sum() + terms.mean()),
-          float(np.std(terms, ddof=1) / np.sqrt(residual)))
+  terms, rest = forms[k:], 0.0
+  if trace is not None:
+    linear = norms[k:] ** 2 * alpha[k:, 0]  # g'ᵀ A g'
+    c = _slope(linear, terms)
+    terms = terms - c * linear
+    rest = c * (trace - np.sum(norms[:k] ** 2 * alpha[:k, 0]))
+  fitted = 0 if trace is None else 1
+  spread = np.std(terms, ddof=1 + fitted) if residual > 1 + fitted else (
+      np.inf)
+  return (float(forms[:k].sum() + terms.mean() + rest),
+          float(spread / np.sqrt(residual)))
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+  """The least-squares slope of ``y`` on ``x`` (0 if ``x`` is constant)."""
+  dx = x - x.mean()
+  var = float(np.sum(dx * dx))
+  scale = max(float(np.sum(x * x)), 1e-300)
+  return float(np.sum(dx * (y - y.mean())) / var) if var > 1e-24 * scale else (
+      0.0)
 
 
 def lanczos_extremes(matmat: Matmat, m: int, k: int, which: str, steps: int,

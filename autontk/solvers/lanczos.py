@@ -94,7 +94,7 @@ def tridiagonalize(matmat: Callable[[Any], Any], v0: Any, steps: int, *,
     arrays = _start(jnp.asarray(v0, dtype), steps, full)
   for j in range(steps):
     with _precision(dtype):
-      qj = arrays[0][j % arrays[0].shape[0]]
+      qj = _vector(arrays, j)
     w = matmat(qj)
     with _precision(dtype):
       arrays = _extend(arrays, jnp.asarray(w, dtype), j, full)
@@ -251,7 +251,7 @@ def _iterate(op: Any, shift: float, fn: Callable, state: "_State",
 
 
 class _State:
-  """Lanczos state: basis ``q (steps + 1, M, R)``, ``alpha``, ``beta``
+  """Lanczos state: basis ``q (R, steps + 1, M)``, ``alpha``, ``beta``
   ``(steps, R)``, the steps done, and whether the run has finished (with
   the last change of the answer)."""
 
@@ -303,37 +303,46 @@ class _State:
 
 
 def _start(v0: Any, steps: int, full: bool) -> tuple[Any, Any, Any]:
-  """The state ``(q, alpha, beta)``: the basis ``q`` (``steps + 1`` vectors
-  with full reorthogonalisation, else the last two) ``(slots, M, R)`` with
-  ``v0``'s normalised columns first, and zero ``alpha``, ``beta``
-  ``(steps, R)``."""
+  """The state ``(q, alpha, beta)``: the basis ``q (R, slots, M)``
+  (``steps + 1`` vectors per column with full reorthogonalisation, else the
+  last two; columns lead, so the reorthogonalisation is a batched matrix
+  product) with ``v0``'s normalised columns first, and zero ``alpha``,
+  ``beta`` ``(steps, R)``."""
+  m, r = v0.shape
   norms = jnp.linalg.norm(v0, axis=0)
-  q = jnp.zeros((steps + 1 if full else 2,) + v0.shape, v0.dtype)
-  q = q.at[0].set(v0 / jnp.where(norms > 0, norms, 1))
-  zeros = jnp.zeros((steps, v0.shape[1]), v0.dtype)
+  q = jnp.zeros((r, steps + 1 if full else 2, m), v0.dtype)
+  q = q.at[:, 0].set((v0 / jnp.where(norms > 0, norms, 1)).T)
+  zeros = jnp.zeros((steps, r), v0.dtype)
   return q, zeros, zeros
+
+
+def _vector(arrays: tuple[Any, ...], j: Any) -> Any:
+  """Basis vector ``j`` of every column: ``(M, R)``."""
+  q = arrays[0]
+  return q[:, j % q.shape[1]].T
 
 
 def _lanczos_step(arrays: tuple[Any, ...], w: Any, j: Any,
                   full: bool) -> tuple[Any, Any, Any]:
-  """Step ``j`` given ``w = A q_j``: ``alpha[j]``, ``beta[j]`` and the next
-  basis vector (slot ``(j + 1) mod slots``)."""
+  """Step ``j`` given ``w = A q_j (M, R)``: ``alpha[j]``, ``beta[j]`` and
+  the next basis vector (slot ``(j + 1) mod slots``)."""
   q, alpha, beta = arrays
-  slots = q.shape[0]
-  qj, prev = q[j % slots], q[(j - 1) % slots]
-  a = jnp.sum(qj * w, axis=0)
-  w = w - a * qj - jnp.where(j > 0, beta[j - 1], 0.0) * prev
+  slots = q.shape[1]
+  w = w.T
+  qj, prev = q[:, j % slots], q[:, (j - 1) % slots]
+  a = jnp.sum(qj * w, axis=1)
+  w = w - a[:, None] * qj - jnp.where(j > 0, beta[j - 1], 0.0)[:, None] * prev
   if full:
     for _ in range(2):  # twice is enough (Kahan)
-      w = w - jnp.einsum("kmr,kr->mr", q, jnp.einsum("kmr,mr->kr", q, w))
-  norm = jnp.linalg.norm(w, axis=0)
+      w = w - jnp.einsum("rkm,rk->rm", q, jnp.einsum("rkm,rm->rk", q, w))
+  norm = jnp.linalg.norm(w, axis=1)
   # A column whose Krylov space is exhausted stops: its later vectors are
   # zero, so they carry no weight in T.
   scale = jnp.maximum(jnp.abs(a), jnp.max(jnp.abs(alpha), axis=0))
   live = norm > 100 * jnp.finfo(w.dtype).eps * jnp.maximum(scale, 1e-300)
   norm = jnp.where(live, norm, 0.0)
-  q = q.at[(j + 1) % slots].set(
-      jnp.where(live, w / jnp.where(live, norm, 1), 0.0))
+  nxt = jnp.where(live[:, None], w / jnp.where(live, norm, 1)[:, None], 0.0)
+  q = q.at[:, (j + 1) % slots].set(nxt)
   return q, alpha.at[j].set(a), beta.at[j].set(norm)
 
 
@@ -344,7 +353,7 @@ _extend = jax.jit(_lanczos_step, static_argnums=3)
 @functools.partial(jax.jit, static_argnums=0)
 def _step(op: Any, shift: float, arrays: tuple[Any, ...], j: Any):
   """One step of ``op + shift·I``, its product compiled with the step."""
-  qj = arrays[0][j]
+  qj = _vector(arrays, j)
   return _lanczos_step(arrays, op.matmat(qj) + shift * qj, j, True)
 
 
@@ -380,4 +389,4 @@ def _evaluate_program(fn: Callable, arrays: tuple[Any, ...], k: Any,
   lead = (slice(None),) + (None,) * (values.ndim - 2)
   coef = jnp.einsum("rik,r...k->r...i", s, values * s0[lead])
   coef = jnp.where(taken, coef, 0.0)
-  return jnp.einsum("imr,r...i->...mr", q[:steps], coef) * norms
+  return jnp.einsum("rim,r...i->...mr", q[:, :steps], coef) * norms
