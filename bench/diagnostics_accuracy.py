@@ -9,6 +9,12 @@ relative error, and the share of seeds whose reported error bar
 (``Estimate.interval()``) holds the dense value. The distance is between
 the kernel at the parameters and at a perturbed copy (a second
 "checkpoint"); the alignment uses one-hot labels of a random linear teacher.
+
+A second part checks the default budgets at a larger ``N`` on more seeds:
+the same networks' kernels formed once and wrapped as a float32
+:class:`autontk.MatrixOperator` (the products are then matrix products,
+not NTK-vector products through the network; the estimators see the same
+kernel in the same precision).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+import autontk
 from autontk import diagnostics as D
+from autontk.diagnostics import frobenius, spectrum
 from bench.config import RunConfig
 from bench.zoo import functions as zoo
 
@@ -98,18 +106,58 @@ def _model_rows(name: str, m: zoo.Model, budgets: dict[str, tuple],
   return rows
 
 
+DEFAULTS = {"frobenius": frobenius.PROBES, "rank_ratio": frobenius.PROBES,
+            "rank_entropy": frobenius.PROBES,
+            "alignment": frobenius.PROBES,
+            "distance": frobenius.DISTANCE_PROBES,
+            "top10": spectrum.EIG_STEPS}
+"""Each estimator's default budget."""
+
+
+def _as_operator(kern) -> Any:
+  """The kernel formed once, as a float32 operator."""
+  import jax.numpy as jnp
+  return autontk.MatrixOperator(jnp.asarray(kern.dense(), jnp.float32))
+
+
+def _default_rows(n: int, seeds: int, log: Callable) -> list[dict]:
+  """Every estimator at its default budget on the formed kernels."""
+  rows = []
+  for name, m in _models(n).items():
+    ka, kb, y = _kernels(m)
+    oa, ob = _as_operator(ka), _as_operator(kb)
+    for est_name, budget in DEFAULTS.items():
+      exact = _estimate(est_name, ka, kb, y, 40, 0, "dense").value
+      errs = [_errors(_estimate(est_name, oa, ob, y, budget, s,
+                                "matrix-free"), exact)
+              for s in range(seeds)]
+      rel = [e[0] for e in errs]
+      rows.append({"model": name, "n": n, "estimator": est_name,
+                   "budget": budget, "seeds": seeds,
+                   "exact": np.atleast_1d(exact)[0].item(),
+                   "median_rel_err": float(np.median(rel)),
+                   "max_rel_err": float(np.max(rel)),
+                   "covered": float(np.mean([e[1] for e in errs]))})
+      log(rows[-1])
+  return rows
+
+
 def run(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """One row per model, estimator and probe budget."""
-  n, seeds = (300, 4) if cfg.quick else (1000, 10)
+  """One row per model, estimator and probe budget, and the defaults."""
+  n, seeds = (300, 10) if cfg.quick else (1000, 10)
   probes = (10, 20, 40, 80)
   budgets = {e: probes for e in ESTIMATORS}
   budgets["rank_entropy"] = (10, 20, 40)
+  budgets["distance"] = (10, 20, 40, 80, 160)
   budgets["top10"] = (30, 60, 120)   # Lanczos steps (LOBPCG ignores them)
   rows = []
   for name, m in _models(n).items():
     if cfg.selected(name):
       rows += _model_rows(name, m, budgets, seeds, log)
-  return {"n": n, "seeds": seeds, "rows": rows}
+  res = {"n": n, "seeds": seeds, "rows": rows}
+  cfg.save_partial(res)
+  res["defaults"] = _default_rows(1000, 40, log)
+  return res
 
 
 def markdown(res: dict[str, Any]) -> str:

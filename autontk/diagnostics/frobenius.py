@@ -4,9 +4,10 @@ alignment and the kernel distance between checkpoints.
 Dense, each is exact. Matrix-free, ``‖Θ‖²_F = tr(Θ²)`` and
 ``⟨Θ_a, Θ_b⟩ = tr(Θ_a Θ_b)`` come from Hutch++ with shared probes
 (:func:`~autontk.diagnostics.randomized.hutchpp_gram`), the entropy of the
-spectrum from Hutch++ with Lanczos quadrature; a ratio's standard error
-follows by the delta method over the probes. The keywords shared by every
-diagnostic are described in :mod:`autontk.diagnostics.spectrum`.
+spectrum from Hutch++ with Lanczos quadrature (the exact trace as a
+control variate); a ratio's standard error follows by the delta method over
+the probes. The keywords shared by every diagnostic are described in
+:mod:`autontk.diagnostics.spectrum`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from autontk.diagnostics.sources import Kernel
 
 PROBES = 40
 """Default Hutch++ budget: 20 sketch columns and 20 residual probes."""
+
+DISTANCE_PROBES = 80
+"""Default Hutch++ budget of :func:`kernel_distance`: a small distance is a
+small difference of two close kernels, and its relative error depends on
+how many directions the change spans; the 40-column sketch of this budget
+captures them on the NTKs measured (``bench/diagnostics_accuracy``)."""
 
 STEPS = 40
 """Default Lanczos steps per probe (stochastic Lanczos quadrature)."""
@@ -92,10 +99,11 @@ def effective_rank(kernel: Any, *, kind: str = "ratio", probes: int = PROBES,
 
   ``kind="ratio"``: the trace is exact, ``‖Θ‖²_F`` by Hutch++.
   ``kind="entropy"``: the exponential of the Shannon entropy of the
-  normalised spectrum, ``H = log tr Θ - tr(Θ log Θ) / tr Θ``; matrix-free,
-  ``tr(Θ log Θ)`` is a spectral sum estimated by Hutch++ with Lanczos
-  quadrature of ``steps`` steps per probe (negative eigenvalues of
-  rounding count as zero).
+  normalised spectrum, ``H = -tr(P log P)`` with ``P = Θ / tr Θ``;
+  matrix-free, a spectral sum estimated by Hutch++ with Lanczos quadrature
+  of ``steps`` steps per probe and the exact trace as a control variate
+  (:func:`~autontk.diagnostics.randomized.hutchpp_spectral_sum`; negative
+  eigenvalues of rounding count as zero).
 
   Args:
     kernel: the kernel (see :mod:`autontk.diagnostics.spectrum`).
@@ -226,7 +234,7 @@ def _centered_targets(y: Any, m: int) -> np.ndarray:
 
 
 def kernel_distance(kernel: Any, kernel_b: Any = None, *, params_b: Any = None,
-                    probes: int = PROBES, route: str = "auto",
+                    probes: int = DISTANCE_PROBES, route: str = "auto",
                     memory_budget: float | None = None, seed: int = 0,
                     **source: Any) -> Any:
   """``1 - ⟨Θ_a, Θ_b⟩_F / (‖Θ_a‖_F ‖Θ_b‖_F)`` between two kernels.
@@ -240,7 +248,7 @@ def kernel_distance(kernel: Any, kernel_b: Any = None, *, params_b: Any = None,
     kernel: kernel a, or the network.
     kernel_b: kernel b (``None`` for a network).
     params_b: the network's second parameters.
-    probes: the Hutch++ budget.
+    probes: the Hutch++ budget (default :data:`DISTANCE_PROBES`).
     route: ``"auto"``, ``"dense"`` or ``"matrix-free"``.
     memory_budget: bytes a materialised kernel may take.
     seed: the probes' seed.
