@@ -178,13 +178,13 @@ def test_predict_large_data_and_tables():
 @pytest.mark.slow
 def test_diagnostics_accuracy_rows_and_table():
   from bench import diagnostics_accuracy as acc
-  m = acc._models(24)["mlp"]
-  rows = acc._model_rows("mlp", m, {e: (12,) for e in acc.ESTIMATORS}, 1,
-                         lambda *a: None)
+  kerns = acc._formed(acc._models(24)["mlp"])
+  rows = acc._sweep("mlp", kerns, 24, {e: (12,) for e in acc.ESTIMATORS}, 1,
+                    lambda *a: None)
   assert [r["estimator"] for r in rows] == list(acc.ESTIMATORS)
   assert all(r["max_rel_err"] < 1.0 for r in rows)
-  assert "| mlp | top10 |" in acc.markdown({"n": 24, "seeds": 1,
-                                             "rows": rows})
+  text = acc.markdown({"n": 24, "seeds": 1, "rows": rows, "defaults": rows})
+  assert "| mlp | top10 |" in text and "default budgets" in text
 
 
 @pytest.mark.slow
