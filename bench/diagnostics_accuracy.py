@@ -124,7 +124,7 @@ def _as_operator(kern) -> Any:
 
 DEFAULTS = {"frobenius": frobenius.PROBES, "rank_ratio": frobenius.PROBES,
             "rank_entropy": frobenius.PROBES,
-            "alignment": frobenius.PROBES,
+            "alignment": frobenius.ALIGNMENT_PROBES,
             "distance": frobenius.DISTANCE_PROBES,
             "top10": spectrum.EIG_STEPS}
 """Each estimator's default budget."""
@@ -136,6 +136,7 @@ def run(cfg: RunConfig, log=print) -> dict[str, Any]:
   n_defaults, seeds_defaults = 1000, 40
   probes = (10, 20, 40, 80)
   budgets = {e: probes for e in ESTIMATORS}
+  budgets["alignment"] = (10, 20, 40, 60, 80)
   budgets["rank_entropy"] = (10, 20, 40, 80)
   budgets["distance"] = (10, 20, 40, 80, 160)
   budgets["top10"] = (30, 60, 120)   # Lanczos steps (LOBPCG ignores them)

@@ -46,6 +46,14 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+import autontk
+from autontk import diagnostics as D
+from bench import record
+from bench.timing import interleaved
+from bench.zoo import functions as zoo
+
+NAME = "diagnostics_scaling"
+
 MODELS = ("mlp", "cnn")
 QUICK_SIZES = (200, 400)
 FULL_SIZES = (250, 500, 1000)
@@ -53,7 +61,6 @@ ROUTE_KEYS = ("dense", "top10", "rank", "entropy")
 
 
 def _model(name: str, n: int) -> Any:
-  from bench.zoo import functions as zoo
   if name == "mlp":
     return zoo.deep_mlp(3, 64, 16, 10, n)
   return zoo.conv_net((8,), 8, 10, n)
@@ -100,12 +107,10 @@ def _rel(a: Any, b: Any) -> float:
   return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
-def case(name: str, n: int, rounds: int = 3) -> dict[str, Any]:
-  """Both routes on model ``name`` at ``n`` examples, in this process."""
-  import jax
-  import autontk
-  from autontk import diagnostics as D
-  from bench.timing import interleaved
+def case(name: str, n: int, rounds: int = 3,
+         dense_route: bool = True) -> dict[str, Any]:
+  """Both routes on model ``name`` at ``n`` examples, in this process
+  (the matrix-free one alone without ``dense_route``)."""
   model = _model(name, n)
   op = autontk.ntk_operator(model.f, model.x1, model.params,
                             trace_axes=model.trace_axes)
@@ -125,7 +130,8 @@ def case(name: str, n: int, rounds: int = 3) -> dict[str, Any]:
     return (lam[::-1][:10], float(np.trace(k) ** 2 / np.sum(k * k)),
             float(np.exp(-np.sum(p * np.log(p)))))
 
-  calls["dense"] = dense
+  if dense_route:
+    calls["dense"] = dense
   peaks = {k: _PeakMemory() for k in calls}
   t0 = time.perf_counter()
   answers = {"entropy": peaks["entropy"].wrap(calls.pop("entropy"))()}
@@ -134,19 +140,23 @@ def case(name: str, n: int, rounds: int = 3) -> dict[str, Any]:
   stats = interleaved({k: peaks[k].wrap(c) for k, c in calls.items()},
                       rounds=rounds, time_s=0.0, max_rounds=rounds)
   stats["entropy"] = {"median_s": entropy_s}
-  rec: dict[str, Any] = {"model": name, "n": n,
+  rec: dict[str, Any] = {"model": name, "n": n, "date_utc": time.strftime(
+                             "%Y-%m-%d %H:%M", time.gmtime()),
                          "dense_kernel_mib": n * n * 8 / 2 ** 20}
   for key in ROUTE_KEYS:
-    rec[f"{key}_peak_mib"] = peaks[key].peak_mib
-  for key in ROUTE_KEYS:
-    rec[f"{key}_s"] = stats[key]["median_s"]
-  top, ratio, entropy = answers["dense"]
+    rec[f"{key}_s"] = stats[key]["median_s"] if key in stats else None
+    rec[f"{key}_peak_mib"] = peaks[key].peak_mib if key in peaks else None
   rec["free_peak_mib"] = max(rec[f"{k}_peak_mib"] for k in ROUTE_KEYS[1:])
-  rec.update(top10_err=_rel(answers["top10"], top),
-             rank_err=_rel(answers["rank"], ratio),
-             entropy_err=_rel(answers["entropy"], entropy),
-             ratio=(rec["top10_s"] + rec["rank_s"]) / rec["dense_s"],
-             rounds=stats["dense"]["repeats"])
+  rec["rounds"] = stats["top10"]["repeats"]
+  if dense_route:
+    top, ratio, entropy = answers["dense"]
+    rec.update(top10_err=_rel(answers["top10"], top),
+               rank_err=_rel(answers["rank"], ratio),
+               entropy_err=_rel(answers["entropy"], entropy),
+               ratio=(rec["top10_s"] + rec["rank_s"]) / rec["dense_s"])
+  else:
+    rec.update(top10_err=None, rank_err=None, entropy_err=None, ratio=None,
+               values={k: np.asarray(v).tolist() for k, v in answers.items()})
   t0 = time.perf_counter()
   rep = D.report(model.f, model.x1, model.params, k=10)
   rec["auto_s"] = time.perf_counter() - t0
@@ -157,13 +167,14 @@ def case(name: str, n: int, rounds: int = 3) -> dict[str, Any]:
   return rec
 
 
-def fresh(name: str, n: int, rounds: int, log: Callable[..., None] = print
-          ) -> dict[str, Any]:
-  """:func:`case` in a fresh process (its own peak RSS)."""
+def fresh(name: str, n: int, rounds: int, log: Callable[..., None] = print,
+          dense_route: bool = True) -> dict[str, Any]:
+  """:func:`case` in a fresh process (its own memory)."""
   env = dict(os.environ, PYTHONPATH=os.getcwd())
   p = subprocess.run([sys.executable, "-m", "bench.diagnostics_scaling",
                       "--case", name, "--n", str(n), "--rounds",
-                      str(rounds)], capture_output=True, text=True, env=env)
+                      str(rounds)] + ([] if dense_route else ["--no-dense"]),
+                     capture_output=True, text=True, env=env)
   if p.returncode:
     log(p.stderr[-3000:])
     raise RuntimeError(f"diagnostics_scaling {name} N={n} failed")
@@ -171,10 +182,15 @@ def fresh(name: str, n: int, rounds: int, log: Callable[..., None] = print
 
 
 def _log_line(r: dict[str, Any]) -> str:
-  return (f"{r['model']} N={r['n']}: dense {r['dense_s']:.3g} s, top10 "
-          f"{r['top10_s']:.3g} s, rank {r['rank_s']:.3g} s, entropy "
-          f"{r['entropy_s']:.3g} s, ratio {r['ratio']:.2f}, auto "
+  return (f"{r['model']} N={r['n']}: dense {_g(r['dense_s'])} s, top10 "
+          f"{_g(r['top10_s'])} s, rank {_g(r['rank_s'])} s, entropy "
+          f"{_g(r['entropy_s'])} s, ratio {_g(r['ratio'])}, auto "
           f"{r['auto']}")
+
+
+def _g(v: Any, fmt: str = ".3g") -> str:
+  """A number, or ``–`` where the dense route was not run."""
+  return "–" if v is None else format(v, fmt)
 
 
 def run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
@@ -197,6 +213,8 @@ def crossover(recs: list[dict[str, Any]]) -> int | None:
   route at every larger N run."""
   best = None
   for r in sorted(recs, key=lambda r: -r["n"]):
+    if r["ratio"] is None:
+      continue
     if r["ratio"] >= 1:
       break
     best = r["n"]
@@ -220,10 +238,11 @@ def markdown(res: dict[str, Any]) -> str:
   for r in sorted(res["records"], key=lambda r: (r["model"], r["n"])):
     a = r["auto"]
     rows.append(
-        f"| {r['model']} | {r['n']} | {r['dense_s']:.3g} | "
+        f"| {r['model']} | {r['n']} | {_g(r['dense_s'])} | "
         f"{r['top10_s']:.3g} | {r['rank_s']:.3g} | {r['entropy_s']:.3g} | "
-        f"{r['ratio']:.2f} | {r['top10_err']:.1e} | {r['rank_err']:.1e} | "
-        f"{r['entropy_err']:.1e} | {r['dense_peak_mib']:.0f} | "
+        f"{_g(r['ratio'], '.2f')} | {_g(r['top10_err'], '.1e')} | "
+        f"{_g(r['rank_err'], '.1e')} | {_g(r['entropy_err'], '.1e')} | "
+        f"{_g(r['dense_peak_mib'], '.0f')} | "
         f"{r['top10_peak_mib']:.0f} / {r['rank_peak_mib']:.0f} / "
         f"{r['entropy_peak_mib']:.0f} | {_short(a['top10'])}, "
         f"{_short(a['rank'])}, {_short(a['entropy'])} | "
@@ -257,12 +276,14 @@ def figures(out_dir: str, res: dict[str, Any]) -> str:
   for ax, m in zip(axes[0], models):
     recs = sorted((r for r in res["records"] if r["model"] == m),
                   key=lambda r: r["n"])
-    n = [r["n"] for r in recs]
     for key, style in zip(ROUTE_KEYS, ("k-o", "C0--s", "C1--^", "C2--v")):
-      ax.plot(n, [r[f"{key}_s"] for r in recs], style,
-              label=key if key == "dense" else f"{key} (matrix-free)")
-    ax.plot(n, [0.25 * r["dense_s"] for r in recs], "k:", lw=1,
-            label="25 % of dense")
+      pts = [(r["n"], r[f"{key}_s"]) for r in recs if r[f"{key}_s"]]
+      if pts:
+        ax.plot(*zip(*pts), style,
+                label=key if key == "dense" else f"{key} (matrix-free)")
+    pts = [(r["n"], 0.25 * r["dense_s"]) for r in recs if r["dense_s"]]
+    if pts:
+      ax.plot(*zip(*pts), "k:", lw=1, label="25 % of dense")
     ax.set(xscale="log", yscale="log", xlabel="N (O = 10, traced)",
            ylabel="seconds", title=m)
     ax.legend(fontsize=7)
@@ -275,19 +296,19 @@ def figures(out_dir: str, res: dict[str, Any]) -> str:
 def _record(recs: list[dict[str, Any]], tag: str | None) -> str:
   """Merges ``recs`` into the recorded result (replacing the same model and
   N) and re-renders it."""
-  from bench import record
-  from bench.__main__ import index, render
-  from bench.suites import SUITES
   info = record.machine_info()
-  out_dir = record.results_dir(tag or record.machine_tag(info))
-  res = record.load(out_dir, "diagnostics_scaling") or {"records": []}
+  tag = tag or record.machine_tag(info)
+  out_dir = record.results_dir(tag)
+  res = record.load(out_dir, NAME) or {"records": []}
   new = {(r["model"], r["n"]) for r in recs}
   res["records"] = [r for r in res["records"]
                     if (r["model"], r["n"]) not in new] + recs
   res["sizes"] = sorted({r["n"] for r in res["records"]})
-  record.save(out_dir, "diagnostics_scaling", res)
-  render(out_dir, SUITES["diagnostics_scaling"], res)
-  index(out_dir)
+  record.stamp(res, suite=NAME, tag=tag, info=info,
+               quick=bool(res.get("quick")))
+  record.save(out_dir, NAME, res)
+  record.write_markdown(out_dir, NAME, res, lambda r: markdown(r).rstrip()
+                        + "\n\n" + figures(out_dir, r))
   return out_dir
 
 
@@ -302,15 +323,17 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--record", action="store_true",
                   help="merge into bench/results/<tag>/diagnostics_scaling")
   ap.add_argument("--tag", help="results folder (default: this machine's)")
+  ap.add_argument("--no-dense", action="store_true",
+                  help="the matrix-free route alone (no dense kernel)")
   ap.add_argument("--case", choices=MODELS, help=argparse.SUPPRESS)
   a = ap.parse_args(argv)
   if a.case:  # one case, in this process: a JSON line for fresh()
-    print(json.dumps(case(a.case, a.n[0], a.rounds)))
+    print(json.dumps(case(a.case, a.n[0], a.rounds, not a.no_dense)))
     return
   recs = []
   for name in a.model:
     for n in a.n:
-      recs.append(fresh(name, n, a.rounds))
+      recs.append(fresh(name, n, a.rounds, dense_route=not a.no_dense))
       print(_log_line(recs[-1]), flush=True)
   if a.record:
     print("recorded in", _record(recs, a.tag))

@@ -193,7 +193,15 @@ def test_diagnostics_scaling_case_and_tables(tmp_path):
   rec = sc.case("mlp", 40, rounds=1)
   assert rec["top10_err"] < 1e-3 and rec["rank_err"] < 0.1
   assert set(rec["auto"].values()) <= {"dense", "matrix-free"}
-  res = {"records": [rec, {**rec, "n": 80, "ratio": 0.5}]}
+  alone = sc.case("mlp", 40, rounds=1, dense_route=False)
+  assert alone["ratio"] is None and alone["dense_s"] is None
+  m = sc._model("mlp", 40)
+  want = np.linalg.eigvalsh(np.asarray(reference_ntk(
+      m.f, m.params, m.x1, None), np.float64))[::-1][:10]
+  np.testing.assert_allclose(alone["values"]["top10"], want, rtol=1e-3)
+  res = {"records": [rec, {**rec, "n": 80, "ratio": 0.5},
+                     {**alone, "n": 160}]}
   assert sc.crossover(res["records"]) == 80
   text = sc.markdown(res)
-  assert "| mlp | 40 |" in text and "N = 80" in text
+  assert "| mlp | 40 |" in text and "N = 80" in text and "| 160 | – |" in text
+  assert sc.figures(str(tmp_path), res)
