@@ -6,9 +6,18 @@ output traced, so the kernel is ``(N, N)``), each estimator of
 with the exact dense value of the same kernel, over several seeds and
 probe budgets (Lanczos steps for the eigenvalues): the median and largest
 relative error, and the share of seeds whose reported error bar
-(``Estimate.interval()``) holds the dense value. The distance is between
-the kernel at the parameters and at a perturbed copy (a second
-"checkpoint"); the alignment uses one-hot labels of a random linear teacher.
+(``Estimate.interval()``) holds the dense value; then every estimator at
+its default budget on 40 seeds. The distance is between the kernel at the
+parameters and at a perturbed copy (a second "checkpoint"); the alignment
+uses one-hot labels of a random linear teacher.
+
+Each kernel is formed once (:func:`autontk.ntk_fn`) and applied as a
+float32 :class:`autontk.MatrixOperator`: an estimator's error is a matter
+of the kernel's spectrum and the probes, and NTK-vector products through
+the network give the same products up to float32 rounding (``1e-6``
+relative, far below these errors) at many times the cost. The
+``diagnostics_scaling`` suite compares the estimates on the network's own
+operator with the dense values.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+import autontk
 from autontk import diagnostics as D
+from autontk.diagnostics import frobenius, spectrum
 from bench.config import RunConfig
 from bench.zoo import functions as zoo
 
@@ -71,23 +82,24 @@ def _kernels(m: zoo.Model):
   return ka, kb, np.eye(10)[labels]
 
 
-def _model_rows(name: str, m: zoo.Model, budgets: dict[str, tuple],
-                seeds: int, log: Callable) -> list[dict[str, Any]]:
-  ka, kb, y = _kernels(m)
+def _sweep(name: str, kerns: tuple, n: int, budgets: dict[str, tuple],
+           seeds: int, log: Callable) -> list[dict[str, Any]]:
+  """Each estimator at each budget over ``seeds`` seeds."""
+  ka, kb, y, oa, ob = kerns
   rows = []
-  for est_name in ESTIMATORS:
+  for est_name, per in budgets.items():
     exact = _estimate(est_name, ka, kb, y, 40, 0, "dense").value
-    for budget in budgets[est_name]:
+    for budget in per:
       rel, inside, seconds, method = [], [], [], ""
       for seed in range(seeds):
         t0 = time.perf_counter()
-        est = _estimate(est_name, ka, kb, y, budget, seed, "matrix-free")
+        est = _estimate(est_name, oa, ob, y, budget, seed, "matrix-free")
         seconds.append(time.perf_counter() - t0)
         r, ok = _errors(est, exact)
         rel.append(r)
         inside.append(ok)
         method = est.method
-      rows.append({"model": name, "n": ka.m, "estimator": est_name,
+      rows.append({"model": name, "n": n, "estimator": est_name,
                    "budget": budget, "method": method, "seeds": seeds,
                    "exact": np.atleast_1d(exact)[0].item(),
                    "median_rel_err": float(np.median(rel)),
@@ -98,18 +110,50 @@ def _model_rows(name: str, m: zoo.Model, budgets: dict[str, tuple],
   return rows
 
 
+def _formed(m: zoo.Model) -> tuple:
+  """``(ka, kb, y)`` and the two kernels as float32 operators."""
+  ka, kb, y = _kernels(m)
+  return ka, kb, y, _as_operator(ka), _as_operator(kb)
+
+
+def _as_operator(kern) -> Any:
+  """The kernel formed once, as a float32 operator."""
+  import jax.numpy as jnp
+  return autontk.MatrixOperator(jnp.asarray(kern.dense(), jnp.float32))
+
+
+DEFAULTS = {"frobenius": frobenius.PROBES, "rank_ratio": frobenius.PROBES,
+            "rank_entropy": frobenius.PROBES,
+            "alignment": frobenius.ALIGNMENT_PROBES,
+            "distance": frobenius.DISTANCE_PROBES,
+            "top10": spectrum.EIG_STEPS}
+"""Each estimator's default budget."""
+
+
 def run(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """One row per model, estimator and probe budget."""
-  n, seeds = (300, 4) if cfg.quick else (1000, 10)
+  """One row per model, estimator and probe budget, and the defaults."""
+  n, seeds = (300, 10) if cfg.quick else (1000, 20)
+  n_defaults, seeds_defaults = 1000, 40
   probes = (10, 20, 40, 80)
   budgets = {e: probes for e in ESTIMATORS}
-  budgets["rank_entropy"] = (10, 20, 40)
+  budgets["alignment"] = (10, 20, 40, 60, 80)
+  budgets["rank_entropy"] = (10, 20, 40, 80)
+  budgets["distance"] = (10, 20, 40, 80, 160)
   budgets["top10"] = (30, 60, 120)   # Lanczos steps (LOBPCG ignores them)
-  rows = []
-  for name, m in _models(n).items():
-    if cfg.selected(name):
-      rows += _model_rows(name, m, budgets, seeds, log)
-  return {"n": n, "seeds": seeds, "rows": rows}
+  res: dict[str, Any] = {"n": n, "seeds": seeds, "rows": [],
+                         "defaults": []}
+  for name in _models(8):
+    if not cfg.selected(name):
+      continue
+    big = _formed(_models(n_defaults)[name])
+    small = big if n == n_defaults else _formed(_models(n)[name])
+    res["rows"] += _sweep(name, small, n, budgets, seeds, log)
+    cfg.save_partial(res)
+    res["defaults"] += _sweep(name, big, n_defaults,
+                              {e: (b,) for e, b in DEFAULTS.items()},
+                              seeds_defaults, log)
+    cfg.save_partial(res)
+  return res
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -126,6 +170,18 @@ def markdown(res: dict[str, Any]) -> str:
                  f"{r['budget']} | {r['exact']:.4g} | "
                  f"{r['median_rel_err']:.2e} | {r['max_rel_err']:.2e} | "
                  f"{r['covered']:.0%} | {r['median_s']:.2f} |")
+  if res.get("defaults"):
+    d = res["defaults"]
+    lines += ["", f"At the default budgets, N = {d[0]['n']}, "
+              f"{d[0]['seeds']} seeds:", "",
+              "| model | estimator | method | budget | dense value | median "
+              "rel. err | max rel. err | covered |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in d:
+      lines.append(f"| {r['model']} | {r['estimator']} | {r['method']} | "
+                   f"{r['budget']} | {r['exact']:.4g} | "
+                   f"{r['median_rel_err']:.2e} | {r['max_rel_err']:.2e} | "
+                   f"{r['covered']:.0%} |")
   return "\n".join(lines) + "\n"
 
 

@@ -15,10 +15,10 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-from bench import (compare, diagnostics_accuracy, diagnostics_large, kernels,
-                   machine_speed, overhead, plancache, precision,
-                   predict_large, predict_parity, predict_routes, report,
-                   regret_unseen, scanned_regret,
+from bench import (compare, diagnostics_accuracy, diagnostics_large,
+                   diagnostics_scaling, kernels, machine_speed, overhead,
+                   plancache, precision, predict_large, predict_parity,
+                   predict_routes, report, regret_unseen, scanned_regret,
                    stacked, tiled, tuned_regret)
 from bench.config import RunConfig
 
@@ -93,6 +93,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "their dense values on an MLP and a CNN, against the probe count",
           diagnostics_accuracy.run, diagnostics_accuracy.markdown,
           diagnostics_accuracy.figures),
+    Suite("diagnostics_scaling", "matrix-free diagnostics (top-10 "
+          "eigenvalues, effective ranks) against dense + eigh as N grows: "
+          "time, peak memory, crossover, auto's route",
+          diagnostics_scaling.run, diagnostics_scaling.markdown,
+          diagnostics_scaling.figures),
     Suite("diagnostics_large", "condition number, effective rank, "
           "alignment and per-layer kernel distance of a CNN at N = 20,000, "
           "matrix-free, with time and peak memory", diagnostics_large.suite_run,

@@ -181,13 +181,33 @@ def test_predict_large_data_and_tables():
 @pytest.mark.slow
 def test_diagnostics_accuracy_rows_and_table():
   from bench import diagnostics_accuracy as acc
-  m = acc._models(24)["mlp"]
-  rows = acc._model_rows("mlp", m, {e: (12,) for e in acc.ESTIMATORS}, 1,
-                         lambda *a: None)
+  kerns = acc._formed(acc._models(24)["mlp"])
+  rows = acc._sweep("mlp", kerns, 24, {e: (12,) for e in acc.ESTIMATORS}, 1,
+                    lambda *a: None)
   assert [r["estimator"] for r in rows] == list(acc.ESTIMATORS)
   assert all(r["max_rel_err"] < 1.0 for r in rows)
-  assert "| mlp | top10 |" in acc.markdown({"n": 24, "seeds": 1,
-                                             "rows": rows})
+  text = acc.markdown({"n": 24, "seeds": 1, "rows": rows, "defaults": rows})
+  assert "| mlp | top10 |" in text and "default budgets" in text
+
+
+@pytest.mark.slow
+def test_diagnostics_scaling_case_and_tables(tmp_path):
+  from bench import diagnostics_scaling as sc
+  rec = sc.case("mlp", 40, rounds=1)
+  assert rec["top10_err"] < 1e-3 and rec["rank_err"] < 0.1
+  assert set(rec["auto"].values()) <= {"dense", "matrix-free"}
+  alone = sc.case("mlp", 40, rounds=1, dense_route=False)
+  assert alone["ratio"] is None and alone["dense_s"] is None
+  m = sc._model("mlp", 40)
+  want = np.linalg.eigvalsh(np.asarray(reference_ntk(
+      m.f, m.params, m.x1, None), np.float64))[::-1][:10]
+  np.testing.assert_allclose(alone["values"]["top10"], want, rtol=1e-3)
+  res = {"records": [rec, {**rec, "n": 80, "ratio": 0.5},
+                     {**alone, "n": 160}]}
+  assert sc.crossover(res["records"]) == 80
+  text = sc.markdown(res)
+  assert "| mlp | 40 |" in text and "N = 80" in text and "| 160 | – |" in text
+  assert sc.figures(str(tmp_path), res)
 
 
 def test_diagnostics_large_table():

@@ -17,6 +17,7 @@ import scipy.linalg
 
 import autontk
 from autontk import solvers
+from autontk.solvers import lanczos
 
 M = 120
 
@@ -203,6 +204,49 @@ def test_matfun_warns_and_checks(dense, tmp_path, capsys):
       solvers.matfun(op, np.full(M, np.inf), jnp.exp)
     solvers.matfun(op, b, lambda lam: jnp.exp(-lam), progress=True)
   assert "Lanczos" in capsys.readouterr().err
+
+
+def test_lanczos_pieces_against_eigh():
+  """tridiagonalize, ritz and quadrature (the diagnostics' Lanczos) on a
+  host product in float64, without jax_enable_x64."""
+  rs = np.random.RandomState(11)
+  m = 40
+  u, _ = np.linalg.qr(rs.randn(m, m))
+  lam = np.linspace(0.1, 3.0, m)
+  a = (u * lam) @ u.T
+  v = rs.randn(m, 3)
+  product = lambda x: a @ np.asarray(x)
+  norms = np.linalg.norm(v, axis=0)
+  want = np.einsum("mr,mr->r", v, (u * np.log(lam)) @ u.T @ v)
+  alpha, beta = lanczos.tridiagonalize(product, v, m)
+  assert alpha.dtype == np.float64 and alpha.shape == beta.shape == (3, m)
+  theta, _ = lanczos.ritz(alpha, beta)
+  np.testing.assert_allclose(theta, np.broadcast_to(lam, (3, m)), atol=1e-10)
+  np.testing.assert_allclose(lanczos.quadrature(alpha, beta, norms, np.log),
+                             want, rtol=1e-10)
+  for full in (True, False):  # the three-term recurrence alone too
+    alpha, beta = lanczos.tridiagonalize(product, v, 20,
+                                         reorthogonalize=full)
+    np.testing.assert_allclose(
+        lanczos.quadrature(alpha, beta, norms, np.log), want, rtol=1e-6)
+
+
+def test_lanczos_stops_on_an_invariant_subspace():
+  """A start vector in a 4-dimensional eigenspace: beta is zero from step 4
+  on and the Ritz values of those steps are its eigenvalues."""
+  lam = np.arange(1.0, 11.0)
+  v = np.zeros((10, 1))
+  v[:4] = 1.0
+  alpha, beta = lanczos.tridiagonalize(lambda x: lam[:, None] * np.asarray(x),
+                                       v, 8)
+  assert np.all(beta[0, 3:] == 0) and np.all(alpha[0, 4:] == 0)
+  np.testing.assert_allclose(lanczos.ritz(alpha[0, :4], beta[0, :4])[0],
+                             lam[:4], rtol=1e-12)
+
+
+def test_lanczos_docstring_examples():
+  import doctest
+  assert doctest.testmod(lanczos).failed == 0
 
 
 class _Counting:

@@ -22,7 +22,6 @@ from autontk.cli.errors import CliError
 from autontk.costmodel import calibration
 from autontk.costmodel.predict import default_predictor
 from autontk.diagnostics import report as diagnostics_report
-from autontk.diagnostics.frobenius import PROBES
 from autontk.plancache import PlanCache
 from autontk.suite import SUITE
 
@@ -325,7 +324,7 @@ def cmd_diagnose(args) -> int:
         model["f"], model["x1"], model["params"], y=model.get("y"),
         params_b=model.get("params_b"),
         groups=options.pop("groups", None) or "layer",
-        k=args.k, probes=args.probes or PROBES, route=args.route,
+        k=args.k, probes=args.probes, route=args.route,
         memory_budget=args.memory_budget, seed=args.seed,
         kwargs=model["kwargs"], **options)
   except ValueError as e:  # the factory's data or options: the user's to fix

@@ -12,6 +12,8 @@ Everything here takes ``matmat``: a function from ``V`` of shape ``(M, R)``
   quadrature, Ubaru, Chen & Saad 2017).
 * :func:`lanczos_extremes`: extreme eigenvalues by Lanczos with full
   reorthogonalisation, each with its residual bound.
+
+The Lanczos runs are :mod:`autontk.solvers.lanczos`'s, in float64.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import dataclasses
 from typing import Callable
 
 import numpy as np
+
+from autontk.solvers import lanczos
 
 Matmat = Callable[[np.ndarray], np.ndarray]
 """``V (M, R) -> A V (M, R)``, float64."""
@@ -146,83 +150,19 @@ def hutchpp_gram(matmats: list[Matmat], m: int, probes: int,
   return ProbeSums(exact, cross)
 
 
-REORTHOGONALIZE_BYTES = 2 ** 28
-"""Lanczos keeps its basis for full reorthogonalisation up to this size
-(256 MiB); past it, runs use the three-term recurrence alone, which Gauss
-quadrature tolerates (its ghost Ritz values carry the weight of the
-eigenvalue they copy)."""
-
-
-def lanczos(matmat: Matmat, v0: np.ndarray,
-            steps: int) -> tuple[np.ndarray, np.ndarray]:
-  """``steps`` Lanczos steps from each column of ``v0`` at once.
-
-  Full reorthogonalisation per column while the basis (``steps·M·R``
-  floats) fits :data:`REORTHOGONALIZE_BYTES`.
-
-  Args:
-    matmat: the product.
-    v0: ``(M, R)`` start vectors (nonzero columns).
-    steps: Krylov steps (at most ``M``).
-
-  Returns:
-    ``alpha (R, steps)`` and ``beta (R, steps)`` (``beta[:, j]`` couples
-    steps ``j`` and ``j + 1``; the last is the residual norm; a column whose
-    Krylov space is exhausted has zeros from there on).
-  """
-  m, r = v0.shape
-  keep = steps * m * r * 8 <= REORTHOGONALIZE_BYTES
-  basis = np.zeros((steps if keep else 0, m, r))
-  alpha, beta = np.zeros((r, steps)), np.zeros((r, steps))
-  q = v0 / np.linalg.norm(v0, axis=0)
-  prev, b_prev = np.zeros_like(q), np.zeros(r)
-  for j in range(steps):
-    w = matmat(q)
-    alpha[:, j] = np.einsum("mr,mr->r", q, w)
-    w = w - alpha[:, j] * q - b_prev * prev
-    if keep:
-      basis[j] = q
-      for _ in range(2):  # twice is enough (Kahan)
-        w = w - np.einsum("jmr,jr->mr", basis[:j + 1],
-                          np.einsum("jmr,mr->jr", basis[:j + 1], w))
-    b = np.linalg.norm(w, axis=0)
-    # A column whose Krylov space is exhausted stops: its later basis
-    # vectors are zero, so they carry no quadrature weight.
-    live = b > 1e-10 * np.maximum(np.abs(alpha[:, :j + 1]).max(axis=1),
-                                  1e-300)
-    beta[:, j] = np.where(live, b, 0.0)
-    prev, b_prev = q, beta[:, j]
-    q = np.where(live, w / np.where(live, b, 1.0), 0.0)
-  return alpha, beta
-
-
-def tridiagonal_eigh(alpha: np.ndarray,
-                     beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Eigen-decompositions of the tridiagonals ``T`` of Lanczos runs:
-  ``alpha (..., s)``, ``beta (..., s)`` (the last entry of ``beta`` is not
-  part of ``T``); one batched ``eigh``."""
-  s = alpha.shape[-1]
-  off = np.zeros(alpha.shape + (s,))
-  idx = np.arange(s - 1)
-  off[..., idx, idx + 1] = beta[..., :s - 1]
-  t = off + np.swapaxes(off, -1, -2)
-  t[..., np.arange(s), np.arange(s)] = alpha
-  return np.linalg.eigh(t)
-
-
-def quadrature(alpha: np.ndarray, beta: np.ndarray, norms: np.ndarray,
-               fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-  """``vᵀ f(A) v`` per Lanczos run (``alpha``, ``beta``: ``(R, s)``) by
-  Gauss quadrature: ``‖v‖² Σ τ_i² f(θ_i)`` over the Ritz values ``θ`` and
-  first components ``τ``."""
-  theta, u = tridiagonal_eigh(alpha, beta)
-  return norms ** 2 * np.sum(u[:, 0, :] ** 2 * fn(theta), axis=-1)
-
-
 def hutchpp_spectral_sum(matmat: Matmat, m: int, fn: Callable, probes: int,
-                         steps: int, rng: np.random.Generator
-                         ) -> tuple[float, float]:
+                         steps: int, rng: np.random.Generator,
+                         trace: float | None = None) -> tuple[float, float]:
   """``tr f(A)`` by Hutch++ with Lanczos quadrature for each quadratic form.
+
+  Given the exact ``tr(A)``, the residual probes' forms ``g'ᵀ A g'`` (the
+  first Lanczos coefficient, free) serve as a control variate: the residual
+  part is ``mean(g'ᵀ f(A) g' - c·g'ᵀ A g') + c·(tr(A) - tr(QᵀAQ))`` with
+  ``c`` fitted to the probes by least squares. It removes the part of
+  ``f`` that is linear over the residual spectrum, most of the probes'
+  noise for ``f(λ) = λ log λ`` on a kernel's tail (the spread of the
+  probes comes from the few largest residual eigenvalues, over which ``f``
+  is close to linear).
 
   Args:
     matmat: the product of a symmetric ``(m, m)`` matrix.
@@ -231,6 +171,7 @@ def hutchpp_spectral_sum(matmat: Matmat, m: int, fn: Callable, probes: int,
     probes: Hutch++ budget (:func:`split_probes`).
     steps: Lanczos steps per probe (at most ``m``).
     rng: the random generator.
+    trace: the exact ``tr(A)``, or ``None`` (no control variate).
 
   Returns:
     ``(estimate, stderr)``; the cost is ``sketch + steps·probes`` columns.
@@ -241,12 +182,30 @@ def hutchpp_spectral_sum(matmat: Matmat, m: int, fn: Callable, probes: int,
   g = g - q @ (q.T @ g)
   starts = np.concatenate([q, g], axis=1)
   norms = np.linalg.norm(starts, axis=0)
-  alpha, beta = lanczos(matmat, starts, min(steps, m))
-  forms = quadrature(alpha, beta, norms, fn)
+  alpha, beta = lanczos.tridiagonalize(_device(matmat), starts,
+                                       min(steps, m))
+  forms = lanczos.quadrature(alpha, beta, norms, fn)
   k = q.shape[1]
-  terms = forms[k:]
-  return (float(forms[:k].sum() + terms.mean()),
-          float(np.std(terms, ddof=1) / np.sqrt(residual)))
+  terms, rest = forms[k:], 0.0
+  if trace is not None:
+    linear = norms[k:] ** 2 * alpha[k:, 0]  # g'ᵀ A g'
+    c = _slope(linear, terms)
+    terms = terms - c * linear
+    rest = c * (trace - np.sum(norms[:k] ** 2 * alpha[:k, 0]))
+  fitted = 0 if trace is None else 1
+  spread = np.std(terms, ddof=1 + fitted) if residual > 1 + fitted else (
+      np.inf)
+  return (float(forms[:k].sum() + terms.mean() + rest),
+          float(spread / np.sqrt(residual)))
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+  """The least-squares slope of ``y`` on ``x`` (0 if ``x`` is constant)."""
+  dx = x - x.mean()
+  var = float(np.sum(dx * dx))
+  scale = max(float(np.sum(x * x)), 1e-300)
+  return float(np.sum(dx * (y - y.mean())) / var) if var > 1e-24 * scale else (
+      0.0)
 
 
 def lanczos_extremes(matmat: Matmat, m: int, k: int, which: str, steps: int,
@@ -269,13 +228,19 @@ def lanczos_extremes(matmat: Matmat, m: int, k: int, which: str, steps: int,
   """
   steps = min(max(steps, 2 * k), m)
   v0 = rng.standard_normal((m, 1))
-  alpha, beta = lanczos(matmat, v0, steps)
+  alpha, beta = lanczos.tridiagonalize(_device(matmat), v0, steps)
   dead = np.flatnonzero(beta[0] == 0.0)
   n = dead[0] + 1 if dead.size else steps  # an exhausted Krylov space
-  theta, u = tridiagonal_eigh(alpha[0, :n], beta[0, :n])
+  theta, u = lanczos.ritz(alpha[0, :n], beta[0, :n])
   bounds = np.abs(beta[0, n - 1] * u[-1])
   k = min(k, n)
   pick = slice(n - k, None) if which == "largest" else slice(0, k)
   values, bounds = theta[pick], bounds[pick]
   order = np.argsort(values)[::-1]
   return values[order], bounds[order]
+
+
+def _device(matmat: Matmat) -> Callable:
+  """``matmat`` for :func:`autontk.solvers.lanczos.tridiagonalize`, which
+  passes its float64 basis vectors as JAX arrays."""
+  return lambda v: matmat(np.asarray(v))

@@ -14,7 +14,7 @@ from typing import Any
 
 from autontk.diagnostics import sources
 from autontk.diagnostics.estimate import Estimate
-from autontk.diagnostics.frobenius import (PROBES, alignment, effective_rank,
+from autontk.diagnostics.frobenius import (alignment, effective_rank,
                                            frobenius_norm, kernel_distance)
 from autontk.diagnostics.spectrum import condition_number, eigvals, trace
 
@@ -86,7 +86,7 @@ class Report:
 
 def report(f: Any, x: Any, params: Any, *, y: Any = None,
            params_b: Any = None, groups: Any = None, k: int = 10,
-           probes: int = PROBES, route: str = "auto",
+           probes: int | None = None, route: str = "auto",
            memory_budget: float | None = None, seed: int = 0,
            **source: Any) -> Report:
   """All diagnostics of the NTK of ``f`` on ``x``, whole and per group.
@@ -99,7 +99,7 @@ def report(f: Any, x: Any, params: Any, *, y: Any = None,
     params_b: a second checkpoint for the kernel distance, or ``None``.
     groups: parameter groups, as for :func:`autontk.ntk_fn`.
     k: how many top eigenvalues.
-    probes: the Hutch++ budget.
+    probes: the Hutch++ budget of every estimator (default: each one's).
     route: ``"auto"``, ``"dense"`` or ``"matrix-free"``.
     memory_budget: bytes a materialised kernel may take.
     seed: the probes' seed.
@@ -116,7 +116,7 @@ def report(f: Any, x: Any, params: Any, *, y: Any = None,
   True
   """
   opts = dict(route=route, memory_budget=memory_budget, seed=seed)
-  est = dict(probes=probes, **opts)
+  est = dict(opts, **({} if probes is None else {"probes": probes}))
   spec = dict(x=x, **source)
   whole = sources.kernels(f, params=params, **spec)[None]
   rows = [("condition number", None, condition_number(whole, **opts)),

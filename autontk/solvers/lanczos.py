@@ -1,20 +1,37 @@
-"""``matfun``: ``fn(Θ + shift·I) b`` by Lanczos, for gradient-flow predictions.
+"""Lanczos: the one implementation behind ``matfun`` and the diagnostics.
 
-JAX has no Lanczos, so this is a small one: the Krylov basis ``Q`` of each
-column of ``b`` with full reorthogonalisation (two Gram-Schmidt passes:
-exact enough for the ≤ a few hundred steps these functions need), the
-tridiagonal ``T = Qᵀ A Q`` and ``fn(A) b ≈ ‖b‖ Q fn(T) e₁``. ``fn`` is
-evaluated on ``T``'s eigenvalues and may return a leading batch axis, so
-one run gives ``exp(−τ_k Θ) b`` for every time ``τ_k``. The loop runs in
-Python, one compiled step per product: it reports progress, stops when the
-answer changes less than ``tol`` between checks, and can checkpoint its
-state to a directory and resume from it.
+JAX has no Lanczos (``jax.scipy.sparse.linalg`` has CG, GMRES and BiCGStab,
+``jax.experimental.sparse.linalg`` LOBPCG), so this is a small one. One
+step (:func:`_extend`, compiled) takes ``w = A q_j`` for every column of a
+block at once, removes ``α_j q_j + β_{j-1} q_{j-1}`` and, with full
+reorthogonalisation, the whole basis twice (exact enough for the ≤ a few
+hundred steps these functions need); a column whose Krylov space is
+exhausted stops (``β = 0``, its later vectors zero). The tridiagonal ``T =
+Qᵀ A Q`` of each column is diagonalised by ``jnp.linalg.eigh`` (its Ritz
+pairs, :func:`ritz`), which serves three uses:
+
+* :func:`matfun`: ``fn(A) b ≈ ‖b‖ Q fn(T) e₁`` (gradient-flow
+  predictions), with ``fn`` on ``T``'s eigenvalues; it may return a leading
+  batch axis, so one run gives ``exp(−τ_k Θ) b`` for every time ``τ_k``.
+  The loop runs in Python, one compiled step per product: it reports
+  progress, stops when the answer changes less than ``tol`` between checks,
+  and can checkpoint its state to a directory and resume from it;
+* :func:`quadrature`: ``vᵀ f(A) v ≈ ‖v‖² Σ τ_i² f(θ_i)`` (Gauss quadrature
+  on the Ritz values ``θ`` with the first components ``τ``), the quadratic
+  forms of stochastic Lanczos quadrature;
+* extreme eigenvalues: the Ritz values at the ends of the spectrum, each
+  within ``|β_s u_s|`` (the last component of its eigenvector times the
+  last ``β``) of an eigenvalue of ``A``.
+
+:func:`tridiagonalize` runs the steps for a product given as any function
+(a host function in float64 too: a float64 start block keeps the run in
+float64).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-
 import os
 from typing import Any, Callable
 
@@ -26,6 +43,121 @@ from autontk.solvers import checks
 
 CHECK_EVERY = 5
 """Steps between convergence checks (each an eigendecomposition of T)."""
+
+REORTHOGONALIZE_BYTES = 2 ** 28
+""":func:`tridiagonalize` keeps its basis for full reorthogonalisation up to
+this size (256 MiB); past it, runs use the three-term recurrence alone,
+which Gauss quadrature tolerates (its ghost Ritz values carry the weight of
+the eigenvalue they copy)."""
+
+
+def tridiagonalize(matmat: Callable[[Any], Any], v0: Any, steps: int, *,
+                   reorthogonalize: bool | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """``steps`` Lanczos steps from each column of ``v0`` at once.
+
+  Each step costs one product with the ``R`` columns and, with full
+  reorthogonalisation, ``O(steps · M · R)``.
+
+  Args:
+    matmat: ``V (M, R) -> A V`` for a symmetric ``A``; it is given a JAX
+      array of ``v0``'s dtype and may return any array (a host function
+      may compute in NumPy).
+    v0: ``(M, R)`` start vectors (nonzero columns). Float64 keeps the run
+      in float64 whether or not ``jax_enable_x64`` is set.
+    steps: Krylov steps, in ``1..M``.
+    reorthogonalize: full reorthogonalisation against the whole basis
+      (default: while the basis, ``steps · M · R`` floats, fits
+      :data:`REORTHOGONALIZE_BYTES`).
+
+  Returns:
+    ``alpha (R, steps)`` and ``beta (R, steps)``, NumPy: ``T``'s diagonal
+    and off-diagonal (``beta[:, j]`` couples steps ``j`` and ``j + 1``; the
+    last is the residual norm); a column whose Krylov space is exhausted
+    has zeros from there on.
+
+  >>> import numpy as np
+  >>> a = np.diag([1.0, 2.0, 3.0])
+  >>> alpha, beta = tridiagonalize(lambda v: a @ np.asarray(v),
+  ...                              np.ones((3, 1)), 3)
+  >>> np.round(ritz(alpha, beta)[0], 6)
+  array([[1., 2., 3.]])
+  """
+  v0 = v0 if hasattr(v0, "dtype") else np.asarray(v0, np.float64)
+  m, r = v0.shape
+  if not 1 <= steps <= m:
+    raise ValueError(f"`steps` must be in 1..M={m}; got {steps}.")
+  dtype = np.dtype(v0.dtype)
+  full = (steps * m * r * dtype.itemsize <= REORTHOGONALIZE_BYTES
+          if reorthogonalize is None else bool(reorthogonalize))
+  with _precision(dtype):
+    arrays = _start(jnp.asarray(v0, dtype), steps, full)
+  for j in range(steps):
+    with _precision(dtype):
+      qj = _vector(arrays, j)
+    w = matmat(qj)
+    with _precision(dtype):
+      arrays = _extend(arrays, jnp.asarray(w, dtype), j, full)
+      if not bool(jnp.any(arrays[2][j] != 0)):
+        break  # every column's Krylov space is exhausted
+  alpha, beta = (np.asarray(a).T for a in arrays[1:])
+  return alpha, beta
+
+
+def ritz(alpha: Any, beta: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Eigen-decompositions of Lanczos tridiagonals (one batched
+  ``jnp.linalg.eigh``).
+
+  Args:
+    alpha: ``(..., s)``, the diagonals.
+    beta: ``(..., s)``, the off-diagonals (the last entry is not part of
+      ``T``).
+
+  Returns:
+    ``theta (..., s)`` ascending and ``u (..., s, s)`` (columns), NumPy.
+
+  >>> import numpy as np
+  >>> theta, _ = ritz(np.array([2.0, 2.0]), np.array([1.0, 0.0]))
+  >>> theta
+  array([1., 3.])
+  """
+  alpha, beta = np.asarray(alpha), np.asarray(beta)
+  with _precision(alpha.dtype):
+    theta, u = _eigh(jnp.asarray(alpha), jnp.asarray(beta))
+    return np.asarray(theta), np.asarray(u)
+
+
+def quadrature(alpha: Any, beta: Any, norms: Any,
+               fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+  """``vᵀ f(A) v`` per Lanczos run by Gauss quadrature: ``‖v‖² Σ τ_i²
+  f(θ_i)`` over the Ritz values ``θ`` and first components ``τ``.
+
+  Args:
+    alpha: ``(R, s)`` from :func:`tridiagonalize`.
+    beta: ``(R, s)``.
+    norms: ``(R,)``, the start vectors' norms ``‖v‖``.
+    fn: ``f``, on NumPy arrays of eigenvalues.
+
+  Returns:
+    ``(R,)``.
+
+  >>> import numpy as np
+  >>> a = np.diag([1.0, 4.0])
+  >>> alpha, beta = tridiagonalize(lambda v: a @ np.asarray(v),
+  ...                              np.ones((2, 1)), 2)
+  >>> quadrature(alpha, beta, np.sqrt([2.0]), np.sqrt)
+  array([3.])
+  """
+  theta, u = ritz(alpha, beta)
+  return np.asarray(norms) ** 2 * np.sum(u[..., 0, :] ** 2 * fn(theta),
+                                         axis=-1)
+
+
+def _precision(dtype: Any) -> Any:
+  """A float64 run needs ``jax_enable_x64``: on for its own steps only."""
+  if np.dtype(dtype) == np.float64:
+    return jax.enable_x64(True)
+  return contextlib.nullcontext()
 
 
 def matfun(op: Any, b: Any, fn: Callable[[jax.Array], jax.Array], *,
@@ -119,7 +251,7 @@ def _iterate(op: Any, shift: float, fn: Callable, state: "_State",
 
 
 class _State:
-  """Lanczos state: basis ``q (steps + 1, M, R)``, ``alpha``, ``beta``
+  """Lanczos state: basis ``q (R, steps + 1, M)``, ``alpha``, ``beta``
   ``(steps, R)``, the steps done, and whether the run has finished (with
   the last change of the answer)."""
 
@@ -129,11 +261,7 @@ class _State:
 
   @staticmethod
   def start(cols: Any, steps: int, checkpoint: Any) -> "_State":
-    norms = jnp.linalg.norm(cols, axis=0)
-    q = jnp.zeros((steps + 1,) + cols.shape, cols.dtype)
-    q = q.at[0].set(cols / jnp.where(norms > 0, norms, 1))
-    zeros = jnp.zeros((steps, cols.shape[1]), cols.dtype)
-    state = _State(cols, (q, zeros, zeros), 0)
+    state = _State(cols, _start(cols, steps, True), 0)
     if checkpoint is not None:
       state.load(checkpoint)
     return state
@@ -174,21 +302,69 @@ class _State:
         self.change = float(saved["change"])
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _step(op: Any, shift: float, arrays: tuple[Any, ...], j: Any):
-  """One Lanczos step: ``alpha[j]``, ``beta[j]`` and ``q[j + 1]``."""
+def _start(v0: Any, steps: int, full: bool) -> tuple[Any, Any, Any]:
+  """The state ``(q, alpha, beta)``: the basis ``q (R, slots, M)``
+  (``steps + 1`` vectors per column with full reorthogonalisation, else the
+  last two; columns lead, so the reorthogonalisation is a batched matrix
+  product) with ``v0``'s normalised columns first, and zero ``alpha``,
+  ``beta`` ``(steps, R)``."""
+  m, r = v0.shape
+  norms = jnp.linalg.norm(v0, axis=0)
+  q = jnp.zeros((r, steps + 1 if full else 2, m), v0.dtype)
+  q = q.at[:, 0].set((v0 / jnp.where(norms > 0, norms, 1)).T)
+  zeros = jnp.zeros((steps, r), v0.dtype)
+  return q, zeros, zeros
+
+
+def _vector(arrays: tuple[Any, ...], j: Any) -> Any:
+  """Basis vector ``j`` of every column: ``(M, R)``."""
+  q = arrays[0]
+  return q[:, j % q.shape[1]].T
+
+
+def _lanczos_step(arrays: tuple[Any, ...], w: Any, j: Any,
+                  full: bool) -> tuple[Any, Any, Any]:
+  """Step ``j`` given ``w = A q_j (M, R)``: ``alpha[j]``, ``beta[j]`` and
+  the next basis vector (slot ``(j + 1) mod slots``)."""
   q, alpha, beta = arrays
-  qj = q[j]
-  w = op.matmat(qj) + shift * qj
-  a = jnp.sum(qj * w, axis=0)
-  for _ in range(2):  # full reorthogonalisation, twice is enough
-    w = w - jnp.einsum("kmr,kr->mr", q, jnp.einsum("kmr,mr->kr", q, w))
-  norm = jnp.linalg.norm(w, axis=0)
+  slots = q.shape[1]
+  w = w.T
+  qj, prev = q[:, j % slots], q[:, (j - 1) % slots]
+  a = jnp.sum(qj * w, axis=1)
+  w = w - a[:, None] * qj - jnp.where(j > 0, beta[j - 1], 0.0)[:, None] * prev
+  if full:
+    for _ in range(2):  # twice is enough (Kahan)
+      w = w - jnp.einsum("rkm,rk->rm", q, jnp.einsum("rkm,rm->rk", q, w))
+  norm = jnp.linalg.norm(w, axis=1)
+  # A column whose Krylov space is exhausted stops: its later vectors are
+  # zero, so they carry no weight in T.
   scale = jnp.maximum(jnp.abs(a), jnp.max(jnp.abs(alpha), axis=0))
   live = norm > 100 * jnp.finfo(w.dtype).eps * jnp.maximum(scale, 1e-300)
   norm = jnp.where(live, norm, 0.0)
-  q = q.at[j + 1].set(jnp.where(live, w / jnp.where(live, norm, 1), 0.0))
+  nxt = jnp.where(live[:, None], w / jnp.where(live, norm, 1)[:, None], 0.0)
+  q = q.at[:, (j + 1) % slots].set(nxt)
   return q, alpha.at[j].set(a), beta.at[j].set(norm)
+
+
+_extend = jax.jit(_lanczos_step, static_argnums=3)
+"""One step for a product computed outside (any function)."""
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step(op: Any, shift: float, arrays: tuple[Any, ...], j: Any):
+  """One step of ``op + shift·I``, its product compiled with the step."""
+  qj = _vector(arrays, j)
+  return _lanczos_step(arrays, op.matmat(qj) + shift * qj, j, True)
+
+
+@jax.jit
+def _eigh(alpha: Any, beta: Any) -> tuple[Any, Any]:
+  """``eigh`` of the tridiagonals of ``alpha``, ``beta`` ``(..., s)``."""
+  s = alpha.shape[-1]
+  up = beta[..., :, None] * jnp.eye(s, k=1, dtype=alpha.dtype)
+  t = alpha[..., None] * jnp.eye(s, dtype=alpha.dtype) + up + jnp.swapaxes(
+      up, -1, -2)
+  return jnp.linalg.eigh(t)
 
 
 def _evaluate(state: _State, fn: Callable) -> jax.Array:
@@ -206,13 +382,11 @@ def _evaluate_program(fn: Callable, arrays: tuple[Any, ...], k: Any,
   steps = alpha.shape[0]
   taken = jnp.arange(steps) < k
   diag = jnp.where(taken[:, None], alpha, alpha[:1])
-  off = jnp.where((jnp.arange(1, steps) < k)[:, None], beta[:-1], 0.0)
-  t = (jax.vmap(jnp.diag)(diag.T) + jax.vmap(lambda v: jnp.diag(v, 1))(
-      off.T) + jax.vmap(lambda v: jnp.diag(v, -1))(off.T))  # (R, s, s)
-  theta, s = jnp.linalg.eigh(t)
+  off = jnp.where((jnp.arange(1, steps + 1) < k)[:, None], beta, 0.0)
+  theta, s = _eigh(diag.T, off.T)  # (R, s), (R, s, s)
   values = jax.vmap(fn)(theta)  # (R, *batch, s)
   s0 = s[:, 0, :]
   lead = (slice(None),) + (None,) * (values.ndim - 2)
   coef = jnp.einsum("rik,r...k->r...i", s, values * s0[lead])
   coef = jnp.where(taken, coef, 0.0)
-  return jnp.einsum("imr,r...i->...mr", q[:steps], coef) * norms
+  return jnp.einsum("rim,r...i->...mr", q[:, :steps], coef) * norms
