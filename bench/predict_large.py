@@ -202,7 +202,24 @@ def markdown(res: dict[str, Any]) -> str:
       f"{p['product_s']:.1f} s (compile {p['compile_s']:.1f} s).", "",
       f"Subset N = {res['subset_dense']['n']} in float64, CG to tolerance "
       f"{res['subset_tol']:g}: matrix-free against the dense GP mean, "
-      f"relative difference {res['subset_rel_diff']:.2e}."])
+      f"relative difference {res['subset_rel_diff']:.2e}.", "",
+      _verdict(res)] + ([res["note"]] if res.get("note") else []))
+
+
+def _verdict(res: dict[str, Any]) -> str:
+  """Whether the large solve reached its tolerance, said plainly."""
+  big = res["large"]
+  if big.get("residual", 0.0) <= 10 * res["tol"]:
+    return (f"The large solve converged: relative residual "
+            f"{big['residual']:.2g}.")
+  return (f"**The large solve did not converge**: after {big['iterations']} "
+          f"CG iterations its relative residual is {big['residual']:.2g} "
+          f"(tolerance {res['tol']:g}), so its GP mean is not the kernel "
+          "regression's answer (test accuracy "
+          f"{big['accuracy']:.3f}). A rank-{res['rank']} Nyström "
+          "preconditioner leaves CG a condition number in the thousands on "
+          "this kernel, where CG's residual is not monotone; the run shows "
+          "the time and memory of the route, not its converged answer.")
 
 
 def fresh(args: list[str], log: Callable[..., None] = print,
