@@ -151,7 +151,16 @@ def markdown(res: dict[str, Any]) -> str:
       f"Hutch++ probes: {res['probes']}. All diagnostics in "
       f"{res['seconds'] / 60:.1f} min, peak RSS "
       f"{res['peak_rss_mib']:.0f} MiB. Operators in batches of "
-      f"{res.get('batch', BATCH)} examples."])
+      f"{res.get('batch', BATCH)} examples."] + _unbounded(res))
+
+
+def _unbounded(res: dict[str, Any]) -> list[str]:
+  """A line for each estimate whose error bound is infinite."""
+  return ["", *(f"The {r['quantity']}'s error bound is infinite: Lanczos "
+                "did not separate the smallest eigenvalue from 0 (its "
+                "residual bound reaches it), so only its order of magnitude "
+                "is known." for r in res["rows"]
+                if r["error"] is not None and r["error"] == float("inf"))]
 
 
 def main() -> None:
