@@ -188,7 +188,7 @@ def markdown(res: dict[str, Any]) -> str:
     r = res[k]
     rows.append(f"| {r['route']} | {r['n']} | {r['dtype']} | "
                 f"{r['seconds']:.1f} | {r.get('iterations', '')} | "
-                f"{r.get('residual', '')} | {r['peak_rss_mib']:.0f} | "
+                f"{_g(r.get('residual'))} | {r['peak_rss_mib']:.0f} | "
                 f"{r['accuracy']:.3f} |")
   p, big = res["probe"], res["large"]
   return "\n".join(rows + [
@@ -204,6 +204,10 @@ def markdown(res: dict[str, Any]) -> str:
       f"{res['subset_tol']:g}: matrix-free against the dense GP mean, "
       f"relative difference {res['subset_rel_diff']:.2e}.", "",
       _verdict(res)] + ([res["note"]] if res.get("note") else []))
+
+
+def _g(value: float | None) -> str:
+  return "" if value is None else f"{value:.2g}"
 
 
 def _verdict(res: dict[str, Any]) -> str:
