@@ -107,31 +107,10 @@ def suite_run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
   """The suite: the run at the large N (``--quick``: 1,000) in a fresh
   process."""
   n = 1_000 if cfg.quick else N_LARGE
-  res = _fresh(n, log, cfg.work)
+  res = predict_large.fresh(["--n", str(n)], log, cfg.work,
+                            module="diagnostics_large")
   log(f"diagnostics at N={n}: {res['seconds']:.0f} s, peak RSS "
       f"{res['peak_rss_mib']:.0f} MiB")
-  return res
-
-
-def _fresh(n: int, log: Callable[..., None], work: str) -> dict[str, Any]:
-  path = os.path.join(work, "diagnostics_large", f"n{n}.json")
-  if os.path.exists(path):
-    log(f"diagnostics_large: reusing {path}")
-    with open(path) as fh:
-      return json.load(fh)
-  import subprocess
-  import sys
-  env = dict(os.environ, PYTHONPATH=os.getcwd())
-  p = subprocess.run([sys.executable, "-m", "bench.diagnostics_large",
-                      "--n", str(n)], capture_output=True, text=True,
-                     env=env)
-  if p.returncode:
-    log(p.stderr[-2000:])
-    raise RuntimeError("diagnostics_large failed")
-  res = json.loads(p.stdout.strip().splitlines()[-1])
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as fh:
-    json.dump(res, fh)
   return res
 
 

@@ -227,28 +227,29 @@ def _verdict(res: dict[str, Any]) -> str:
 
 
 def fresh(args: list[str], log: Callable[..., None] = print,
-          work: str | None = None,
-          timeout: float | None = None) -> dict[str, Any]:
-  """Runs this module in a fresh process (its own peak RSS). With ``work``,
-  the result is kept in ``work/predict_large/`` and a later run with the
-  same arguments reads it (the suite resumes from its finished pieces)."""
-  path = work and os.path.join(work, "predict_large",
+          work: str | None = None, timeout: float | None = None,
+          module: str = "predict_large") -> dict[str, Any]:
+  """Runs ``bench.<module>`` (default this one) in a fresh process (its own
+  peak RSS); its last line of output is the JSON result. With ``work``,
+  the result is kept in ``work/<module>/`` and a later run with the same
+  arguments reads it (the suite resumes from its finished pieces)."""
+  path = work and os.path.join(work, module,
                                "_".join(a.strip("-") for a in args) + ".json")
   if path and os.path.exists(path):
-    log(f"predict_large {args}: reusing {path}")
+    log(f"{module} {args}: reusing {path}")
     with open(path) as fh:
       return json.load(fh)
   env = dict(os.environ, PYTHONPATH=os.getcwd())
   try:
-    p = subprocess.run([sys.executable, "-m", "bench.predict_large", *args],
+    p = subprocess.run([sys.executable, "-m", f"bench.{module}", *args],
                        capture_output=True, text=True, env=env,
                        timeout=timeout)
   except subprocess.TimeoutExpired:
-    log(f"predict_large {args}: stopped after {timeout:.0f} s")
+    log(f"{module} {args}: stopped after {timeout:.0f} s")
     return {"timed_out_s": timeout}
   if p.returncode:
     log(p.stderr[-2000:])
-    raise RuntimeError(f"predict_large {args} failed")
+    raise RuntimeError(f"{module} {args} failed")
   res = json.loads(p.stdout.strip().splitlines()[-1])
   if path:
     os.makedirs(os.path.dirname(path), exist_ok=True)
