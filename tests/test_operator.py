@@ -72,24 +72,26 @@ CASES = {
 
 
 def _params():
-  """Every case traced; untraced for the cheap ones (the others: slow)."""
+  """Every case traced, both product strategies; untraced for the cheap
+  ones (the others: slow)."""
   out = []
   for name in sorted(CASES):
     for trace_axes, tid in (((-1,), "traced"), ((), "full")):
-      marks = ([pytest.mark.slow] if name == "pytree" or (
-          tid == "full" and name == "cnn") else [])
-      out.append(pytest.param(name, trace_axes, id=f"{name}-{tid}",
-                              marks=marks))
+      for products in ("vector", "jacobian"):
+        marks = ([pytest.mark.slow] if name == "pytree" or (
+            tid == "full" and name == "cnn") else [])
+        out.append(pytest.param(name, trace_axes, products,
+                                id=f"{name}-{tid}-{products}", marks=marks))
   return out
 
 
-@pytest.mark.parametrize("name,trace_axes", _params())
-def test_operator_matches_reference(name, trace_axes):
+@pytest.mark.parametrize("name,trace_axes,products", _params())
+def test_operator_matches_reference(name, trace_axes, products):
   case = CASES[name]()
   with jax.enable_x64(True):
     f, p, x, x2 = case.f, _f64(case.params), _f64(case.x1), _f64(case.x2)
     ops = autontk.ntk_operator(f, x, p, trace_axes=trace_axes, batch_size=2,
-                               implementation=JC)
+                               implementation=JC, products=products)
     ref = reference.reference_ntk(f, p, x, None, trace_axes=trace_axes)
     ref_x = reference.reference_ntk(f, p, x2, x, trace_axes=trace_axes)
     outs = jax.tree.leaves(f(p, x))
@@ -100,26 +102,28 @@ def test_operator_matches_reference(name, trace_axes):
              _matrix(kx, trace_axes, o.ndim))
 
 
-def test_kwargs_wrt_and_pseudo():
+@pytest.mark.parametrize("products", ["vector", "jacobian"])
+def test_kwargs_wrt_and_pseudo(products):
   case = models.dropout_kwargs()
   kw = {"shift": 0.3, "train": False}
   with jax.enable_x64(True):
     f, p, x = case.f, _f64(case.params), _f64(case.x1)
     x = jnp.concatenate([x, x[::-1] * 0.5, x[:1]])
     op = autontk.ntk_operator(f, x, p, trace_axes=(), wrt="v", batch_size=2,
-                              implementation=JC, **kw)
+                              implementation=JC, products=products, **kw)
     g = lambda v, xx, **k: f({"w": p["w"], "v": v}, xx, **k)
     k = reference.reference_ntk(g, p["v"], x, None, trace_axes=(),
                                 kwargs1=kw)
     _check(op, _matrix(k, (), 2))
     op = autontk.ntk_operator(f, x, p, pseudo_axes=(-1,), batch_size=3,
-                              implementation=JC, **kw)
+                              implementation=JC, products=products, **kw)
     k = reference.reference_ntk(PseudoOutputs(f, (-1,)), p, x, None,
                                 kwargs1=kw)
     _check(op, k)
 
 
-def test_batched_kwarg_with_vmap_axes():
+@pytest.mark.parametrize("products", ["vector", "jacobian"])
+def test_batched_kwarg_with_vmap_axes(products):
   def f(p, x, scale):
     return jnp.tanh(x @ p) * scale[:, None]
 
@@ -128,9 +132,52 @@ def test_batched_kwarg_with_vmap_axes():
     scale = jnp.arange(1., 6.)
     p = jnp.asarray(np.random.RandomState(2).randn(3, 2))
     op = autontk.ntk_operator(f, x, p, vmap_axes=(0, 0, {"scale": 0}),
-                              batch_size=2, implementation=JC, scale=scale)
+                              batch_size=2, implementation=JC, scale=scale,
+                              products=products)
     k = reference.reference_ntk(f, p, x, None, kwargs1={"scale": scale})
     _check(op, k)
+
+
+@pytest.mark.parametrize("products", ["vector", "jacobian"])
+def test_batch_axis_last_and_plain_axes(products):
+  """Inputs batched on their last axis, a ``(O, N, 2)`` output batched on
+  axis 1 with one plain and one traced axis: both strategies read the
+  layout alike."""
+  def f(p, x):
+    h = jnp.tanh(p["a"] @ x)                      # (3, N)
+    return jnp.stack([h * p["b"][:, None], h ** 2], -1)  # (3, N, 2)
+
+  with jax.enable_x64(True):
+    rs = np.random.RandomState(4)
+    p = {"a": jnp.asarray(rs.randn(3, 4)), "b": jnp.asarray(rs.randn(3))}
+    x = jnp.asarray(rs.randn(4, 7))
+    op = autontk.ntk_operator(f, x, p, vmap_axes=(-1, 1, {}),
+                              trace_axes=(-1,), batch_size=3, implementation=JC,
+                              products=products)
+    g = lambda p, xt: jnp.moveaxis(f(p, xt.T), 1, 0)  # batch axes first
+    k = reference.reference_ntk(g, p, x.T, None, trace_axes=(-1,))
+    assert op.shape == (21, 21)
+    _check(op, _matrix(k, (-1,), 3))
+
+
+def test_auto_products_take_the_jacobian_for_many_columns():
+  """``products="auto"``: the vector passes for one column, per-example
+  Jacobians for many columns on a convolution (forward FLOPs far above its
+  parameter count), the vector passes for an untraced MLP (its Jacobian
+  has a row per output)."""
+  from autontk.operator import products as P
+  case = models.cnn()
+  op = autontk.ntk_operator(case.f, case.x1, case.params, batch_size=2)
+  prod, dyn = op._product, op._setup.dynamic  # noqa: SLF001
+  assert P.choose_strategy(prod, dyn, [], [], 1) == "vector"
+  assert P.choose_strategy(prod, dyn, [], [], 16) == "jacobian"
+  case = models.mlp(n1=7, n2=4)
+  op = autontk.ntk_operator(case.f, case.x1, case.params, trace_axes=(),
+                            batch_size=2)
+  prod, dyn = op._product, op._setup.dynamic  # noqa: SLF001
+  assert P.choose_strategy(prod, dyn, [], [], 16) == "vector"
+  with pytest.raises(ValueError, match="products"):
+    autontk.ntk_operator(case.f, case.x1, case.params, products="dense")
 
 
 def test_auto_batch_size_fits_the_budget():
@@ -189,7 +236,8 @@ def test_matrix_operator():
 
 @pytest.mark.subprocess
 def test_batches_spread_over_two_devices():
-  """Two simulated CPU devices give the one-device products."""
+  """Two simulated CPU devices give the one-device products (both
+  strategies)."""
   script = textwrap.dedent("""
       import json, jax, jax.numpy as jnp, numpy as np, autontk
       assert jax.device_count() == 2
@@ -201,7 +249,10 @@ def test_batches_spread_over_two_devices():
       two = autontk.ntk_operator(f, x, p, trace_axes=(), batch_size=2)
       one = autontk.ntk_operator(f, x, p, trace_axes=(), batch_size=2,
                                  devices=jax.devices()[:1])
-      print(json.dumps([np.asarray(two.matmat(v)).tolist(),
+      jac = autontk.ntk_operator(f, x, p, trace_axes=(), batch_size=2,
+                                 products="jacobian")
+      print(json.dumps([np.asarray(jac.matmat(v)).tolist(),
+                        np.asarray(two.matmat(v)).tolist(),
                         np.asarray(one.matmat(v)).tolist(),
                         np.asarray(one.to_dense() @ v).tolist(),
                         np.asarray(two.diag()).tolist(),
@@ -214,8 +265,9 @@ def test_batches_spread_over_two_devices():
   out = subprocess.run([sys.executable, "-c", script], env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  two, one, dense, diag, dense_diag = (
+  jac, two, one, dense, diag, dense_diag = (
       np.array(a) for a in json.loads(out.stdout.splitlines()[-1]))
   np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jac, one, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(two, dense, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(diag, dense_diag, rtol=1e-4, atol=1e-6)

@@ -17,8 +17,8 @@ from autontk._types import ApplyFn, Axes, PyTree, VMapAxes
 from autontk.costmodel import hlo
 from autontk.operator.layout import OperatorLayout
 from autontk.operator.matrix import check_operand
-from autontk.operator.products import (Model, Product, Stacked,
-                                       abstract_stacked, make_mesh)
+from autontk.operator.products import (STRATEGIES, Model, Product,
+                                       Stacked, abstract_stacked, make_mesh)
 from autontk.tiled import ntk_tiled
 from autontk.tiled.autotile import memory_budget_bytes
 from autontk.tiled.batch import Side, ntk_arguments, output_batch_axes, sides
@@ -122,7 +122,8 @@ class NtkOperator:
 
     Costs about ``2 · R · |T|`` passes over the data (one VJP and one JVP
     per example, per column and per traced index ``|T|``), whatever the
-    batch size.
+    batch size; or, with per-example Jacobians (``products=``), two
+    Jacobian passes and ``R`` contractions with them.
     """
     return _apply(self._product, self._setup.dynamic, self, v)
 
@@ -264,6 +265,7 @@ def ntk_operator(f: ApplyFn | Any, x: PyTree, params: PyTree, *,
                  memory_budget: int | None = None,
                  devices: Sequence[Any] | None = None,
                  implementation: Implementation | str | int = "auto",
+                 products: str = "auto",
                  **kwargs: Any) -> Any:
   """The NTK Θ(x, x) as a matrix-free symmetric PSD linear operator.
 
@@ -296,6 +298,11 @@ def ntk_operator(f: ApplyFn | Any, x: PyTree, params: PyTree, *,
       devices).
     implementation: the kernel method of :meth:`NtkOperator.diag` and
       :meth:`NtkOperator.to_dense`.
+    products: how a product runs its passes: ``"vector"`` (a VJP and a
+      JVP per column and traced index), ``"jacobian"`` (per-example
+      Jacobians contracted with all columns at once), or ``"auto"`` (the
+      cheaper by XLA's count of the network's FLOPs; the Jacobian for many
+      columns on convolutional and weight-shared networks).
     **kwargs: kwargs of ``f``, split as by :func:`autontk.ntk_fn`; sliced
       with the batches when ``vmap_axes`` batches them.
 
@@ -314,6 +321,9 @@ def ntk_operator(f: ApplyFn | Any, x: PyTree, params: PyTree, *,
     raise ValueError("ntk_operator does not take the kwarg `rng`: f's "
                      "randomness over a batch depends on the batch. Make f "
                      "deterministic.")
+  if products not in STRATEGIES:
+    raise ValueError(f"`products` must be one of {STRATEGIES}; got "
+                     f"{products!r}.")
   f = adapters.apply_fn(f)
   options = NtkOptions.make(trace_axes, (), vmap_axes,
                             Implementation.NTK_VECTOR_PRODUCTS, wrt=wrt,
@@ -322,15 +332,16 @@ def ntk_operator(f: ApplyFn | Any, x: PyTree, params: PyTree, *,
   mesh = make_mesh(devices)
   budget = (memory_budget if memory_budget is not None else
             memory_budget_bytes(mesh.devices.flat[0]))
-  setup, products = _build(problem, options, mesh, batch_size, budget)
+  setup, leaves = _build(problem, options, mesh, batch_size, budget,
+                         products)
   setup = dataclasses.replace(setup, f=f, x=x, params=params, kwargs=kwargs,
                               implementation=implementation, wrt=wrt)
-  ops = [NtkOperator(setup, i, p.rows, p) for i, p in enumerate(products)]
+  ops = [NtkOperator(setup, i, p.rows, p) for i, p in enumerate(leaves)]
   return jax.tree.unflatten(problem.out_treedef, ops)
 
 
 def _build(problem: Any, options: NtkOptions, mesh: Any, batch_size: Any,
-           budget: int) -> tuple[_Setup, list[Product]]:
+           budget: int, strategy: str) -> tuple[_Setup, list[Product]]:
   """The shared setup (its user-facing fields left for the caller) and one
   product per output leaf."""
   side, _ = sides(problem)
@@ -346,7 +357,7 @@ def _build(problem: Any, options: NtkOptions, mesh: Any, batch_size: Any,
                  _kernel_tile(problem, side.size, batch, budget))
   stacked = Stacked.of(side, batch, mesh)
   return setup, [Product(model, i, layout, layout, stacked, stacked, mesh,
-                         chunk, dtypes[i])
+                         chunk, dtypes[i], strategy)
                  for i, layout in enumerate(layouts)]
 
 

@@ -16,6 +16,24 @@ own batches and the parameter-space vectors are summed over devices
 The inputs are stacked ``(k, batch, ...)`` on the devices once (padded by
 repeating the last example; padded rows get zero cotangents and are cropped
 from the result); the kernel never exists.
+
+Two ways to run the passes (:data:`STRATEGIES`):
+
+* ``"vector"``: per batch, one VJP per column and traced index (``vmap``
+  over the cotangents ``V ⊗ e_t``), then one JVP per parameter-space
+  vector. Costs ``R·|T|`` VJPs and JVPs per example.
+* ``"jacobian"``: per batch, each example's Jacobian (``jacrev``, one VJP
+  per output element), contracted with every column at once (``einsum``),
+  once in each pass. Costs ``2·plain·|T|`` VJPs per example whatever ``R``,
+  plus ``4·R·plain·|T|·P`` multiply-adds (``P`` parameters): far cheaper
+  for many columns on networks whose forward pass costs more than their
+  parameter count (convolutions, shared weights), dearer for few columns or
+  many untraced outputs.
+
+``"auto"`` takes the cheaper of the two by that count, with the network's
+forward FLOPs per example from XLA's analysis of its lowered program
+(:func:`choose_strategy`), and the Jacobian only where a chunk of examples'
+Jacobians fits :data:`JACOBIAN_BYTES`.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ from autontk._conv_layout import canonical_convolutions
 from autontk._kwargs import is_static_param
 from autontk._options import NtkOptions
 from autontk._problem import NtkProblem
+from autontk.costmodel import hlo
 from autontk.operator.layout import OperatorLayout
 from autontk.tiled import distributed
 from autontk.tiled.batch import Side, Skeleton
@@ -40,6 +59,22 @@ from autontk.tiled.batch import Side, Skeleton
 AXIS = "batches"
 DYNAMIC = object()
 """Marks a params leaf passed to the programs as an array."""
+
+STRATEGIES = ("auto", "vector", "jacobian")
+"""How a product runs its passes (see the module's docstring)."""
+
+JACOBIAN_BYTES = 64 * 2**20
+"""The most bytes of per-example Jacobians a ``"jacobian"`` pass holds at
+once (a chunk of the batch's examples)."""
+
+JACOBIAN_VJP_COST = 3.0
+"""FLOP for FLOP, what the per-example VJPs of a Jacobian cost against the
+vector passes' batched ones (measured 3× on a CNN on CPU: single-example
+convolutions under ``vmap``)."""
+
+JACOBIAN_MARGIN = 1.25
+"""``"auto"`` takes the Jacobian only when its priced cost is this much
+below the vector passes'."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +88,7 @@ class Model:
       (held as is), else :data:`DYNAMIC`.
     diff_mask: per params leaf, differentiated or not.
     options: the kernel options (precision).
+    n_params: the number of differentiated parameters.
   """
 
   f: Any
@@ -60,6 +96,7 @@ class Model:
   static: tuple[Any, ...]
   diff_mask: tuple[bool, ...]
   options: NtkOptions
+  n_params: int
 
   @staticmethod
   def of(problem: NtkProblem, options: NtkOptions
@@ -69,7 +106,7 @@ class Model:
     static = tuple(v if is_static_param(v) else DYNAMIC for v in leaves)
     dynamic = [jnp.asarray(v) for v in leaves if not is_static_param(v)]
     model = Model(problem.f, problem.param_treedef, static,
-                  problem.diff_mask, options)
+                  problem.diff_mask, options, problem.n_params)
     return model, dynamic
 
   def apply(self, dynamic: Sequence[Any], skeleton: Skeleton,
@@ -171,6 +208,7 @@ class Product:
     mesh: the devices.
     column_chunk: columns per pass (bounds the parameter-space vectors).
     dtype: the kernel's dtype (operands are cast to it).
+    strategy: one of :data:`STRATEGIES`.
   """
 
   model: Model
@@ -182,6 +220,7 @@ class Product:
   mesh: Mesh
   column_chunk: int
   dtype: Any
+  strategy: str = "auto"
   program: Any = dataclasses.field(init=False, repr=False)
   diagonals: dict[int, Any] = dataclasses.field(init=False, repr=False)
 
@@ -227,14 +266,17 @@ def _product(p: Product, dynamic, rows_batched, rows_shared, cols_batched,
   """The whole product: column chunks one after the other (``lax.map``),
   each a VJP pass and a JVP pass over every device's batches."""
   r = v.shape[-1]
-  chunk = min(p.column_chunk, r)
+  jacobian = choose_strategy(p, dynamic, rows_shared, cols_shared,
+                             r) == "jacobian"
+  chunk = _jacobian_columns(p, r) if jacobian else min(p.column_chunk, r)
   n_chunks = math.ceil(r / chunk)
   v = jnp.pad(v.astype(p.dtype), ((0, 0), (0, n_chunks * chunk - r)))
   v = jnp.moveaxis(v.reshape(v.shape[0], n_chunks, chunk), 1, 0)
   vs = jax.vmap(lambda c: p.cols_data.stack_rows(c, p.cols.plain_size))(v)
   spec, rep = PartitionSpec(AXIS), PartitionSpec()
+  per_device = _per_device_jacobian if jacobian else _per_device
   body = jax.shard_map(
-      lambda *a: _per_device(p, *a), mesh=p.mesh,
+      lambda *a: per_device(p, *a), mesh=p.mesh,
       in_specs=(rep, spec, rep, spec, rep, spec),
       out_specs=spec, check_vma=False)
 
@@ -245,6 +287,71 @@ def _product(p: Product, dynamic, rows_batched, rows_shared, cols_batched,
   outs = jax.lax.map(one, vs)  # (n_chunks, M_rows, chunk)
   out = jnp.moveaxis(outs, 0, 1).reshape(outs.shape[1], -1)
   return out[:, :r]
+
+
+def choose_strategy(p: Product, dynamic: Sequence[Any],
+                    rows_shared: Sequence[Any], cols_shared: Sequence[Any],
+                    r: int) -> str:
+  """``"vector"`` or ``"jacobian"`` for a product with ``r`` columns (the
+  product's own strategy unless ``"auto"``; see the module's docstring)."""
+  if p.strategy != "auto":
+    return p.strategy
+  if r < 2 or _jacobian_chunk(p, p.cols_data, p.cols) is None or (
+      _jacobian_chunk(p, p.rows_data, p.rows) is None):
+    return "vector"
+  flops = _forward_flops(p, dynamic, cols_shared)
+  if flops is None:
+    return "vector"
+  plain, params = p.cols.plain_size, p.model.n_params
+  vector = 2.0 * r * flops
+  jacobian = (JACOBIAN_VJP_COST * 2.0 * plain * flops +
+              2.0 * r * plain * params)
+  return "jacobian" if JACOBIAN_MARGIN * jacobian < vector else "vector"
+
+
+def _forward_flops(p: Product, dynamic: Sequence[Any],
+                   shared: Sequence[Any]) -> float | None:
+  """FLOPs of the network on one example (XLA's count of the lowered
+  forward program; ``None`` where the backend gives none)."""
+  data = p.cols_data
+
+  def forward(dynamic, one, shared):
+    theta, fn = p.model.apply(dynamic, data.skeleton, one, shared, p.leaf)
+    return fn(theta)
+
+  one = []
+  for v, a in zip(data.batched, data.axes):
+    shape = list(v.shape[1:])
+    shape[a] = 1
+    one.append(jax.ShapeDtypeStruct(tuple(shape), v.dtype))
+  avals = [jax.ShapeDtypeStruct(np.shape(v), v.dtype)
+           for v in (*dynamic, *shared)]
+  lowered = jax.jit(forward).lower(avals[:len(dynamic)], one,
+                                   avals[len(dynamic):])
+  return hlo.analyse_lowered(lowered).flops or None
+
+
+def _jacobian_columns(p: Product, r: int) -> int:
+  """Columns per ``"jacobian"`` pass: all ``r``, or as many as keep the
+  parameter-space vectors within four times :data:`JACOBIAN_BYTES`."""
+  item = jnp.dtype(p.dtype).itemsize
+  per_column = p.cols.trace_size * max(p.model.n_params, 1) * item
+  return max(1, min(r, 4 * JACOBIAN_BYTES // per_column))
+
+
+def _jacobian_chunk(p: Product, data: Stacked,
+                    layout: OperatorLayout) -> int | None:
+  """Examples whose Jacobians a ``"jacobian"`` pass holds at once: the
+  largest divisor of the batch within :data:`JACOBIAN_BYTES` (``None``
+  when one example's exceeds it)."""
+  item = jnp.dtype(p.dtype).itemsize
+  per_example = (layout.plain_size * layout.trace_size * item *
+                 p.model.n_params)
+  most = JACOBIAN_BYTES // max(per_example, 1)
+  if most < 1:
+    return None
+  return max(d for d in range(1, min(most, data.batch) + 1)
+             if data.batch % d == 0)
 
 
 def _per_device(p: Product, dynamic, rows_batched, rows_shared,
@@ -292,21 +399,80 @@ def _diagonal(p: Product, chunk: int, dynamic, batched, shared):
       check_vma=False)(dynamic, batched, shared)
 
 
+def _per_device_jacobian(p: Product, dynamic, rows_batched, rows_shared,
+                         cols_batched, cols_shared, v):
+  """:func:`_per_device` by per-example Jacobians: each column batch's
+  Jacobians contracted with all columns, summed over every device, then
+  each row batch's contracted with the parameter-space vectors."""
+  r, tn = v.shape[-1], p.cols.trace_size
+  cols, rows = p.cols_data, p.rows_data
+  with p.model.options.precision_scope():
+    def vjp_step(acc, j):
+      leaves, vj = _select(cols_batched, j), _select([v], j)[0]
+      chunk = _jacobian_chunk(p, cols, p.cols)
+
+      def sub(acc, i):
+        jac = jax.vmap(lambda e: _example_jacobian(
+            p, cols, p.cols, dynamic, leaves, cols_shared, e))(
+                i * chunk + jnp.arange(chunk))
+        vc = jax.lax.dynamic_slice_in_dim(vj, i * chunk, chunk, 0)
+        g = [jnp.einsum("ept...,epr->rt...", a, vc.astype(a.dtype))
+             for a in jac]
+        return tuple(a + b.reshape(a.shape) for a, b in zip(acc, g)), None
+
+      acc, _ = jax.lax.scan(sub, acc, jnp.arange(cols.batch // chunk))
+      return acc, None
+
+    theta0, _ = p.model.apply(dynamic, cols.skeleton,
+                              _select(cols_batched, 0), cols_shared, p.leaf)
+    acc = tuple(jnp.zeros((r * tn,) + t.shape, t.dtype) for t in theta0)
+    acc, _ = jax.lax.scan(p.in_loop(vjp_step), acc,
+                          jnp.arange(v.shape[0]))
+    acc = jax.lax.psum(acc, AXIS)
+    acc = [a.reshape((r, tn) + a.shape[1:]) for a in acc]
+
+    def example(leaves, e):
+      jac = _example_jacobian(p, rows, p.rows, dynamic, leaves, rows_shared,
+                              e)
+      out = sum(jnp.einsum("pt...,rt...->pr", a, g.astype(a.dtype))
+                for a, g in zip(jac, acc))
+      return out / tn
+
+    def one_batch(j):
+      leaves = _select(rows_batched, j)
+      return jax.lax.map(lambda e: example(leaves, e),
+                         jnp.arange(rows.batch),
+                         batch_size=_jacobian_chunk(p, rows, p.rows))
+
+    local_rows = rows_batched[0].shape[0] if rows_batched else 1
+    return jax.lax.map(p.in_loop(one_batch), jnp.arange(local_rows))
+
+
+def _example_jacobian(p: Product, data: Stacked, layout: OperatorLayout,
+                      dynamic, leaves, shared, e) -> list[Any]:
+  """Example ``e`` of a batch's Jacobian: per differentiated params leaf,
+  ``(plain, |T|, *leaf shape)``."""
+  one = [jax.lax.dynamic_slice_in_dim(v, e, 1, axis=a)
+         for v, a in zip(leaves, data.axes)]
+  theta, fn = p.model.apply(dynamic, data.skeleton, one, shared, p.leaf)
+  ndim = len(layout.shape)
+  jac = []
+  for j, t in zip(jax.jacrev(fn)(theta), theta):
+    j = jnp.transpose(j, layout.perm + tuple(range(ndim, j.ndim)))
+    jac.append(j.reshape((layout.plain_size, layout.trace_size) + t.shape))
+  return jac
+
+
 def _diagonal_per_device(p: Product, chunk: int, dynamic, batched, shared):
   """``(k_local, batch, plain)``: per example, the squared norms of its
   Jacobian's rows, averaged over the traced indices."""
   data, layout = p.rows_data, p.rows
 
   def example(leaves, i):
-    one = [jax.lax.dynamic_slice_in_dim(v, i, 1, axis=a)
-           for v, a in zip(leaves, data.axes)]
-    theta, fn = p.model.apply(dynamic, data.skeleton, one, shared, p.leaf)
-    out = jax.eval_shape(fn, theta)
-    sq = jnp.zeros(out.shape, out.dtype)
-    for j in jax.jacrev(fn)(theta):
-      sq = sq + jnp.sum(jnp.square(j), axis=tuple(range(out.ndim, j.ndim)))
-    sq = jnp.transpose(sq, layout.perm)
-    return jnp.mean(sq.reshape(layout.plain_size, layout.trace_size), -1)
+    jac = _example_jacobian(p, data, layout, dynamic, leaves, shared, i)
+    sq = sum(jnp.sum(jnp.square(j), axis=tuple(range(2, j.ndim)))
+             for j in jac)
+    return jnp.mean(sq, -1)
 
   def one_batch(j):
     leaves = _select(batched, j)
