@@ -83,6 +83,33 @@ def test_nystrom_cuts_iterations(dense):
   assert pre.converged and pre.iterations < 100, pre
 
 
+class _Recording(autontk.MatrixOperator):
+  """A dense operator that records the operand shapes its products run on
+  (at run time: a callback under ``vmap`` runs once per mapped element)."""
+
+  def __init__(self, matrix):
+    super().__init__(matrix)
+    self.shapes = []
+
+  def matmat(self, v):
+    jax.debug.callback(lambda a: self.shapes.append(np.shape(a)), v)
+    return super().matmat(v)
+
+
+def test_cg_columns_reach_the_operator_side_by_side(dense):
+  """One CG per column (``vmap``) still hands the operator one ``(M, R)``
+  product per iteration: an NTK operator can then contract per-example
+  Jacobians with every column at once."""
+  k, _ = dense
+  with jax.enable_x64(True):
+    op = _Recording(jnp.asarray(k))
+    b = np.random.RandomState(7).randn(M, 3)
+    x = solvers.solve(op, b, shift=0.1, tol=1e-10, preconditioner=None)
+  assert op.shapes and set(op.shapes) == {(M, 3)}, set(op.shapes)
+  np.testing.assert_allclose(x, np.linalg.solve(k + 0.1 * np.eye(M), b),
+                             rtol=1e-6)
+
+
 def test_cg_vector_x0_and_callable_preconditioner(dense):
   k, op = dense
   with jax.enable_x64(True):

@@ -191,10 +191,12 @@ def _program(op: Any, maxiter: int, apply: Callable | None) -> Callable:
   programs = getattr(op, "__dict__", {}).setdefault(
       "_autontk_cg_programs", {})
   if key not in programs:
+    products = _side_by_side(op)
+
     def one(bc, x0, shift, tol, parts):
       def a(v):
         jax.debug.callback(_tick)
-        return op.matmat(v) + shift * v
+        return products(v) + shift * v
 
       m = None if apply is None else functools.partial(apply, parts)
       x, _ = jax.scipy.sparse.linalg.cg(a, bc, x0, tol=tol, atol=0.0,
@@ -204,6 +206,23 @@ def _program(op: Any, maxiter: int, apply: Callable | None) -> Callable:
     programs[key] = jax.jit(jax.vmap(one, in_axes=(1, 1, None, None, None),
                                      out_axes=1))
   return programs[key]
+
+
+def _side_by_side(op: Any) -> Callable:
+  """``v -> op.matmat(v)`` on ``(M,)`` vectors, where ``vmap`` over the
+  columns (one CG per column) becomes one product with the columns side by
+  side: the operator sees all of them at once (an NTK operator may then
+  contract per-example Jacobians with every column)."""
+  @jax.custom_batching.custom_vmap
+  def products(v):
+    return op.matmat(v)
+
+  @products.def_vmap
+  def _(axis_size, in_batched, v):
+    del axis_size, in_batched  # the only operand, batched on axis 0
+    return op.matmat(v.T).T, True
+
+  return products
 
 
 def _segments(system: _System, cols: Any, x: Any, maxiter: int,
