@@ -169,13 +169,13 @@ def test_auto_products_take_the_jacobian_for_many_columns():
   case = models.cnn()
   op = autontk.ntk_operator(case.f, case.x1, case.params, batch_size=2)
   prod, dyn = op._product, op._setup.dynamic  # noqa: SLF001
-  assert P.choose_strategy(prod, dyn, [], [], 1) == "vector"
-  assert P.choose_strategy(prod, dyn, [], [], 16) == "jacobian"
+  assert P.choose_strategy(prod, dyn, [], 1) == "vector"
+  assert P.choose_strategy(prod, dyn, [], 16) == "jacobian"
   case = models.mlp(n1=7, n2=4)
   op = autontk.ntk_operator(case.f, case.x1, case.params, trace_axes=(),
                             batch_size=2)
   prod, dyn = op._product, op._setup.dynamic  # noqa: SLF001
-  assert P.choose_strategy(prod, dyn, [], [], 16) == "vector"
+  assert P.choose_strategy(prod, dyn, [], 16) == "vector"
   with pytest.raises(ValueError, match="products"):
     autontk.ntk_operator(case.f, case.x1, case.params, products="dense")
 

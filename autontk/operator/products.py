@@ -32,8 +32,8 @@ Two ways to run the passes (:data:`STRATEGIES`):
 
 ``"auto"`` takes the cheaper of the two by that count, with the network's
 forward FLOPs per example from XLA's analysis of its lowered program
-(:func:`choose_strategy`), and the Jacobian only where a chunk of examples'
-Jacobians fits :data:`JACOBIAN_BYTES`.
+(:func:`choose_strategy`), and the Jacobian only where one example's
+Jacobian fits :data:`JACOBIAN_BYTES`.
 """
 
 from __future__ import annotations
@@ -223,10 +223,12 @@ class Product:
   strategy: str = "auto"
   program: Any = dataclasses.field(init=False, repr=False)
   diagonals: dict[int, Any] = dataclasses.field(init=False, repr=False)
+  forward: dict[str, Any] = dataclasses.field(init=False, repr=False)
 
   def __post_init__(self):
     self.program = jax.jit(lambda *a: _product(self, *a))
     self.diagonals = {}
+    self.forward = {}
 
   def in_loop(self, body: Any) -> Any:
     """``body``, a loop's body, with its convolutions in the layout of
@@ -266,8 +268,7 @@ def _product(p: Product, dynamic, rows_batched, rows_shared, cols_batched,
   """The whole product: column chunks one after the other (``lax.map``),
   each a VJP pass and a JVP pass over every device's batches."""
   r = v.shape[-1]
-  jacobian = choose_strategy(p, dynamic, rows_shared, cols_shared,
-                             r) == "jacobian"
+  jacobian = choose_strategy(p, dynamic, cols_shared, r) == "jacobian"
   chunk = _jacobian_columns(p, r) if jacobian else min(p.column_chunk, r)
   n_chunks = math.ceil(r / chunk)
   v = jnp.pad(v.astype(p.dtype), ((0, 0), (0, n_chunks * chunk - r)))
@@ -290,16 +291,17 @@ def _product(p: Product, dynamic, rows_batched, rows_shared, cols_batched,
 
 
 def choose_strategy(p: Product, dynamic: Sequence[Any],
-                    rows_shared: Sequence[Any], cols_shared: Sequence[Any],
-                    r: int) -> str:
+                    cols_shared: Sequence[Any], r: int) -> str:
   """``"vector"`` or ``"jacobian"`` for a product with ``r`` columns (the
   product's own strategy unless ``"auto"``; see the module's docstring)."""
   if p.strategy != "auto":
     return p.strategy
-  if r < 2 or _jacobian_chunk(p, p.cols_data, p.cols) is None or (
-      _jacobian_chunk(p, p.rows_data, p.rows) is None):
+  if r < 2 or _example_bytes(p, p.cols) > JACOBIAN_BYTES or (
+      _example_bytes(p, p.rows) > JACOBIAN_BYTES):
     return "vector"
-  flops = _forward_flops(p, dynamic, cols_shared)
+  if "flops" not in p.forward:
+    p.forward["flops"] = _forward_flops(p, dynamic, cols_shared)
+  flops = p.forward["flops"]
   if flops is None:
     return "vector"
   plain, params = p.cols.plain_size, p.model.n_params
@@ -339,17 +341,17 @@ def _jacobian_columns(p: Product, r: int) -> int:
   return max(1, min(r, 4 * JACOBIAN_BYTES // per_column))
 
 
-def _jacobian_chunk(p: Product, data: Stacked,
-                    layout: OperatorLayout) -> int | None:
+def _example_bytes(p: Product, layout: OperatorLayout) -> int:
+  """Bytes of one example's Jacobian."""
+  return (layout.plain_size * layout.trace_size * p.model.n_params *
+          jnp.dtype(p.dtype).itemsize)
+
+
+def _jacobian_chunk(p: Product, data: Stacked, layout: OperatorLayout) -> int:
   """Examples whose Jacobians a ``"jacobian"`` pass holds at once: the
-  largest divisor of the batch within :data:`JACOBIAN_BYTES` (``None``
-  when one example's exceeds it)."""
-  item = jnp.dtype(p.dtype).itemsize
-  per_example = (layout.plain_size * layout.trace_size * item *
-                 p.model.n_params)
-  most = JACOBIAN_BYTES // max(per_example, 1)
-  if most < 1:
-    return None
+  largest divisor of the batch within :data:`JACOBIAN_BYTES` (at least
+  one)."""
+  most = max(1, JACOBIAN_BYTES // max(_example_bytes(p, layout), 1))
   return max(d for d in range(1, min(most, data.batch) + 1)
              if data.batch % d == 0)
 
