@@ -107,10 +107,11 @@ def _rel(a: Any, b: Any) -> float:
   return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
-def case(name: str, n: int, rounds: int = 3,
-         dense_route: bool = True) -> dict[str, Any]:
+def case(name: str, n: int, rounds: int = 3, dense_route: bool = True,
+         report: bool = True) -> dict[str, Any]:
   """Both routes on model ``name`` at ``n`` examples, in this process
-  (the matrix-free one alone without ``dense_route``)."""
+  (the matrix-free one alone without ``dense_route``; auto's report left
+  out without ``report``)."""
   model = _model(name, n)
   op = autontk.ntk_operator(model.f, model.x1, model.params,
                             trace_axes=model.trace_axes)
@@ -136,9 +137,16 @@ def case(name: str, n: int, rounds: int = 3,
   t0 = time.perf_counter()
   answers = {"entropy": peaks["entropy"].wrap(calls.pop("entropy"))()}
   entropy_s = time.perf_counter() - t0
-  answers.update({k: c() for k, c in calls.items()})  # compiles first
-  stats = interleaved({k: peaks[k].wrap(c) for k, c in calls.items()},
-                      rounds=rounds, time_s=0.0, max_rounds=rounds)
+  if rounds:
+    answers.update({k: c() for k, c in calls.items()})  # compiles first
+    stats = interleaved({k: peaks[k].wrap(c) for k, c in calls.items()},
+                        rounds=rounds, time_s=0.0, max_rounds=rounds)
+  else:
+    stats = {}
+    for k, c in calls.items():  # one call each, its compile included
+      t1 = time.perf_counter()
+      answers[k] = peaks[k].wrap(c)()
+      stats[k] = {"median_s": time.perf_counter() - t1, "repeats": 0}
   stats["entropy"] = {"median_s": entropy_s}
   rec: dict[str, Any] = {"model": name, "n": n, "date_utc": time.strftime(
                              "%Y-%m-%d %H:%M", time.gmtime()),
@@ -157,6 +165,9 @@ def case(name: str, n: int, rounds: int = 3,
   else:
     rec.update(top10_err=None, rank_err=None, entropy_err=None, ratio=None,
                values={k: np.asarray(v).tolist() for k, v in answers.items()})
+  if not report:
+    rec.update(auto_s=None, auto=None, auto_reason=None)
+    return rec
   t0 = time.perf_counter()
   rep = D.report(model.f, model.x1, model.params, k=10)
   rec["auto_s"] = time.perf_counter() - t0
@@ -168,12 +179,13 @@ def case(name: str, n: int, rounds: int = 3,
 
 
 def fresh(name: str, n: int, rounds: int, log: Callable[..., None] = print,
-          dense_route: bool = True) -> dict[str, Any]:
+          dense_route: bool = True, report: bool = True) -> dict[str, Any]:
   """:func:`case` in a fresh process (its own memory)."""
   env = dict(os.environ, PYTHONPATH=os.getcwd())
   p = subprocess.run([sys.executable, "-m", "bench.diagnostics_scaling",
                       "--case", name, "--n", str(n), "--rounds",
-                      str(rounds)] + ([] if dense_route else ["--no-dense"]),
+                      str(rounds)] + ([] if dense_route else ["--no-dense"])
+                     + ([] if report else ["--no-report"]),
                      capture_output=True, text=True, env=env)
   if p.returncode:
     log(p.stderr[-3000:])
@@ -223,8 +235,9 @@ def crossover(recs: list[dict[str, Any]]) -> int | None:
 
 def markdown(res: dict[str, Any]) -> str:
   rows = ["Seconds (median of the interleaved rounds; the entropy rank: "
-          "one call, compile included; the machine was shared with other "
-          "jobs), matrix-free against dense (kernel by auto's plan + "
+          "one call, compile included; the rows up to N = 1000 ran on a "
+          "machine shared with other jobs, the † rows alone), matrix-free "
+          "against dense (kernel by auto's plan + "
           "float64 `eigvalsh`). `ratio` = (top10 + rank) / dense. Errors: "
           "relative, against the dense answers. Peak: the largest growth "
           "of resident memory during one call after the compile (the "
@@ -237,17 +250,23 @@ def markdown(res: dict[str, Any]) -> str:
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in sorted(res["records"], key=lambda r: (r["model"], r["n"])):
     a = r["auto"]
+    first = " †" if r.get("rounds") == 0 else ""
     rows.append(
-        f"| {r['model']} | {r['n']} | {_g(r['dense_s'])} | "
+        f"| {r['model']} | {r['n']}{first} | {_g(r['dense_s'])} | "
         f"{r['top10_s']:.3g} | {r['rank_s']:.3g} | {r['entropy_s']:.3g} | "
         f"{_g(r['ratio'], '.2f')} | {_g(r['top10_err'], '.1e')} | "
         f"{_g(r['rank_err'], '.1e')} | {_g(r['entropy_err'], '.1e')} | "
         f"{_g(r['dense_peak_mib'], '.0f')} | "
         f"{r['top10_peak_mib']:.0f} / {r['rank_peak_mib']:.0f} / "
-        f"{r['entropy_peak_mib']:.0f} | {_short(a['top10'])}, "
-        f"{_short(a['rank'])}, {_short(a['entropy'])} | "
-        f"{r['auto_s']:.3g} |")
-  lines = ["", "Crossover (top10 + rank matrix-free faster than the dense "
+        f"{r['entropy_peak_mib']:.0f} | {_auto(a)} | "
+        f"{_g(r['auto_s'])} |")
+  lines = ["", "† One call of each route, its compile included (no "
+           "warm-up, no rounds: `--rounds 0`, for sizes where the dense "
+           "route takes many minutes), without auto's report "
+           "(`--no-report`: its dense choice would form the kernel again).",
+           ""] if any(
+               r.get("rounds") == 0 for r in res["records"]) else []
+  lines += ["", "Crossover (top10 + rank matrix-free faster than the dense "
            "route from this N on, within the sizes run):", ""]
   for m in MODELS:
     recs = [r for r in res["records"] if r["model"] == m]
@@ -256,6 +275,13 @@ def markdown(res: dict[str, Any]) -> str:
       lines.append(f"* {m}: " + (f"N = {c}" if c else "none (dense faster "
                                  "at the largest N)"))
   return "\n".join(rows + lines) + "\n"
+
+
+def _auto(a: dict[str, str] | None) -> str:
+  """Auto's routes for top10, rank, entropy (``–`` where not run)."""
+  if a is None:
+    return "–"
+  return ", ".join(_short(a[k]) for k in ("top10", "rank", "entropy"))
 
 
 def _short(route: str) -> str:
@@ -319,21 +345,27 @@ def main(argv: list[str] | None = None) -> None:
                   help="numbers of examples")
   ap.add_argument("--model", choices=MODELS, nargs="+", default=MODELS)
   ap.add_argument("--rounds", type=int, default=2,
-                  help="interleaved rounds after the warm-up")
+                  help="interleaved rounds after the warm-up (0: one call "
+                       "of each route, its compile included)")
   ap.add_argument("--record", action="store_true",
                   help="merge into bench/results/<tag>/diagnostics_scaling")
   ap.add_argument("--tag", help="results folder (default: this machine's)")
   ap.add_argument("--no-dense", action="store_true",
                   help="the matrix-free route alone (no dense kernel)")
+  ap.add_argument("--no-report", action="store_true",
+                  help="leave out auto's report (at sizes where auto's dense "
+                       "choice would compute the kernel again)")
   ap.add_argument("--case", choices=MODELS, help=argparse.SUPPRESS)
   a = ap.parse_args(argv)
   if a.case:  # one case, in this process: a JSON line for fresh()
-    print(json.dumps(case(a.case, a.n[0], a.rounds, not a.no_dense)))
+    print(json.dumps(case(a.case, a.n[0], a.rounds, not a.no_dense,
+                          not a.no_report)))
     return
   recs = []
   for name in a.model:
     for n in a.n:
-      recs.append(fresh(name, n, a.rounds, dense_route=not a.no_dense))
+      recs.append(fresh(name, n, a.rounds, dense_route=not a.no_dense,
+                        report=not a.no_report))
       print(_log_line(recs[-1]), flush=True)
   if a.record:
     print("recorded in", _record(recs, a.tag))
