@@ -31,14 +31,21 @@ import numpy as np
 BUDGET = 2 * 2**30
 """The memory budget, bytes (peak RSS of the process)."""
 N_TEST = 500
-DIAG_REG = 1e-2
-"""Ridge, relative to trace(Θ)/N (neural-tangents' ``diag_reg``)."""
-TOL, RANK = 1e-3, 20
-"""CG tolerance (relative residual) and Nyström rank."""
-MAXITER = int(os.environ.get("BENCH_PREDICT_LARGE_MAXITER", 10))
-"""CG iterations at most at the large N (each is a 10-column product, about
-3 minutes on 2 cores): the time of a full solve is recorded, with the
-residual it reached."""
+DIAG_REG = 1e-1
+"""Ridge, relative to trace(Θ)/N (neural-tangents' ``diag_reg``). At 1e-2
+the float32 solve at N = 50,000 had not reached its tolerance after 168
+CG iterations (44 min) and was stopped; a 10× larger ridge divides the
+condition number CG faces by about 10."""
+CHECKPOINT = os.environ.get("BENCH_PREDICT_LARGE_CHECKPOINT")
+"""A directory: the large solve saves its iterate there every
+:data:`SEGMENT` iterations and a rerun resumes from it."""
+SEGMENT = 100
+TOL, RANK = 1e-3, "auto"
+"""CG tolerance (relative residual) and Nyström rank (the solver's
+automatic sketch: 50 columns, grown 4× while it saves more column products
+than it costs, up to 800)."""
+MAXITER = int(os.environ.get("BENCH_PREDICT_LARGE_MAXITER", 400))
+"""CG iterations at most at the large N (each is a 10-column product)."""
 SUBSET_TOL, SUBSET_MAXITER = 1e-9, 400
 """The subset's solve runs in float64 to convergence: it checks the
 solver against the dense solve where precision does not limit either."""
@@ -133,6 +140,7 @@ def run(n: int, dense: bool = False, tol: float = TOL,
   import jax
   import jax.numpy as jnp
   from autontk import solvers
+  from autontk.solvers import preconditioners
   t0 = time.perf_counter()
   f, params, op, y, xt, lt = _operator(n)
   shift = DIAG_REG * float(op.trace()) / n
@@ -141,9 +149,15 @@ def run(n: int, dense: bool = False, tol: float = TOL,
     alpha = jax.scipy.linalg.solve(k + shift * jnp.eye(n), y, assume_a="pos")
     info = None
   else:
-    alpha, info = solvers.solve(op, y, shift=shift, tol=tol, rank=RANK,
-                                maxiter=maxiter, progress=True,
-                                return_info=True)
+    t1 = time.perf_counter()
+    apply, parts = preconditioners.make(op, "nystrom", RANK, shift, 0,
+                                        y.shape[1], tol)
+    sketch = {"rank": int(parts[0].shape[1]),
+              "sketch_s": time.perf_counter() - t1}
+    alpha, info = solvers.solve(
+        op, y, shift=shift, tol=tol, maxiter=maxiter, progress=True,
+        preconditioner=lambda v: apply(parts, v), return_info=True,
+        checkpoint=CHECKPOINT if n > SUBSET else None, segment=SEGMENT)
   mean = np.asarray(op.cross(xt).matmat(alpha))
   out = {"n": n, "route": "dense" if dense else "matrix_free",
          "seconds": time.perf_counter() - t0, "shift": shift,
@@ -152,7 +166,7 @@ def run(n: int, dense: bool = False, tol: float = TOL,
          "accuracy": float(np.mean(mean.argmax(-1) == lt)),
          "mean": mean.tolist()}
   if info is not None:
-    out.update(iterations=int(np.max(np.asarray(info.iterations))),
+    out.update(sketch, iterations=int(np.max(np.asarray(info.iterations))),
                residual=float(np.max(np.asarray(info.residual))))
   return out
 
@@ -166,6 +180,8 @@ def suite_run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
                          "maxiter": MAXITER, "subset_tol": SUBSET_TOL}
   res["probe"] = fresh(["--probe", str(n_large)], log, cfg.work)
   log(f"one product at N={n_large}: {res['probe']['product_s']:.1f} s")
+  os.environ.setdefault("BENCH_PREDICT_LARGE_CHECKPOINT", os.path.join(
+      cfg.work, "predict_large", f"cg_{n_large}"))
   res["large"] = fresh(["--run", str(n_large)], log, cfg.work)
   res["large"].pop("mean")
   log(f"solve at N={n_large}: {res['large']['seconds']:.0f} s")
@@ -193,7 +209,7 @@ def markdown(res: dict[str, Any]) -> str:
   p, big = res["probe"], res["large"]
   return "\n".join(rows + [
       "", f"At N = {big['n']} (float32): CG at most {res['maxiter']} "
-      f"iterations, tolerance {res['tol']:g}, Nyström rank {res['rank']}, "
+      f"iterations, tolerance {res['tol']:g}, Nyström rank {_rank(res)}, "
       f"ridge {res['diag_reg']:g}·trace/N; the GP mean on {res['n_test']} "
       f"test digits in {big['seconds'] / 60:.1f} min at a peak RSS of "
       f"{big['peak_rss_mib']:.0f} MiB (budget {res['budget_mib']:.0f} MiB; "
@@ -204,6 +220,16 @@ def markdown(res: dict[str, Any]) -> str:
       f"{res['subset_tol']:g}: matrix-free against the dense GP mean, "
       f"relative difference {res['subset_rel_diff']:.2e}.", "",
       _verdict(res)] + ([res["note"]] if res.get("note") else []))
+
+
+def _rank(res: dict[str, Any]) -> str:
+  """The sketch's rank: as set, or ``auto`` with the rank it reached and
+  the seconds it took."""
+  big = res["large"]
+  if res["rank"] != "auto" or "rank" not in big:
+    return str(res["rank"])
+  return (f"auto (grew to {big['rank']} columns in "
+          f"{big['sketch_s']:.0f} s)")
 
 
 def _g(value: float | None) -> str:
@@ -220,10 +246,9 @@ def _verdict(res: dict[str, Any]) -> str:
           f"CG iterations its relative residual is {big['residual']:.2g} "
           f"(tolerance {res['tol']:g}), so its GP mean is not the kernel "
           "regression's answer (test accuracy "
-          f"{big['accuracy']:.3f}). A rank-{res['rank']} Nyström "
-          "preconditioner leaves CG a condition number in the thousands on "
-          "this kernel, where CG's residual is not monotone; the run shows "
-          "the time and memory of the route, not its converged answer.")
+          f"{big['accuracy']:.3f}); Nyström rank {_rank(res)}. The run "
+          "shows the time and memory of the route, not its converged "
+          "answer.")
 
 
 def fresh(args: list[str], log: Callable[..., None] = print,

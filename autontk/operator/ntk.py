@@ -17,8 +17,9 @@ from autontk._types import ApplyFn, Axes, PyTree, VMapAxes
 from autontk.costmodel import hlo
 from autontk.operator.layout import OperatorLayout
 from autontk.operator.matrix import check_operand
-from autontk.operator.products import (STRATEGIES, Model, Product,
-                                       Stacked, abstract_stacked, make_mesh)
+from autontk.operator.products import (Model, Product, Stacked,
+                                       abstract_stacked, check_strategy,
+                                       make_mesh)
 from autontk.tiled import ntk_tiled
 from autontk.tiled.autotile import memory_budget_bytes
 from autontk.tiled.batch import Side, ntk_arguments, output_batch_axes, sides
@@ -321,9 +322,7 @@ def ntk_operator(f: ApplyFn | Any, x: PyTree, params: PyTree, *,
     raise ValueError("ntk_operator does not take the kwarg `rng`: f's "
                      "randomness over a batch depends on the batch. Make f "
                      "deterministic.")
-  if products not in STRATEGIES:
-    raise ValueError(f"`products` must be one of {STRATEGIES}; got "
-                     f"{products!r}.")
+  check_strategy(products)
   f = adapters.apply_fn(f)
   options = NtkOptions.make(trace_axes, (), vmap_axes,
                             Implementation.NTK_VECTOR_PRODUCTS, wrt=wrt,

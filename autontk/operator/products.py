@@ -63,6 +63,13 @@ DYNAMIC = object()
 STRATEGIES = ("auto", "vector", "jacobian")
 """How a product runs its passes (see the module's docstring)."""
 
+def check_strategy(products: Any) -> None:
+  """A ``ValueError`` naming ``products`` unless it is a strategy."""
+  if products not in STRATEGIES:
+    raise ValueError(f"`products` must be one of {STRATEGIES}; got "
+                     f"{products!r}.")
+
+
 JACOBIAN_BYTES = 64 * 2**20
 """The most bytes of per-example Jacobians a ``"jacobian"`` pass holds at
 once (a chunk of the batch's examples)."""
