@@ -107,9 +107,9 @@ def crossover(recs: list[dict[str, Any]]) -> int | None:
 
 
 def markdown(res: dict[str, Any]) -> str:
-  rows = ["Timings were taken on a machine shared with other jobs (the "
-          "load varied during the run): compare the two routes of one row, "
-          "timed one after the other, rather than rows with each other."
+  rows = ["Each row's two routes were timed one after the other: compare "
+          "them within a row rather than rows with each other (on a shared "
+          "machine the load may vary during a run)."
           + (f" {res['note']}" if res.get("note") else ""), "",
           "| model | question | R | N | dense s | matrix-free s | priced dense s "
           "| priced matrix-free s | rel. diff | dense MiB (est.) | "
