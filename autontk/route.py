@@ -446,27 +446,22 @@ def cg_iterations(m: int, tol: float, shift: float, trace: float,
 
 
 def sketch_rank(m: int, rhs: int, tol: float, shift: float, trace: float,
-                itemsize: int = 4) -> int:
+                itemsize: int = 4, alpha: float = SPECTRUM_DECAY) -> int:
   """The Nyström rank ``solve``'s ``rank="auto"`` reaches, on the assumed
-  spectrum: from 50 columns, grown 4× while the iterations it saves, times
-  the ``rhs`` columns solved for, exceed the columns it adds (the solver's
-  own rule, :func:`autontk.solvers.preconditioners.nystrom`, which reads
-  the spectrum from its sketch). Without a shift, 100.
+  spectrum ``λ_i ∝ i^(-α)`` (scaled to ``trace``): the solver's own growth
+  rule (:func:`autontk.solvers.preconditioners.pays`, which the solver
+  reads from its sketch) fed that spectrum. Without a shift, 100.
 
   >>> sketch_rank(512, 1, 1e-4, shift=1e-3, trace=512.0)
   50
   >>> sketch_rank(512, 8, 1e-4, shift=1e-3, trace=512.0)
   256
   """
-  if shift <= 0:
-    return min(preconditioners.AUTO_RANK, m // 2)
-  rank = min(preconditioners.SHIFT_RANK, m // 2)
-  top = min(preconditioners.MAX_AUTO_RANK, m // 2, 2 ** 28 // (m * itemsize))
-  while (more := min(3 * rank, top - rank)) >= 1:
-    saved = (cg_iterations(m, tol, shift, trace, rank) -
-             cg_iterations(m, tol, shift, trace, rank + more))
-    if rhs * saved <= more:
-      break
+  rank, top = preconditioners.auto_ranks(m, shift, itemsize)
+  lam = (trace / _harmonic(m, alpha) *
+         np.arange(1, top + 1, dtype=np.float64) ** -alpha)
+  while ((more := min(3 * rank, top - rank)) >= 1 and
+         preconditioners.pays(lam[:rank], shift, more, rhs, tol)):
     rank += more
   return rank
 

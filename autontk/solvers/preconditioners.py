@@ -67,12 +67,9 @@ def nystrom(op: Any, rank: int | str, shift: float, key: Any,
     tol: the solve's tolerance (``rank="auto"``).
   """
   m = op.shape[0]
-  item = jnp.dtype(op.dtype).itemsize
   top = rank
   if rank == "auto":
-    rank = min(SHIFT_RANK if shift > 0 else AUTO_RANK, m // 2)
-    top = (min(MAX_AUTO_RANK, m // 2, 2 ** 28 // (m * item)) if shift > 0
-           else rank)
+    rank, top = auto_ranks(m, shift, jnp.dtype(op.dtype).itemsize)
   if rank < 1:
     return None
   raw = jax.random.normal(key, (m, rank), op.dtype)
@@ -80,8 +77,8 @@ def nystrom(op: Any, rank: int | str, shift: float, key: Any,
   while True:
     factors = _factors(raw, y_raw)
     more = min(3 * rank, top - rank)
-    if factors is None or more < 1 or not _pays(factors[1], shift, more,
-                                                columns, tol):
+    if factors is None or more < 1 or not pays(factors[1], shift, more,
+                                               columns, tol):
       break
     key, sub = jax.random.split(key)
     new = jax.random.normal(sub, (m, more), op.dtype)
@@ -139,9 +136,20 @@ def _factor_program(raw: Any, y_raw: Any) -> tuple[Any, Any, Any]:
   return u, lam, ok
 
 
-def _pays(lam: Any, shift: float, more: int, columns: int,
-          tol: float) -> bool:
-  """Whether ``more`` sketch columns save more column products in CG."""
+def auto_ranks(m: int, shift: float, itemsize: int) -> tuple[int, int]:
+  """``(first, largest)``: the sketch ranks ``rank="auto"`` starts from
+  and may grow to, for an ``(M, M)`` operator of ``itemsize``-byte
+  entries."""
+  first = min(SHIFT_RANK if shift > 0 else AUTO_RANK, m // 2)
+  if shift <= 0:
+    return first, first
+  return first, min(MAX_AUTO_RANK, m // 2, 2 ** 28 // (m * itemsize))
+
+
+def pays(lam: Any, shift: float, more: int, columns: int,
+         tol: float) -> bool:
+  """Whether ``more`` sketch columns save more column products in CG, read
+  from the sketch's eigenvalues ``lam`` (descending)."""
   lam = np.asarray(lam, np.float64)
   lam = lam[lam > 0]
   if lam.size < 8:
