@@ -48,7 +48,7 @@ import numpy as np
 
 import autontk
 from autontk import diagnostics as D
-from bench import record
+from bench import record, report
 from bench.timing import interleaved
 from bench.zoo import functions as zoo
 
@@ -223,14 +223,8 @@ def run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
 def crossover(recs: list[dict[str, Any]]) -> int | None:
   """The smallest N from which top10 + rank matrix-free beat the dense
   route at every larger N run."""
-  best = None
-  for r in sorted(recs, key=lambda r: -r["n"]):
-    if r["ratio"] is None:
-      continue
-    if r["ratio"] >= 1:
-      break
-    best = r["n"]
-  return best
+  return report.crossover(
+      recs, lambda r: None if r["ratio"] is None else r["ratio"] < 1)
 
 
 def markdown(res: dict[str, Any]) -> str:

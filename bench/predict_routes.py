@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bench import report
 from bench.zoo import functions as zoo
 
 K = 10
@@ -98,12 +99,7 @@ def run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
 
 def crossover(recs: list[dict[str, Any]]) -> int | None:
   """The smallest N from which matrix-free is faster at every larger N."""
-  best = None
-  for r in sorted(recs, key=lambda r: -r["n"]):
-    if r["faster"] != "matrix_free":
-      break
-    best = r["n"]
-  return best
+  return report.crossover(recs, lambda r: r["faster"] == "matrix_free")
 
 
 def markdown(res: dict[str, Any]) -> str:

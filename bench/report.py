@@ -85,6 +85,20 @@ def geomean(xs) -> float | None:
   return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
+def crossover(recs: list[dict], wins) -> int | None:
+  """The smallest ``n`` from which ``wins(record)`` holds at every larger
+  ``n`` run (records where it is ``None``, not measured, are skipped)."""
+  best = None
+  for r in sorted(recs, key=lambda r: -r["n"]):
+    won = wins(r)
+    if won is None:
+      continue
+    if not won:
+      break
+    best = r["n"]
+  return best
+
+
 def table(header: list[str], rows: list[list[Any]]) -> str:
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join("---" for _ in header) + "|"]
