@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from bench.zoo import specs
-from bench.zoo.functions import Model
+from bench.zoo.functions import Model, normal
 
 FAMILIES: dict[str, Callable[[bool], Model]] = {}
 
@@ -33,10 +33,6 @@ FAMILIES: dict[str, Callable[[bool], Model]] = {}
 def _family(fn: Callable[[bool], Model]) -> Callable[[bool], Model]:
   FAMILIES[fn.__name__] = fn
   return fn
-
-
-def _normal(seed: int, shape, scale: float = 1.0) -> jax.Array:
-  return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
 
 
 def _from_spec(spec, in_shape, n: int, note: str, family: str) -> Model:
@@ -80,14 +76,14 @@ def _layer_norm(h, g, b):
 def _lm(trace_vocab: bool) -> Model:
   vocab, d, t, heads, n = 2048, 32, 4, 2, 4
   dh = d // heads
-  params = {"emb": _normal(0, (vocab, d), 1.0),
-            "pos": _normal(1, (t, d), 0.1),
+  params = {"emb": normal(0, (vocab, d), 1.0),
+            "pos": normal(1, (t, d), 0.1),
             "ln1": {"g": jnp.ones(d), "b": jnp.zeros(d)},
-            "qkv": _normal(2, (d, 3 * d), d ** -0.5),
-            "o": _normal(3, (d, d), d ** -0.5),
+            "qkv": normal(2, (d, 3 * d), d ** -0.5),
+            "o": normal(3, (d, d), d ** -0.5),
             "ln2": {"g": jnp.ones(d), "b": jnp.zeros(d)},
-            "w1": _normal(4, (d, 2 * d), d ** -0.5),
-            "w2": _normal(5, (2 * d, d), (2 * d) ** -0.5)}
+            "w1": normal(4, (d, 2 * d), d ** -0.5),
+            "w2": normal(5, (2 * d, d), (2 * d) ** -0.5)}
   mask = jnp.tril(jnp.ones((t, t), bool))
 
   def f(p, tokens):
@@ -139,11 +135,11 @@ def _conv(x, w, groups: int = 1, stride: int = 1):
 def mobilenet(unroll: bool) -> Model:
   del unroll
   widths, n, hw = (16, 32, 32), 8, 16
-  params = {"stem": _normal(0, (3, 3, 3, widths[0]), 27 ** -0.5)}
+  params = {"stem": normal(0, (3, 3, 3, widths[0]), 27 ** -0.5)}
   for i, (c, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-    params[f"dw{i}"] = _normal(10 + i, (3, 3, 1, c), 1 / 3)
-    params[f"pw{i}"] = _normal(20 + i, (1, 1, c, c_out), c ** -0.5)
-  params["head"] = _normal(30, (widths[-1], 10), widths[-1] ** -0.5)
+    params[f"dw{i}"] = normal(10 + i, (3, 3, 1, c), 1 / 3)
+    params[f"pw{i}"] = normal(20 + i, (1, 1, c, c_out), c ** -0.5)
+  params["head"] = normal(30, (widths[-1], 10), widths[-1] ** -0.5)
 
   def f(p, x):
     h = jax.nn.relu(_conv(x, p["stem"]))
@@ -152,8 +148,8 @@ def mobilenet(unroll: bool) -> Model:
       h = jax.nn.relu(_conv(h, p[f"pw{i}"]))             # pointwise
     return h.mean((1, 2)) @ p["head"]
 
-  return Model(f, params, _normal(40, (n, hw, hw, 3)),
-               _normal(41, (n, hw, hw, 3)), trace_axes=(), family="depthwise",
+  return Model(f, params, normal(40, (n, hw, hw, 3)),
+               normal(41, (n, hw, hw, 3)), trace_axes=(), family="depthwise",
                note="stem 3×3, 2 × (depthwise 3×3 + pointwise 1×1), 16→32 "
                "channels, 16×16×3, N = 8, full O×O")
 
@@ -162,14 +158,14 @@ def mobilenet(unroll: bool) -> Model:
 def mixer_scan(unroll: bool) -> Model:
   depth, tokens, d, tmlp, cmlp, n = 4, 16, 32, 32, 64, 8
   patch_dim = 4 * 4 * 3
-  stack = {"ln1": 1.0 + _normal(0, (depth, d), 0.1),
-           "t1": _normal(1, (depth, tokens, tmlp), tokens ** -0.5),
-           "t2": _normal(2, (depth, tmlp, tokens), tmlp ** -0.5),
-           "ln2": 1.0 + _normal(3, (depth, d), 0.1),
-           "c1": _normal(4, (depth, d, cmlp), d ** -0.5),
-           "c2": _normal(5, (depth, cmlp, d), cmlp ** -0.5)}
-  params = {"embed": _normal(6, (patch_dim, d), patch_dim ** -0.5),
-            "blocks": stack, "head": _normal(7, (d, 10), d ** -0.5)}
+  stack = {"ln1": 1.0 + normal(0, (depth, d), 0.1),
+           "t1": normal(1, (depth, tokens, tmlp), tokens ** -0.5),
+           "t2": normal(2, (depth, tmlp, tokens), tmlp ** -0.5),
+           "ln2": 1.0 + normal(3, (depth, d), 0.1),
+           "c1": normal(4, (depth, d, cmlp), d ** -0.5),
+           "c2": normal(5, (depth, cmlp, d), cmlp ** -0.5)}
+  params = {"embed": normal(6, (patch_dim, d), patch_dim ** -0.5),
+            "blocks": stack, "head": normal(7, (d, 10), d ** -0.5)}
   zero = jnp.zeros(d)
 
   def block(h, p):
@@ -186,8 +182,8 @@ def mixer_scan(unroll: bool) -> Model:
     h, _ = lax.scan(block, h, p["blocks"], unroll=unroll)
     return _layer_norm(h, 1.0, 0.0).mean(1) @ p["head"]
 
-  return Model(f, params, _normal(8, (n, 16, 16, 3)),
-               _normal(9, (n, 16, 16, 3)), trace_axes=(), family="scanned",
+  return Model(f, params, normal(8, (n, 16, 16, 3)),
+               normal(9, (n, 16, 16, 3)), trace_axes=(), family="scanned",
                note=f"{depth} blocks scanned over layers, d = {d}, "
                f"{tokens} tokens, N = {n}, full O×O")
 
@@ -195,9 +191,9 @@ def mixer_scan(unroll: bool) -> Model:
 @_family
 def rnn_scan(unroll: bool) -> Model:
   steps, d_in, hidden, out, n = 16, 8, 64, 10, 8
-  params = {"wx": _normal(0, (d_in, hidden), d_in ** -0.5),
-            "wh": _normal(1, (hidden, hidden), hidden ** -0.5),
-            "b": jnp.zeros(hidden), "wo": _normal(2, (hidden, out),
+  params = {"wx": normal(0, (d_in, hidden), d_in ** -0.5),
+            "wh": normal(1, (hidden, hidden), hidden ** -0.5),
+            "b": jnp.zeros(hidden), "wo": normal(2, (hidden, out),
                                                   hidden ** -0.5)}
 
   def f(p, x):
@@ -207,7 +203,7 @@ def rnn_scan(unroll: bool) -> Model:
     h, _ = lax.scan(step, h0, jnp.moveaxis(x, -2, 0), unroll=unroll)
     return h @ p["wo"]
 
-  return Model(f, params, _normal(3, (n, steps, d_in)),
-               _normal(4, (n, steps, d_in)), trace_axes=(), family="scanned",
+  return Model(f, params, normal(3, (n, steps, d_in)),
+               normal(4, (n, steps, d_in)), trace_axes=(), family="scanned",
                note=f"tanh RNN, {steps} steps, hidden {hidden}, N = {n}, "
                "full O×O")

@@ -56,7 +56,8 @@ def model(fn: Callable[[], Model]) -> Callable[[], Model]:
   return fn
 
 
-def _normal(seed: int, shape, scale: float = 1.0) -> jax.Array:
+def normal(seed: int, shape, scale: float = 1.0) -> jax.Array:
+  """``scale`` times a standard normal array from ``PRNGKey(seed)``."""
   return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
 
 
@@ -64,9 +65,9 @@ def _normal(seed: int, shape, scale: float = 1.0) -> jax.Array:
 def rnn_scan_h128():
   """tanh RNN, ``lax.scan`` over 20 steps, hidden 128, N = 8×6, full kernel."""
   steps, d_in, hidden, out = 20, 16, 128, 4
-  params = {"wx": _normal(0, (d_in, hidden), 0.25),
-            "wh": _normal(1, (hidden, hidden), hidden ** -0.5),
-            "b": jnp.zeros(hidden), "wo": _normal(2, (hidden, out), 0.1)}
+  params = {"wx": normal(0, (d_in, hidden), 0.25),
+            "wh": normal(1, (hidden, hidden), hidden ** -0.5),
+            "b": jnp.zeros(hidden), "wo": normal(2, (hidden, out), 0.1)}
 
   def f(p, x):
     def step(h, xt):
@@ -75,8 +76,8 @@ def rnn_scan_h128():
                     jnp.swapaxes(x, 0, 1))
     return h @ p["wo"]
 
-  return Model(f, params, _normal(3, (8, steps, d_in)),
-                     _normal(4, (6, steps, d_in)), trace_axes=(),
+  return Model(f, params, normal(3, (8, steps, d_in)),
+                     normal(4, (6, steps, d_in)), trace_axes=(),
                      family="scan")
 
 
@@ -85,10 +86,10 @@ def gru_scan_seq_out():
   """A hand-written GRU over 12 steps whose per-step outputs are averaged."""
   steps, d_in, hidden = 12, 8, 48
   k = iter(range(10, 20))
-  params = {g: {"x": _normal(next(k), (d_in, hidden), 0.3),
-                "h": _normal(next(k), (hidden, hidden), hidden ** -0.5)}
+  params = {g: {"x": normal(next(k), (d_in, hidden), 0.3),
+                "h": normal(next(k), (hidden, hidden), hidden ** -0.5)}
             for g in ("z", "r", "n")}
-  params["out"] = _normal(next(k), (hidden, 3), 0.2)
+  params["out"] = normal(next(k), (hidden, 3), 0.2)
 
   def f(p, x):
     def step(h, xt):
@@ -101,16 +102,16 @@ def gru_scan_seq_out():
                      jnp.swapaxes(x, 0, 1))
     return ys.mean(0)
 
-  return Model(f, params, _normal(20, (12, steps, d_in)),
-                     _normal(21, (10, steps, d_in)), family="scan")
+  return Model(f, params, normal(20, (12, steps, d_in)),
+                     normal(21, (10, steps, d_in)), family="scan")
 
 
 @model
 def scan_over_layers_mlp():
   """Ten layers' weights stacked and scanned over (the scan's xs)."""
   depth, width = 10, 64
-  params = {"w": _normal(30, (depth, width, width), width ** -0.5),
-            "b": jnp.zeros((depth, width)), "head": _normal(31, (width, 5))}
+  params = {"w": normal(30, (depth, width, width), width ** -0.5),
+            "b": jnp.zeros((depth, width)), "head": normal(31, (width, 5))}
 
   def f(p, x):
     def layer(h, wb):
@@ -119,51 +120,51 @@ def scan_over_layers_mlp():
     h, _ = lax.scan(layer, x, (p["w"], p["b"]))
     return h @ p["head"]
 
-  return Model(f, params, _normal(32, (16, width)),
-                     _normal(33, (16, width)), trace_axes=(), family="scan")
+  return Model(f, params, normal(32, (16, width)),
+                     normal(33, (16, width)), trace_axes=(), family="scan")
 
 
 @model
 def fori_weight_tied_residual():
   """A weight-tied residual block applied 8 times with ``fori_loop``."""
   width = 32
-  params = {"w": _normal(40, (width, width), width ** -0.5),
-            "b": jnp.zeros(width), "head": _normal(41, (width, 2))}
+  params = {"w": normal(40, (width, width), width ** -0.5),
+            "b": jnp.zeros(width), "head": normal(41, (width, 2))}
 
   def f(p, x):
     def block(i, h):
       return h + 0.5 * jnp.tanh(h @ p["w"] + p["b"])
     return lax.fori_loop(0, 8, block, x) @ p["head"]
 
-  return Model(f, params, _normal(42, (24, width)),
-                     _normal(43, (20, width)), trace_axes=(), family="loop")
+  return Model(f, params, normal(42, (24, width)),
+                     normal(43, (20, width)), trace_axes=(), family="loop")
 
 
 @model
 def deep_narrow_mlp():
   """24 layers of width 16 (a list of dicts), scalar output."""
   depth, width = 24, 16
-  params = [{"w": _normal(50 + i, (width, width), width ** -0.5),
+  params = [{"w": normal(50 + i, (width, width), width ** -0.5),
              "b": jnp.zeros(width)} for i in range(depth)]
-  params.append({"w": _normal(99, (width, 1)), "b": jnp.zeros(1)})
+  params.append({"w": normal(99, (width, 1)), "b": jnp.zeros(1)})
 
   def f(p, x):
     for layer in p[:-1]:
       x = jax.nn.relu(x @ layer["w"] + layer["b"])
     return x @ p[-1]["w"] + p[-1]["b"]
 
-  return Model(f, params, _normal(51, (32, width)),
-                     _normal(52, (32, width)), family="many-small-ops")
+  return Model(f, params, normal(51, (32, width)),
+                     normal(52, (32, width)), family="many-small-ops")
 
 
 @model
 def small_attention_block():
   """One pre-norm self-attention block, 2 heads, T = 8, d = 16 (sub-ms)."""
   t, d, heads = 8, 16, 2
-  params = {"qkv": _normal(60, (d, 3 * d), d ** -0.5),
-            "proj": _normal(61, (d, d), d ** -0.5),
+  params = {"qkv": normal(60, (d, 3 * d), d ** -0.5),
+            "proj": normal(61, (d, d), d ** -0.5),
             "ln": {"g": jnp.ones(d), "b": jnp.zeros(d)},
-            "head": _normal(62, (d, 4), 0.3)}
+            "head": normal(62, (d, 4), 0.3)}
 
   def f(p, x):
     mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
@@ -175,7 +176,7 @@ def small_attention_block():
     x = x + y.reshape(x.shape) @ p["proj"]
     return x.mean(1) @ p["head"]
 
-  return Model(f, params, _normal(63, (8, t, d)), _normal(64, (8, t, d)),
+  return Model(f, params, normal(63, (8, t, d)), normal(64, (8, t, d)),
                      family="many-small-ops")
 
 
@@ -184,29 +185,29 @@ def small_cnn_pooled():
   """Two 3×3 convolutions (8 channels) on 8×8×3, average-pooled (sub-ms)."""
   conv = lambda x, w: lax.conv_general_dilated(
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  params = {"c1": _normal(70, (3, 3, 3, 8), 0.3),
-            "c2": _normal(71, (3, 3, 8, 8), 0.2),
-            "out": _normal(72, (8, 3), 0.3)}
+  params = {"c1": normal(70, (3, 3, 3, 8), 0.3),
+            "c2": normal(71, (3, 3, 8, 8), 0.2),
+            "out": normal(72, (8, 3), 0.3)}
 
   def f(p, x):
     x = jax.nn.relu(conv(x, p["c1"]))
     x = jax.nn.relu(conv(x, p["c2"]))
     return x.mean((1, 2)) @ p["out"]
 
-  return Model(f, params, _normal(73, (6, 8, 8, 3)),
-                     _normal(74, (6, 8, 8, 3)), trace_axes=(),
+  return Model(f, params, normal(73, (6, 8, 8, 3)),
+                     normal(74, (6, 8, 8, 3)), trace_axes=(),
                      family="sub-ms")
 
 
 @model
 def tiny_mlp_one_sample_pair():
   """A 2-layer MLP on N = 4×4: microseconds of work per call."""
-  params = {"w1": _normal(80, (8, 32), 0.3), "w2": _normal(81, (32, 3), 0.2)}
+  params = {"w1": normal(80, (8, 32), 0.3), "w2": normal(81, (32, 3), 0.2)}
 
   def f(p, x):
     return jnp.tanh(x @ p["w1"]) @ p["w2"]
 
-  return Model(f, params, _normal(82, (4, 8)), _normal(83, (4, 8)),
+  return Model(f, params, normal(82, (4, 8)), normal(83, (4, 8)),
                      trace_axes=(), family="sub-ms")
 
 
@@ -223,7 +224,7 @@ def flax_linen_mlp_layernorm():
       return nn.Dense(6)(x)
 
   net = Net()
-  x1, x2 = _normal(90, (16, 20)), _normal(91, (12, 20))
+  x1, x2 = normal(90, (16, 20)), normal(91, (12, 20))
   params = net.init(jax.random.PRNGKey(92), x1)
   return Model(net.apply, params, x1, x2, family="flax")
 
@@ -240,7 +241,7 @@ def flax_linen_lstm_scan():
       return nn.Dense(2)(h[:, -1])
 
   net = Net()
-  x1, x2 = _normal(93, (8, 10, 6)), _normal(94, (8, 10, 6))
+  x1, x2 = normal(93, (8, 10, 6)), normal(94, (8, 10, 6))
   params = net.init(jax.random.PRNGKey(95), x1)
   return Model(net.apply, params, x1, x2, trace_axes=(), family="flax")
 
@@ -264,7 +265,7 @@ def flax_nnx_split_merge_mlp():
   def f(state, x):
     return nnx.merge(graphdef, state)(x)
 
-  return Model(f, state, _normal(97, (20, 12)), _normal(98, (20, 12)),
+  return Model(f, state, normal(97, (20, 12)), normal(98, (20, 12)),
                      family="flax")
 
 
@@ -279,7 +280,7 @@ def haiku_mlp_residual():
     return hk.Linear(5)(h)
 
   t = hk.without_apply_rng(hk.transform(fwd))
-  x1, x2 = _normal(100, (16, 10)), _normal(101, (16, 10))
+  x1, x2 = normal(100, (16, 10)), normal(101, (16, 10))
   return Model(t.apply, t.init(jax.random.PRNGKey(102), x1), x1, x2,
                      family="haiku")
 
@@ -309,8 +310,8 @@ def equinox_gru_scan():
   def f(net, x):
     return jax.vmap(net)(x)
 
-  return Model(f, net, _normal(104, (10, 10, 6)),
-                     _normal(105, (10, 10, 6)), trace_axes=(),
+  return Model(f, net, normal(104, (10, 10, 6)),
+                     normal(105, (10, 10, 6)), trace_axes=(),
                      family="equinox")
 
 
@@ -320,7 +321,7 @@ def equinox_gru_scan():
 def deep_mlp(depth: int, width: int, d_in: int, n_out: int, n: int) -> Model:
   """``depth`` tanh layers as a list of dicts; the last is ``str(depth-1)``."""
   dims = [d_in] + [width] * (depth - 1) + [n_out]
-  params = [{"w": _normal(i, (a, b), a ** -0.5), "b": jnp.zeros(b)}
+  params = [{"w": normal(i, (a, b), a ** -0.5), "b": jnp.zeros(b)}
             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))]
 
   def f(p, x):
@@ -328,7 +329,7 @@ def deep_mlp(depth: int, width: int, d_in: int, n_out: int, n: int) -> Model:
       x = jnp.tanh(x @ layer["w"] + layer["b"])
     return x @ p[-1]["w"] + p[-1]["b"]
 
-  x = _normal(99, (n, d_in))
+  x = normal(99, (n, d_in))
   return Model(f, params, x, None, trace_axes=(-1,), family="mlp",
                last=str(len(params) - 1))
 
@@ -338,10 +339,10 @@ def conv_net(channels: tuple[int, ...], hw: int, n_out: int, n: int) -> Model:
   params = {}
   c_in = 3
   for i, c in enumerate(channels):
-    params[f"conv{i}"] = {"w": _normal(i, (3, 3, c_in, c), (9 * c_in) ** -.5),
+    params[f"conv{i}"] = {"w": normal(i, (3, 3, c_in, c), (9 * c_in) ** -.5),
                           "b": jnp.zeros(c)}
     c_in = c
-  params["head"] = {"w": _normal(50, (c_in, n_out), c_in ** -0.5),
+  params["head"] = {"w": normal(50, (c_in, n_out), c_in ** -0.5),
                     "b": jnp.zeros(n_out)}
   dn = ("NHWC", "HWIO", "NHWC")
 
@@ -354,18 +355,18 @@ def conv_net(channels: tuple[int, ...], hw: int, n_out: int, n: int) -> Model:
     x = x.mean(axis=(1, 2))
     return x @ p["head"]["w"] + p["head"]["b"]
 
-  return Model(f, params, _normal(98, (n, hw, hw, 3)), None, family="cnn",
+  return Model(f, params, normal(98, (n, hw, hw, 3)), None, family="cnn",
                last="head")
 
 
 def attention_block(t: int, d: int, n_out: int, n: int) -> Model:
   """Embedding, one self-attention and one MLP residual block, a ``head``."""
-  params = {"emb": {"w": _normal(0, (8, d), 8 ** -0.5)},
-            "attn": {k: _normal(i + 1, (d, d), d ** -0.5)
+  params = {"emb": {"w": normal(0, (8, d), 8 ** -0.5)},
+            "attn": {k: normal(i + 1, (d, d), d ** -0.5)
                      for i, k in enumerate(("q", "k", "v"))},
-            "mlp": {"w": _normal(5, (d, 2 * d), d ** -0.5),
-                    "v": _normal(6, (2 * d, d), (2 * d) ** -0.5)},
-            "head": {"w": _normal(7, (d, n_out), d ** -0.5)}}
+            "mlp": {"w": normal(5, (d, 2 * d), d ** -0.5),
+                    "v": normal(6, (2 * d, d), (2 * d) ** -0.5)},
+            "head": {"w": normal(7, (d, n_out), d ** -0.5)}}
 
   def f(p, x):
     h = x @ p["emb"]["w"]
@@ -375,7 +376,7 @@ def attention_block(t: int, d: int, n_out: int, n: int) -> Model:
     h = h + jax.nn.gelu(h @ p["mlp"]["w"]) @ p["mlp"]["v"]
     return h.mean(axis=-2) @ p["head"]["w"]
 
-  return Model(f, params, _normal(97, (n, t, 8)), None, family="attention",
+  return Model(f, params, normal(97, (n, t, 8)), None, family="attention",
                last="head")
 
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bench.zoo.functions import Model
+from bench.zoo.functions import Model, normal
 
 SCANNED: dict[str, Callable[[], Model]] = {}
 
@@ -29,10 +29,6 @@ SCANNED: dict[str, Callable[[], Model]] = {}
 def model(fn: Callable[[], Model]) -> Callable[[], Model]:
   SCANNED[fn.__name__] = fn
   return fn
-
-
-def _normal(seed: int, shape, scale: float = 1.0) -> jax.Array:
-  return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
 
 
 def _layer_norm(h, scale):
@@ -44,15 +40,15 @@ def _layer_norm(h, scale):
 def _mixer(depth, tokens, dim, token_mlp, channel_mlp, features, n, out,
            seed):
   """MLP-Mixer blocks scanned over layers, mean over tokens, dense head."""
-  stack = {"t1": _normal(seed, (depth, tokens, token_mlp), tokens ** -0.5),
-           "t2": _normal(seed + 1, (depth, token_mlp, tokens),
+  stack = {"t1": normal(seed, (depth, tokens, token_mlp), tokens ** -0.5),
+           "t2": normal(seed + 1, (depth, token_mlp, tokens),
                          token_mlp ** -0.5),
-           "c1": _normal(seed + 2, (depth, dim, channel_mlp), dim ** -0.5),
-           "c2": _normal(seed + 3, (depth, channel_mlp, dim),
+           "c1": normal(seed + 2, (depth, dim, channel_mlp), dim ** -0.5),
+           "c2": normal(seed + 3, (depth, channel_mlp, dim),
                          channel_mlp ** -0.5),
            "ln1": jnp.ones((depth, dim)), "ln2": jnp.ones((depth, dim))}
-  params = {"embed": _normal(seed + 4, (features, dim), features ** -0.5),
-            "head": _normal(seed + 5, (dim, out), dim ** -0.5),
+  params = {"embed": normal(seed + 4, (features, dim), features ** -0.5),
+            "head": normal(seed + 5, (dim, out), dim ** -0.5),
             "blocks": stack}
 
   def block(h, p):
@@ -64,7 +60,7 @@ def _mixer(depth, tokens, dim, token_mlp, channel_mlp, features, n, out,
     h, _ = lax.scan(block, x @ p["embed"], p["blocks"])
     return h.mean(-2) @ p["head"]
 
-  x = lambda s: _normal(s, (n, tokens, features))
+  x = lambda s: normal(s, (n, tokens, features))
   return Model(f, params, x(seed + 6), x(seed + 7), family="scan")
 
 
@@ -85,12 +81,12 @@ def transformer_scan():
   """4 pre-LN transformer blocks (2 heads, width 32, MLP 64) scanned over
   layers; 10 tokens, mean over tokens, 6 outputs."""
   depth, t, d, heads, mlp, n = 4, 10, 32, 2, 64, 8
-  k = lambda i, a, b: _normal(120 + i, (depth, a, b), a ** -0.5)
+  k = lambda i, a, b: normal(120 + i, (depth, a, b), a ** -0.5)
   stack = {"qkv": k(0, d, 3 * d), "o": k(1, d, d), "w1": k(2, d, mlp),
            "w2": k(3, mlp, d), "ln1": jnp.ones((depth, d)),
            "ln2": jnp.ones((depth, d))}
-  params = {"embed": _normal(130, (12, d), 12 ** -0.5),
-            "head": _normal(131, (d, 6), d ** -0.5), "blocks": stack}
+  params = {"embed": normal(130, (12, d), 12 ** -0.5),
+            "head": normal(131, (d, 6), d ** -0.5), "blocks": stack}
 
   def block(h, p):
     q, kk, v = jnp.split(_layer_norm(h, p["ln1"]) @ p["qkv"], 3, axis=-1)
@@ -105,7 +101,7 @@ def transformer_scan():
     h, _ = lax.scan(block, x @ p["embed"], p["blocks"])
     return h.mean(-2) @ p["head"]
 
-  return Model(f, params, _normal(132, (n, t, 12)), _normal(133, (n, t, 12)),
+  return Model(f, params, normal(132, (n, t, 12)), normal(133, (n, t, 12)),
                family="scan")
 
 
@@ -117,15 +113,15 @@ def flax_style_scanned_mlp():
   output block of 4."""
   depth, d, hidden, n = 6, 40, 80, 12
   block_params = {
-      "Dense_0": {"kernel": _normal(140, (depth, d, hidden), d ** -0.5),
+      "Dense_0": {"kernel": normal(140, (depth, d, hidden), d ** -0.5),
                   "bias": jnp.zeros((depth, hidden))},
-      "Dense_1": {"kernel": _normal(141, (depth, hidden, d), hidden ** -0.5),
+      "Dense_1": {"kernel": normal(141, (depth, hidden, d), hidden ** -0.5),
                   "bias": jnp.zeros((depth, d))},
       "LayerNorm_0": {"scale": jnp.ones((depth, d)),
                       "bias": jnp.zeros((depth, d))}}
   params = {"params": {"ScanBlock_0": block_params,
-                       "Dense_in": {"kernel": _normal(142, (20, d), 20 ** -.5)},
-                       "Dense_out": {"kernel": _normal(143, (d, 4), d ** -.5)}}}
+                       "Dense_in": {"kernel": normal(142, (20, d), 20 ** -.5)},
+                       "Dense_out": {"kernel": normal(143, (d, 4), d ** -.5)}}}
 
   def block(h, p):
     ln = _layer_norm(h, p["LayerNorm_0"]["scale"]) + p["LayerNorm_0"]["bias"]
@@ -137,7 +133,7 @@ def flax_style_scanned_mlp():
     h, _ = lax.scan(block, x @ p["Dense_in"]["kernel"], p["ScanBlock_0"])
     return h @ p["Dense_out"]["kernel"]
 
-  return Model(f, params, _normal(144, (n, 20)), _normal(145, (n, 20)),
+  return Model(f, params, normal(144, (n, 20)), normal(145, (n, 20)),
                trace_axes=(), family="scan")
 
 
@@ -157,8 +153,8 @@ def equinox_style_filtered_scan():
             for layer in layers]
   static = {k: v for k, v in layers[0].items() if not is_array(v)}
   params = {"stack": jax.tree.map(lambda *xs: jnp.stack(xs), *arrays),
-            "head": _normal(151, (d, 5), d ** -0.5),
-            "embed": _normal(152, (16, d), 16 ** -0.5)}
+            "head": normal(151, (d, 5), d ** -0.5),
+            "embed": normal(152, (16, d), 16 ** -0.5)}
 
   def layer_call(layer, h):
     y = h @ layer["weight"] + (layer["bias"] if layer["use_bias"] else 0.0)
@@ -170,7 +166,7 @@ def equinox_style_filtered_scan():
     h, _ = lax.scan(body, jnp.tanh(x @ p["embed"]), p["stack"])
     return h @ p["head"]
 
-  return Model(f, params, _normal(153, (n, 16)), _normal(154, (n, 16)),
+  return Model(f, params, normal(153, (n, 16)), normal(154, (n, 16)),
                family="scan")
 
 
@@ -179,9 +175,9 @@ def lstm_scan_h48():
   """An LSTM cell scanned over 12 time steps (hidden 48, inputs 10), the
   last state read out to 3 outputs."""
   steps, d_in, h, n = 12, 10, 48, 10
-  params = {"wx": _normal(160, (d_in, 4 * h), d_in ** -0.5),
-            "wh": _normal(161, (h, 4 * h), h ** -0.5),
-            "b": jnp.zeros((4 * h,)), "head": _normal(162, (h, 3), h ** -0.5)}
+  params = {"wx": normal(160, (d_in, 4 * h), d_in ** -0.5),
+            "wh": normal(161, (h, 4 * h), h ** -0.5),
+            "b": jnp.zeros((4 * h,)), "head": normal(162, (h, 3), h ** -0.5)}
 
   def f(p, x):
     def step(carry, xt):
@@ -194,5 +190,5 @@ def lstm_scan_h48():
     (hs, _), _ = lax.scan(step, (zeros, zeros), jnp.moveaxis(x, -2, 0))
     return hs @ p["head"]
 
-  return Model(f, params, _normal(163, (n, steps, d_in)),
-               _normal(164, (n, steps, d_in)), family="scan")
+  return Model(f, params, normal(163, (n, steps, d_in)),
+               normal(164, (n, steps, d_in)), family="scan")
