@@ -415,10 +415,10 @@ def _per_device_jacobian(p: Product, dynamic, rows_batched, rows_shared,
   each row batch's contracted with the parameter-space vectors."""
   r, tn = v.shape[-1], p.cols.trace_size
   cols, rows = p.cols_data, p.rows_data
+  chunk = _jacobian_chunk(p, cols, p.cols)
   with p.model.options.precision_scope():
     def vjp_step(acc, j):
       leaves, vj = _select(cols_batched, j), _select([v], j)[0]
-      chunk = _jacobian_chunk(p, cols, p.cols)
 
       def sub(acc, i):
         jac = jax.vmap(lambda e: _example_jacobian(
