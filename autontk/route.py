@@ -21,7 +21,8 @@ The prices come from two places:
   the products with the block sizes the solvers use, and iteration counts
   estimated from the tolerance on an NTK-like spectrum
   (:func:`lobpcg_iterations`, :func:`cg_iterations`,
-  :func:`lanczos_steps`); a :class:`RouteReport` says which and why.
+  :func:`lanczos_steps`); a close call is confirmed by timing the
+  programs; a :class:`RouteReport` says which and why.
 * :func:`choose` prices a diagnostic in **floating-point operations** from
   a kernel's :class:`Pricing` and the diagnostic's :class:`Question`.
 """
@@ -35,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from autontk.auto import timing
 from autontk.costmodel import hlo
 from autontk.costmodel.features import CostFeatures
 from autontk.costmodel.predict import default_predictor
@@ -66,6 +68,19 @@ takes 20–50 times a matrix product of the same size on the CPU, not the
 CHOLESKY_FLOPS = 1.0
 """A Cholesky solve priced as ``CHOLESKY_FLOPS · M³`` FLOPs (``M³/3`` of
 work, at about a third of the matrix product's speed)."""
+
+CG_TYPICAL = 0.35
+"""CG's iterations are priced at this fraction of the bound
+``½·√κ·ln(2/tol)``: the iterations measured over the bound (at the rank the
+sketch reached) on sixteen solves of NTKs (MLPs, CNNs and attention
+blocks; N = 512 to 2048; one and eight right-hand sides;
+``docs/predict.md``) had a geometric mean of 0.38 and a median of 0.34,
+and spread from 0.18 to 1.11."""
+
+CLOSE_CALL = 2.0
+"""Prices within this factor of each other are a close call: with
+``measure=None`` both routes' programs are then timed
+(:func:`choose_route`)."""
 
 LOBPCG_STEP_CALLS = 10
 """Library calls (``eigh``, ``qr``, Cholesky of small blocks) per LOBPCG
@@ -204,6 +219,8 @@ class RouteReport:
     iterations: the solver's estimated iterations (CG, LOBPCG or Lanczos;
       0 where the solver goes dense itself).
     plan: the matrix-free route in words (iterations, block sizes).
+    timed: the two prices are timings of the routes' programs (a close
+      call, see ``measure`` of :func:`choose_route`), not predictions.
   """
 
   route: str
@@ -217,6 +234,7 @@ class RouteReport:
   budget: int
   iterations: int = 0
   plan: str = ""
+  timed: bool = False
 
   def __str__(self) -> str:
     return (f"route: {self.route} ({self.reason})\n"
@@ -245,7 +263,8 @@ class _FreePlan:
 def choose_route(op: NtkOperator, question: str = "solve", *, rhs: int = 1,
                  k: int = 10, tol: float = 1e-6, shift: float = 0.0,
                  memory_budget: int | None = None,
-                 predictor: Any = None) -> RouteReport:
+                 predictor: Any = None,
+                 measure: bool | None = None) -> RouteReport:
   """Prices the dense and matrix-free routes of ``question`` on ``op``.
 
   Dense: the kernel (the best plan of :func:`autontk.ntk_fn` on one batch
@@ -267,6 +286,11 @@ def choose_route(op: NtkOperator, question: str = "solve", *, rhs: int = 1,
       memory).
     predictor: a :class:`~autontk.costmodel.TimePredictor` (default: the
       roofline of this device).
+    measure: confirm the prices by timing both routes' programs on the
+      device (one kernel tile, one product of each block size; the
+      solvers' own work stays priced): ``None`` (default) on a close call
+      (prices within :data:`CLOSE_CALL` of each other, both routes within
+      the budget), ``True`` whenever both fit, ``False`` never.
 
   Returns:
     A :class:`RouteReport`.
@@ -301,16 +325,60 @@ def choose_route(op: NtkOperator, question: str = "solve", *, rhs: int = 1,
         n * predictor.predict(costs[r]) for r, n in free.blocks.items())
     peak = max(int(c.peak_memory or 0) for c in costs.values())
     free_bytes = peak + free.vectors * m * item
+  timed = (not free.dense_fallback and
+           _confirm(measure, dense_s, free_s,
+                    max(dense_bytes, free_bytes) <= budget))
+  if timed:
+    dense_s, free_s = _timed_prices(op, question, rhs, free, predictor)
   dense, reason = decide(dense_s, free_s, dense_bytes=dense_bytes,
                          budget=budget, free_bytes=free_bytes,
-                         detail=f"({free.plan})")
+                         detail=f"({free.plan}{'; timed' if timed else ''})")
   if not dense and free_bytes > budget:
     reason += ("; the matrix-free route needs "
                f"{_bytes(free_bytes)} too: neither fits")
   products = sum(r * n for r, n in free.blocks.items())
   return RouteReport("dense" if dense else "matrix_free", reason, dense_s,
                      dense_bytes, dense_bytes <= budget, free_s, free_bytes,
-                     products, budget, free.iterations, free.plan)
+                     products, budget, free.iterations, free.plan, timed)
+
+
+def _confirm(measure: bool | None, dense_s: float, free_s: float,
+             both_fit: bool) -> bool:
+  """Whether to time the routes (see ``measure`` of :func:`choose_route`)."""
+  if not both_fit or measure is False:
+    return False
+  return measure is True or max(dense_s, free_s) <= CLOSE_CALL * min(
+      dense_s, free_s)
+
+
+_CONFIRMING = timing.TimingPolicy(warmup_s=0.0, min_time_s=0.0,
+                                  min_repeats=1)
+"""A close call is confirmed by one timed run of each program after its
+compile and one warm-up run."""
+
+
+def _timed_prices(op: NtkOperator, question: str, rhs: int, free: _FreePlan,
+                  predictor: Any) -> tuple[float, float]:
+  """``(dense s, matrix-free s)`` with the programs timed: one kernel tile
+  by the plan ``to_dense`` runs (scaled to every batch pair), and one
+  product of each block size compiled as the solvers compile it (the
+  operator's data inside the program); the factorisation and the
+  solvers' own work stay priced."""
+  m, n, b = op.shape[0], op.layout.n, op.batch_size
+  ntk, args, kwargs = op.kernel_call(b)
+  tile = _seconds(lambda: ntk(*args, **kwargs))
+  dense = tile * (n / min(b, n)) ** 2 + predictor.predict(
+      _factor_work(question, m, rhs))
+  product = jax.jit(op.matmat)
+  free_s = predictor.predict(free.work)
+  for r, count in free.blocks.items():
+    v = jax.random.normal(jax.random.PRNGKey(r), (m, r), op.dtype)
+    free_s += count * _seconds(lambda v=v: product(v))
+  return dense, free_s
+
+
+def _seconds(fn: Any) -> float:
+  return timing.time_one(timing.seconds_of(fn), _CONFIRMING).median_s
 
 
 def _dense_seconds(op: NtkOperator, question: str, rhs: int,
@@ -384,19 +452,21 @@ def _lanczos_plan(m: int, rhs: int, tol: float) -> _FreePlan:
 def _cg_plan(op: NtkOperator, m: int, rhs: int, tol: float,
              shift: float) -> _FreePlan:
   """Nyström-preconditioned CG (the solver's defaults): the sketch's
-  products, ``ℓ`` columns in all (:func:`sketch_rank`), then one product
-  of the ``R`` columns per iteration."""
+  products, one per growth step up to ``ℓ`` columns (:func:`sketch_rank`),
+  then one product of the ``R`` columns per iteration."""
   trace = float(op.trace()) if shift > 0 else 0.0
-  rank = sketch_rank(m, rhs, tol, shift, trace,
-                     np.dtype(op.dtype).itemsize)
+  itemsize = np.dtype(op.dtype).itemsize
+  rank = sketch_rank(m, rhs, tol, shift, trace, itemsize)
+  steps = sketch_steps(m, shift, itemsize, rank)
   it = cg_iterations(m, tol, shift, trace, rank)
+  factors = sum(np.cumsum(steps, dtype=np.float64) ** 2)
   work = CostFeatures(
-      flops=4.0 * m * rank * rank + it * (4.0 * m * rank + 10.0 * m) * rhs,
+      flops=4.0 * m * factors + it * (4.0 * m * rank + 10.0 * m) * rhs,
       bytes_accessed=8.0 * m * rank * (it + rank), transcendentals=0.0,
-      calls=2)
+      calls=1 + len(steps))
   blocks = {rhs: it + 2}
-  if rank >= 1:
-    blocks[rank] = blocks.get(rank, 0) + 1
+  for columns in steps:
+    blocks[columns] = blocks.get(columns, 0) + 1
   return _FreePlan(blocks, work, it, 5 * rhs + 2 * rank,
                    f"CG, {it} iterations of {rhs} columns after a rank-"
                    f"{rank} Nyström sketch")
@@ -426,14 +496,29 @@ def lobpcg_iterations(k: int, tol: float,
 def cg_iterations(m: int, tol: float, shift: float, trace: float,
                   rank: int, alpha: float = SPECTRUM_DECAY) -> int:
   """Nyström-preconditioned CG's iterations to a relative residual
-  ``tol``: ``½·√κ·ln(2/tol)``, with the condition number
-  ``κ = 1 + λ_ℓ / shift`` left after the rank-``ℓ`` preconditioner
+  ``tol`` as priced: :data:`CG_TYPICAL` times :func:`cg_bound` (at least
+  1); without a shift, the solver's ``maxiter``.
+
+  >>> cg_iterations(512, 1e-4, shift=1e-3, trace=512.0, rank=50)
+  68
+  """
+  bound = cg_bound(m, tol, shift, trace, rank, alpha)
+  if shift <= 0:
+    return bound
+  return max(1, math.ceil(CG_TYPICAL * bound))
+
+
+def cg_bound(m: int, tol: float, shift: float, trace: float,
+             rank: int, alpha: float = SPECTRUM_DECAY) -> int:
+  """Nyström-preconditioned CG's iterations to a relative residual
+  ``tol`` by the worst-case bound ``½·√κ·ln(2/tol)``, with the condition
+  number ``κ = 1 + λ_ℓ / shift`` left after the rank-``ℓ`` preconditioner
   flattens the top ``ℓ`` eigenvalues, ``λ_ℓ`` from the trace and the
   assumed spectrum ``λ_i ∝ i^(-α)``. Capped at ``M`` (a Krylov space
   holds no more) and at the solver's ``maxiter``; without a shift, the
   ``maxiter``.
 
-  >>> cg_iterations(512, 1e-4, shift=1e-3, trace=512.0, rank=50)
+  >>> cg_bound(512, 1e-4, shift=1e-3, trace=512.0, rank=50)
   192
   """
   maxiter = min(10 * m, 1000)
@@ -464,6 +549,26 @@ def sketch_rank(m: int, rhs: int, tol: float, shift: float, trace: float,
          preconditioners.pays(lam[:rank], shift, more, rhs, tol)):
     rank += more
   return rank
+
+
+def sketch_steps(m: int, shift: float, itemsize: int,
+                 rank: int) -> list[int]:
+  """The columns of each product the solver's ``rank="auto"`` sketch
+  runs on its way to ``rank``: its first sketch, then each growth
+  (:func:`autontk.solvers.preconditioners.nystrom`).
+
+  >>> sketch_steps(512, 1e-3, 4, 256)
+  [50, 150, 56]
+  """
+  first, top = preconditioners.auto_ranks(m, shift, itemsize)
+  if rank < 1 or first < 1:
+    return []
+  steps, done = [first], first
+  while done < min(rank, top):
+    more = min(3 * done, top - done, rank - done)
+    steps.append(more)
+    done += more
+  return steps
 
 
 def lanczos_steps(m: int, tol: float) -> int:

@@ -105,7 +105,10 @@ def crossover(recs: list[dict[str, Any]]) -> int | None:
 def markdown(res: dict[str, Any]) -> str:
   rows = ["Each row's two routes were timed one after the other: compare "
           "them within a row rather than rows with each other (on a shared "
-          "machine the load may vary during a run)."
+          "machine the load may vary during a run). The priced columns are "
+          "`choose_route`'s; \"(timed)\" marks a close call (prices within "
+          "2×), where it timed one kernel tile and one product of each block "
+          "size and decided on those."
           + (f" {res['note']}" if res.get("note") else ""), "",
           "| model | question | R | N | dense s | matrix-free s | priced dense s "
           "| priced matrix-free s | rel. diff | dense MiB (est.) | "
@@ -113,11 +116,12 @@ def markdown(res: dict[str, Any]) -> str:
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in res["records"]:
     mark = lambda k: f"**{r[k]:.3g}**" if r["faster"] in k else f"{r[k]:.3g}"
+    timed = " (timed)" if "timed" in r.get("auto_reason", "") else ""
     rows.append(
         f"| {r['model']} | {r['question']} | {r.get('rhs', 1)} | {r['n']} | "
         f"{mark('dense_s')} | "
-        f"{mark('matrix_free_s')} | {r['predicted_dense_s']:.3g} | "
-        f"{r['predicted_matrix_free_s']:.3g} | {r['rel_diff']:.1e} | "
+        f"{mark('matrix_free_s')} | {r['predicted_dense_s']:.3g}{timed} | "
+        f"{r['predicted_matrix_free_s']:.3g}{timed} | {r['rel_diff']:.1e} | "
         f"{r['dense_bytes'] / 2**20:.3g} | "
         f"{r['matrix_free_bytes'] / 2**20:.3g} | {r['auto']} | "
         f"{r['regret']:.2f} |")

@@ -15,8 +15,8 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-from bench import (compare, diagnostics_accuracy, diagnostics_large,
-                   diagnostics_scaling, kernels, machine_speed, overhead,
+from bench import (cg_iterations, compare, diagnostics_accuracy,
+                   diagnostics_large, diagnostics_scaling, kernels, machine_speed, overhead,
                    plancache, precision, predict_large, predict_parity,
                    predict_routes, report, regret_unseen, scanned_regret,
                    stacked, tiled, tuned_regret)
@@ -80,6 +80,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "as N grows, and auto's route",
           predict_routes.run, predict_routes.markdown,
           predict_routes.figures),
+    Suite("cg_iterations", "CG's iterations on NTKs against the worst-case "
+          "bound the route chooser scales (the CG_TYPICAL calibration)",
+          cg_iterations.run, cg_iterations.markdown),
     Suite("predict_large", "kernel regression of a CNN at N = 50,000 "
           "matrix-free under 2 GiB, and a subset solved both ways in "
           "float64", predict_large.suite_run, predict_large.markdown),

@@ -81,6 +81,20 @@ def test_nystrom_cuts_iterations(dense):
                            return_info=True)
   assert plain.iterations == 1000 and not plain.converged
   assert pre.converged and pre.iterations < 100, pre
+  assert (plain.rank, pre.rank) == (0, 60)
+
+
+def test_info_reports_the_rank_auto_reached(dense):
+  """``rank="auto"`` starts from 50 columns and may grow to half of M
+  (60 here); the info says where it stopped."""
+  _, op = dense
+  with jax.enable_x64(True):
+    b = np.random.RandomState(3).randn(M, 4)
+    _, info = solvers.solve(op, b, shift=1e-6, tol=1e-8, return_info=True)
+    _, diag = solvers.solve(op, b, shift=1e-6, tol=1e-8,
+                            preconditioner="diag", return_info=True)
+  assert info.rank in (50, 60), info
+  assert diag.rank == 0
 
 
 class _Recording(autontk.MatrixOperator):

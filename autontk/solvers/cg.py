@@ -114,11 +114,15 @@ class SolveInfo:
     residual: the largest relative residual ``‖b − A x‖ / ‖b‖``,
       recomputed from ``x``.
     converged: ``residual <= 10·tol``.
+    rank: columns of the Nyström sketch the preconditioner was built
+      from (``rank="auto"``: the rank its growth reached); 0 without a
+      Nyström preconditioner.
   """
 
   iterations: int
   residual: float
   converged: bool
+  rank: int = 0
 
 
 def _check(system: "_System", cols: Any, x: Any,
@@ -134,7 +138,8 @@ def _check(system: "_System", cols: Any, x: Any,
         "CG (in float32 the reachable residual is about 1e-7 · λ_max / "
         "shift)")
     checks.warn_not_converged(what, residual, tol, iterations, stacklevel=4)
-  return SolveInfo(iterations, residual, residual <= 10 * tol)
+  return SolveInfo(iterations, residual, residual <= 10 * tol,
+                   preconditioners.sketch_rank(system.precond))
 
 
 @dataclasses.dataclass

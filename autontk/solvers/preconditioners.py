@@ -103,6 +103,14 @@ def _nystrom_apply(parts: tuple[Any, Any], v: Any) -> Any:
   return u @ (weights * p) + (v - u @ p)
 
 
+def sketch_rank(precond: Preconditioner | None) -> int:
+  """Columns of the Nyström sketch behind ``precond`` (0 for any other
+  preconditioner, or none)."""
+  if precond is None or precond[0] is not _nystrom_apply:
+    return 0
+  return int(precond[1][0].shape[1])
+
+
 def _factors(raw: Any, y_raw: Any) -> tuple[Any, Any] | None:
   """``(U, λ)`` (λ descending) of the Nyström approximation from the
   sketch ``Y = Θ Ω``, or ``None`` when not positive definite."""
