@@ -237,7 +237,7 @@ def test_matrix_operator():
 @pytest.mark.subprocess
 def test_batches_spread_over_two_devices():
   """Two simulated CPU devices give the one-device products (both
-  strategies)."""
+  strategies), and the route chooser times them."""
   script = textwrap.dedent("""
       import json, jax, jax.numpy as jnp, numpy as np, autontk
       assert jax.device_count() == 2
@@ -251,7 +251,10 @@ def test_batches_spread_over_two_devices():
                                  devices=jax.devices()[:1])
       jac = autontk.ntk_operator(f, x, p, trace_axes=(), batch_size=2,
                                  products="jacobian")
-      print(json.dumps([np.asarray(jac.matmat(v)).tolist(),
+      timed = autontk.route.choose_route(two, "solve", shift=0.1,
+                                         memory_budget=2 ** 30,
+                                         measure=True).timed
+      print(json.dumps([[float(timed)], np.asarray(jac.matmat(v)).tolist(),
                         np.asarray(two.matmat(v)).tolist(),
                         np.asarray(one.matmat(v)).tolist(),
                         np.asarray(one.to_dense() @ v).tolist(),
@@ -265,8 +268,9 @@ def test_batches_spread_over_two_devices():
   out = subprocess.run([sys.executable, "-c", script], env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  jac, two, one, dense, diag, dense_diag = (
+  timed, jac, two, one, dense, diag, dense_diag = (
       np.array(a) for a in json.loads(out.stdout.splitlines()[-1]))
+  assert timed[0] == 1.0  # the route's timing runs on a sharded operator
   np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(jac, one, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(two, dense, rtol=1e-4, atol=1e-5)
