@@ -287,8 +287,9 @@ def choose_route(op: NtkOperator, question: str = "solve", *, rhs: int = 1,
     predictor: a :class:`~autontk.costmodel.TimePredictor` (default: the
       roofline of this device).
     measure: confirm the prices by timing both routes' programs on the
-      device (one kernel tile, one product of each block size; the
-      solvers' own work stays priced): ``None`` (default) on a close call
+      device (one kernel tile, one product of each block size, each run
+      three times; the solvers' own work stays priced): ``None``
+      (default) on a close call
       (prices within :data:`CLOSE_CALL` of each other, both routes within
       the budget), ``True`` whenever both fit, ``False`` never.
 
