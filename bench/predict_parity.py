@@ -153,20 +153,24 @@ def run(cfg: Any, log: Callable[..., None]) -> dict[str, Any]:
   nt_python = envs.ensure("nt", log)
   if nt_python is None:
     raise RuntimeError("the neural-tangents environment could not be built")
-  os.environ["JAX_ENABLE_X64"] = "1"
-  import jax  # after JAX_ENABLE_X64: the comparison is in float64
+  import jax
   import autontk
-  k = kernels()
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "kernels.npz")
-    np.savez(path, **k)
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    subprocess.run([nt_python, "-m", "bench.predict_parity", "--peer",
-                    path], check=True, cwd=REPO, env=env)
-    nt_values = dict(np.load(path + ".nt.npz"))
-    with open(path + ".nt.json") as fh:
-      nt_meta = json.load(fh)
-  ours = run_all(autontk.predict, autontk.empirical_kernel_fn, k)
+  # The comparison is in float64 on both sides. ``python -m bench`` has
+  # imported JAX already, so the flag is set in a scope (the suites after
+  # this one stay in float32), and passed to the peer's process.
+  with jax.enable_x64(True):
+    k = kernels()
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, "kernels.npz")
+      np.savez(path, **k)
+      env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+                 JAX_ENABLE_X64="1")
+      subprocess.run([nt_python, "-m", "bench.predict_parity", "--peer",
+                      path], check=True, cwd=REPO, env=env)
+      nt_values = dict(np.load(path + ".nt.npz"))
+      with open(path + ".nt.json") as fh:
+        nt_meta = json.load(fh)
+    ours = run_all(autontk.predict, autontk.empirical_kernel_fn, k)
   rows = []
   for name, r in ours.items():
     diff = max(float(np.abs(v - nt_values[f"{name}|{i}"]).max() /
