@@ -262,8 +262,7 @@ class _FreePlan:
 
 def choose_route(op: NtkOperator, question: str = "solve", *, rhs: int = 1,
                  k: int = 10, tol: float = 1e-6, shift: float = 0.0,
-                 memory_budget: int | None = None,
-                 predictor: Any = None,
+                 memory_budget: int | None = None, predictor: Any = None,
                  measure: bool | None = None) -> RouteReport:
   """Prices the dense and matrix-free routes of ``question`` on ``op``.
 
