@@ -74,7 +74,7 @@ CG_TYPICAL = 0.35
 ``½·√κ·ln(2/tol)``: the iterations measured over the bound (at the rank the
 sketch reached) on sixteen solves of NTKs (MLPs, CNNs and attention
 blocks; N = 512 to 2048; one and eight right-hand sides;
-``docs/predict.md``) had a geometric mean of 0.38 and a median of 0.34,
+``docs/predict.md``) had a geometric mean of 0.38 and a median of 0.33,
 and spread from 0.18 to 1.11."""
 
 CLOSE_CALL = 2.0
