@@ -229,8 +229,8 @@ def crossover(recs: list[dict[str, Any]]) -> int | None:
 
 def markdown(res: dict[str, Any]) -> str:
   rows = ["Seconds (median of the interleaved rounds; the entropy rank: "
-          "one call, compile included; the rows up to N = 1000 ran on a "
-          "machine shared with other jobs, the † rows alone), matrix-free "
+          "one call, compile included; each row ran with the machine to "
+          "itself), matrix-free "
           "against dense (kernel by auto's plan + "
           "float64 `eigvalsh`). `ratio` = (top10 + rank) / dense. Errors: "
           "relative, against the dense answers. Peak: the largest growth "
