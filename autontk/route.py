@@ -30,8 +30,9 @@ The prices come from two places:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -315,21 +316,17 @@ def choose_route(op: NtkOperator, question: str = "solve", *, rhs: int = 1,
   m = op.shape[0]
   item = np.dtype(op.dtype).itemsize
   dense_bytes = 2 * m * m * item
-  dense_s = _dense_seconds(op, question, rhs, predictor)
+  dense_s = _dense_seconds(op, question, rhs, predictor,
+                           functools.partial(_priced_tile, predictor))
   free = _free_plan(op, question, rhs, k, tol, shift)
-  if free.dense_fallback:
-    free_s, free_bytes = dense_s, dense_bytes
-  else:
-    costs = {r: _product_cost(op, r) for r in free.blocks}
-    free_s = predictor.predict(free.work) + sum(
-        n * predictor.predict(costs[r]) for r, n in free.blocks.items())
-    peak = max(int(c.peak_memory or 0) for c in costs.values())
-    free_bytes = peak + free.vectors * m * item
+  free_s, free_bytes = ((dense_s, dense_bytes) if free.dense_fallback else
+                        _priced_free(op, free, predictor))
   timed = (not free.dense_fallback and
            _confirm(measure, dense_s, free_s,
                     max(dense_bytes, free_bytes) <= budget))
-  if timed:
-    dense_s, free_s = _timed_prices(op, question, rhs, free, predictor)
+  if timed:  # the same sums, with the programs timed
+    dense_s = _dense_seconds(op, question, rhs, predictor, _timed_tile)
+    free_s = _free_seconds(free, predictor, _timed_products(op))
   dense, reason = decide(dense_s, free_s, dense_bytes=dense_bytes,
                          budget=budget, free_bytes=free_bytes,
                          detail=f"({free.plan}{'; timed' if timed else ''})")
@@ -357,40 +354,64 @@ _CONFIRMING = timing.TimingPolicy(warmup_s=0.0, min_time_s=0.0,
 compile and one warm-up run."""
 
 
-def _timed_prices(op: NtkOperator, question: str, rhs: int, free: _FreePlan,
-                  predictor: Any) -> tuple[float, float]:
-  """``(dense s, matrix-free s)`` with the programs timed: one kernel tile
-  by the plan ``to_dense`` runs (scaled to every batch pair), and one
-  product of each block size compiled as the solvers compile it (the
-  operator's data inside the program); the factorisation and the
-  solvers' own work stay priced."""
+def _dense_seconds(op: NtkOperator, question: str, rhs: int,
+                   predictor: Any, tile_seconds: Callable[..., float]
+                   ) -> float:
+  """Kernel (one batch's tile, ``tile_seconds(ntk, args, kwargs)``,
+  scaled to every batch pair, as ``ntk_tiled`` runs it) plus the priced
+  factorisation and its solves."""
   m, n, b = op.shape[0], op.layout.n, op.batch_size
-  ntk, args, kwargs = op.kernel_call(b)
-  tile = _seconds(lambda: ntk(*args, **kwargs))
-  dense = tile * (n / min(b, n)) ** 2 + predictor.predict(
+  tile_s = tile_seconds(*op.kernel_call(b))
+  return tile_s * (n / min(b, n)) ** 2 + predictor.predict(
       _factor_work(question, m, rhs))
+
+
+def _priced_tile(predictor: Any, ntk: Any, args: tuple,
+                 kwargs: dict[str, Any]) -> float:
+  """A tile's seconds as the cost model predicts its best plan."""
+  report = ntk.report(*args, **kwargs)
+  return predictor.predict(report.chosen_estimate.features)
+
+
+def _timed_tile(ntk: Any, args: tuple, kwargs: dict[str, Any]) -> float:
+  """A tile's seconds, timed (by the plan ``to_dense`` runs)."""
+  return _seconds(lambda: ntk(*args, **kwargs))
+
+
+def _priced_free(op: NtkOperator, free: _FreePlan,
+                 predictor: Any) -> tuple[float, int]:
+  """``(seconds, bytes)`` of the matrix-free route: the compiled product
+  programs' predicted times and peak memory, plus its Krylov vectors."""
+  costs = {r: _product_cost(op, r) for r in free.blocks}
+  seconds = _free_seconds(free, predictor,
+                          lambda r: predictor.predict(costs[r]))
+  peak = max(int(c.peak_memory or 0) for c in costs.values())
+  return seconds, peak + free.vectors * op.shape[0] * np.dtype(
+      op.dtype).itemsize
+
+
+def _free_seconds(free: _FreePlan, predictor: Any,
+                  block_seconds: Callable[[int], float]) -> float:
+  """The solver's priced work plus its products, ``block_seconds(r)`` each
+  for a block of ``r`` columns."""
+  return predictor.predict(free.work) + sum(
+      count * block_seconds(r) for r, count in free.blocks.items())
+
+
+def _timed_products(op: NtkOperator) -> Callable[[int], float]:
+  """``r -> seconds`` of one product of ``r`` columns, timed as the
+  solvers compile it (the operator's data inside the program)."""
   product = jax.jit(op.matmat)
-  free_s = predictor.predict(free.work)
-  for r, count in free.blocks.items():
-    v = jax.random.normal(jax.random.PRNGKey(r), (m, r), op.dtype)
-    free_s += count * _seconds(lambda v=v: product(v))
-  return dense, free_s
+
+  def seconds(r: int) -> float:
+    v = jax.random.normal(jax.random.PRNGKey(r), (op.shape[0], r), op.dtype)
+    return _seconds(lambda: product(v))
+
+  return seconds
 
 
 def _seconds(fn: Any) -> float:
   return timing.time_one(timing.seconds_of(fn), _CONFIRMING).median_s
-
-
-def _dense_seconds(op: NtkOperator, question: str, rhs: int,
-                   predictor: Any) -> float:
-  """Kernel (from the best plan on one batch, scaled to every batch pair)
-  plus the factorisation and its solves."""
-  m, n, b = op.shape[0], op.layout.n, op.batch_size
-  ntk, args, kwargs = op.kernel_call(b)
-  report = ntk.report(*args, **kwargs)
-  tile_s = predictor.predict(report.chosen_estimate.features)
-  kernel_s = tile_s * (n / min(b, n)) ** 2
-  return kernel_s + predictor.predict(_factor_work(question, m, rhs))
 
 
 def _factor_work(question: str, m: int, rhs: int) -> CostFeatures:
