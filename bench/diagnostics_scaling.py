@@ -108,10 +108,10 @@ def _rel(a: Any, b: Any) -> float:
 
 
 def case(name: str, n: int, rounds: int = 3, dense_route: bool = True,
-         report: bool = True) -> dict[str, Any]:
+         with_report: bool = True) -> dict[str, Any]:
   """Both routes on model ``name`` at ``n`` examples, in this process
   (the matrix-free one alone without ``dense_route``; auto's report left
-  out without ``report``)."""
+  out without ``with_report``)."""
   model = _model(name, n)
   op = autontk.ntk_operator(model.f, model.x1, model.params,
                             trace_axes=model.trace_axes)
@@ -165,7 +165,7 @@ def case(name: str, n: int, rounds: int = 3, dense_route: bool = True,
   else:
     rec.update(top10_err=None, rank_err=None, entropy_err=None, ratio=None,
                values={k: np.asarray(v).tolist() for k, v in answers.items()})
-  if not report:
+  if not with_report:
     rec.update(auto_s=None, auto=None, auto_reason=None)
     return rec
   t0 = time.perf_counter()
@@ -179,13 +179,14 @@ def case(name: str, n: int, rounds: int = 3, dense_route: bool = True,
 
 
 def fresh(name: str, n: int, rounds: int, log: Callable[..., None] = print,
-          dense_route: bool = True, report: bool = True) -> dict[str, Any]:
+          dense_route: bool = True,
+          with_report: bool = True) -> dict[str, Any]:
   """:func:`case` in a fresh process (its own memory)."""
   env = dict(os.environ, PYTHONPATH=os.getcwd())
   p = subprocess.run([sys.executable, "-m", "bench.diagnostics_scaling",
                       "--case", name, "--n", str(n), "--rounds",
                       str(rounds)] + ([] if dense_route else ["--no-dense"])
-                     + ([] if report else ["--no-report"]),
+                     + ([] if with_report else ["--no-report"]),
                      capture_output=True, text=True, env=env)
   if p.returncode:
     log(p.stderr[-3000:])
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
   for name in a.model:
     for n in a.n:
       recs.append(fresh(name, n, a.rounds, dense_route=not a.no_dense,
-                        report=not a.no_report))
+                        with_report=not a.no_report))
       print(_log_line(recs[-1]), flush=True)
   if a.record:
     print("recorded in", _record(recs, a.tag))

@@ -150,9 +150,10 @@ def run(n: int, dense: bool = False, tol: float = TOL,
     info = None
   else:
     t1 = time.perf_counter()
-    apply, parts = preconditioners.make(op, "nystrom", RANK, shift, 0,
-                                        y.shape[1], tol)
-    sketch = {"rank": int(parts[0].shape[1]),
+    precond = preconditioners.make(op, "nystrom", RANK, shift, 0,
+                                   y.shape[1], tol)
+    apply, parts = precond
+    sketch = {"rank": preconditioners.sketch_rank(precond),
               "sketch_s": time.perf_counter() - t1}
     alpha, info = solvers.solve(
         op, y, shift=shift, tol=tol, maxiter=maxiter, progress=True,

@@ -16,10 +16,11 @@ import functools
 from typing import Any, Callable
 
 from bench import (cg_iterations, compare, diagnostics_accuracy,
-                   diagnostics_large, diagnostics_scaling, kernels, machine_speed, overhead,
-                   plancache, precision, predict_large, predict_parity,
-                   predict_routes, report, regret_unseen, scanned_regret,
-                   stacked, tiled, tuned_regret)
+                   diagnostics_large, diagnostics_scaling, kernels,
+                   machine_speed, overhead, plancache, precision,
+                   predict_large, predict_parity, predict_routes, report,
+                   regret_unseen, scanned_regret, stacked, tiled,
+                   tuned_regret)
 from bench.config import RunConfig
 
 Result = dict[str, Any]
