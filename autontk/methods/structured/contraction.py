@@ -5,8 +5,10 @@ are shared between the sides and summed. The output labels follow the kernel
 layout of :mod:`autontk._axes`: a traced or diagonal output axis gets the same
 label on both sides, so it is folded into the contraction rather than
 applied afterwards. Under ``vmap_axes`` every operand carries the example
-axis first, labelled as the output's batch axis. ``jnp.einsum`` picks the
-contraction order for cost (``optimize``).
+axis first, labelled as the output's batch axis. ``jnp.einsum_path`` picks
+the contraction order for cost (``optimize``); each step is then written
+canonically, so a step two pairs share (a weight's and its bias's cotangent
+Gram) is one computation in the compiled program (:func:`_einsum`).
 
 Two uses of different regions of one leaf (:mod:`.regions`) meet only on
 their common entries: :func:`restrict` cuts each side down to them first.
@@ -292,7 +294,9 @@ def pair_kernel(side1: PairSide, side2: PairSide, layout: PairLayout,
   ops = _Operands()
   deferred = [] if defer_heads else None
   _add_side(side1, s1, layout, labels, theta_ids, ops, deferred)
+  n1 = len(ops.dense)
   _add_side(side2, s2, layout, labels, theta_ids, ops, deferred)
+  n2 = len(ops.dense)
   _add_index_factors(ops, layout, labels, theta_ids)
   dense = [(arr, [labels.find(l) for l in ls]) for arr, ls in ops.dense]
   ops.dense = dense
@@ -307,8 +311,9 @@ def pair_kernel(side1: PairSide, side2: PairSide, layout: PairLayout,
   _add_constant_axes(ops, sizes, labels, layout.dtype)
   reps = [labels.find(l) for l in out]
   unique = list(dict.fromkeys(reps))
+  sides = [1] * n1 + [2] * (n2 - n1) + [0] * (len(ops.dense) - n2)
   result = _einsum(ops.dense, unique, layout.dtype, layout.precision,
-                   layout.optimize)
+                   layout.optimize, sides)
   if len(unique) < len(out):
     result = _spread_merged(result, reps, unique, labels, layout)
   return result if ops.sign == 1.0 else ops.sign * result
@@ -396,16 +401,71 @@ def _renumber(indices: jax.Array, positions: Indices, size: int):
                    -1)
 
 
-def _einsum(operands, out_labels, dtype, precision, optimize) -> jax.Array:
-  used = sorted({l for _, ls in operands for l in ls} | set(out_labels))
-  if len(used) > len(_LETTERS):
+def _spec(operands, out_labels) -> str:
+  """The einsum string, letters given in order of first appearance."""
+  letter: dict[int, str] = {}
+  for l in [l for op in operands for l in op[1]] + list(out_labels):
+    letter.setdefault(l, _LETTERS[len(letter) % len(_LETTERS)])
+  if len(letter) > len(_LETTERS):
     raise ValueError("structured_derivatives: too many einsum labels "
-                     f"({len(used)}) for one contraction.")
-  letter = {l: _LETTERS[i] for i, l in enumerate(used)}
-  spec = ",".join("".join(letter[l] for l in ls) for _, ls in operands)
-  spec += "->" + "".join(letter[l] for l in out_labels)
-  return jnp.einsum(spec, *[a.astype(dtype) for a, _ in operands],
-                    optimize=optimize, precision=precision)
+                     f"({len(letter)}) for one contraction.")
+  spec = ",".join("".join(letter[l] for l in op[1]) for op in operands)
+  return spec + "->" + "".join(letter[l] for l in out_labels)
+
+
+def _squeezed(arr: jax.Array, labels) -> tuple[jax.Array, list[int]]:
+  keep = [i for i, n in enumerate(arr.shape) if n != 1]
+  if len(keep) == arr.ndim:
+    return arr, list(labels)
+  return (arr.reshape([arr.shape[i] for i in keep]),
+          [labels[i] for i in keep])
+
+
+def _kept(picked, needed) -> list[int]:
+  """A step's result labels in ``dot_general``'s own order (those of both
+  operands, then the first's, then the second's): no transpose after it."""
+  first = [l for l in dict.fromkeys(picked[0][1]) if l in needed]
+  rest = [l for p in picked[1:] for l in dict.fromkeys(p[1])
+          if l in needed and l not in first]
+  both = [l for l in first if any(l in p[1] for p in picked[1:])]
+  return both + [l for l in first if l not in both] + list(
+      dict.fromkeys(rest))
+
+
+_SIDE_RANK = {1: 0, 2: 1, 0: 2}  # side 1's operands first, shared ones last
+
+
+def _einsum(operands, out_labels, dtype, precision, optimize,
+            sides: Sequence[int] | None = None) -> jax.Array:
+  """``jnp.einsum`` over labelled operands, one contraction step at a time
+  along its optimised path, each step written canonically: size-1 axes
+  dropped; operands ordered by side (``sides``: 1, 2, or 0 for both) and,
+  within one, later first (``jnp.einsum``'s own order); letters and kept
+  axes in a fixed order (:func:`_kept`). Two pair products that share a step
+  (a weight's and its bias's cotangent Gram ``Σ_k C1[a, k] C2[b, k]``) then
+  emit the same program, which XLA computes once."""
+  sizes: dict[int, int] = {}
+  for a, ls in operands:
+    for l, n in zip(ls, a.shape):
+      sizes[l] = max(n, sizes.get(l, 1))
+  items = [(*_squeezed(a.astype(dtype), ls), side) for (a, ls), side in
+           zip(operands, sides or [0] * len(operands))]
+  out = [l for l in out_labels if sizes[l] != 1]
+  path, _ = jnp.einsum_path(_spec(items, out), *[a for a, _, _ in items],
+                            optimize=optimize)
+  for step in path:
+    order = sorted(step, key=lambda i: (_SIDE_RANK[items[i][2]], -i))
+    picked = [items[i] for i in order]
+    items = [it for i, it in enumerate(items) if i not in step]
+    needed = {l for _, ls, _ in items for l in ls} | set(out)
+    kept = _kept(picked, needed)
+    side = picked[0][2] if len({p[2] for p in picked}) == 1 else 0
+    items.append((jnp.einsum(_spec(picked, kept), *[p[0] for p in picked],
+                             precision=precision), kept, side))
+  (result, labels, _), = items
+  if labels != out:
+    result = jnp.transpose(result, [labels.index(l) for l in out])
+  return result.reshape([sizes[l] for l in out_labels])
 
 
 def _only_in_index(operands, label: int) -> bool:
