@@ -15,6 +15,7 @@ named by :func:`structured_support`, and only that method stops.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from typing import Any, Callable
@@ -186,16 +187,36 @@ def is_drop_var(v: Any) -> bool:
   return DropVar is not None and isinstance(v, DropVar)
 
 
+# Where an equation came from (its name stack: the model's modules, autontk's
+# own scopes), kept when an equation is evaluated again, so profiles of the
+# compiled program name them. Optional: without it only the names go.
+_source_info = _lookup("jax._src.source_info_util",
+                       lambda: importlib.import_module(
+                           "jax._src.source_info_util"), needed=False)
+
+
+def _source_context(eqn: JaxprEqn):
+  info = getattr(eqn, "source_info", None)
+  try:
+    return _source_info.user_context(
+        info.traceback,
+        name_stack=_source_info.current_name_stack() + info.name_stack)
+  except (AttributeError, TypeError):  # an older or newer layout
+    return contextlib.nullcontext()
+
+
 def bind(eqn: JaxprEqn, *args: Any) -> list[Any]:
-  """Evaluates one equation on the given inputs; always a list of outputs."""
+  """Evaluates one equation on the given inputs; always a list of outputs
+  (the equation's source information kept)."""
   # jax >= 0.7: get_bind_params returns the params dict (it used to return
   # ``(subfuns, params)``).
   params = eqn.primitive.get_bind_params(eqn.params)
-  if isinstance(params, tuple):  # pragma: no cover - older JAX
-    subfuns, params = params
-    out = eqn.primitive.bind(*subfuns, *args, **params)
-  else:
-    out = eqn.primitive.bind(*args, **params)
+  with _source_context(eqn):
+    if isinstance(params, tuple):  # pragma: no cover - older JAX
+      subfuns, params = params
+      out = eqn.primitive.bind(*subfuns, *args, **params)
+    else:
+      out = eqn.primitive.bind(*args, **params)
   return list(out) if eqn.primitive.multiple_results else [out]
 
 

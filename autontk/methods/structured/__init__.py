@@ -204,10 +204,14 @@ def compute(problem: NtkProblem,
     group-major), in the kernel layout, divided by the traced axes' size.
   """
   config = config or StructuredConfig()
-  side1 = _side(problem, 1, config)
-  side2 = side1 if problem.same_inputs else _side(problem, 2, config)
-  per_leaf = [_leaf_kernels(problem, leaf, (side1, side2), config)
-              for leaf in range(len(problem.axes))]
+  # Named scopes: a profile of the compiled program tells the cotangents
+  # (both sides' probing passes) from the pair products.
+  with jax.named_scope("structured_cotangents"):
+    side1 = _side(problem, 1, config)
+    side2 = side1 if problem.same_inputs else _side(problem, 2, config)
+  with jax.named_scope("structured_pairs"):
+    per_leaf = [_leaf_kernels(problem, leaf, (side1, side2), config)
+                for leaf in range(len(problem.axes))]
   return [per_leaf[leaf][g] for g, leaf in problem.kernel_slots()]
 
 
