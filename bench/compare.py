@@ -172,13 +172,59 @@ def run_suite_cases(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
   return _strip({"peers": meta, "cases": out_cases})
 
 
+def _nt3_round(cases: list[cases_mod.Case], cfg: RunConfig,
+               log) -> dict[str, float | None]:
+  """neural-tangents' method 3 alone, once over the cases (seconds)."""
+  work = os.path.join(cfg.work, "reference")
+  job = {"cases": [c.to_json() for c in cases], "dir": work,
+         "max_run_flops": None, "skip": {}, "policy": cfg.policy.to_dict(),
+         "implementations": [3], "budget_bytes": None}
+  res = envs.run("nt", job, work, cfg.peer_timeout_s, log)
+  return {c.name: res.get("cases", {}).get(c.name, {}).get("nt3", {}).get(
+      "median_s") for c in cases}
+
+
+def head_to_head(cases: list[cases_mod.Case], cfg: RunConfig, rounds: int,
+                 log=print) -> dict[str, dict[str, list]]:
+  """Structured derivatives and neural-tangents' method 3, timed in
+  ``rounds`` alternating rounds (autontk's, then the peer's process).
+
+  The main run times each peer once, minutes after autontk, so a shared
+  machine's drift between the two lands in their ratio; the per-round
+  ratios' median holds it to each round's own minute.
+  Returns ``{case: {"sd_s": [...], "nt3_s": [...]}}``.
+  """
+  out = {c.name: {"sd_s": [], "nt3_s": []} for c in cases}
+  if "nt" not in cfg.peers or rounds < 1:
+    return {}
+  for r in range(rounds):
+    log(f"[reference] head-to-head round {r + 1}/{rounds}")
+    for c in cases:
+      rec = autontk_runner.run_explicit(c, "structured_derivatives",
+                                        cfg.policy)
+      out[c.name]["sd_s"].append(rec.get("median_s"))
+    for name, t in _nt3_round(cases, cfg, log).items():
+      out[name]["nt3_s"].append(t)
+  return out
+
+
 # Suites ---------------------------------------------------------------------
 
 
 def reference(cfg: RunConfig, log=print) -> dict[str, Any]:
-  """The reference cases + a ResNet and a transformer block, all peers."""
-  return run_suite_cases("reference", cases_mod.reference(cfg.quick), cfg,
-                         log=log)
+  """The reference cases + a ResNet and a transformer block, all peers;
+  then structured derivatives against method 3 in alternating rounds."""
+  cases = cases_mod.reference(cfg.quick)
+  res = run_suite_cases("reference", cases, cfg, log=log)
+  rounds = head_to_head([c for c in cases if cfg.selected(c.name)], cfg,
+                        HEAD_TO_HEAD_ROUNDS, log)
+  for c in res["cases"]:
+    if c["name"] in rounds:
+      c["head_to_head"] = rounds[c["name"]]
+  return res
+
+
+HEAD_TO_HEAD_ROUNDS = 3
 
 
 def scaling(cfg: RunConfig, log=print) -> dict[str, Any]:

@@ -185,7 +185,43 @@ def reference_md(res: dict) -> str:
          "the first-call target. `max rel err`: the largest relative deviation of "
          "any peer's kernel from autontk's Jacobian contraction.", "",
          table(head_r, rows_r), "", check]
-  return "\n".join(out)
+  return "\n".join(out + _head_to_head_md(res))
+
+
+def _head_to_head_md(res: dict) -> list[str]:
+  """Structured derivatives against method 3 in alternating rounds: each
+  round's ratio, their median per case, and the geometric means."""
+  rows, medians, single = [], [], []
+  for c in res["cases"]:
+    h = c.get("head_to_head")
+    if not h:
+      continue
+    rs = [n / s for s, n in zip(h["sd_s"], h["nt3_s"]) if s and n]
+    m = float(np.median(rs)) if rs else None
+    n3 = med(c["results"].get("nt", {}).get("nt3"))
+    sd = med(c["results"]["autontk"].get("structured_derivatives"))
+    one = n3 / sd if n3 and sd else None
+    medians.append(m)
+    single.append(one)
+    rows.append([c["name"], " / ".join(ms(t) for t in h["sd_s"]),
+                 " / ".join(ms(t) for t in h["nt3_s"]),
+                 " / ".join(f"{x:.2f}" for x in rs),
+                 f"{m:.2f}×" if m else "n/a"])
+  if not rows:
+    return []
+  g, g1 = geomean(medians), geomean(single)
+  summary = (f"Geometric mean over the cases of the per-case median: "
+             f"**{g:.2f}×**" if g else "No round finished")
+  summary += (f" (the main run's single `NT 3 / SD (median)` column: "
+              f"{g1:.2f}×)." if g1 else ".")
+  return ["", "### Structured derivatives against method 3, alternating "
+          "rounds", "",
+          "Each round times structured derivatives in this process, then "
+          "method 3 in the peer's, case by case; a round's ratio is NT 3 / "
+          "SD within it, so a shared machine's drift between the main run "
+          "and the peer's lands in one round's ratio, not in the result.",
+          "", table(["case", "SD per round", "NT 3 per round",
+                     "NT 3 / SD per round", "median"], rows), "", summary]
 
 
 def _slope(xs, ys, last: bool = True) -> float | None:

@@ -101,6 +101,40 @@ def test_report_renders_tables_and_figures(tmp_path):
   assert os.path.exists(tmp_path / "regret.csv")
 
 
+def test_head_to_head_alternates_rounds_and_reports_median_ratios(
+    monkeypatch):
+  """SD and method 3 alternate round by round; the report takes each
+  round's ratio and their median per case (runners stubbed: no peer)."""
+  order = []
+  sd = iter([0.010, 0.020, 0.010])
+  nt3 = iter([0.030, 0.030, 0.015])
+
+  def fake_sd(case, method, policy):
+    order.append("sd")
+    return {"median_s": next(sd)}
+
+  def fake_nt3(cases_, cfg, log):
+    order.append("nt3")
+    return {c.name: next(nt3) for c in cases_}
+
+  monkeypatch.setattr(autontk_runner, "run_explicit", fake_sd)
+  monkeypatch.setattr(compare, "_nt3_round", fake_nt3)
+  c = _tiny_case(False)
+  h = compare.head_to_head([c], RunConfig(peers=("nt",)), 3, log=lambda m: 0)
+  assert order == ["sd", "nt3"] * 3
+  assert h[c.name] == {"sd_s": [0.010, 0.020, 0.010],
+                       "nt3_s": [0.030, 0.030, 0.015]}
+  assert compare.head_to_head([c], RunConfig(peers=("torch",)), 3) == {}
+  d = c.to_json()
+  d.update(n_params=c.n_params, out_dim=c.out_dim,
+           kernel_entries=c.kernel_entries, head_to_head=h[c.name],
+           results={"autontk": {"structured_derivatives": {
+               "median_s": 0.01}}, "nt": {"nt3": {"median_s": 0.02}}})
+  text = report.reference_md({"cases": [d], "quick": True})
+  assert "3.00 / 1.50 / 1.50" in text and "| 1.50× |" in text
+  assert "**1.50×**" in text and "column: 2.00×" in text
+
+
 def test_interleave_retimes_in_turn_and_keeps_the_sequential_median():
   calls = []
 
