@@ -432,3 +432,22 @@ def test_hidden_bias_shares_its_weights_cotangent_gram(same_inputs):
   np.testing.assert_allclose(ntk(x1, x2, params),
                              reference_ntk(f, params, x1, x2, (), ()),
                              rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimize", ["greedy", "optimal", True, False])
+def test_contraction_path_options(optimize):
+  """Every ``StructuredConfig.optimize`` jnp.einsum accepts gives the same
+  kernel (the pair products run step by step along that path)."""
+  f = lambda p, x: jnp.tanh(x @ p["w"] + p["b"]) @ p["v"]  # noqa: E731
+  ks = jax.random.split(jax.random.PRNGKey(7), 4)
+  params = {"w": jax.random.normal(ks[0], (3, 5)),
+            "b": jax.random.normal(ks[1], (5,)),
+            "v": jax.random.normal(ks[2], (5, 4))}
+  x1 = jax.random.normal(ks[3], (3, 3))
+  ntk = autontk.ntk_fn(f, trace_axes=(),
+                       implementation="structured_derivatives")
+  plan = Plan(Implementation.STRUCTURED_DERIVATIVES,
+              StructuredConfig(optimize=optimize))
+  np.testing.assert_allclose(ntk.execute(plan, x1, None, params),
+                             reference_ntk(f, params, x1, None, (), ()),
+                             rtol=1e-4, atol=1e-5)

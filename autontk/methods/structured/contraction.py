@@ -5,10 +5,11 @@ are shared between the sides and summed. The output labels follow the kernel
 layout of :mod:`autontk._axes`: a traced or diagonal output axis gets the same
 label on both sides, so it is folded into the contraction rather than
 applied afterwards. Under ``vmap_axes`` every operand carries the example
-axis first, labelled as the output's batch axis. ``jnp.einsum_path`` picks
-the contraction order for cost (``optimize``); each step is then written
-canonically, so a step two pairs share (a weight's and its bias's cotangent
-Gram) is one computation in the compiled program (:func:`_einsum`).
+axis first, labelled as the output's batch axis. The contraction order is
+``jnp.einsum``'s (``optimize``), run step by step; a step between the two
+sides is written canonically, so one two pairs share (a weight's and its
+bias's cotangent Gram) is one computation in the compiled program
+(:func:`_einsum`).
 
 Two uses of different regions of one leaf (:mod:`.regions`) meet only on
 their common entries: :func:`restrict` cuts each side down to them first.
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import opt_einsum
 from jax import lax
 
 from autontk._axes import LeafAxes
@@ -404,68 +406,73 @@ def _renumber(indices: jax.Array, positions: Indices, size: int):
 def _spec(operands, out_labels) -> str:
   """The einsum string, letters given in order of first appearance."""
   letter: dict[int, str] = {}
-  for l in [l for op in operands for l in op[1]] + list(out_labels):
+  for l in [l for _, ls in operands for l in ls] + list(out_labels):
     letter.setdefault(l, _LETTERS[len(letter) % len(_LETTERS)])
   if len(letter) > len(_LETTERS):
     raise ValueError("structured_derivatives: too many einsum labels "
                      f"({len(letter)}) for one contraction.")
-  spec = ",".join("".join(letter[l] for l in op[1]) for op in operands)
+  spec = ",".join("".join(letter[l] for l in ls) for _, ls in operands)
   return spec + "->" + "".join(letter[l] for l in out_labels)
 
 
-def _squeezed(arr: jax.Array, labels) -> tuple[jax.Array, list[int]]:
-  keep = [i for i, n in enumerate(arr.shape) if n != 1]
-  if len(keep) == arr.ndim:
-    return arr, list(labels)
-  return (arr.reshape([arr.shape[i] for i in keep]),
-          [labels[i] for i in keep])
-
-
-def _kept(picked, needed) -> list[int]:
-  """A step's result labels in ``dot_general``'s own order (those of both
-  operands, then the first's, then the second's): no transpose after it."""
-  first = [l for l in dict.fromkeys(picked[0][1]) if l in needed]
-  rest = [l for p in picked[1:] for l in dict.fromkeys(p[1])
-          if l in needed and l not in first]
-  both = [l for l in first if any(l in p[1] for p in picked[1:])]
-  return both + [l for l in first if l not in both] + list(
-      dict.fromkeys(rest))
-
-
-_SIDE_RANK = {1: 0, 2: 1, 0: 2}  # side 1's operands first, shared ones last
+def _gram(lhs: jax.Array, lhs_names: str, rhs: jax.Array, rhs_names: str,
+          out_names: str, precision) -> jax.Array:
+  """One contraction of a side-1 operand with a side-2 one, written the
+  same way wherever it occurs: size-1 axes dropped, letters renamed in
+  order of appearance, the result in ``dot_general``'s own order (shared
+  kept axes, then the first's, then the second's), then laid out as
+  ``out_names`` asks."""
+  ops = []
+  for arr, names in ((lhs, lhs_names), (rhs, rhs_names)):
+    keep = [i for i, n in enumerate(arr.shape) if n != 1]
+    ops.append((arr.reshape([arr.shape[i] for i in keep]),
+                [names[i] for i in keep]))
+  (a, la), (b, lb) = ops
+  kept = [c for c in out_names if c in la or c in lb]
+  order = ([c for c in la if c in kept and c in lb] +
+           [c for c in la if c in kept and c not in lb] +
+           [c for c in lb if c in kept and c not in la])
+  result = jnp.einsum(_spec(ops, order), a, b, precision=precision)
+  result = jnp.transpose(result, [order.index(c) for c in kept])
+  sizes = dict(zip(lhs_names, lhs.shape)) | dict(zip(rhs_names, rhs.shape))
+  return result.reshape([sizes[c] for c in out_names])
 
 
 def _einsum(operands, out_labels, dtype, precision, optimize,
             sides: Sequence[int] | None = None) -> jax.Array:
-  """``jnp.einsum`` over labelled operands, one contraction step at a time
-  along its optimised path, each step written canonically: size-1 axes
-  dropped; operands ordered by side (``sides``: 1, 2, or 0 for both) and,
-  within one, later first (``jnp.einsum``'s own order); letters and kept
-  axes in a fixed order (:func:`_kept`). Two pair products that share a step
-  (a weight's and its bias's cotangent Gram ``Σ_k C1[a, k] C2[b, k]``) then
-  emit the same program, which XLA computes once."""
-  sizes: dict[int, int] = {}
-  for a, ls in operands:
-    for l, n in zip(ls, a.shape):
-      sizes[l] = max(n, sizes.get(l, 1))
-  items = [(*_squeezed(a.astype(dtype), ls), side) for (a, ls), side in
-           zip(operands, sides or [0] * len(operands))]
-  out = [l for l in out_labels if sizes[l] != 1]
-  path, _ = jnp.einsum_path(_spec(items, out), *[a for a, _, _ in items],
-                            optimize=optimize)
-  for step in path:
-    order = sorted(step, key=lambda i: (_SIDE_RANK[items[i][2]], -i))
-    picked = [items[i] for i in order]
-    items = [it for i, it in enumerate(items) if i not in step]
-    needed = {l for _, ls, _ in items for l in ls} | set(out)
-    kept = _kept(picked, needed)
-    side = picked[0][2] if len({p[2] for p in picked}) == 1 else 0
-    items.append((jnp.einsum(_spec(picked, kept), *[p[0] for p in picked],
-                             precision=precision), kept, side))
-  (result, labels, _), = items
-  if labels != out:
-    result = jnp.transpose(result, [labels.index(l) for l in out])
-  return result.reshape([sizes[l] for l in out_labels])
+  """``jnp.einsum`` over labelled operands, run step by step along its own
+  path, as ``jnp.einsum`` runs it; a step that contracts one side's
+  operand with the other side's (``sides``: 1, 2, or 0 for shared ones) is
+  written canonically (:func:`_gram`). Two pair products that share such a
+  step (a weight's and its bias's cotangent Gram ``Σ_k C1[a, k] C2[b, k]``,
+  or the Gram of one input feeding several weights) then emit the same
+  program, which XLA computes once."""
+  arrays = [a.astype(dtype) for a, _ in operands]
+  spec = _spec(operands, out_labels)
+  if optimize is False or not all(isinstance(n, int) for a in arrays
+                                  for n in a.shape):
+    # No path, or symbolic shapes: jnp.einsum's own handling, in one call.
+    return jnp.einsum(spec, *arrays, optimize=optimize, precision=precision)
+  # The path exactly as jnp.einsum asks opt_einsum for it.
+  _, steps = opt_einsum.contract_path(
+      spec, *arrays, einsum_call=True, use_blas=True,
+      optimize="optimal" if optimize is True else optimize)
+  items = list(zip(arrays, sides or [0] * len(arrays)))
+  for inds, _, step, *_ in steps:
+    picked = [items.pop(i) for i in inds]
+    ins, out = step.split("->")
+    names = ins.split(",")
+    by_side = sorted(zip(picked, names), key=lambda pn: pn[0][1])
+    if [p[1] for p, _ in by_side] == [1, 2]:
+      ((a, _), la), ((b, _), lb) = by_side
+      result = _gram(a, la, b, lb, out, precision)
+    else:  # operands given last first: jnp.einsum's own order inside it
+      result = jnp.einsum(",".join(names[::-1]) + "->" + out,
+                          *[a for a, _ in picked[::-1]], precision=precision)
+    side = picked[0][1] if len({p[1] for p in picked}) == 1 else 0
+    items.append((result, side))
+  (result, _), = items
+  return result
 
 
 def _only_in_index(operands, label: int) -> bool:
