@@ -429,9 +429,10 @@ def _gram(lhs: jax.Array, lhs_names: str, rhs: jax.Array, rhs_names: str,
                 [names[i] for i in keep]))
   (a, la), (b, lb) = ops
   kept = [c for c in out_names if c in la or c in lb]
-  order = ([c for c in la if c in kept and c in lb] +
-           [c for c in la if c in kept and c not in lb] +
-           [c for c in lb if c in kept and c not in la])
+  ua, ub = list(dict.fromkeys(la)), list(dict.fromkeys(lb))
+  order = ([c for c in ua if c in kept and c in ub] +
+           [c for c in ua if c in kept and c not in ub] +
+           [c for c in ub if c in kept and c not in ua])
   result = jnp.einsum(_spec(ops, order), a, b, precision=precision)
   result = jnp.transpose(result, [order.index(c) for c in kept])
   sizes = dict(zip(lhs_names, lhs.shape)) | dict(zip(rhs_names, rhs.shape))
