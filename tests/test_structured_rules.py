@@ -451,3 +451,16 @@ def test_contraction_path_options(optimize):
   np.testing.assert_allclose(ntk.execute(plan, x1, None, params),
                              reference_ntk(f, params, x1, None, (), ()),
                              rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_program_names_the_two_phases():
+  """The cotangents and the pair products carry named scopes into the
+  compiled program (what a profile shows), also through the re-evaluated
+  jaxpr."""
+  f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]  # noqa: E731
+  params = {"w": jnp.ones((3, 5)) / 3, "v": jnp.ones((5, 2)) / 5}
+  ntk = autontk.ntk_fn(f, vmap_axes=0,
+                       implementation="structured_derivatives")
+  text = jax.jit(lambda x, p: ntk(x, None, p)).lower(
+      jnp.ones((4, 3)), params).compile().as_text()
+  assert "structured_cotangents" in text and "structured_pairs" in text
