@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 import autontk
-from bench import measure, timing
+from bench import measure, phases, timing
 from bench.cases import Case
 from bench.zoo import specs
 
@@ -58,6 +58,20 @@ def run_explicit(case: Case, method: str, policy: measure.TimingPolicy,
   if "_result" in rec:
     rec["_result"] = _kernel(rec["_result"])
   return rec
+
+
+def sd_phases(case: Case, arrays=None) -> dict[str, Any]:
+  """Structured derivatives' time split between its cotangents and its pair
+  products (:func:`bench.phases.split`), or an error record."""
+  params, x1, x2 = arrays or _device_arrays(case)
+  f = specs.apply(case.spec)
+  try:
+    ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
+                         implementation="structured_derivatives")
+    return phases.split(jax.jit(lambda a, b, p: ntk(a, b, p)),
+                        (x1, x2, params)) or {"error": "empty trace"}
+  except Exception as e:  # noqa: BLE001 - a profile is optional
+    return measure.error_record(e)
 
 
 def _is_plain(plan) -> bool:

@@ -221,6 +221,8 @@ def reference(cfg: RunConfig, log=print) -> dict[str, Any]:
   for c in res["cases"]:
     if c["name"] in rounds:
       c["head_to_head"] = rounds[c["name"]]
+      c["sd_phases"] = autontk_runner.sd_phases(
+          next(k for k in cases if k.name == c["name"]))
   return res
 
 

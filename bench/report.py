@@ -191,7 +191,7 @@ def reference_md(res: dict) -> str:
 def _head_to_head_md(res: dict) -> list[str]:
   """Structured derivatives against method 3 in alternating rounds: each
   round's ratio, their median per case, and the geometric means."""
-  rows, medians, single = [], [], []
+  rows, medians, single, bounds = [], [], [], []
   for c in res["cases"]:
     h = c.get("head_to_head")
     if not h:
@@ -203,10 +203,15 @@ def _head_to_head_md(res: dict) -> list[str]:
     one = n3 / sd if n3 and sd else None
     medians.append(m)
     single.append(one)
+    share = (c.get("sd_phases") or {}).get("cotangents")
+    bound = _cotangent_bound(h, share)
+    bounds.append(bound)
     rows.append([c["name"], " / ".join(ms(t) for t in h["sd_s"]),
                  " / ".join(ms(t) for t in h["nt3_s"]),
                  " / ".join(f"{x:.2f}" for x in rs),
-                 f"{m:.2f}×" if m else "n/a"])
+                 f"{m:.2f}×" if m else "n/a",
+                 f"{share:.0%}" if share is not None else "n/a",
+                 f"{bound:.2f}×" if bound else "n/a"])
   if not rows:
     return []
   g, g1 = geomean(medians), geomean(single)
@@ -214,14 +219,36 @@ def _head_to_head_md(res: dict) -> list[str]:
              f"**{g:.2f}×**" if g else "No round finished")
   summary += (f" (the main run's single `NT 3 / SD (median)` column: "
               f"{g1:.2f}×)." if g1 else ".")
+  gb = geomean(bounds)
+  if gb:
+    summary += (f" With pair products that took no time at all, the "
+                f"geometric mean would be at most **{gb:.2f}×** (the last "
+                f"column's).")
   return ["", "### Structured derivatives against method 3, alternating "
           "rounds", "",
           "Each round times structured derivatives in this process, then "
           "method 3 in the peer's, case by case; a round's ratio is NT 3 / "
           "SD within it, so a shared machine's drift between the main run "
           "and the peer's lands in one round's ratio, not in the result.",
+          "",
+          "`SD cotangents`: the share of structured derivatives' time in "
+          "its probing passes (one reverse pass per output entry and example, "
+          "as method 3 runs them), from a `jax.profiler` trace summed by the "
+          "method's named scopes. `bound`: method 3's median over the "
+          "cotangents' time (that share of structured derivatives' median), "
+          "the ratio if the pair products took no time.",
           "", table(["case", "SD per round", "NT 3 per round",
-                     "NT 3 / SD per round", "median"], rows), "", summary]
+                     "NT 3 / SD per round", "median", "SD cotangents",
+                     "bound"], rows), "", summary]
+
+
+def _cotangent_bound(h: dict, share: float | None) -> float | None:
+  """Method 3's median over structured derivatives' cotangent time."""
+  sd = [t for t in h["sd_s"] if t]
+  nt3 = [t for t in h["nt3_s"] if t]
+  if not (sd and nt3 and share):
+    return None
+  return float(np.median(nt3)) / (float(np.median(sd)) * share)
 
 
 def _slope(xs, ys, last: bool = True) -> float | None:

@@ -128,11 +128,24 @@ def test_head_to_head_alternates_rounds_and_reports_median_ratios(
   d = c.to_json()
   d.update(n_params=c.n_params, out_dim=c.out_dim,
            kernel_entries=c.kernel_entries, head_to_head=h[c.name],
+           sd_phases={"cotangents": 0.5, "pairs": 0.5, "other": 0.0},
            results={"autontk": {"structured_derivatives": {
                "median_s": 0.01}}, "nt": {"nt3": {"median_s": 0.02}}})
   text = report.reference_md({"cases": [d], "quick": True})
   assert "3.00 / 1.50 / 1.50" in text and "| 1.50× |" in text
   assert "**1.50×**" in text and "column: 2.00×" in text
+  # bound: median NT 3 (30 ms) over half of median SD (10 ms)
+  assert "| 50% | 6.00× |" in text and "at most **6.00×**" in text
+
+
+def test_phase_split_of_structured_derivatives():
+  """The profile's split of structured derivatives' time: shares of the
+  cotangents and the pair products, summing to one."""
+  c = _tiny_case(False)
+  split = autontk_runner.sd_phases(c)
+  assert set(split) == {"cotangents", "pairs", "other"}, split
+  assert abs(sum(split.values()) - 1) < 1e-9
+  assert split["cotangents"] > 0 and split["pairs"] > 0
 
 
 def test_interleave_retimes_in_turn_and_keeps_the_sequential_median():
