@@ -226,7 +226,7 @@ def reference(cfg: RunConfig, log=print) -> dict[str, Any]:
   return res
 
 
-HEAD_TO_HEAD_ROUNDS = 3
+HEAD_TO_HEAD_ROUNDS = 5
 
 
 def scaling(cfg: RunConfig, log=print) -> dict[str, Any]:
