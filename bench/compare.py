@@ -194,9 +194,9 @@ def head_to_head(cases: list[cases_mod.Case], cfg: RunConfig, rounds: int,
   ratios' median holds it to each round's own minute.
   Returns ``{case: {"sd_s": [...], "nt3_s": [...]}}``.
   """
-  out = {c.name: {"sd_s": [], "nt3_s": []} for c in cases}
   if "nt" not in cfg.peers or rounds < 1:
     return {}
+  out = {c.name: {"sd_s": [], "nt3_s": []} for c in cases}
   for r in range(rounds):
     log(f"[reference] head-to-head round {r + 1}/{rounds}")
     for c in cases:
