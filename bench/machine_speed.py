@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import autontk
-from bench import measure, record, timing
+from bench import measure, phases, record, timing
 from bench.zoo.families import FAMILIES
 
 METHODS = ("jacobian_contraction", "ntk_vector_products",
@@ -156,11 +156,27 @@ def run_model(name: str, quick: bool, log=print) -> dict[str, Any]:
     log(f"  {SHORT[rec['method']]:5s} {1e3 * rec['median_s']:9.2f} ms  "
         f"{rec.get('pct_peak', float('nan')):5.1f} % of peak  "
         f"err {rec['rel_err']:.1e}")
+  _phase_split(model, records)
   out = {"name": name, "family": model.family, "note": model.note,
          "matmul_s": peak_s, "peak_flops_per_s": peak,
          "bandwidth_bytes_per_s": bandwidth, "records": records}
   out.update(_regret(records))
   return out
+
+
+def _phase_split(model, records: list[dict]) -> None:
+  """Structured derivatives' time split between its cotangents and its pair
+  products (:mod:`bench.phases`), where it ran more than once."""
+  sd = next((r for r in records if r["method"] == "structured_derivatives"
+             and (r.get("repeats") or 0) > 1), None)
+  if sd is None:
+    return
+  fn = _ntk(model, "structured_derivatives")
+  try:
+    sd["phases"] = phases.split(jax.jit(lambda a, b, p: fn(a, b, p)),
+                                (model.x1, model.x2, model.params))
+  except Exception as e:  # noqa: BLE001 - a profile is optional
+    sd["phases_error"] = f"{type(e).__name__}: {e}"[:200]
 
 
 def _regret(records: list[dict]) -> dict[str, Any]:
@@ -220,8 +236,9 @@ def markdown(res: dict[str, Any]) -> str:
            "baseline run" + (f" of {res['baseline']['date_utc']} UTC"
                              if res.get("baseline") else " (none)") + ".",
            "", "| model | family | JC | NTVP | SD | SD before | SD ms | "
-           "SD ms before | SD roofline (bound) | auto pick | auto regret |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "SD ms before | SD roofline (bound) | SD cotangents | auto pick | "
+           "auto regret |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for case in res["cases"]:
     recs = {r["method"]: r for r in case["records"]}
     cells = [_cell(recs.get(m), "pct_peak", "{:.1f} %") for m in METHODS[:3]]
@@ -229,16 +246,20 @@ def markdown(res: dict[str, Any]) -> str:
         case["name"])
     roof = (f"{sd['pct_roofline']:.0f} % ({sd['bound']})"
             if sd.get("pct_roofline") else "n/a")
+    cot = (sd.get("phases") or {}).get("cotangents")
     lines.append(
         f"| {case['name']} | {case['family']} | " + " | ".join(cells) +
         f" | {_cell(old, 'pct_peak', '{:.1f} %')} | {_ms(sd)} | "
         f"{_ms(old or {})} | {roof} | "
+        f"{f'{cot:.0%}' if cot is not None else 'n/a'} | "
         f"{SHORT.get(case.get('auto_pick') or '', 'n/a')} | "
         f"{_cell(case, 'auto_regret', '{:.2f}')} |")
   lines += ["", "The rates of the matmul and the stream are taken in the same "
             "interleaved rounds as the methods; on a shared machine they move "
-            "with its load (the recorded run shared 2 cores with other jobs "
-            "at a load average of 15–18), and the percentages with them. "
+            "with its load, and the percentages with them. `SD cotangents`: "
+            "the share of structured derivatives' time in its probing passes "
+            "(a `jax.profiler` trace summed by the method's named scopes; the "
+            "rest is its pair products). "
             "Compiled FLOPs and bytes do not move: compare them, and the "
             "times within one model. Where the time goes per family, what "
             "bounds it and what was changed: `docs/structured.md`, \"Where "

@@ -326,7 +326,8 @@ def test_machine_speed_families_and_table():
     assert jax.eval_shape(m.f, m.params, m.x1).shape[0] == m.x1.shape[0]
   sd = {"method": "structured_derivatives", "median_s": 0.01, "flops": 1e9,
         "bytes": 1e8, "pct_peak": 25.0, "pct_roofline": 30.0,
-        "bound": "flops", "rel_err": 1e-7}
+        "bound": "flops", "rel_err": 1e-7,
+        "phases": {"cotangents": 0.6, "pairs": 0.4, "other": 0.0}}
   case = {"name": "mlp", "family": "control", "note": "n",
           "peak_flops_per_s": 4e11, "bandwidth_bytes_per_s": 1e10,
           "records": [sd, {"method": "jacobian_contraction",
@@ -335,4 +336,4 @@ def test_machine_speed_families_and_table():
       dict(case, records=[dict(sd, pct_peak=5.0, median_s=0.05)])]}}
   md = machine_speed.markdown(res)
   assert "| mlp | control | n/a | n/a | 25.0 % | 5.0 % | 10.00 | 50.00 |" in md
-  assert "30 % (flops)" in md and "over budget" in md
+  assert "30 % (flops) | 60% |" in md and "over budget" in md
