@@ -64,14 +64,9 @@ def sd_phases(case: Case, arrays=None) -> dict[str, Any]:
   """Structured derivatives' time split between its cotangents and its pair
   products (:func:`bench.phases.split`), or an error record."""
   params, x1, x2 = arrays or _device_arrays(case)
-  f = specs.apply(case.spec)
-  try:
-    ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
-                         implementation="structured_derivatives")
-    return phases.split(jax.jit(lambda a, b, p: ntk(a, b, p)),
-                        (x1, x2, params)) or {"error": "empty trace"}
-  except Exception as e:  # noqa: BLE001 - a profile is optional
-    return measure.error_record(e)
+  ntk = autontk.ntk_fn(specs.apply(case.spec), trace_axes=case.trace_axes,
+                       vmap_axes=0, implementation="structured_derivatives")
+  return phases.split_ntk(ntk, x1, x2, params)
 
 
 def _is_plain(plan) -> bool:

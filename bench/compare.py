@@ -83,18 +83,25 @@ def _peer_skips(cases, per_case, limit) -> dict[str, list[str]]:
   return skip
 
 
+def _peer_job(cases: list[cases_mod.Case], cfg: RunConfig, work: str,
+              max_run_flops: float | None, skip: dict[str, list[str]],
+              implementations: list[int]) -> dict[str, Any]:
+  """The job file a peer's runner reads (``bench.peers``)."""
+  return {"cases": [c.to_json() for c in cases], "dir": work,
+          "max_run_flops": max_run_flops, "skip": skip,
+          "policy": cfg.policy.to_dict(), "implementations": implementations,
+          "budget_bytes": None,
+          "torch_device": os.environ.get("AUTONTK_BENCH_TORCH_DEVICE")}
+
+
 def _run_peers(suite: str, cases: list[cases_mod.Case], cfg: RunConfig,
                per_case: dict[str, dict[str, dict[str, Any]]],
                log) -> dict[str, Any]:
   """Runs the out-of-process peers on all cases; returns their versions."""
   meta: dict[str, Any] = {}
   work = os.path.join(cfg.work, suite)
-  job = {"cases": [c.to_json() for c in cases], "dir": work,
-         "max_run_flops": cfg.max_run_flops,
-         "skip": _peer_skips(cases, per_case, cfg.max_run_flops),
-         "policy": cfg.policy.to_dict(), "implementations": [1, 2, 3],
-         "budget_bytes": None,
-         "torch_device": os.environ.get("AUTONTK_BENCH_TORCH_DEVICE")}
+  job = _peer_job(cases, cfg, work, cfg.max_run_flops,
+                  _peer_skips(cases, per_case, cfg.max_run_flops), [1, 2, 3])
   for peer in ("nt", "torch"):
     if peer not in cfg.peers:
       continue
@@ -176,10 +183,8 @@ def _nt3_round(cases: list[cases_mod.Case], cfg: RunConfig,
                log) -> dict[str, float | None]:
   """neural-tangents' method 3 alone, once over the cases (seconds)."""
   work = os.path.join(cfg.work, "reference")
-  job = {"cases": [c.to_json() for c in cases], "dir": work,
-         "max_run_flops": None, "skip": {}, "policy": cfg.policy.to_dict(),
-         "implementations": [3], "budget_bytes": None}
-  res = envs.run("nt", job, work, cfg.peer_timeout_s, log)
+  res = envs.run("nt", _peer_job(cases, cfg, work, None, {}, [3]), work,
+                 cfg.peer_timeout_s, log)
   return {c.name: res.get("cases", {}).get(c.name, {}).get("nt3", {}).get(
       "median_s") for c in cases}
 

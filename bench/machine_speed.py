@@ -171,12 +171,8 @@ def _phase_split(model, records: list[dict]) -> None:
              and (r.get("repeats") or 0) > 1), None)
   if sd is None:
     return
-  fn = _ntk(model, "structured_derivatives")
-  try:
-    sd["phases"] = phases.split(jax.jit(lambda a, b, p: fn(a, b, p)),
-                                (model.x1, model.x2, model.params))
-  except Exception as e:  # noqa: BLE001 - a profile is optional
-    sd["phases_error"] = f"{type(e).__name__}: {e}"[:200]
+  sd["phases"] = phases.split_ntk(_ntk(model, "structured_derivatives"),
+                                  model.x1, model.x2, model.params)
 
 
 def _regret(records: list[dict]) -> dict[str, Any]:

@@ -87,3 +87,14 @@ def split(fn: Callable, args: tuple, calls: int = 10
   if not total:
     return None
   return {k: per.get(k, 0.0) / total for k in (*PHASES, "other")}
+
+
+def split_ntk(ntk: Callable, x1: Any, x2: Any, params: Any
+              ) -> dict[str, Any]:
+  """:func:`split` of ``ntk(x1, x2, params)`` under ``jax.jit``, or
+  ``{"error": ...}`` (a profile is optional: it never stops a suite)."""
+  try:
+    return split(jax.jit(lambda a, b, p: ntk(a, b, p)),
+                 (x1, x2, params)) or {"error": "empty trace"}
+  except Exception as e:  # noqa: BLE001 - recorded, not fatal
+    return {"error": f"{type(e).__name__}: {e}"[:200]}
