@@ -405,12 +405,12 @@ def _renumber(indices: jax.Array, positions: Indices, size: int):
 
 def _spec(operands, out_labels) -> str:
   """The einsum string, letters given in order of first appearance."""
-  letter: dict[int, str] = {}
-  for l in [l for _, ls in operands for l in ls] + list(out_labels):
-    letter.setdefault(l, _LETTERS[len(letter) % len(_LETTERS)])
-  if len(letter) > len(_LETTERS):
+  used = list(dict.fromkeys([l for _, ls in operands for l in ls] +
+                            list(out_labels)))
+  if len(used) > len(_LETTERS):
     raise ValueError("structured_derivatives: too many einsum labels "
-                     f"({len(letter)}) for one contraction.")
+                     f"({len(used)}) for one contraction.")
+  letter = dict(zip(used, _LETTERS))
   spec = ",".join("".join(letter[l] for l in ls) for _, ls in operands)
   return spec + "->" + "".join(letter[l] for l in out_labels)
 
