@@ -449,7 +449,8 @@ def _eval_rewritten(jaxpr: Jaxpr, consts, args, rule: Rule) -> list[Any]:
   for eqn in jaxpr.eqns:
     ins = [read(v) for v in eqn.invars]
     if (replace := rule(eqn)) is not None:
-      outs = replace(*ins)
+      with _source_context(eqn):
+        outs = replace(*ins)
     elif (eqn.primitive in _JITS and (body := inline_body(eqn)) is not None
           and _contains(body[0], rule)):
       outs = _eval_rewritten(body[0], body[1], ins, rule)

@@ -12,6 +12,8 @@ primitive's own structure or Jacobian rule.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -464,3 +466,19 @@ def test_compiled_program_names_the_two_phases():
   text = jax.jit(lambda x, p: ntk(x, None, p)).lower(
       jnp.ones((4, 3)), params).compile().as_text()
   assert "structured_cotangents" in text and "structured_pairs" in text
+
+
+def test_rewritten_convolutions_keep_their_phase():
+  """A convolution in a non-canonical layout is rewritten before
+  compiling; the rewrite keeps the equation's scope, so a profile counts
+  the transposed convolution of the cotangents as cotangents."""
+  def f(p, x):  # NCHW / OIHW: lax.conv's default, not the canonical layout
+    h = jnp.tanh(jax.lax.conv(x, p["k1"], (1, 1), "SAME"))
+    return jax.lax.conv(h, p["k2"], (1, 1), "SAME").sum((2, 3))
+  params = {"k1": jnp.ones((4, 2, 3, 3)) / 9, "k2": jnp.ones((3, 4, 3, 3)) / 9}
+  ntk = autontk.ntk_fn(f, vmap_axes=0,
+                       implementation="structured_derivatives")
+  text = jax.jit(lambda x, p: ntk(x, None, p)).lower(
+      jnp.ones((2, 2, 5, 5)), params).compile().as_text()
+  convs = re.findall(r'op_name="([^"]*conv_general_dilated[^"]*)"', text)
+  assert convs and all("structured_" in name for name in convs), convs
