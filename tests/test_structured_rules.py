@@ -399,12 +399,13 @@ def test_output_bias_keeps_its_identity_cotangent():
 
 
 @pytest.mark.parametrize("same_inputs", [True, False])
-def test_hidden_bias_shares_its_weights_cotangent_gram(same_inputs):
-  """A hidden layer's weight and bias have the same cotangent: with a full
-  O × O kernel its Gram ``Σ_k C1[n, o, k] C2[m, o', k]`` dominates both
-  pairs, and is computed once (compiled FLOPs, not time); the kernel stays
-  exact."""
-  n, h, o = 6, 96, 64
+@pytest.mark.parametrize("o,trace", [(64, ()), (1, (-1,)), (8, (-1,))])
+def test_hidden_bias_shares_its_weights_cotangent_gram(same_inputs, o, trace):
+  """A hidden layer's weight and bias have the same cotangent: its Gram
+  (``Σ_k C1[n, o, k] C2[m, o', k]`` with a full O × O kernel, a matrix
+  ``Σ_{o,k} C1[n, o, k] C2[m, o, k]`` with the trace) is computed once
+  (compiled FLOPs, not time); the kernel stays exact."""
+  n, h = 24, 96
   ks = jax.random.split(jax.random.PRNGKey(5), 4)
   params = {"w1": jax.random.normal(ks[0], (8, h)) / 3,
             "b1": jax.random.normal(ks[1], (h,)) / 10,
@@ -420,19 +421,19 @@ def test_hidden_bias_shares_its_weights_cotangent_gram(same_inputs):
   x2 = None if same_inputs else x1[::-1] * 0.5
 
   def flops(g, p):
-    ntk = autontk.ntk_fn(g, vmap_axes=0, trace_axes=(),
+    ntk = autontk.ntk_fn(g, vmap_axes=0, trace_axes=trace,
                          implementation="structured_derivatives")
     cost = jax.jit(lambda a, b, q: ntk(a, b, q)).lower(
         x1, x2, p).compile().cost_analysis()
     return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
 
   no_b = {k: v for k, v in params.items() if k != "b1"}
-  gram = 2 * n * n * o * o * h
+  gram = 2 * n * n * (o if trace else o * o) * h
   assert flops(f, params) - flops(without_bias, no_b) < 0.1 * gram
-  ntk = autontk.ntk_fn(f, vmap_axes=0, trace_axes=(),
+  ntk = autontk.ntk_fn(f, vmap_axes=0, trace_axes=trace,
                        implementation="structured_derivatives")
   np.testing.assert_allclose(ntk(x1, x2, params),
-                             reference_ntk(f, params, x1, x2, (), ()),
+                             reference_ntk(f, params, x1, x2, trace, ()),
                              rtol=1e-4, atol=1e-5)
 
 

@@ -416,12 +416,19 @@ def _spec(operands, out_labels) -> str:
 
 
 def _gram(lhs: jax.Array, lhs_names: str, rhs: jax.Array, rhs_names: str,
-          out_names: str, precision) -> jax.Array:
+          out_names: str, precision) -> tuple[jax.Array, str]:
   """One contraction of a side-1 operand with a side-2 one, written the
   same way wherever it occurs: size-1 axes dropped, letters renamed in
   order of appearance, the result in ``dot_general``'s own order (shared
-  kept axes, then the first's, then the second's), then laid out as
-  ``out_names`` asks."""
+  kept axes, then the first's, then the second's). A matrix (one kept
+  axis or two) is left in that order, so that no transpose stands between
+  two uses of one product: XLA folds a transposed matrix product into a
+  second product with its operands swapped, and computes it twice. A
+  larger block is laid out as ``out_names`` asks, the order its next step
+  contracts fastest.
+
+  Returns the result and its letters, then ``out_names``' size-1 axes.
+  """
   ops = []
   for arr, names in ((lhs, lhs_names), (rhs, rhs_names)):
     keep = [i for i, n in enumerate(arr.shape) if n != 1]
@@ -434,9 +441,12 @@ def _gram(lhs: jax.Array, lhs_names: str, rhs: jax.Array, rhs_names: str,
            [c for c in ua if c in kept and c not in ub] +
            [c for c in ub if c in kept and c not in ua])
   result = jnp.einsum(_spec(ops, order), a, b, precision=precision)
-  result = jnp.transpose(result, [order.index(c) for c in kept])
-  sizes = dict(zip(lhs_names, lhs.shape)) | dict(zip(rhs_names, rhs.shape))
-  return result.reshape([sizes[c] for c in out_names])
+  if len(order) > 2:  # a block product: laid out as the next step asks
+    result = jnp.transpose(result, [order.index(c) for c in kept])
+    order = kept
+  ones = [c for c in out_names if c not in order]
+  return (result.reshape(result.shape + (1,) * len(ones)),
+          "".join(order + ones))
 
 
 def _einsum(operands, out_labels, dtype, precision, optimize,
@@ -458,22 +468,22 @@ def _einsum(operands, out_labels, dtype, precision, optimize,
   _, steps = opt_einsum.contract_path(
       spec, *arrays, einsum_call=True, use_blas=True,
       optimize="optimal" if optimize is True else optimize)
-  items = list(zip(arrays, sides or [0] * len(arrays)))
+  ins, out_all = spec.split("->")
+  items = list(zip(arrays, sides or [0] * len(arrays), ins.split(",")))
   for inds, _, step, *_ in steps:
     picked = [items.pop(i) for i in inds]
-    ins, out = step.split("->")
-    names = ins.split(",")
-    by_side = sorted(zip(picked, names), key=lambda pn: pn[0][1])
-    if [p[1] for p, _ in by_side] == [1, 2]:
-      ((a, _), la), ((b, _), lb) = by_side
-      result = _gram(a, la, b, lb, out, precision)
+    out = step.split("->")[1]
+    by_side = sorted(picked, key=lambda p: p[1])
+    if [p[1] for p in by_side] == [1, 2]:
+      (a, _, la), (b, _, lb) = by_side
+      result, out = _gram(a, la, b, lb, out, precision)
     else:  # operands given last first: jnp.einsum's own order inside it
-      result = jnp.einsum(",".join(names[::-1]) + "->" + out,
-                          *[a for a, _ in picked[::-1]], precision=precision)
+      result = jnp.einsum(",".join(p[2] for p in picked[::-1]) + "->" + out,
+                          *[p[0] for p in picked[::-1]], precision=precision)
     side = picked[0][1] if len({p[1] for p in picked}) == 1 else 0
-    items.append((result, side))
-  (result, _), = items
-  return result
+    items.append((result, side, out))
+  (result, _, names), = items
+  return jnp.transpose(result, [names.index(c) for c in out_all])
 
 
 def _only_in_index(operands, label: int) -> bool:
