@@ -17,6 +17,7 @@ from autontk._kernel_fn import NtkFn as NtkFn
 from autontk._options import Implementation as Implementation
 from autontk._plan import Plan as Plan
 from autontk._version import __version__ as __version__
+from autontk._xla_options import compiler_options as compiler_options
 from autontk.auto.planner import PlannerOptions as PlannerOptions
 from autontk.auto.report import CostReport as CostReport
 from autontk.auto.tuner import TuneOptions as TuneOptions

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autontk import _kwargs
+from autontk import _kwargs, _xla_options
 from autontk._conv_layout import canonical_convolutions
 from autontk._types import PyTree
 
@@ -125,7 +125,8 @@ class CallProgram:
     self._constants = constants
     self._all_traced = all(traced)
     self._jit = jit
-    self._run = jax.jit(_cpu_layouts(self._body)) if jit else self._body
+    self._run = (_xla_options.Jitted(_cpu_layouts(self._body)) if jit else
+                 self._body)
     self._lowered: dict[Any, Any] = {}
     self._executables: dict[Any, Any] = {}
 
@@ -171,7 +172,7 @@ class CallProgram:
               for v in self.traced_leaves(leaves)]
     key = _avals(traced)
     if key not in self._lowered:
-      run = self._run if self._jit else jax.jit(self._body)
+      run = self._run if self._jit else _xla_options.Jitted(self._body)
       self._lowered[key] = run.lower(traced)
     return self._lowered[key]
 

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from autontk import _xla_options
 from autontk._axes import LeafAxes
 from autontk._batch_geometry import (TRACED, BatchGrid, BatchLayout, Cell,
                                      kwargs_leaf_axes, mean_over_batch,
@@ -384,14 +385,14 @@ def _block_kernels(spec: _BlockSpec, args: _BlockArgs, start1: Any,
 
 @functools.lru_cache(maxsize=64)
 def _jitted_block_cached(spec: _BlockSpec) -> Callable:
-  return jax.jit(functools.partial(_block_kernels, spec))
+  return _xla_options.Jitted(functools.partial(_block_kernels, spec))
 
 
 def _jitted_block(spec: _BlockSpec) -> Callable:
   try:
     return _jitted_block_cached(spec)
   except TypeError:  # unhashable static kwargs: compile per call
-    return jax.jit(functools.partial(_block_kernels, spec))
+    return _xla_options.Jitted(functools.partial(_block_kernels, spec))
 
 
 def _scan_blocks(spec: _BlockSpec, args: _BlockArgs,

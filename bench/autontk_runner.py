@@ -52,7 +52,8 @@ def run_explicit(case: Case, method: str, policy: measure.TimingPolicy,
     rec = measure.measure_jit(lambda a, b, p: ntk(a, b, p), (x1, x2, params),
                              policy, keep_result=True,
                              budget_bytes=budget_bytes,
-                             max_run_flops=max_run_flops, keep_call=True)
+                             max_run_flops=max_run_flops, keep_call=True,
+                             compiler_options=autontk.compiler_options())
   except Exception as e:  # noqa: BLE001 - a missing method is "n/a"
     return measure.error_record(e)
   if "_result" in rec:
@@ -129,7 +130,8 @@ def _measure_plan(ntk, plan, args, policy) -> dict[str, Any]:
       pass
     return rec
   return measure.measure_jit(lambda a, b, p: ntk.execute(plan, a, b, p),
-                            args, policy, keep_result=True)
+                            args, policy, keep_result=True,
+                            compiler_options=autontk.compiler_options())
 
 
 def run_tuned(case: Case, policy: measure.TimingPolicy,

@@ -119,8 +119,12 @@ def measure_jit(fn: Callable, args: tuple, policy: TimingPolicy,
                 keep_result: bool = False,
                 budget_bytes: float | None = None,
                 max_run_flops: float | None = None,
-                keep_call: bool = False) -> dict[str, Any]:
-  """First call (trace + compile + run) and median call time of ``jit(fn)``.
+                keep_call: bool = False,
+                compiler_options: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+  """First call (trace + compile + run) and median call time of ``jit(fn)``
+  (compiled with ``compiler_options``: autontk's calls pass
+  ``autontk.compiler_options()``, what a direct call is compiled with).
 
   The first call goes through ``lower``/``compile`` so the same executable
   gives the cost analysis, the first-call time and the repeated timings.
@@ -134,7 +138,7 @@ def measure_jit(fn: Callable, args: tuple, policy: TimingPolicy,
   t0 = time.perf_counter()
   lowered = jax.jit(fn).lower(*args)
   t1 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=compiler_options)
   t2 = time.perf_counter()
   rec: dict[str, Any] = {"trace_s": t1 - t0, "compile_s": t2 - t1}
   rec.update(cost_of(compiled))

@@ -82,7 +82,8 @@ def run_case(m: zoo.Model, rounds: int) -> list[dict[str, Any]]:
   static = {k: v for k, v in kwargs.items() if k not in arrays}
   for impl in ("structured_derivatives", "jacobian_contraction", "auto"):
     ntk = autontk.ntk_fn(f, implementation=impl, **options)
-    jitted = jax.jit(lambda a, b, q, kw: ntk(a, b, q, **kw, **static))
+    jitted = jax.jit(lambda a, b, q, kw: ntk(a, b, q, **kw, **static),
+                     compiler_options=autontk.compiler_options())
     r = compare(lambda: ntk(x1, x2, p, **kwargs),
                 lambda: jitted(x1, x2, p, arrays), rounds)
     rows.append({"case": m.note, "function": f"ntk_fn({impl})", **r})
@@ -90,7 +91,8 @@ def run_case(m: zoo.Model, rounds: int) -> list[dict[str, Any]]:
   cot = jax.tree.map(jnp.ones_like, jax.eval_shape(
       lambda: f(p, x1 if x2 is None else x2, **kwargs)))
   vp_jit = jax.jit(lambda a, b, q, kw, c: autontk.ntk_vp_fn(
-      f, a, b, q, **kw, **static)(c))
+      f, a, b, q, **kw, **static)(c),
+                   compiler_options=autontk.compiler_options())
   r = compare(lambda: vp(cot), lambda: vp_jit(x1, x2, p, arrays, cot),
               rounds)
   rows.append({"case": m.note, "function": "ntk_vp_fn product", **r})

@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import jax
 
+import autontk
+
 PHASES = {"cotangents": "structured_cotangents",
           "pairs": "structured_pairs"}
 
@@ -91,10 +93,12 @@ def split(fn: Callable, args: tuple, calls: int = 10
 
 def split_ntk(ntk: Callable, x1: Any, x2: Any, params: Any
               ) -> dict[str, Any]:
-  """:func:`split` of ``ntk(x1, x2, params)`` under ``jax.jit``, or
+  """:func:`split` of ``ntk(x1, x2, params)`` under ``jax.jit`` (with the
+  options autontk compiles a direct call with), or
   ``{"error": ...}`` (a profile is optional: it never stops a suite)."""
   try:
-    return split(jax.jit(lambda a, b, p: ntk(a, b, p)),
+    return split(jax.jit(lambda a, b, p: ntk(a, b, p),
+                         compiler_options=autontk.compiler_options()),
                  (x1, x2, params)) or {"error": "empty trace"}
   except Exception as e:  # noqa: BLE001 - recorded, not fatal
     return {"error": f"{type(e).__name__}: {e}"[:200]}

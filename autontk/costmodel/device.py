@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import platformdirs
 
-from autontk import _paths
+from autontk import _paths, _xla_options
 from autontk.costmodel import loop_counts, ops
 
 _FILE = "device_constants.json"
@@ -283,14 +283,14 @@ def _conv_rates() -> tuple[float, float]:
   g, c, hw, o = 16, 32, 16, 2048
   lhs = jnp.ones((g, hw, hw, c), jnp.float32)
   rhs = jnp.ones((1, hw, hw, o), jnp.float32)
-  grouped = jax.jit(lambda a, b: conv(
+  grouped = _xla_options.Jitted(lambda a, b: conv(
       a, b, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("CHWN", "IHWO",
                                                          "HWNC"),
       feature_group_count=g))
   grouped_flops = 2.0 * 3 * 3 * c * o * hw * hw
   x = jnp.ones((8, hw, hw, 32), jnp.float32)
   w = jnp.ones((3, 3, 1, 32 * 9), jnp.float32)
-  depthwise = jax.jit(lambda a, b: conv(
+  depthwise = _xla_options.Jitted(lambda a, b: conv(
       a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
       feature_group_count=32))
   depthwise_flops = 2.0 * 8 * hw * hw * 32 * 9 * 9

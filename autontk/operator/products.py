@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from autontk import _xla_options
 from autontk._conv_layout import canonical_convolutions
 from autontk._kwargs import is_static_param
 from autontk._options import NtkOptions
@@ -233,15 +234,21 @@ class Product:
   forward: dict[str, Any] = dataclasses.field(init=False, repr=False)
 
   def __post_init__(self):
-    self.program = jax.jit(lambda *a: _product(self, *a))
+    self.program = _xla_options.Jitted(lambda *a: _product(self, *a),
+                                    self.platform)
     self.diagonals = {}
     self.forward = {}
+
+  @property
+  def platform(self) -> str:
+    """The platform of the mesh's devices."""
+    return self.mesh.devices.flat[0].platform
 
   def in_loop(self, body: Any) -> Any:
     """``body``, a loop's body, with its convolutions in the layout of
     the CPU backend's fast kernels (see :mod:`autontk._conv_layout`) when
     the devices are CPUs."""
-    if self.mesh.devices.flat[0].platform == "cpu":
+    if self.platform == "cpu":
       return canonical_convolutions(body)
     return body
 
@@ -250,8 +257,8 @@ class Product:
     example's Jacobian (``chunk`` examples at a time, ``jax.jacrev``)."""
     program = self.diagonals.get(chunk)
     if program is None:
-      program = self.diagonals[chunk] = jax.jit(
-          lambda *a: _diagonal(self, chunk, *a))
+      program = self.diagonals[chunk] = _xla_options.Jitted(
+          lambda *a: _diagonal(self, chunk, *a), self.platform)
     out = program(dynamic, self.rows_data.batched, self.rows_data.shared)
     return self.rows_data.unstack_rows(out[..., None])[:, 0]
 

@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from autontk import _compat
+from autontk import _compat, _xla_options
 from autontk._types import PyTree
 
 AXIS = "tiles"
@@ -119,7 +119,7 @@ def spmd_program(body: Callable[..., list[jax.Array]],
 
   mapped = _compat.shard_map(per_device, mesh=cluster.mesh,
                              in_specs=(rep, spec, rep), out_specs=spec)
-  return jax.jit(mapped)
+  return _xla_options.Jitted(mapped, cluster.mesh.devices.flat[0].platform)
 
 
 def stacked_input(cluster: Cluster, shape: tuple[int, ...], dtype: Any,

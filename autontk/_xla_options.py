@@ -1,0 +1,106 @@
+"""XLA options the library compiles its own programs with, per platform.
+
+On XLA:CPU (as of jaxlib 0.10), YNNPACK's library fusions run the matrix
+products, the convolutions, and fused elementwise and reduction subgraphs.
+For the programs the kernel methods emit (many small batched products,
+reductions over positions, convolutions of a few channels, each run once
+per output entry and example) the elementwise, reduction and convolution
+fusions are slower than XLA's own emitters and Eigen's convolutions; the
+matrix products alone are not. So on CPU the library compiles its kernels
+with YNNPACK for each matrix product alone
+(``xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``).
+Measured on structured derivatives (2-core CPU, interleaved against XLA's
+defaults): the LM with a traced vocabulary 1.6x, the scanned Mixer 1.3x,
+CNNs 1.1-1.3x, ViTs 1.1-1.2x, MLPs unchanged, the scanned RNN 0.9x
+(``docs/performance.md``).
+
+This is a tuning of one backend, not a change of the programs: the same
+HLO, other kernels; it carries to no GPU. A JAX whose XLA does not know the
+option compiles with its defaults, as does every program when
+``AUTONTK_XLA_DEFAULTS=1`` is set. A program the user jits around a kernel
+function is compiled with the user's options, not these.
+
+>>> compiler_options("gpu") is None
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+               "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+"""What the library's programs are compiled with on XLA:CPU."""
+
+DEFAULTS_ENV = "AUTONTK_XLA_DEFAULTS"
+"""Set to ``1`` to compile every program with XLA's own defaults."""
+
+
+def compiler_options(platform: str | None = None) -> dict[str, Any] | None:
+  """The options for programs on ``platform`` (default: JAX's default
+  backend), or ``None`` for XLA's defaults."""
+  if (platform or jax.default_backend()) != "cpu":
+    return None
+  if os.environ.get(DEFAULTS_ENV, "").strip().lower() in ("1", "true",
+                                                          "yes"):
+    return None
+  return dict(CPU_OPTIONS) if _cpu_supported() else None
+
+
+class Jitted:
+  """``jax.jit(fn, **kwargs)``, compiled with :func:`compiler_options` for
+  ``platform`` when called at top level; under an outer transformation
+  (``jit``, ``vmap``, ``grad``) it is the plain ``jax.jit``, since JAX
+  takes compiler options only on a top-level ``jit`` (and the outer
+  program's options then apply).
+
+  ``lower`` lowers the top-level program.
+  """
+
+  def __init__(self, fn: Callable, platform: str | None = None,
+               **kwargs: Any):
+    options = compiler_options(platform)
+    self.inner = jax.jit(fn, **kwargs)
+    self.top = (jax.jit(fn, compiler_options=options, **kwargs) if options
+                else self.inner)
+
+  def __call__(self, *args: Any) -> Any:
+    if self.top is not self.inner and is_traced(args):
+      return self.inner(*args)
+    return self.top(*args)
+
+  def lower(self, *args: Any, **kwargs: Any) -> Any:
+    return self.top.lower(*args, **kwargs)
+
+
+def is_traced(args: tuple) -> bool:
+  """Some leaf of ``args`` is a tracer (an outer transformation). A list
+  of concrete arrays (a kernel program's leaves, on every call) is told
+  apart without flattening it."""
+  for a in args:
+    if type(a) is list and all(type(v) is _ARRAY for v in a):
+      continue
+    if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(a)):
+      return True
+  return False
+
+
+_ARRAY = type(jnp.zeros(()))
+"""The concrete ``jax.Array`` type."""
+
+
+@functools.cache
+def _cpu_supported() -> bool:
+  """This XLA knows :data:`CPU_OPTIONS` (compiles a tiny program once)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(
+        np.ones(2, np.float32)).compile()
+  except Exception:  # noqa: BLE001 - an XLA without the option or value
+    return False
+  return True
