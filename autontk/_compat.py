@@ -123,6 +123,23 @@ def structured_support() -> str | None:
   return ", ".join(missing) or None
 
 
+@functools.lru_cache(maxsize=8)
+def _compiler_options_known(items: tuple[tuple[str, Any], ...]) -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(items)).lower(
+        np.ones(2, np.float32)).compile()
+  except Exception:  # noqa: BLE001 - an XLA without the option or value
+    return False
+  return True
+
+
+def compiler_options_known(options: dict[str, Any]) -> bool:
+  """This JAX's XLA compiles with ``options`` for the default backend
+  (compiles a tiny program once per set of options): an option or an
+  option's value one release has and another lacks."""
+  return _compiler_options_known(tuple(sorted(options.items())))
+
+
 # The parameters the interpreter reads from the equations of a linearised
 # jaxpr, per primitive (the same on jax 0.6 to 0.10).
 _READ_PARAMS = {"scan_p": ("jaxpr", "num_consts", "num_carry", "length",

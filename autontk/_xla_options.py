@@ -26,13 +26,13 @@ True
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from autontk import _compat
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -43,14 +43,29 @@ DEFAULTS_ENV = "AUTONTK_XLA_DEFAULTS"
 
 
 def compiler_options(platform: str | None = None) -> dict[str, Any] | None:
-  """The options for programs on ``platform`` (default: JAX's default
-  backend), or ``None`` for XLA's defaults."""
+  """The XLA options autontk compiles its own programs with on
+  ``platform`` (default: JAX's default backend), or ``None`` for XLA's
+  defaults.
+
+  A kernel function called directly is compiled with them. One called
+  inside your own ``jax.jit`` is compiled as part of your program, with
+  your options (JAX takes options only on the top-level ``jit``); to give
+  it the same kernels, pass these::
+
+      step = jax.jit(train_step, compiler_options=autontk.compiler_options())
+
+  On XLA:CPU: YNNPACK for each matrix product alone, XLA's own emitters and
+  Eigen's convolutions for the rest, where this XLA knows the option
+  (jaxlib 0.10 does, 0.6 does not). ``None`` on other platforms, and
+  everywhere when the environment sets ``AUTONTK_XLA_DEFAULTS=1``.
+  """
   if (platform or jax.default_backend()) != "cpu":
     return None
   if os.environ.get(DEFAULTS_ENV, "").strip().lower() in ("1", "true",
                                                           "yes"):
     return None
-  return dict(CPU_OPTIONS) if _cpu_supported() else None
+  return dict(CPU_OPTIONS) if _compat.compiler_options_known(CPU_OPTIONS) \
+      else None
 
 
 class Jitted:
@@ -93,14 +108,3 @@ def is_traced(args: tuple) -> bool:
 
 _ARRAY = type(jnp.zeros(()))
 """The concrete ``jax.Array`` type."""
-
-
-@functools.cache
-def _cpu_supported() -> bool:
-  """This XLA knows :data:`CPU_OPTIONS` (compiles a tiny program once)."""
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(
-        np.ones(2, np.float32)).compile()
-  except Exception:  # noqa: BLE001 - an XLA without the option or value
-    return False
-  return True

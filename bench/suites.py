@@ -20,7 +20,7 @@ from bench import (cg_iterations, compare, diagnostics_accuracy,
                    machine_speed, overhead, plancache, precision,
                    predict_large, predict_parity, predict_routes, report,
                    regret_unseen, scanned_regret, stacked, tiled,
-                   tuned_regret)
+                   tuned_regret, xla_options)
 from bench.config import RunConfig
 
 Result = dict[str, Any]
@@ -64,6 +64,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("tuned_regret", "auto with tuning against the fastest explicit "
           "method on the library's bundled model suite", tuned_regret.run,
           tuned_regret.markdown),
+    Suite("xla_options", "the library's XLA options (on CPU: YNNPACK for "
+          "matrix products alone) against XLA's defaults, every method",
+          xla_options.run, xla_options.markdown),
     Suite("stacked", "one network with its layers as separate leaves, an "
           "indexed stack, scan and fori_loop, every method", stacked.run,
           stacked.markdown),

@@ -337,3 +337,26 @@ def test_machine_speed_families_and_table():
   md = machine_speed.markdown(res)
   assert "| mlp | control | n/a | n/a | 25.0 % | 5.0 % | 10.00 | 50.00 |" in md
   assert "30 % (flops) | 60% |" in md and "over budget" in md
+
+
+def test_xla_options_method_record_and_table():
+  """Both executables of one call give the same kernel; the table shows
+  both medians, their ratio and the per-method geometric mean."""
+  import jax.numpy as jnp
+
+  import autontk
+  from bench import xla_options
+  f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]  # noqa: E731
+  params = {"w": jnp.ones((3, 5)) / 3, "v": jnp.ones((5, 2)) / 5}
+  x = jnp.arange(12.0).reshape(4, 3) / 12
+  options = autontk.compiler_options() or {}
+  rec = xla_options.run_method(f, {"trace_axes": ()}, (x, x, params),
+                               "structured_derivatives", options, 2)
+  assert rec["rel_diff"] < 1e-6 and rec["speedup"] > 0
+  res = {"options": {"k": "v"}, "cases": [{"name": "tiny", "records": [
+      dict(rec, speedup=2.0, defaults_s=0.002, options_s=0.001),
+      {"method": "jacobian_contraction", "skipped": "over the limit"}]}]}
+  md = xla_options.markdown(res)
+  assert "| tiny | SD | 2 | 1 | 2.00× |" in md and "over the limit" in md
+  assert "SD 2.00× (1 models)" in md
+  assert "defaults" in xla_options.markdown({"options": None, "cases": []})
