@@ -102,8 +102,13 @@ def missing(d: Any) -> list[str]:
 
 
 def device_key(device: Any = None) -> str:
+  """The device, the JAX release and the XLA options the library compiles
+  with there (constants measured under other options describe other
+  kernels)."""
   device = device or jax.devices()[0]
-  return f"{device.platform}|{device.device_kind}|jax {jax.__version__}"
+  key = f"{device.platform}|{device.device_kind}|jax {jax.__version__}"
+  options = _xla_options.compiler_options(device.platform)
+  return key + (f"|{sorted(options.items())}" if options else "")
 
 
 def _best_time(fn: Callable[[], Any], repeats: int = 5) -> float:
@@ -133,11 +138,11 @@ def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
   stream = 1 << (22 if cpu else 26)  # 16 MB (past CPU caches) / 256 MB
   with jax.default_device(device):
     a = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
+    matmul = _xla_options.Jitted(lambda x: x @ x, device.platform)
     flops = 2.0 * size ** 3 / _best_time(lambda: matmul(a))
 
     v = jnp.ones((stream,), jnp.float32)
-    axpy = jax.jit(lambda x: 2.0 * x + 1.0)
+    axpy = _xla_options.Jitted(lambda x: 2.0 * x + 1.0, device.platform)
     bandwidth = 2.0 * v.nbytes / _best_time(lambda: axpy(v))
 
     grouped, depthwise = _conv_rates()
@@ -162,7 +167,7 @@ def measure_strided_bandwidth(device: Any = None, rows: int = 1000) -> float:
   device = device or jax.devices()[0]
   with jax.default_device(device):
     a = jnp.ones((rows, 2 * rows), jnp.float32)
-    transpose = jax.jit(lambda x: x.T + 1.0)
+    transpose = _xla_options.Jitted(lambda x: x.T + 1.0, device.platform)
     seconds = _best_time(lambda: transpose(a))
   return 2.0 * a.nbytes / seconds
 
@@ -178,8 +183,8 @@ def measure_resident_bandwidth(device: Any = None) -> float:
   n, steps = 1 << 20, 16
   with jax.default_device(device):
     acc = jnp.ones((n,), jnp.float32)
-    update = jax.jit(lambda a: jax.lax.fori_loop(
-        0, steps, lambda i, a: a * 0.999 + 1.0, a))
+    update = _xla_options.Jitted(lambda a: jax.lax.fori_loop(
+        0, steps, lambda i, a: a * 0.999 + 1.0, a), device.platform)
     seconds = _best_time(lambda: update(acc), repeats=7)
   return 2.0 * acc.nbytes * steps / seconds
 
@@ -259,7 +264,8 @@ def measure_launch(device: Any = None,
   rows, times, launch = [], [], []
   with jax.default_device(device):
     for fn, args, flops in _launch_programs():
-      compiled = jax.jit(fn).lower(*args).compile()
+      compiled = _xla_options.Jitted(fn, device.platform).lower(
+          *args).compile()
       kernels, iterations = count_launches(compiled)
       rows.append([1.0, kernels, iterations])
       times.append(_best_time(lambda: compiled(*args), repeats=30))

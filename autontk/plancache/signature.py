@@ -38,6 +38,7 @@ import jax
 import jaxlib
 import numpy as np
 
+from autontk import _xla_options
 from autontk._kwargs import (is_array_leaf, merge_static, partition,
                               split_params)
 from autontk._options import NtkOptions, effective_precision
@@ -141,6 +142,8 @@ def environment() -> dict[str, Any]:
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
       "autontk": __version__,
+      # Plans chosen or timed under other XLA options ran other kernels.
+      "xla_options": sorted((_xla_options.compiler_options() or {}).items()),
   }
 
 
