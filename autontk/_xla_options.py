@@ -9,10 +9,9 @@ fusions are slower than XLA's own emitters and Eigen's convolutions; the
 matrix products alone are not. So on CPU the library compiles its kernels
 with YNNPACK for each matrix product alone
 (``xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``).
-Measured on structured derivatives (2-core CPU, interleaved against XLA's
-defaults): the LM with a traced vocabulary 1.6x, the scanned Mixer 1.3x,
-CNNs 1.1-1.3x, ViTs 1.1-1.2x, MLPs unchanged, the scanned RNN 0.9x
-(``docs/performance.md``).
+The ``xla_options`` benchmark suite measures it per model and method
+(``docs/performance.md``): faster on CNNs, ViTs, an LM and a scanned
+Mixer, unchanged on MLPs, slower on a scanned RNN and a ResNet.
 
 This is a tuning of one backend, not a change of the programs: the same
 HLO, other kernels; it carries to no GPU. A JAX whose XLA does not know the
