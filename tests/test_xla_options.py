@@ -56,7 +56,8 @@ def test_top_level_program_has_no_library_convolution():
 def test_kernels_called_directly_and_under_transformations(implementation):
   """A direct call (compiled with the options), a call under the user's
   ``jit`` and under ``vmap`` (JAX refuses options on an inner ``jit``: the
-  plain program runs there) all give the reference kernel."""
+  plain program runs there) all give the reference kernel; ``grad`` runs
+  through a direct call as through a jitted one."""
   ntk = autontk.ntk_fn(_cnn, vmap_axes=0, implementation=implementation)
   ref = reference_ntk(_cnn, PARAMS, X, None, (-1,), ())
   np.testing.assert_allclose(ntk(X, None, PARAMS), ref, rtol=1e-4,
@@ -66,6 +67,11 @@ def test_kernels_called_directly_and_under_transformations(implementation):
       atol=1e-6)
   diag = jax.vmap(lambda x: ntk(x[None], None, PARAMS)[0, 0])(X)
   np.testing.assert_allclose(diag, np.diag(ref), rtol=1e-4, atol=1e-6)
+  # grad through a direct call and through the user's jit: the same.
+  total = lambda p: ntk(X, None, p).sum()  # noqa: E731
+  g1, g2 = jax.grad(total)(PARAMS), jax.grad(jax.jit(total))(PARAMS)
+  for k in PARAMS:
+    np.testing.assert_allclose(g1[k], g2[k], rtol=1e-5, atol=1e-6)
 
 
 def test_defaults_env_gives_the_same_kernel(monkeypatch):
