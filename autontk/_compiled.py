@@ -24,7 +24,7 @@ import numpy as np
 
 from autontk import _kwargs, _xla_options
 from autontk._conv_layout import canonical_convolutions
-from autontk._types import PyTree
+from autontk._types import CONCRETE_ARRAY, PyTree
 
 CallFn = Callable[..., PyTree]
 """``fn(x1, x2, params, kwargs, *extra) -> result``: what a program
@@ -51,13 +51,9 @@ def call_key(treedef: Any, leaves: list[Any]) -> Hashable:
   still tells signatures apart: for a ``jax.Array``, its interned
   ``aval``.
   """
-  return (treedef, *[v.aval if type(v) is _ARRAY else _leaf_key(v)
+  return (treedef, *[v.aval if type(v) is CONCRETE_ARRAY else _leaf_key(v)
                      for v in leaves])
 
-
-_ARRAY = type(jnp.zeros(()))
-"""The concrete ``jax.Array`` type, recognised without an attribute
-lookup (a failed lookup raises, and raising costs microseconds)."""
 
 
 def _leaf_key(v: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, Sequence, Union
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 """A JAX pytree (nested tuples, lists, dicts, dataclasses... of arrays)."""
@@ -20,6 +21,11 @@ ApplyFn = Callable[..., PyTree]
 """A network ``f(params, x, **kwargs) -> PyTree`` of arrays."""
 
 Array = jax.Array
+
+CONCRETE_ARRAY = type(jnp.zeros(()))
+"""The concrete ``jax.Array`` type, recognised by ``type(v) is
+CONCRETE_ARRAY`` without an attribute lookup (a failed lookup raises, and
+raising costs microseconds): what the per-call paths test leaves with."""
 
 
 class Planner(Protocol):

@@ -29,9 +29,9 @@ import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from autontk import _compat
+from autontk._types import CONCRETE_ARRAY
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -98,12 +98,8 @@ def is_traced(args: tuple) -> bool:
   of concrete arrays (a kernel program's leaves, on every call) is told
   apart without flattening it."""
   for a in args:
-    if type(a) is list and all(type(v) is _ARRAY for v in a):
+    if type(a) is list and all(type(v) is CONCRETE_ARRAY for v in a):
       continue
     if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(a)):
       return True
   return False
-
-
-_ARRAY = type(jnp.zeros(()))
-"""The concrete ``jax.Array`` type."""

@@ -30,7 +30,8 @@ SHORT = {"jacobian_contraction": "JC", "ntk_vector_products": "NTVP",
          "structured_derivatives": "SD", "auto": "auto"}
 
 
-def _device_arrays(case: Case):
+def device_arrays(case: Case):
+  """``(params, x1, x2)`` of a case as device arrays."""
   params, x1, x2 = case.arrays()
   return ({k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(x1),
           jnp.asarray(x2))
@@ -44,7 +45,7 @@ def run_explicit(case: Case, method: str, policy: measure.TimingPolicy,
                  budget_bytes: float | None = None,
                  arrays=None, max_run_flops: float | None = None
                  ) -> dict[str, Any]:
-  params, x1, x2 = arrays or _device_arrays(case)
+  params, x1, x2 = arrays or device_arrays(case)
   f = specs.apply(case.spec)
   try:
     ntk = autontk.ntk_fn(f, trace_axes=case.trace_axes, vmap_axes=0,
@@ -64,7 +65,7 @@ def run_explicit(case: Case, method: str, policy: measure.TimingPolicy,
 def sd_phases(case: Case, arrays=None) -> dict[str, Any]:
   """Structured derivatives' time split between its cotangents and its pair
   products (:func:`bench.phases.split`), or an error record."""
-  params, x1, x2 = arrays or _device_arrays(case)
+  params, x1, x2 = arrays or device_arrays(case)
   ntk = autontk.ntk_fn(specs.apply(case.spec), trace_axes=case.trace_axes,
                        vmap_axes=0, implementation="structured_derivatives")
   return phases.split_ntk(ntk, x1, x2, params)
@@ -93,7 +94,7 @@ def run_auto(case: Case, policy: measure.TimingPolicy,
   config) its run time is that method's measurement (same executable); else
   the plan is compiled and timed here.
   """
-  params, x1, x2 = arrays or _device_arrays(case)
+  params, x1, x2 = arrays or device_arrays(case)
   f = specs.apply(case.spec)
   opts = dict(auto_options or {})
   try:
@@ -142,7 +143,7 @@ def run_tuned(case: Case, policy: measure.TimingPolicy,
   The tuned plan is timed here like every other plan (not with the tuner's
   own numbers), so its regret is comparable with auto's.
   """
-  params, x1, x2 = arrays or _device_arrays(case)
+  params, x1, x2 = arrays or device_arrays(case)
   f = specs.apply(case.spec)
   try:
     t0 = time.perf_counter()
@@ -208,7 +209,7 @@ def jacrev_kernel_fn(case: Case):
 def run_jacrev(case: Case, policy: measure.TimingPolicy,
                budget_bytes: float | None = None, arrays=None,
                max_run_flops: float | None = None):
-  params, x1, x2 = arrays or _device_arrays(case)
+  params, x1, x2 = arrays or device_arrays(case)
   try:
     rec = measure.measure_jit(jacrev_kernel_fn(case), (x1, x2, params), policy,
                              keep_result=True, budget_bytes=budget_bytes,
@@ -240,7 +241,7 @@ def run_case(case: Case, policy: measure.TimingPolicy, *,
              max_run_flops: float | None = None,
              log=print) -> dict[str, dict[str, Any]]:
   """Records per method name (plus ``"auto"`` and ``"jax_jacrev"``)."""
-  arrays = _device_arrays(case)
+  arrays = device_arrays(case)
   out: dict[str, dict[str, Any]] = {}
   for m in methods:
     out[m] = run_explicit(case, m, policy, budget_bytes, arrays,

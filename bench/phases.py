@@ -62,7 +62,8 @@ def split(fn: Callable, args: tuple, calls: int = 10
   """Shares of ``fn(*args)``'s compiled operations' time per phase.
 
   Args:
-    fn: a ``jax.jit``-ed function (called, and lowered for its HLO).
+    fn: a ``jax.jit``-ed function (compiled once: its executable is run
+      and its HLO read).
     args: its arguments.
     calls: traced calls (after two untraced ones).
 
@@ -70,14 +71,15 @@ def split(fn: Callable, args: tuple, calls: int = 10
     ``{"cotangents": share, "pairs": share, "other": share}`` summing to 1,
     or ``None`` when the trace holds none of the program's operations.
   """
-  scopes = _scope_of_instruction(fn.lower(*args).compile().as_text())
+  compiled = fn.lower(*args).compile()  # its HLO names what is profiled
+  scopes = _scope_of_instruction(compiled.as_text())
   for _ in range(2):
-    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(compiled(*args))
   with tempfile.TemporaryDirectory() as d:
     jax.profiler.start_trace(d, create_perfetto_trace=True)
     try:
       for _ in range(calls):
-        jax.block_until_ready(fn(*args))
+        jax.block_until_ready(compiled(*args))
     finally:
       jax.profiler.stop_trace()
     times = _event_times(d)

@@ -14,16 +14,16 @@ records that and times nothing.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import autontk
+from bench import autontk_runner
 from bench import cases as cases_mod
 from bench import measure, timing
+from bench.report import geomean
 from bench.zoo import specs
 from bench.zoo.families import FAMILIES
 
@@ -39,11 +39,9 @@ def _models(cfg):
   """``(name, f, kernel kwargs, (x1, x2, params))`` of every model."""
   for case in cases_mod.reference(cfg.quick):
     if cfg.selected(case.name):
-      params, x1, x2 = case.arrays()
+      params, x1, x2 = autontk_runner.device_arrays(case)
       yield (case.name, specs.apply(case.spec),
-             {"trace_axes": case.trace_axes},
-             (jnp.asarray(x1), jnp.asarray(x2),
-              {k: jnp.asarray(v) for k, v in params.items()}))
+             {"trace_axes": case.trace_axes}, (x1, x2, params))
   for name, make in FAMILIES.items():
     if cfg.selected(name):
       m = make(False)
@@ -106,11 +104,6 @@ def run(cfg, log=print) -> dict[str, Any]:
   return out
 
 
-def _geomean(values: list[float]) -> float | None:
-  return math.exp(sum(map(math.log, values)) / len(values)) if values \
-      else None
-
-
 def markdown(res: dict[str, Any]) -> str:
   """Per model and method: both medians and their ratio."""
   if not res.get("options"):
@@ -136,5 +129,5 @@ def markdown(res: dict[str, Any]) -> str:
                    f" | {r['speedup']:.2f}× | {r['rel_diff']:.1e} |")
   lines += ["", "Geometric mean of `defaults / options`: " + ", ".join(
       f"{SHORT[m]} {g:.2f}× ({len(per[m])} models)"
-      for m in METHODS if (g := _geomean(per[m])) is not None) + ".", ""]
+      for m in METHODS if (g := geomean(per[m])) is not None) + ".", ""]
   return "\n".join(lines)

@@ -145,7 +145,7 @@ def measure(device: Any = None, size: int | None = None) -> DeviceConstants:
     axpy = _xla_options.Jitted(lambda x: 2.0 * x + 1.0, device.platform)
     bandwidth = 2.0 * v.nbytes / _best_time(lambda: axpy(v))
 
-    grouped, depthwise = _conv_rates()
+    grouped, depthwise = _conv_rates(device.platform)
     strided = measure_strided_bandwidth(device, 1000 if cpu else 4000)
   launch = measure_launch(device, flops)
   return DeviceConstants(
@@ -278,7 +278,7 @@ def measure_launch(device: Any = None,
           "loop_iteration_s": iteration}
 
 
-def _conv_rates() -> tuple[float, float]:
+def _conv_rates(platform: str) -> tuple[float, float]:
   """FLOP/s of a grouped and of a depthwise convolution.
 
   The grouped one has the shape of a per-example weight gradient under
@@ -292,13 +292,13 @@ def _conv_rates() -> tuple[float, float]:
   grouped = _xla_options.Jitted(lambda a, b: conv(
       a, b, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("CHWN", "IHWO",
                                                          "HWNC"),
-      feature_group_count=g))
+      feature_group_count=g), platform)
   grouped_flops = 2.0 * 3 * 3 * c * o * hw * hw
   x = jnp.ones((8, hw, hw, 32), jnp.float32)
   w = jnp.ones((3, 3, 1, 32 * 9), jnp.float32)
   depthwise = _xla_options.Jitted(lambda a, b: conv(
       a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=32))
+      feature_group_count=32), platform)
   depthwise_flops = 2.0 * 8 * hw * hw * 32 * 9 * 9
   return (grouped_flops / _best_time(lambda: grouped(lhs, rhs)),
           depthwise_flops / _best_time(lambda: depthwise(x, w)))
