@@ -31,7 +31,6 @@ from typing import Any, Callable
 import jax
 
 from autontk import _compat
-from autontk._types import CONCRETE_ARRAY
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -69,10 +68,11 @@ def compiler_options(platform: str | None = None) -> dict[str, Any] | None:
 
 class Jitted:
   """``jax.jit(fn, **kwargs)``, compiled with :func:`compiler_options` for
-  ``platform`` when called at top level; under an outer transformation
-  (``jit``, ``vmap``, ``grad``) it is the plain ``jax.jit``, since JAX
-  takes compiler options only on a top-level ``jit`` (and the outer
-  program's options then apply).
+  ``platform``. JAX takes compiler options only on a top-level ``jit``: one
+  staged into an outer program (the user's ``jit``, a loop body) raises, and
+  runs as the plain ``jax.jit`` instead (the outer program's options then
+  apply). The check costs nothing on a call that needs none: it is made
+  only when the call raises.
 
   ``lower`` lowers the top-level program.
   """
@@ -85,21 +85,17 @@ class Jitted:
                 else self.inner)
 
   def __call__(self, *args: Any) -> Any:
-    if self.top is not self.inner and is_traced(args):
-      return self.inner(*args)
-    return self.top(*args)
+    try:
+      return self.top(*args)
+    except Exception:
+      if self.top is self.inner or not is_traced(args):
+        raise
+    return self.inner(*args)
 
   def lower(self, *args: Any, **kwargs: Any) -> Any:
     return self.top.lower(*args, **kwargs)
 
 
 def is_traced(args: tuple) -> bool:
-  """Some leaf of ``args`` is a tracer (an outer transformation). A list
-  of concrete arrays (a kernel program's leaves, on every call) is told
-  apart without flattening it."""
-  for a in args:
-    if type(a) is list and all(type(v) is CONCRETE_ARRAY for v in a):
-      continue
-    if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(a)):
-      return True
-  return False
+  """Some leaf of ``args`` is a tracer (an outer transformation)."""
+  return any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(args))
